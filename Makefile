@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+RUNTIME ?= process
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test servers images clean
+
+$(BIN)/swiftdeploy: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/swiftdeploy
+
+servers:
+	scripts/install-system-deps
+	scripts/start-servers
+
+demo: venv servers
+	$(BIN)/swiftdeploy init
+	$(BIN)/swiftdeploy validate
+
+test: venv servers
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf generated .swiftdeploy history.jsonl audit_report.md

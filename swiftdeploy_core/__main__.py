@@ -1,0 +1,3 @@
+from swiftdeploy_core.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""Every error SwiftDeploy raises on purpose.
+
+One base class, a few families under it. The CLI maps each family to a one-line message and an
+exit code in one place (`swiftdeploy_core.cli.errors`); nothing else prints errors for the user.
+"""
+
+from __future__ import annotations
+
+
+class SwiftDeployError(Exception):
+    """Base of every deliberate SwiftDeploy error; its message is one line a user can act on."""
+
+    exit_code = 1
+
+
+class ManifestError(SwiftDeployError):
+    """The manifest file is missing, unreadable, not YAML, or does not match the schema."""
+
+    exit_code = 2
+
+
+class ConfigError(SwiftDeployError):
+    """A setting, generated file or project folder is not in a usable state."""
+
+    exit_code = 2
+
+
+class BusError(SwiftDeployError):
+    """Redis could not be reached or answered in a way the bus cannot use."""
+
+
+class ControlPlaneDown(BusError):
+    """The control plane (Redis and the services) is not running."""
+
+
+class RequestTimeout(BusError):
+    """A request on the bus got no reply within its deadline."""
+
+
+class RuntimeDriverError(SwiftDeployError):
+    """The runtime (dockerd or local processes) refused or failed an operation."""
+
+
+class RuntimeUnavailable(RuntimeDriverError):
+    """The configured runtime cannot be reached at all (no dockerd socket, no nginx binary)."""
+
+
+class PolicyDenied(SwiftDeployError):
+    """A policy decision denied the operation; `reasons` says why."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = list(reasons or [])
+
+
+class OperationInProgress(SwiftDeployError):
+    """Another operation holds this deployment's lease lock."""
+
+
+class PolicyEngineError(SwiftDeployError):
+    """The policy engine could not give an answer (used inside the gatekeeper, mapped to a deny)."""

@@ -1,0 +1,449 @@
+"""The event catalogue: every event type SwiftDeploy puts on the bus, with its payload model.
+
+Nothing else invents an event shape. An `Event` is an envelope (id, type, correlation and
+causation ids, source, timestamp) around one typed payload; on the wire it is JSON.
+Commands are named `<thing>.requested`; facts are past tense.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+Track = Literal["stable", "canary"]
+ModeName = Literal["stable", "canary"]
+ChaosMode = Literal["none", "slow", "error"]
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- control plane -----------------------------------------------------------------------------
+
+
+class PingRequested(Payload):
+    """Asks one service (or every one, when `service` is None) to answer with `pong`."""
+
+    type: Literal["ping.requested"] = "ping.requested"
+    service: str | None = None
+
+
+class Pong(Payload):
+    """A service instance is alive and consuming its inbox."""
+
+    type: Literal["pong"] = "pong"
+    service: str
+    instance: str
+
+
+class CommandRejected(Payload):
+    """A command was refused before any effect (another operation holds the lock, bad input...)."""
+
+    type: Literal["command.rejected"] = "command.rejected"
+    command: str
+    reason: str
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+
+class DeployRequested(Payload):
+    """`swiftdeploy deploy`: the client's validated manifest, as data."""
+
+    type: Literal["deploy.requested"] = "deploy.requested"
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    root: str  # the manifest's folder: where generated/, policies/ and paths live
+
+
+class DeployStarted(Payload):
+    type: Literal["deploy.started"] = "deploy.started"
+    project: str
+    version: str
+    runtime: str
+
+
+class DeployStep(Payload):
+    """One named step of a multi-step operation finished (network created, nginx healthy...)."""
+
+    type: Literal["deploy.step"] = "deploy.step"
+    step: str
+    detail: str = ""
+
+
+class DeployBlocked(Payload):
+    """The infra policy denied the deploy; nothing was created."""
+
+    type: Literal["deploy.blocked"] = "deploy.blocked"
+    reasons: list[str]
+    decision_id: str | None = None
+
+
+class DeployCompleted(Payload):
+    type: Literal["deploy.completed"] = "deploy.completed"
+    project: str
+    version: str
+    url: str
+    instances: list[str] = []
+
+
+class DeployFailed(Payload):
+    """The deploy failed and what it had created was removed."""
+
+    type: Literal["deploy.failed"] = "deploy.failed"
+    error: str
+    logs: list[str] = []
+
+
+# --- canary, promotion, rollback ---------------------------------------------------------------
+
+
+class CanaryRequested(Payload):
+    """`swiftdeploy promote canary`."""
+
+    type: Literal["canary.requested"] = "canary.requested"
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    root: str
+
+
+class CanaryStarted(Payload):
+    type: Literal["canary.started"] = "canary.started"
+    version: str
+    image: str
+    weight: int
+
+
+class CanaryWeightChanged(Payload):
+    """Traffic moved: `weight` percent of requests now go to the canary."""
+
+    type: Literal["canary.weight_changed"] = "canary.weight_changed"
+    step: int
+    weight: int
+    previous: int
+
+
+class CanaryAnalysis(Payload):
+    """One analysis tick: the canary decision and the run of consecutive failures."""
+
+    type: Literal["canary.analysis"] = "canary.analysis"
+    step: int
+    weight: int
+    allow: bool
+    reasons: list[str] = []
+    decision_id: str | None = None
+    consecutive_failures: int = 0
+
+
+class CanaryCompleted(Payload):
+    """The canary reached the last step; it waits for `promote stable`."""
+
+    type: Literal["canary.completed"] = "canary.completed"
+    version: str
+    weight: int
+
+
+class RollbackRequested(Payload):
+    type: Literal["rollback.requested"] = "rollback.requested"
+    reason: str = "requested by operator"
+
+
+class RollbackCompleted(Payload):
+    """All traffic is back on stable and the canary is gone."""
+
+    type: Literal["rollback.completed"] = "rollback.completed"
+    version: str
+    reasons: list[str] = []
+    automatic: bool = False
+
+
+class PromotionRequested(Payload):
+    """`swiftdeploy promote stable`."""
+
+    type: Literal["promotion.requested"] = "promotion.requested"
+
+
+class PromotionBlocked(Payload):
+    type: Literal["promotion.blocked"] = "promotion.blocked"
+    reasons: list[str]
+    decision_id: str | None = None
+
+
+class PromotionCompleted(Payload):
+    type: Literal["promotion.completed"] = "promotion.completed"
+    version: str
+    previous_version: str
+
+
+class ModeChanged(Payload):
+    """Which mode serves changed (stable <-> canary)."""
+
+    type: Literal["mode.changed"] = "mode.changed"
+    mode: ModeName
+    previous: ModeName
+    version: str
+
+
+class TeardownRequested(Payload):
+    type: Literal["teardown.requested"] = "teardown.requested"
+    project: str
+    root: str
+
+
+class TeardownCompleted(Payload):
+    type: Literal["teardown.completed"] = "teardown.completed"
+    removed: list[str] = []
+
+
+class OperationFailed(Payload):
+    """A command other than deploy failed after it started; `error` says why."""
+
+    type: Literal["operation.failed"] = "operation.failed"
+    command: str
+    error: str
+
+
+# --- chaos -------------------------------------------------------------------------------------
+
+
+class ChaosRequested(Payload):
+    """`swiftdeploy chaos ...`: inject into every canary instance."""
+
+    type: Literal["chaos.requested"] = "chaos.requested"
+    mode: Literal["slow", "error", "recover"]
+    rate: float | None = None
+    duration: float | None = None
+
+
+class ChaosInjected(Payload):
+    type: Literal["chaos.injected"] = "chaos.injected"
+    mode: Literal["slow", "error", "recover"]
+    rate: float | None = None
+    duration: float | None = None
+    instances: list[str] = []
+
+
+class ChaosDetected(Payload):
+    """The collector saw a target's `chaos_active` change (also when injected by curl)."""
+
+    type: Literal["chaos.detected"] = "chaos.detected"
+    target: str
+    track: Track
+    previous: ChaosMode
+    current: ChaosMode
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+class DecisionRequested(Payload):
+    """Asks the gatekeeper for a decision in one policy domain (`infra`, `canary`)."""
+
+    type: Literal["decision.requested"] = "decision.requested"
+    domain: str
+    input: dict[str, Any]
+
+
+class DecisionMade(Payload):
+    type: Literal["decision.made"] = "decision.made"
+    domain: str
+    allow: bool
+    reasons: list[str]
+    input: dict[str, Any]
+    engine: str
+    decision_id: str
+    policy_revision: str
+    duration_ms: float
+
+
+class PolicyViolation(Payload):
+    type: Literal["policy.violation"] = "policy.violation"
+    domain: str
+    reasons: list[str]
+    input: dict[str, Any]
+    decision_id: str
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+class HostStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    disk_free_gb: float
+    cpu_load: float
+    cpu_count: int
+    memory_available_gb: float
+    path: str = ""
+
+
+class MetricsSnapshot(Payload):
+    """Windowed figures of one track; None means the window holds no data."""
+
+    type: Literal["metrics.snapshot"] = "metrics.snapshot"
+    project: str
+    track: Track
+    version: str | None = None
+    window_seconds: float
+    request_rate: float | None = None
+    error_rate: float | None = None
+    p99_latency_ms: float | None = None
+    requests: float | None = None
+    chaos: ChaosMode = "none"
+    targets: list[str] = []
+    targets_up: int = 0
+    host: HostStats | None = None
+
+
+class TargetDown(Payload):
+    type: Literal["target.down"] = "target.down"
+    url: str
+    track: Track
+    error: str
+
+
+class TargetUp(Payload):
+    type: Literal["target.up"] = "target.up"
+    url: str
+    track: Track
+
+
+# --- status and audit --------------------------------------------------------------------------
+
+
+class StatusChecked(Payload):
+    """One refresh of `swiftdeploy status`, so the history shows what operators saw."""
+
+    type: Literal["status.checked"] = "status.checked"
+    mode: ModeName
+    chaos: ChaosMode = "none"
+    request_rate: float | None = None
+    error_rate: float | None = None
+    p99_latency_ms: float | None = None
+    policies: dict[str, Any] = {}
+
+
+class AuditRequested(Payload):
+    type: Literal["audit.requested"] = "audit.requested"
+    out: str | None = None
+    since: str | None = None
+    verify: bool = False
+
+
+class AuditRendered(Payload):
+    type: Literal["audit.rendered"] = "audit.rendered"
+    path: str
+    lines: int
+    chain_ok: bool = True
+    first_bad_line: int | None = None
+    problem: str | None = None
+
+
+AnyPayload = Annotated[
+    Union[
+        PingRequested,
+        Pong,
+        CommandRejected,
+        DeployRequested,
+        DeployStarted,
+        DeployStep,
+        DeployBlocked,
+        DeployCompleted,
+        DeployFailed,
+        CanaryRequested,
+        CanaryStarted,
+        CanaryWeightChanged,
+        CanaryAnalysis,
+        CanaryCompleted,
+        RollbackRequested,
+        RollbackCompleted,
+        PromotionRequested,
+        PromotionBlocked,
+        PromotionCompleted,
+        ModeChanged,
+        TeardownRequested,
+        TeardownCompleted,
+        OperationFailed,
+        ChaosRequested,
+        ChaosInjected,
+        ChaosDetected,
+        DecisionRequested,
+        DecisionMade,
+        PolicyViolation,
+        MetricsSnapshot,
+        TargetDown,
+        TargetUp,
+        StatusChecked,
+        AuditRequested,
+        AuditRendered,
+    ],
+    Field(discriminator="type"),
+]
+
+_payload_adapter: TypeAdapter[Any] = TypeAdapter(AnyPayload)
+EVENT_TYPES: tuple[str, ...] = tuple(
+    model.model_fields["type"].default for model in AnyPayload.__origin__.__args__  # type: ignore[attr-defined]
+)
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    service: str
+    instance: str
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Event(BaseModel):
+    """The envelope every bus message has."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=_new_id)
+    type: str = ""
+    correlation_id: str = Field(default_factory=_new_id)
+    causation_id: str | None = None
+    source: Source
+    timestamp: datetime = Field(default_factory=_now)
+    payload: AnyPayload
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_from_payload(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            payload = data.get("payload")
+            ptype = payload.type if isinstance(payload, Payload) else (payload or {}).get("type")
+            if not data.get("type"):
+                data = {**data, "type": ptype}
+            elif ptype and data["type"] != ptype:
+                raise ValueError(f"envelope type {data['type']!r} does not match payload {ptype!r}")
+        return data
+
+    def caused(self, payload: Payload, source: Source) -> "Event":
+        """A new event that follows from this one: same correlation id, causation = this id."""
+        return Event(
+            payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id
+        )
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Event":
+        return cls.model_validate_json(raw)
+
+
+def parse_payload(data: dict[str, Any]) -> Payload:
+    """Validate a payload dict (with its `type`) into its model."""
+    return _payload_adapter.validate_python(data)

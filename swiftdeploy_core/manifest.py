@@ -1,0 +1,368 @@
+"""The manifest schema and its loader: the one place that says what `manifest.yaml` may hold.
+
+The original's manifest (services, nginx, network) is valid as it is; every other section is
+optional with the defaults written here. Loading never raises anything but `ManifestError`, whose
+message is one line naming the field path and the problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from swiftdeploy_core.errors import ManifestError
+
+MAX_MANIFEST_BYTES = 1_000_000
+
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class Mode(str, Enum):
+    stable = "stable"
+    canary = "canary"
+
+
+class Runtime(str, Enum):
+    docker = "docker"
+    process = "process"
+
+
+class PolicyEngine(str, Enum):
+    embedded = "embedded"
+    opa = "opa"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceSpec(_Section):
+    """`services`: the one web service SwiftDeploy deploys."""
+
+    name: Name
+    image: Annotated[str, Field(min_length=1)]
+    port: Port
+    version: Annotated[str, Field(min_length=1, strict=True)]
+    mode: Mode = Mode.stable
+    replicas: Annotated[int, Field(ge=1, le=20, strict=True)] = 1
+    # Process runtime only: the command that serves the app with PORT, MODE, VERSION set.
+    command: list[str] | None = None
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import shlex
+
+            return shlex.split(value)
+        return value
+
+
+class NginxSpec(_Section):
+    """`nginx`: the router, the only public entry."""
+
+    image: Annotated[str, Field(min_length=1)]
+    port: Port
+    proxy_timeout: Annotated[int, Field(ge=1, le=3600, strict=True)] = 30
+
+
+class NetworkSpec(_Section):
+    """`network`: the public network the stack joins."""
+
+    name: Name
+    driver_type: Literal["bridge", "overlay", "macvlan", "ipvlan"] = "bridge"
+
+
+class CanarySpec(_Section):
+    """`canary`: how a canary is rolled out. version and image default to the service's."""
+
+    version: Annotated[str, Field(min_length=1, strict=True)] | None = None
+    image: Annotated[str, Field(min_length=1)] | None = None
+    steps: Annotated[list[Annotated[int, Field(ge=1, le=100, strict=True)]], Field(min_length=1)] = [
+        10,
+        25,
+        50,
+    ]
+    interval: Seconds = 10
+    failure_limit: Annotated[int, Field(ge=1, le=100, strict=True)] = 2
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"must be strictly increasing (got {steps})")
+        return steps
+
+
+class PolicySpec(_Section):
+    """`policy`: which engine decides."""
+
+    engine: PolicyEngine = PolicyEngine.embedded
+    opa_url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8181"
+    opa_image: Annotated[str, Field(min_length=1)] = "openpolicyagent/opa:latest"
+    timeout: Seconds = 2.0
+
+
+class CollectorSpec(_Section):
+    """`collector`: how often to scrape and over what window figures are computed."""
+
+    interval: Seconds = 2
+    window: Seconds = 60
+    targets: list[Annotated[str, Field(pattern=r"^https?://")]] = []
+
+    @model_validator(mode="after")
+    def _window_covers_interval(self) -> "CollectorSpec":
+        if self.window < 2 * self.interval:
+            raise ValueError(
+                f"window must be at least twice the interval (got window={_num(self.window)}, "
+                f"interval={_num(self.interval)})"
+            )
+        return self
+
+
+class PathsSpec(_Section):
+    """`paths`: where SwiftDeploy writes, relative to the manifest's folder."""
+
+    history: Path = Path("history.jsonl")
+    report: Path = Path("audit_report.md")
+    state: Path = Path(".swiftdeploy")
+
+
+class Manifest(_Section):
+    """The whole of `manifest.yaml`."""
+
+    services: ServiceSpec
+    nginx: NginxSpec
+    network: NetworkSpec
+    canary: CanarySpec = CanarySpec()
+    policy: PolicySpec = PolicySpec()
+    runtime: Runtime = Runtime.docker
+    collector: CollectorSpec = CollectorSpec()
+    paths: PathsSpec = PathsSpec()
+
+    @property
+    def project(self) -> str:
+        """The name every runtime object of this deployment is labelled with."""
+        return self.services.name
+
+    @property
+    def canary_version(self) -> str:
+        return self.canary.version or self.services.version
+
+    @property
+    def canary_image(self) -> str:
+        return self.canary.image or self.services.image
+
+
+class LoadedManifest(BaseModel):
+    """A manifest together with where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest: Manifest
+    path: Path
+    sha256: str
+
+    @property
+    def root(self) -> Path:
+        """The manifest's folder: every relative path is resolved against it."""
+        return self.path.parent
+
+    def resolve(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else self.root / relative
+
+
+def load_manifest(path: Path | str) -> LoadedManifest:
+    """Read, parse and validate a manifest file; raise `ManifestError` with one line on any problem."""
+    path = Path(path)
+    raw = _read(path)
+    data = parse_manifest_text(raw, name=path.name)
+    return LoadedManifest(
+        manifest=validate_manifest(data, name=path.name),
+        path=path.resolve(),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _read(path: Path) -> bytes:
+    if not path.exists():
+        raise ManifestError(f"{path}: no such file (write one, or pass --manifest)")
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a directory, not a manifest file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{path}: {size / 1e6:.1f} MB is too large for a manifest (limit {MAX_MANIFEST_BYTES // 1_000_000} MB)"
+            )
+        return path.read_bytes()
+    except PermissionError:
+        raise ManifestError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ManifestError(
+                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r}"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, Any]:
+    """Decode and parse manifest bytes into a mapping; `ManifestError` on anything else."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{name}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    if not text.strip():
+        raise ManifestError(f"{name}: the file is empty")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ManifestError as exc:
+        raise ManifestError(f"{name}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ManifestError(f"{name}: invalid YAML at {where}{exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{name}: invalid YAML ({exc})") from None
+    except RecursionError:
+        raise ManifestError(f"{name}: invalid YAML (nested too deeply)") from None
+    if data is None:
+        raise ManifestError(f"{name}: the file holds no YAML document")
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"{name}: the top level must be a mapping of sections (got {_kind(data)})"
+        )
+    return data
+
+
+def validate_manifest(data: dict[str, Any], name: str = "manifest.yaml") -> Manifest:
+    """Validate a parsed mapping; every problem names its field path."""
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = describe_errors(exc, data)
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        error = ManifestError(f"{name}: {problems[0]}{more}")
+        error.problems = problems  # type: ignore[attr-defined]
+        raise error from None
+
+
+def describe_errors(exc: ValidationError, data: Any) -> list[str]:
+    """Turn pydantic's errors into `field.path: problem (got value)` lines, unknown keys first."""
+    lines: list[tuple[int, str]] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join(loc) or "(top level)"
+        lines.append((0 if err["type"] == "extra_forbidden" else 1, f"{field}: {_explain(err, data)}"))
+    return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
+
+
+def _explain(err: dict[str, Any], data: Any) -> str:
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    loc = err["loc"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(allowed)}"
+        return f"unknown key{hint}"
+    if kind == "missing":
+        return "is required"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        low, high = _bounds(loc)
+        if low is not None and high is not None:
+            return f"must be between {_num(low)} and {_num(high)} (got {_show(got)})"
+        return f"{err['msg'].lower()} (got {_show(got)})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number (got {_show(got)})"
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return f"must be a number (got {_show(got)})"
+    if kind == "string_type":
+        return f"must be a string (got {_show(got)}; quote it)"
+    if kind in ("enum", "literal_error"):
+        expected = ctx.get("expected", "")
+        return f"must be one of {expected} (got {_show(got)})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of fields (got {_kind(got)})"
+    if kind == "list_type":
+        return f"must be a list (got {_kind(got)})"
+    if kind == "string_pattern_mismatch":
+        return f"has an invalid format (got {_show(got)}; expected pattern {ctx.get('pattern')})"
+    if kind in ("string_too_short", "too_short"):
+        return "must not be empty"
+    if kind in ("string_too_long", "too_long"):
+        return f"is too long (got {_show(got)})"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg']} (got {_show(got)})"
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Manifest
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model = _section_model(tuple(loc))
+    return sorted(model.model_fields) if model else []
+
+
+def _bounds(loc: tuple) -> tuple[Any, Any]:
+    model = _section_model(tuple(p for p in loc[:-1] if isinstance(p, str)))
+    field_name = next((p for p in reversed(loc) if isinstance(p, str)), None)
+    if model is None or field_name not in model.model_fields:
+        return None, None
+    low = high = None
+    for meta in model.model_fields[field_name].metadata:
+        low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
+        low = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else low
+        high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
+        high = getattr(meta, "lt", None) if getattr(meta, "lt", None) is not None else high
+    return low, high
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__) if value is not None else "nothing"

@@ -1,0 +1,36 @@
+"""Process settings. Built once in each entrypoint and passed down; nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings shared by the client and every service (`SWIFTDEPLOY_` prefix, plus `REDIS_URL`)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWIFTDEPLOY_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "SWIFTDEPLOY_REDIS_URL")
+    )
+    manifest: Path = Path("manifest.yaml")
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    health_port: int = 0  # 0: pick a free port
+    health_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Bus tuning.
+    stream_maxlen: int = 100_000
+    metrics_maxlen: int = 10_000
+    block_ms: int = 1_000
+    batch_size: int = 100
+    lease_ms: int = 30_000  # a pending entry idle this long is reclaimed by another replica
+    max_deliveries: int = 5  # after this many failed tries an entry is dead-lettered
+    shutdown_grace: float = 4.0
+    request_timeout: float = 10.0
+

@@ -1,0 +1,53 @@
+"""Session-scoped real servers and factory fixtures that clean up what they create."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import RedisServer, docker_socket_alive, missing, require_binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole session."""
+    server = RedisServer(require_binary("redis-server"), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis-server, emptied before each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def make_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Factory for a private redis-server a test may stop, kill and restart."""
+    servers: list[RedisServer] = []
+
+    def make(appendonly: bool = True) -> RedisServer:
+        server = RedisServer(
+            require_binary("redis-server"), tmp_path_factory.mktemp("redis-own"), appendonly=appendonly
+        ).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(kill=True)
+
+
+@pytest.fixture(scope="session")
+def docker_daemon() -> str:
+    """The dockerd that .ci/run (or scripts/start-servers) started."""
+    if not docker_socket_alive():
+        missing("dockerd (/var/run/docker.sock; run scripts/start-servers)")
+    return "unix:///var/run/docker.sock"

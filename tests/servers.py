@@ -1,0 +1,99 @@
+"""Real servers for tests: free ports, redis-server, and the rule for a missing server.
+
+Under SWIFTDEPLOY_REQUIRE_SERVERS=1 (set by .ci/run) a test whose real server is missing FAILS;
+on a developer's machine without it, it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REQUIRE_SERVERS = os.environ.get("SWIFTDEPLOY_REQUIRE_SERVERS") == "1"
+
+
+def missing(what: str) -> None:
+    """Fail (under REQUIRE_SERVERS, as in CI) or skip a test whose real server is not here."""
+    message = f"{what} is not available"
+    if REQUIRE_SERVERS:
+        pytest.fail(f"{message} (SWIFTDEPLOY_REQUIRE_SERVERS=1)", pytrace=False)
+    pytest.skip(message)  # REQUIRE_SERVERS is off: a developer machine
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if path is None:
+        missing(f"the {name} binary")
+    return path  # type: ignore[return-value]
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server process on a loopback port, restartable in place (same data dir)."""
+
+    binary: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    appendonly: bool = False
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill() if kill else self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def docker_socket_alive(path: str = "/var/run/docker.sock") -> bool:
+    if not os.path.exists(path):
+        return False
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2)
+        sock.connect(path)
+        sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+        return b"OK" in sock.recv(1024)
+    return False
