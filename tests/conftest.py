@@ -51,3 +51,20 @@ def docker_daemon() -> str:
     if not docker_socket_alive():
         missing("dockerd (/var/run/docker.sock; run scripts/start-servers)")
     return "unix:///var/run/docker.sock"
+
+
+@pytest.fixture
+async def opa_api(tmp_path):
+    """A stand-in OPA server (tests/opa_api.py) serving a copy of the default policies."""
+    import shutil
+
+    from policies import default_dir, policy_files
+    from tests.opa_api import OpaApiServer
+
+    folder = tmp_path / "opa-policies"
+    folder.mkdir()
+    for path in policy_files(default_dir(), include_tests=True):
+        shutil.copy(path, folder / path.name)
+    server = await OpaApiServer(folder).start()
+    yield server
+    await server.stop()
