@@ -30,6 +30,7 @@ class OpaApiServer:
     respond: tuple[int, bytes | str] | None = None  # a canned answer for every request
     hang: bool = False  # never answer
     requests: list[tuple[str, str, object]] = field(default_factory=list)
+    peers: set[object] = field(default_factory=set)  # client (host, port) pairs: one per connection
     _runner: web.AppRunner | None = None
 
     @property
@@ -44,33 +45,39 @@ class OpaApiServer:
         app = web.Application()
         app.router.add_post("/v1/data/{path:.+}", self._data)
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._stopping = asyncio.Event()
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         return self
 
     async def stop(self) -> None:
         if self._runner is not None:
+            self._stopping.set()  # releases hanging handlers
             await self._runner.cleanup()
             self._runner = None
 
+    def _record(self, method: str, request: web.Request, body: bytes | None) -> None:
+        self.requests.append((method, request.path, body))
+        self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+
     async def _canned(self) -> web.Response | None:
         if self.hang:
-            await asyncio.sleep(3600)
+            await self._stopping.wait()
         if self.respond is not None:
             status, body = self.respond
             return web.Response(status=status, body=body, content_type="application/json")
         return None
 
     async def _health(self, request: web.Request) -> web.Response:
-        self.requests.append(("GET", request.path, None))
+        self._record("GET", request, None)
         return await self._canned() or web.json_response({})
 
     async def _data(self, request: web.Request) -> web.Response:
         from services.gatekeeper.decide import UNDEFINED
 
         raw = await request.read()
-        self.requests.append(("POST", request.path, raw))
+        self._record("POST", request, raw)
         canned = await self._canned()
         if canned is not None:
             return canned

@@ -51,6 +51,17 @@ def describe_error(raw: str, sources: dict[str, str]) -> str:
     return f"{name}:{line}:{column}: {message}"
 
 
+def _node_error(node: Any) -> str:
+    """The S-expression of the first error in a result or bundle node ("" when there is none)."""
+    try:
+        kind = capi.rego_node_type(node)
+        if kind == capi.NodeKind.ErrorSeq and capi.rego_node_size(node) > 0:
+            node, kind = capi.rego_node_get(node, 0), capi.NodeKind.Error
+        return capi.rego_node_json(node) if kind == capi.NodeKind.Error else ""
+    except Exception:  # noqa: BLE001 - a description is best effort
+        return ""
+
+
 def load(modules: dict[str, str], data_json: str | None) -> Interpreter:
     """An interpreter holding `modules` and the data document; PolicyEngineError if one is invalid."""
     interpreter = new_interpreter()
@@ -70,7 +81,7 @@ def _read_output(interpreter: Interpreter, impl: Any, sources: dict[str, str]) -
     """The value of a query: its first expression, or UNDEFINED; PolicyEngineError on an error."""
     try:
         if not capi.rego_output_ok(impl):
-            raw = capi.rego_get_error(interpreter._impl)
+            raw = _node_error(capi.rego_output_node(impl)) or capi.rego_get_error(interpreter._impl)
             raise PolicyEngineError(f"policy evaluation failed: {describe_error(raw, sources)}")
         text = capi.rego_output_string(impl)
     finally:
@@ -82,6 +93,11 @@ def _read_output(interpreter: Interpreter, impl: Any, sources: dict[str, str]) -
     except (ValueError, AttributeError):
         raise PolicyEngineError(f"policy evaluation failed: {describe_error(text, sources)}") from None
     return expressions[0] if expressions else UNDEFINED
+
+
+def _bundle_error(builder: Interpreter, bundle: Bundle, sources: dict[str, str]) -> str:
+    raw = _node_error(capi.rego_bundle_node(bundle._impl)) or capi.rego_get_error(builder._impl)
+    return describe_error(raw, sources) if raw else "the bundle did not compile (no detail given)"
 
 
 @dataclass(frozen=True)
@@ -126,8 +142,7 @@ def compile_policies(modules: dict[str, str], data_json: str | None) -> Compiled
     except Exception as exc:  # noqa: BLE001
         raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
     if not ok:
-        raw = capi.rego_get_error(builder._impl)
-        raise PolicyEngineError(f"policy files invalid: {describe_error(raw, sources)}")
+        raise PolicyEngineError(f"policy files invalid: {_bundle_error(builder, bundle, sources)}")
     return CompiledPolicies(bundle, new_interpreter(), entrypoints, sources)
 
 
@@ -162,7 +177,7 @@ def run_tests(modules: dict[str, str], data_json: str | None) -> list[RegoTest]:
     except Exception as exc:  # noqa: BLE001
         raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
     if not ok:
-        raise PolicyEngineError(f"policy files invalid: {describe_error(capi.rego_get_error(builder._impl), sources)}")
+        raise PolicyEngineError(f"policy files invalid: {_bundle_error(builder, bundle, sources)}")
     runner = new_interpreter()
     return [_run_test(runner, bundle, sources, file, package, name) for file, package, name in tests]
 
