@@ -97,3 +97,51 @@ def docker_socket_alive(path: str = "/var/run/docker.sock") -> bool:
         sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
         return b"OK" in sock.recv(1024)
     return False
+
+
+@dataclass
+class NginxProcess:
+    """A real, non-daemon nginx serving one rendered config from a private prefix."""
+
+    binary: str
+    prefix: Path
+    conf: Path
+    process: subprocess.Popen | None = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *extra]
+
+    def start(self, port: int) -> "NginxProcess":
+        self.process = subprocess.Popen(
+            self.command("-g", "daemon off;"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def reload(self) -> None:
+        """Graceful reload: the master re-reads the config; old workers finish their requests."""
+        import signal
+
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def stop(self) -> str:
+        """Stop (QUIT: graceful) and return what nginx wrote to stderr."""
+        import signal
+
+        if self.process is None:
+            return ""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+        self.process = None
+        return err
