@@ -122,12 +122,24 @@ class NginxProcess:
             raise
         return self
 
-    def reload(self) -> None:
-        """Graceful reload: the master re-reads the config; old workers finish their requests."""
+    def reload(self, timeout: float = 10.0) -> None:
+        """Graceful reload (SIGHUP); returns once every old worker has exited, so only the new
+        configuration answers from then on."""
         import signal
 
+        import psutil
+
         assert self.process is not None
+        master = psutil.Process(self.process.pid)
+        old = {child.pid for child in master.children()}
         self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = {child.pid for child in master.children()}
+            if now and not now & old:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"nginx workers {sorted(old)} still running {timeout}s after a reload")
 
     def stop(self) -> str:
         """Stop (QUIT: graceful) and return what nginx wrote to stderr."""

@@ -106,21 +106,10 @@ def router(tmp_path: Path, backends: dict[str, Backend], manifest) -> Iterator:
             nginx.start(port)
         else:
             nginx.reload()
-            _wait_for_reload(plan)
         return plan
 
     yield apply
     nginx.stop()
-
-
-def _wait_for_reload(plan: RouterPlan, timeout: float = 10.0) -> None:
-    """After SIGHUP, wait until new workers answer (old ones may still finish a request)."""
-    deadline = time.monotonic() + timeout
-    expected = "canary" if plan.canary_weight == 100 else "stable" if plan.canary_weight == 0 else None
-    while expected and time.monotonic() < deadline:
-        if all(_get(plan.url)["track"] == expected for _ in range(10)):
-            return
-        time.sleep(0.05)
 
 
 def _get(url: str, path: str = "/", headers: dict[str, str] | None = None, data: bytes | None = None) -> dict:
