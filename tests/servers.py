@@ -157,3 +157,54 @@ class NginxProcess:
         err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
         self.process = None
         return err
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class WorkloadServer:
+    """A real `python -m workload` (hypercorn) on a loopback port; its log is kept in `log_path`."""
+
+    workdir: Path
+    mode: str = "canary"
+    version: str = "1.0.0"
+    metrics: bool = True
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"workload-{self.port}.log"
+
+    def start(self, timeout: float = 20.0) -> "WorkloadServer":
+        import sys
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ, "PYTHONPATH": str(REPO_ROOT), "HOST": "127.0.0.1", "PORT": str(self.port),
+            "MODE": self.mode, "VERSION": self.version, "WORKLOAD_METRICS": "1" if self.metrics else "0",
+        }  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workload"], env=env, cwd=REPO_ROOT, stdout=log, stderr=log
+            )
+        try:
+            wait_for_port(self.port, timeout=timeout)
+        except TimeoutError:
+            self.stop(kill=True)
+            raise TimeoutError(f"workload did not start: {self.log_path.read_text()[-2000:]}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill() if kill else self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
