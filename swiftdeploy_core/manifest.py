@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import reprlib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -135,6 +136,16 @@ class PathsSpec(_Section):
     history: Path = Path("history.jsonl")
     report: Path = Path("audit_report.md")
     state: Path = Path(".swiftdeploy")
+    generated: Path = Path("generated")  # what `swiftdeploy init` writes
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL bytes")
+        return value
 
 
 class Manifest(_Section):
@@ -219,10 +230,14 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # construct_mapping below refuses an unhashable key with its line and column
         if key in seen:
             mark = key_node.start_mark
             raise ManifestError(
-                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r}"
+                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {_show(key)}"
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -248,9 +263,14 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ManifestError(f"{name}: invalid YAML at {where}{exc.problem or exc}") from None
+        problem = " ".join(str(exc.problem or exc).split())
+        raise ManifestError(f"{name}: invalid YAML at {where}{problem}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ManifestError(
+            f"{name}: invalid YAML: character {exc.character!r} is not allowed (at offset {exc.position})"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{name}: invalid YAML ({exc})") from None
+        raise ManifestError(f"{name}: invalid YAML ({' '.join(str(exc).split())})") from None
     except RecursionError:
         raise ManifestError(f"{name}: invalid YAML (nested too deeply)") from None
     if data is None:
@@ -358,8 +378,17 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 50, 50, 4, 4
+
+
 def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    """A short, one-line rendering of a bad value (bounded even for huge or aliased structures)."""
+    try:
+        text = _SHORT.repr(value) if isinstance(value, (str, list, dict, tuple, set, bytes)) else str(value)
+    except ValueError:  # e.g. an integer with more digits than Python will print
+        text = f"a {type(value).__name__} too large to show"
+    text = " ".join(text.split())
     return text if len(text) <= 60 else text[:57] + "..."
 
 
