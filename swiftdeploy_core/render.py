@@ -84,6 +84,10 @@ def write_all(folder: Path, files: dict[str, bytes]) -> list[Path]:
     """Write every file, each atomically (temp file + rename), after all temp files are complete."""
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder}: exists and is not a folder (generated files go there)")
+    for name in sorted(files):
+        target = folder / name
+        if target.exists() and not target.is_file():
+            raise ConfigError(f"{target}: exists and is not a regular file; nothing was written")
     staged: list[tuple[Path, Path]] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ ManifestOption = Annotated[
         "-m",
         help="The manifest file. Default: ./manifest.yaml (or $SWIFTDEPLOY_MANIFEST).",
         show_default=False,
+        readable=False,  # the manifest loader says what is wrong with the file, in one line
     ),
 ]
 
