@@ -99,6 +99,66 @@ def docker_socket_alive(path: str = "/var/run/docker.sock") -> bool:
     return False
 
 
+@dataclass
+class NginxProcess:
+    """A real, non-daemon nginx serving one rendered config from a private prefix."""
+
+    binary: str
+    prefix: Path
+    conf: Path
+    process: subprocess.Popen | None = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *extra]
+
+    def start(self, port: int) -> "NginxProcess":
+        self.process = subprocess.Popen(
+            self.command("-g", "daemon off;"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Graceful reload (SIGHUP); returns once every old worker has exited, so only the new
+        configuration answers from then on."""
+        import signal
+
+        import psutil
+
+        assert self.process is not None
+        master = psutil.Process(self.process.pid)
+        old = {child.pid for child in master.children()}
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = {child.pid for child in master.children()}
+            if now and not now & old:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"nginx workers {sorted(old)} still running {timeout}s after a reload")
+
+    def stop(self) -> str:
+        """Stop (QUIT: graceful) and return what nginx wrote to stderr."""
+        import signal
+
+        if self.process is None:
+            return ""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+        self.process = None
+        return err
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
