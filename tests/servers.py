@@ -226,3 +226,20 @@ def run_swiftdeploy(
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     command = [*(prefix or []), sys.executable, "-m", "swiftdeploy_core", *args]
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def build_images(timeout: float = 900) -> dict[str, str]:
+    """Run scripts/build-images (seconds when every image is cached): image name -> pinned tag."""
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "build-images"), "--quiet"],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"scripts/build-images failed: {result.stderr.strip()[-3000:]}", pytrace=False)
+    images = {}
+    for line in result.stdout.splitlines():
+        _status, name, pinned, *_ = line.split()
+        images[name] = pinned
+    return images
