@@ -16,7 +16,7 @@ from services.gatekeeper import decide
 from services.gatekeeper.decide import UNDEFINED, Verdict
 from swiftdeploy_core.errors import PolicyEngineError
 
-__all__ = ["UNDEFINED", "PolicyEngine", "Verdict"]
+__all__ = ["UNDEFINED", "PolicyEngine", "UnavailableEngine", "Verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +54,21 @@ class PolicyEngine(abc.ABC):
 
     async def close(self) -> None:
         """Release connections; the engine is not used afterwards."""
+
+
+class UnavailableEngine(PolicyEngine):
+    """Stands in when no engine can be built (an unreadable manifest): every decision denies."""
+
+    name = "unavailable"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def query(self, domain: str, input: dict[str, Any]) -> Any:
+        raise PolicyEngineError(self.reason)
+
+    async def health(self) -> str | None:
+        return self.reason
+
+    def revision(self) -> str:
+        return ""
