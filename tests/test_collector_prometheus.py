@@ -136,10 +136,13 @@ async def figures_from_prometheus_samples(prom, session, targets: list[Target], 
     for instance, by_time in scrapes.items():
         window = TargetWindow()
         for ts in sorted(by_time):
-            window.add(Scrape(at=ts, requests=by_time[ts]["r"], buckets=by_time[ts]["b"]))
+            # Seconds since the evaluation time, as Prometheus counts in whole milliseconds: float
+            # seconds since 1970 would cost the last digits of each interval.
+            at = (round(ts * 1000) - at_ms) / 1000
+            window.add(Scrape(at=at, requests=by_time[ts]["r"], buckets=by_time[ts]["b"]))
         windows.append(window)
     assert len(windows) == len(targets)
-    return figures(windows, end=at_ms / 1000, window=WINDOW)
+    return figures(windows, end=0.0, window=WINDOW)
 
 
 async def compare(prom, session, report: CycleReport, targets: list[Target], plateau: bool) -> None:
