@@ -27,3 +27,7 @@ test: venv servers
 
 clean:
 	rm -rf generated .swiftdeploy history.jsonl audit_report.md
+
+# Every image (swiftdeploy/base, workload, nginx, controlplane) built on this dockerd; cached by content.
+images: venv servers
+	$(BIN)/python scripts/build-images

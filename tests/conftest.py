@@ -51,3 +51,51 @@ def docker_daemon() -> str:
     if not docker_socket_alive():
         missing("dockerd (/var/run/docker.sock; run scripts/start-servers)")
     return "unix:///var/run/docker.sock"
+
+
+@pytest.fixture
+def make_workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Factory for real workload servers (`python -m workload` on a free loopback port).
+
+    make_workload(mode="canary", version="1.0.0", metrics=True) -> WorkloadServer (.url, .port, .log())
+    """
+    from tests.servers import WorkloadServer
+
+    servers: list[WorkloadServer] = []
+
+    def make(mode: str = "canary", version: str = "1.0.0", metrics: bool = True) -> WorkloadServer:
+        server = WorkloadServer(tmp_path_factory.mktemp("workload"), mode, version, metrics).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def swiftdeploy_images(docker_daemon: str) -> dict[str, str]:
+    """Every SwiftDeploy image, built by scripts/build-images when missing (a cold build takes a few
+    minutes, a cached one about a second): name (base, workload, nginx, controlplane) -> a tag
+    pinned to the hash of that image's inputs, safe from other checkouts re-tagging `latest`."""
+    from tests.servers import build_images
+
+    return build_images()
+
+
+@pytest.fixture(scope="session")
+def workload_image(swiftdeploy_images: dict[str, str]) -> str:
+    """The workload image (`python -m workload` on 0.0.0.0:3000; MODE, VERSION from the environment)."""
+    return swiftdeploy_images["workload"]
+
+
+@pytest.fixture(scope="session")
+def nginx_image(swiftdeploy_images: dict[str, str]) -> str:
+    """The router image: Debian's nginx in the foreground (`nginx -g 'daemon off;'`)."""
+    return swiftdeploy_images["nginx"]
+
+
+@pytest.fixture(scope="session")
+def controlplane_image(swiftdeploy_images: dict[str, str]) -> str:
+    """redis-server plus the whole swiftdeploy package in /opt/venv (on PATH)."""
+    return swiftdeploy_images["controlplane"]
