@@ -10,7 +10,9 @@ state folder, run as `nginx -p <prefix> -c <file> -g 'daemon off;'`).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -188,3 +190,11 @@ def _template() -> jinja2.Template:
         autoescape=False,
     )
     return env.get_template("nginx.conf.j2")
+
+
+def nginx_binary() -> str | None:
+    """The nginx executable, also found in /usr/sbin when that is not on PATH (non-root shells)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
