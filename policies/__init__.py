@@ -73,14 +73,15 @@ def policy_files(folder: Path, include_tests: bool = False) -> list[Path]:
     """The `.rego` and `.json` files an engine loads from `folder`, sorted by name."""
     if not folder.is_dir():
         return []
-    files = [
-        path
-        for path in folder.iterdir()
-        if path.suffix in (".rego", ".json") and path.is_file() and not path.name.startswith(".")
-    ]
-    if not include_tests:
-        files = [path for path in files if not is_test_file(path)]
+    files = [path for path in folder.iterdir() if is_policy_name(path.name, include_tests) and path.is_file()]
     return sorted(files, key=lambda path: path.name)
+
+
+def is_policy_name(name: str, include_tests: bool = False) -> bool:
+    """A file name an engine loads: `.rego` or `.json`, not hidden, tests only when asked for."""
+    if name.startswith(".") or not name.endswith((".rego", ".json")):
+        return False
+    return include_tests or not is_test_file(Path(name))
 
 
 def is_test_file(path: Path) -> bool:

@@ -1,13 +1,15 @@
 """Watches a policy folder cheaply, so a changed policy or data file is used by the next decision.
 
-Before every decision the engine asks `poll()`: one stat per file, and a read only when a stat
-changed or a file is so new that its mtime cannot be trusted yet (file systems stamp mtimes with
-a coarse clock, so two writes a few milliseconds apart can leave the same mtime and size; the same
-"racy" rule git uses for its index). No watcher thread, no restart.
+Before every decision the engine asks `poll()`: one directory scan and one stat per file, and a
+read only when a stat changed or a file is so new that its mtime cannot be trusted yet (file
+systems stamp mtimes with a coarse clock, so two writes a few milliseconds apart can leave the
+same mtime and size; the same "racy" rule git uses for its index). No watcher thread, no restart.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -15,13 +17,15 @@ import policies
 
 RACY_NS = 2_000_000_000  # files modified this recently are re-read on every poll
 
+Stat = tuple[str, int, int, int]  # name, mtime_ns, size, inode
+
 
 class FolderWatch:
     """The current policy and data files (not the `*_test.rego` ones) of one folder."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._stats: tuple[tuple[str, int, int, int], ...] | None = None
+        self._stats: tuple[Stat, ...] | None = None
         self._contents: dict[str, bytes] | None = None
         self._racy = True
 
@@ -30,10 +34,15 @@ class FolderWatch:
 
         Raises OSError when a file cannot be read.
         """
-        stats = self._stat()
+        stats = self._scan()
         if stats == self._stats and not self._racy:
             return None
-        contents = {path.name: path.read_bytes() for path in policies.policy_files(self.folder)}
+        contents = {}
+        for name, *_ in stats:
+            try:
+                contents[name] = (self.folder / name).read_bytes()
+            except FileNotFoundError:  # removed since the scan: the next poll sees the change
+                continue
         self._stats = stats
         now = time.time_ns()
         self._racy = any(now - mtime < RACY_NS for _, mtime, _, _ in stats)
@@ -42,12 +51,19 @@ class FolderWatch:
         self._contents = contents
         return contents
 
-    def _stat(self) -> tuple[tuple[str, int, int, int], ...]:
+    def _scan(self) -> tuple[Stat, ...]:
         stats = []
-        for path in policies.policy_files(self.folder):
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # removed since the listing: the next poll sees the change
+        try:
+            entries = list(os.scandir(self.folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return ()
+        for entry in entries:
+            if not policies.is_policy_name(entry.name):
                 continue
-            stats.append((path.name, st.st_mtime_ns, st.st_size, st.st_ino))
-        return tuple(stats)
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                stats.append((entry.name, st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(sorted(stats))

@@ -64,7 +64,8 @@ class Gatekeeper:
         if not made.allow:
             violation = PolicyViolation(domain=made.domain, reasons=made.reasons, input=made.input, decision_id=made.decision_id)
             await ctx.emit(violation, cause=event)
-        log.info(
+        log.log(
+            logging.DEBUG if made.allow else logging.INFO,  # the worker logs every job already
             "decision %s %s %s in %.2f ms (engine %s, revision %s)%s",
             made.decision_id[:12], made.domain, "ALLOW" if made.allow else "DENY", made.duration_ms,
             made.engine, made.policy_revision, "" if made.allow else ": " + "; ".join(made.reasons),
