@@ -51,3 +51,23 @@ def docker_daemon() -> str:
     if not docker_socket_alive():
         missing("dockerd (/var/run/docker.sock; run scripts/start-servers)")
     return "unix:///var/run/docker.sock"
+
+
+@pytest.fixture
+def make_workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Factory for real workload servers (`python -m workload` on a free loopback port).
+
+    make_workload(mode="canary", version="1.0.0", metrics=True) -> WorkloadServer (.url, .port, .log())
+    """
+    from tests.servers import WorkloadServer
+
+    servers: list[WorkloadServer] = []
+
+    def make(mode: str = "canary", version: str = "1.0.0", metrics: bool = True) -> WorkloadServer:
+        server = WorkloadServer(tmp_path_factory.mktemp("workload"), mode, version, metrics).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
