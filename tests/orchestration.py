@@ -189,3 +189,65 @@ class LoadLoop:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+# --- a scripted gatekeeper (unit-level stand-in; the e2e tests prefer the real one) -------------
+
+PERMISSIVE = {"disk_free_gb": 0.0, "cpu_load": 1000.0, "error_rate": 0.01, "p99_latency_ms": 500.0}
+
+
+def threshold_decision(domain: str, data: dict, thresholds: dict) -> tuple[bool, list[str]]:
+    """The policies' rules with `thresholds` (the real gatekeeper evaluates Rego instead)."""
+    reasons = []
+    if domain == "infra":
+        if data["disk_free_gb"] < thresholds["disk_free_gb"]:
+            reasons.append(f"disk free {data['disk_free_gb']} GB is below {thresholds['disk_free_gb']} GB")
+        if data["cpu_load"] > thresholds["cpu_load"]:
+            reasons.append(f"CPU load {data['cpu_load']} exceeds {thresholds['cpu_load']}")
+    elif domain == "canary":
+        if data.get("error_rate") is None or data["error_rate"] > thresholds["error_rate"]:
+            reasons.append(f"error rate {data.get('error_rate')} exceeds {thresholds['error_rate']}")
+        if data.get("p99_latency_ms") is not None and data["p99_latency_ms"] > thresholds["p99_latency_ms"]:
+            reasons.append(f"P99 {data['p99_latency_ms']} ms exceeds {thresholds['p99_latency_ms']} ms")
+    return not reasons, reasons
+
+
+class ScriptedGatekeeper:
+    """An in-process `gatekeeper` worker on the real bus answering with `threshold_decision`."""
+
+    def __init__(self, redis_url: str, thresholds: dict | None = None) -> None:
+        self.redis_url = redis_url
+        self.thresholds = dict(thresholds or PERMISSIVE)
+        self.questions: list[tuple[str, dict]] = []
+
+    async def __aenter__(self) -> "ScriptedGatekeeper":
+        from swiftdeploy_core.bus import Bus
+        from swiftdeploy_core.events import DecisionMade
+        from swiftdeploy_core.settings import Settings
+        from swiftdeploy_core.worker import ServiceSpec, Worker
+
+        async def decide(event, ctx) -> None:  # noqa: ANN001
+            p = event.payload
+            self.questions.append((p.domain, p.input))
+            allow, reasons = threshold_decision(p.domain, p.input, self.thresholds)
+            made = DecisionMade(
+                domain=p.domain, allow=allow, reasons=reasons, input=p.input, engine="scripted",
+                decision_id=f"scripted-{len(self.questions)}", policy_revision="test", duration_ms=0.1,
+            )  # fmt: skip
+            await ctx.emit(made, cause=event)
+
+        settings = Settings(redis_url=self.redis_url, instance="scripted-gatekeeper", log_json=False)
+        self.bus = await Bus.connect(settings)
+        spec = ServiceSpec(name="gatekeeper", streams=[streams.GATEKEEPER_INBOX], handlers={"decision.requested": decide})
+        self.worker = Worker(spec, settings, self.bus)
+        await self.worker.start()
+        self.task = asyncio.create_task(self.worker.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.worker.request_stop()
+        await asyncio.wait({self.task}, timeout=3)
+        self.task.cancel()
+        # Bounded: cancelling a blocked redis call can stall (see the bus's shutdown notes).
+        await asyncio.wait({asyncio.ensure_future(self.worker.stop())}, timeout=5)
+        await asyncio.wait({asyncio.ensure_future(self.bus.close())}, timeout=3)

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from swiftdeploy_core.errors import RequestTimeout, SwiftDeployError
+from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.events import (
     CanaryStarted,
     CanaryWeightChanged,
@@ -32,7 +32,7 @@ from swiftdeploy_core.events import (
     PromotionBlocked,
     TeardownCompleted,
 )
-from swiftdeploy_core.state import Instance, Phase
+from swiftdeploy_core.state import Instance, Phase, TrackState
 from services.orchestrator import phases, plans
 from services.orchestrator.rollout import Rollout, failure_logs
 
@@ -71,6 +71,8 @@ class Deploy:
     created_opa: str | None = None
     started: list[Instance] = field(default_factory=list)
     router_was_running: bool = False
+    track: TrackState | None = None
+    url: str = ""
 
     async def run(self) -> None:
         if not await self.preflight():
@@ -132,6 +134,7 @@ class Deploy:
 
     async def complete(self) -> None:
         r = self.rollout
+        assert self.track is not None
         await r.save(phase=Phase.stable, stable=self.track, canary=None, step=-1, router_url=self.url, last_reasons=[])
         names = [i.name for i in self.started]
         await r.emit(DeployCompleted(project=r.manifest.project, version=self.track.version, url=self.url, instances=names))
@@ -278,5 +281,3 @@ def _with_log(exc: BaseException) -> str:
     logs = failure_logs(exc)
     return f"{exc} (last log line: {logs[-1]})" if logs else str(exc)
 
-
-__all__ = ["Chaos", "Deploy", "GatekeeperSilent", "PromoteStable", "Refused", "Rollback", "StartCanary", "Teardown", "RequestTimeout"]

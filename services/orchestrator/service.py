@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from swiftdeploy_core import streams
+from swiftdeploy_core.bus import CONNECTION_ERRORS
 from swiftdeploy_core.errors import OperationInProgress, RequestTimeout, SwiftDeployError
 from swiftdeploy_core.events import (
     CanaryRequested,
@@ -198,15 +199,13 @@ async def analysis_loop(ctx: Context) -> None:
     """Tick every analysed rollout once per its `canary.interval`."""
     store = RecordStore(ctx.bus.redis)
     while True:
-        with contextlib.suppress(*_TRANSIENT):
+        with contextlib.suppress(*CONNECTION_ERRORS):
             for project in await store.projects():
                 record = await store.load(project)
                 if record is not None and record.phase in phases.ANALYSED and _due(record):
-                    await tick(ctx, project)
+                    with contextlib.suppress(OperationInProgress):  # a command has it: next pass
+                        await tick(ctx, project)
         await asyncio.sleep(LOOP_PAUSE)
-
-
-_TRANSIENT = (ConnectionError, OSError, OperationInProgress)
 
 
 def _due(record: RolloutState) -> bool:
