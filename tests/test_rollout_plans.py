@@ -30,7 +30,7 @@ def test_a_stable_track_is_one_labelled_spec_per_replica():
     assert plans.track_specs(MANIFEST, "stable", "abc123") == [
         InstanceSpec(
             name=f"shop-stable-abc123-{i}", project="shop", track="stable", version="1.0.0",
-            image="swiftdeploy/workload:1.0.0", port=3000, env={"MODE": "stable", "VERSION": "1.0.0"},
+            image="swiftdeploy/workload:1.0.0", port=3000, network="shop-net", env={"MODE": "stable", "VERSION": "1.0.0"},
             labels=LABELS_STABLE,
         )  # fmt: skip
         for i in (1, 2)

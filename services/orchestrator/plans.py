@@ -76,6 +76,7 @@ def track_specs(manifest: Manifest, track: Track, gen: str, *, promoted: bool = 
             image=image,
             port=svc.port,
             command=tuple(svc.command) if svc.command else None,
+            network=manifest.network.name,
             env={"MODE": track, "VERSION": version},
             labels=labels(manifest.project, Role.instance, track, version),
         )

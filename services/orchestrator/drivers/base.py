@@ -43,6 +43,7 @@ class InstanceSpec(BaseModel):
     image: str
     port: int  # the port the workload listens on inside its container (docker)
     command: tuple[str, ...] | None = None  # process runtime: the manifest's services.command
+    network: str | None = None  # docker runtime: the network it joins
     env: dict[str, str] = {}
     labels: dict[str, str] = {}
 
