@@ -7,9 +7,7 @@ message is one line naming the field path and the problem.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.manifest_errors import codepoint, describe_errors, kind_of, num, show
 
 MAX_MANIFEST_BYTES = 1_000_000
 
@@ -123,8 +122,8 @@ class CollectorSpec(_Section):
     def _window_covers_interval(self) -> "CollectorSpec":
         if self.window < 2 * self.interval:
             raise ValueError(
-                f"window must be at least twice the interval (got window={_num(self.window)}, "
-                f"interval={_num(self.interval)})"
+                f"window must be at least twice the interval (got window={num(self.window)}, "
+                f"interval={num(self.interval)})"
             )
         return self
 
@@ -135,6 +134,16 @@ class PathsSpec(_Section):
     history: Path = Path("history.jsonl")
     report: Path = Path("audit_report.md")
     state: Path = Path(".swiftdeploy")
+    generated: Path = Path("generated")  # what `swiftdeploy init` writes
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL bytes")
+        return value
 
 
 class Manifest(_Section):
@@ -194,21 +203,29 @@ def load_manifest(path: Path | str) -> LoadedManifest:
 
 
 def _read(path: Path) -> bytes:
+    try:
+        return _read_bounded(path)
+    except PermissionError:
+        raise ManifestError(f"{path}: permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _read_bounded(path: Path) -> bytes:
     if not path.exists():
         raise ManifestError(f"{path}: no such file (write one, or pass --manifest)")
     if path.is_dir():
         raise ManifestError(f"{path}: is a directory, not a manifest file")
-    try:
+    if not path.is_file():
+        raise ManifestError(f"{path}: is not a regular file (a pipe or a device?)")
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
         size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise ManifestError(
-                f"{path}: {size / 1e6:.1f} MB is too large for a manifest (limit {MAX_MANIFEST_BYTES // 1_000_000} MB)"
-            )
-        return path.read_bytes()
-    except PermissionError:
-        raise ManifestError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise ManifestError(
+            f"{path}: {size / 1e6:.1f} MB is too large for a manifest (limit {MAX_MANIFEST_BYTES // 1_000_000} MB)"
+        )
+    return raw
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -219,10 +236,14 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # construct_mapping below refuses an unhashable key with its line and column
         if key in seen:
             mark = key_node.start_mark
             raise ManifestError(
-                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r}"
+                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {show(key)}"
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -248,16 +269,21 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ManifestError(f"{name}: invalid YAML at {where}{exc.problem or exc}") from None
+        problem = " ".join(str(exc.problem or exc).split())
+        raise ManifestError(f"{name}: invalid YAML at {where}{problem}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ManifestError(
+            f"{name}: invalid YAML: character {codepoint(exc.character)} is not allowed (at offset {exc.position})"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{name}: invalid YAML ({exc})") from None
+        raise ManifestError(f"{name}: invalid YAML ({' '.join(str(exc).split())})") from None
     except RecursionError:
         raise ManifestError(f"{name}: invalid YAML (nested too deeply)") from None
     if data is None:
         raise ManifestError(f"{name}: the file holds no YAML document")
     if not isinstance(data, dict):
         raise ManifestError(
-            f"{name}: the top level must be a mapping of sections (got {_kind(data)})"
+            f"{name}: the top level must be a mapping of sections (got {kind_of(data)})"
         )
     return data
 
@@ -267,102 +293,8 @@ def validate_manifest(data: dict[str, Any], name: str = "manifest.yaml") -> Mani
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = describe_errors(exc, data)
+        problems = describe_errors(exc, Manifest)
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
         error = ManifestError(f"{name}: {problems[0]}{more}")
         error.problems = problems  # type: ignore[attr-defined]
         raise error from None
-
-
-def describe_errors(exc: ValidationError, data: Any) -> list[str]:
-    """Turn pydantic's errors into `field.path: problem (got value)` lines, unknown keys first."""
-    lines: list[tuple[int, str]] = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        field = ".".join(loc) or "(top level)"
-        lines.append((0 if err["type"] == "extra_forbidden" else 1, f"{field}: {_explain(err, data)}"))
-    return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
-
-
-def _explain(err: dict[str, Any], data: Any) -> str:
-    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
-    loc = err["loc"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(allowed)}"
-        return f"unknown key{hint}"
-    if kind == "missing":
-        return "is required"
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        low, high = _bounds(loc)
-        if low is not None and high is not None:
-            return f"must be between {_num(low)} and {_num(high)} (got {_show(got)})"
-        return f"{err['msg'].lower()} (got {_show(got)})"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be a whole number (got {_show(got)})"
-    if kind in ("float_type", "float_parsing", "finite_number"):
-        return f"must be a number (got {_show(got)})"
-    if kind == "string_type":
-        return f"must be a string (got {_show(got)}; quote it)"
-    if kind in ("enum", "literal_error"):
-        expected = ctx.get("expected", "")
-        return f"must be one of {expected} (got {_show(got)})"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"must be a mapping of fields (got {_kind(got)})"
-    if kind == "list_type":
-        return f"must be a list (got {_kind(got)})"
-    if kind == "string_pattern_mismatch":
-        return f"has an invalid format (got {_show(got)}; expected pattern {ctx.get('pattern')})"
-    if kind in ("string_too_short", "too_short"):
-        return "must not be empty"
-    if kind in ("string_too_long", "too_long"):
-        return f"is too long (got {_show(got)})"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return f"{err['msg']} (got {_show(got)})"
-
-
-def _section_model(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Manifest
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return model
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    model = _section_model(tuple(loc))
-    return sorted(model.model_fields) if model else []
-
-
-def _bounds(loc: tuple) -> tuple[Any, Any]:
-    model = _section_model(tuple(p for p in loc[:-1] if isinstance(p, str)))
-    field_name = next((p for p in reversed(loc) if isinstance(p, str)), None)
-    if model is None or field_name not in model.model_fields:
-        return None, None
-    low = high = None
-    for meta in model.model_fields[field_name].metadata:
-        low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
-        low = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else low
-        high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
-        high = getattr(meta, "lt", None) if getattr(meta, "lt", None) is not None else high
-    return low, high
-
-
-def _num(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return names.get(type(value), type(value).__name__) if value is not None else "nothing"

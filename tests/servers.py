@@ -208,3 +208,40 @@ class WorkloadServer:
             self.process.kill() if kill else self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+
+def run_swiftdeploy(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `swiftdeploy` CLI (`python -m swiftdeploy_core`) in a subprocess.
+
+    `env` is added to this process's environment; `prefix` wraps the command (e.g. setpriv).
+    """
+    import sys
+
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    command = [*(prefix or []), sys.executable, "-m", "swiftdeploy_core", *args]
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def build_images(*only: str, timeout: float = 900) -> dict[str, str]:
+    """Run scripts/build-images for `only` these images (default all; the base always): image
+    name -> tag pinned to the hash of its inputs. About a second when cached, minutes when cold."""
+    import sys
+
+    which = ["--only", ",".join(only)] if only else []
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "build-images"), "--quiet", *which],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"scripts/build-images failed: {result.stderr.strip()[-3000:]}", pytrace=False)
+    images = {}
+    for line in result.stdout.splitlines():
+        _status, name, pinned, *_ = line.split()
+        images[name] = pinned
+    return images
