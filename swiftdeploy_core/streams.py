@@ -70,3 +70,8 @@ def audit_claim_key(history_id: str, event_id: str) -> str:
 def audit_head_key(history_id: str) -> str:
     """The hash of the last line the auditor appended to one history file (detects a cut tail)."""
     return f"{PREFIX}:audit:head:{history_id}"
+
+
+def audit_mode_key(project: str) -> str:
+    """The serving mode as of the last `mode.changed` the auditor recorded for a project."""
+    return f"{PREFIX}:audit:mode:{project}"

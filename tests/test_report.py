@@ -35,6 +35,18 @@ def table(markdown: str, heading: str) -> list[list[str]]:
     return [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows[2:]]
 
 
+def denied_gates(lines: list[dict]) -> dict[str, dict]:
+    """From the history itself: the first entry of each denied decision that gated an operation
+    (a policy.violation, or a decision.made with allow=false), leaving out status refreshes."""
+    status = {e["correlation_id"] for e in lines if e["type"] == "status.checked"}
+    denied: dict[str, dict] = {}
+    for e in lines:
+        if (e["type"] == "policy.violation" or (e["type"] == "decision.made" and not e["allow"])) \
+                and e["correlation_id"] not in status:
+            denied.setdefault(e["decision_id"], e)
+    return denied
+
+
 def history(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -60,13 +72,7 @@ def test_the_report_has_every_section(tmp_path: Path) -> None:
 def test_violation_rows_are_the_denied_gating_decisions_of_the_history(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
     write_scripted_history(path)
-    lines = history(path)
-    status = {e["correlation_id"] for e in lines if e["type"] == "status.checked"}
-    denied: dict[str, dict] = {}
-    for e in lines:  # the first entry of each denied decision (decision.made, then policy.violation)
-        if (e["type"] == "policy.violation" or (e["type"] == "decision.made" and not e["allow"])) \
-                and e["correlation_id"] not in status:
-            denied.setdefault(e["decision_id"], e)
+    denied = denied_gates(history(path))
     rows = table(render(path), "Policy violations")
     assert len(rows) == len(denied) == 3  # dec-3, dec-4, dec-6; the status refresh's dec-5 is not a gate
     expected = sorted((e["timestamp"], e["domain"], "; ".join(e["reasons"])) for e in denied.values())

@@ -23,12 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from swiftdeploy_core.describe import event_fields
 from swiftdeploy_core.events import Event
 
 GENESIS = "0" * 64
-RESERVED = ("timestamp", "type", "mode", "event_id", "correlation_id", "causation_id", "source", "prev", "hash")
 # Payload fields left out of a line: bulky, and fixed elsewhere (the manifest by its sha256).
-OMITTED = {"type", "manifest"}
+OMITTED = {"manifest"}
 _HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"\}$')
 
 
@@ -48,14 +48,8 @@ def parse_iso(text: str) -> datetime:
 def history_entry(event: Event, mode: str) -> dict[str, Any]:
     """The line's content for one event (everything but `prev` and `hash`)."""
     entry: dict[str, Any] = {"timestamp": iso_utc(event.timestamp), "type": event.type, "mode": mode}
-    for key, value in event.payload.model_dump(mode="json").items():
-        if key in OMITTED:
-            continue
-        if key == "mode" and event.type.startswith("chaos."):
-            key = "chaos_mode"  # a chaos mode (slow/error/recover) is not the serving mode
-        elif key in RESERVED and key != "mode":
-            key = f"payload_{key}"
-        entry[key] = value
+    fields = event_fields(event)
+    entry.update((k, v) for k, v in fields.items() if k not in OMITTED and k != "type")
     entry.update(
         event_id=event.id,
         correlation_id=event.correlation_id,

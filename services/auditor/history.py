@@ -92,10 +92,12 @@ class HistoryWriter:
         async with self._locked() as fd:
             claim = await self.redis.get(key)
             if claim == WRITTEN:
+                log.info("= %s is already in the history (a redelivery); no new line", event_id)
                 return False
             if claim and claim.startswith(PENDING):
                 offset = int(claim[len(PENDING):] or 0)
                 if await asyncio.to_thread(_contains_event, fd, event_id, offset):
+                    log.info("= %s was written before its writer stopped; no new line", event_id)
                     await self.redis.set(key, WRITTEN, ex=self.claim_ttl)
                     return False
             size = os.fstat(fd).st_size

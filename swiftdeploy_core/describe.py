@@ -1,13 +1,31 @@
-"""One short human sentence per history entry, for the report's tables."""
+"""One short human sentence per event, for the audit report, `status` and command progress.
+
+Works on the flat form the history stores (payload fields at the top, a chaos mode as
+`chaos_mode`); `event_fields` gives that form for a live `Event`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from services.auditor.chain import RESERVED
+from swiftdeploy_core.events import Event
 
 Entry = dict[str, Any]
+# Keys of a history line that are not the event's own figures.
+RESERVED = ("timestamp", "type", "mode", "event_id", "correlation_id", "causation_id", "source", "prev", "hash")
+
+
+def event_fields(event: Event) -> Entry:
+    """An event's payload as flat fields, named as in a history line (without the envelope)."""
+    fields: Entry = {"type": event.type}
+    for key, value in event.payload.model_dump(mode="json").items():
+        if key == "mode" and event.type.startswith("chaos."):
+            key = "chaos_mode"  # a chaos mode (slow/error/recover) is not the serving mode
+        elif key in RESERVED and key != "mode":
+            key = f"payload_{key}"
+        fields.setdefault(key, value)
+    return fields
 
 
 def _reasons(entry: Entry) -> str:
@@ -83,6 +101,10 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "target.down": lambda e: f"{e.get('url')} ({e.get('track')}): {e.get('error')}",
     "target.up": lambda e: f"{e.get('url')} ({e.get('track')})",
 }
+
+
+def describe_event(event: Event) -> str:
+    return describe(event_fields(event))
 
 
 def describe(entry: Entry) -> str:
