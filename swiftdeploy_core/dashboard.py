@@ -194,7 +194,7 @@ def _header(view: StatusView) -> Text:
 def _tracks_table(view: StatusView) -> Table:
     table = Table(title="Tracks", expand=True, title_justify="left")
     for column in ("Track", "Version", "Weight", "Replicas", "Health", "Req/s", "Errors", "P99"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("Health", "Track"))
     for t in view.tracks:
         table.add_row(t.track, t.version, f"{t.weight}%", str(t.replicas), _health(t),
                       fmt_rate(t.request_rate), fmt_pct(t.error_rate), fmt_ms(t.p99_latency_ms))
@@ -231,6 +231,8 @@ def _events_table(view: StatusView) -> Table:
     table.add_column("Details", ratio=1)
     for event in view.events:
         table.add_row(f"{event.timestamp:%H:%M:%S}", event.type, event.summary)
+    if not view.events:
+        table.add_row("—", "", "no events yet")
     return table
 
 
