@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import reprlib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -135,6 +136,16 @@ class PathsSpec(_Section):
     history: Path = Path("history.jsonl")
     report: Path = Path("audit_report.md")
     state: Path = Path(".swiftdeploy")
+    generated: Path = Path("generated")  # what `swiftdeploy init` writes
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL bytes")
+        return value
 
 
 class Manifest(_Section):
@@ -194,21 +205,29 @@ def load_manifest(path: Path | str) -> LoadedManifest:
 
 
 def _read(path: Path) -> bytes:
+    try:
+        return _read_bounded(path)
+    except PermissionError:
+        raise ManifestError(f"{path}: permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _read_bounded(path: Path) -> bytes:
     if not path.exists():
         raise ManifestError(f"{path}: no such file (write one, or pass --manifest)")
     if path.is_dir():
         raise ManifestError(f"{path}: is a directory, not a manifest file")
-    try:
+    if not path.is_file():
+        raise ManifestError(f"{path}: is not a regular file (a pipe or a device?)")
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
         size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise ManifestError(
-                f"{path}: {size / 1e6:.1f} MB is too large for a manifest (limit {MAX_MANIFEST_BYTES // 1_000_000} MB)"
-            )
-        return path.read_bytes()
-    except PermissionError:
-        raise ManifestError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise ManifestError(
+            f"{path}: {size / 1e6:.1f} MB is too large for a manifest (limit {MAX_MANIFEST_BYTES // 1_000_000} MB)"
+        )
+    return raw
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -219,10 +238,14 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # construct_mapping below refuses an unhashable key with its line and column
         if key in seen:
             mark = key_node.start_mark
             raise ManifestError(
-                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r}"
+                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {_show(key)}"
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -248,9 +271,14 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ManifestError(f"{name}: invalid YAML at {where}{exc.problem or exc}") from None
+        problem = " ".join(str(exc.problem or exc).split())
+        raise ManifestError(f"{name}: invalid YAML at {where}{problem}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ManifestError(
+            f"{name}: invalid YAML: character {_codepoint(exc.character)} is not allowed (at offset {exc.position})"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{name}: invalid YAML ({exc})") from None
+        raise ManifestError(f"{name}: invalid YAML ({' '.join(str(exc).split())})") from None
     except RecursionError:
         raise ManifestError(f"{name}: invalid YAML (nested too deeply)") from None
     if data is None:
@@ -284,6 +312,14 @@ def describe_errors(exc: ValidationError, data: Any) -> list[str]:
     return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
+_RANGE_WORDS = {
+    "greater_than_equal": "at least",
+    "less_than_equal": "at most",
+    "greater_than": "greater than",
+    "less_than": "less than",
+}
+
+
 def _explain(err: dict[str, Any], data: Any) -> str:
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     loc = err["loc"]
@@ -294,11 +330,12 @@ def _explain(err: dict[str, Any], data: Any) -> str:
         return f"unknown key{hint}"
     if kind == "missing":
         return "is required"
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+    if kind in _RANGE_WORDS:
         low, high = _bounds(loc)
         if low is not None and high is not None:
             return f"must be between {_num(low)} and {_num(high)} (got {_show(got)})"
-        return f"{err['msg'].lower()} (got {_show(got)})"
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {_RANGE_WORDS[kind]} {_num(bound)} (got {_show(got)})"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be a whole number (got {_show(got)})"
     if kind in ("float_type", "float_parsing", "finite_number"):
@@ -358,9 +395,23 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 50, 50, 4, 4
+
+
 def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    """A short, one-line rendering of a bad value (bounded even for huge or aliased structures)."""
+    try:
+        text = _SHORT.repr(value) if isinstance(value, (str, list, dict, tuple, set, bytes)) else str(value)
+    except ValueError:  # e.g. an integer with more digits than Python will print
+        text = f"a {type(value).__name__} too large to show"
+    text = " ".join(text.split())
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _codepoint(character: Any) -> str:
+    code = character if isinstance(character, int) else ord(character[:1] or "\0")
+    return f"U+{code:04X}"
 
 
 def _kind(value: Any) -> str:

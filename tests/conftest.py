@@ -51,3 +51,58 @@ def docker_daemon() -> str:
     if not docker_socket_alive():
         missing("dockerd (/var/run/docker.sock; run scripts/start-servers)")
     return "unix:///var/run/docker.sock"
+
+
+@pytest.fixture
+def make_workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Factory for real workload servers (`python -m workload` on a free loopback port).
+
+    make_workload(mode="canary", version="1.0.0", metrics=True) -> WorkloadServer (.url, .port, .log())
+    """
+    from tests.servers import WorkloadServer
+
+    servers: list[WorkloadServer] = []
+
+    def make(mode: str = "canary", version: str = "1.0.0", metrics: bool = True) -> WorkloadServer:
+        server = WorkloadServer(tmp_path_factory.mktemp("workload"), mode, version, metrics).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def swiftdeploy_images(docker_daemon: str) -> dict[str, str]:
+    """Every SwiftDeploy image, built by scripts/build-images when missing: name (base, workload,
+    nginx, controlplane) -> a tag pinned to the hash of that image's inputs, so another checkout
+    re-tagging `latest` cannot change what a test runs. A cold build takes a few minutes (once per
+    machine), a cached one about a second. Prefer the one-image fixtures below: they build less."""
+    from tests.servers import build_images
+
+    return build_images()
+
+
+@pytest.fixture(scope="session")
+def workload_image(docker_daemon: str) -> str:
+    """The workload image (`python -m workload` on 0.0.0.0:3000; MODE, VERSION from the environment)."""
+    from tests.servers import build_images
+
+    return build_images("workload")["workload"]
+
+
+@pytest.fixture(scope="session")
+def nginx_image(docker_daemon: str) -> str:
+    """The router image: Debian's nginx in the foreground (`nginx -g 'daemon off;'`)."""
+    from tests.servers import build_images
+
+    return build_images("nginx")["nginx"]
+
+
+@pytest.fixture(scope="session")
+def controlplane_image(docker_daemon: str) -> str:
+    """redis-server plus the whole swiftdeploy package in /opt/venv (on PATH)."""
+    from tests.servers import build_images
+
+    return build_images("controlplane")["controlplane"]

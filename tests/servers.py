@@ -97,3 +97,151 @@ def docker_socket_alive(path: str = "/var/run/docker.sock") -> bool:
         sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
         return b"OK" in sock.recv(1024)
     return False
+
+
+@dataclass
+class NginxProcess:
+    """A real, non-daemon nginx serving one rendered config from a private prefix."""
+
+    binary: str
+    prefix: Path
+    conf: Path
+    process: subprocess.Popen | None = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *extra]
+
+    def start(self, port: int) -> "NginxProcess":
+        self.process = subprocess.Popen(
+            self.command("-g", "daemon off;"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Graceful reload (SIGHUP); returns once every old worker has exited, so only the new
+        configuration answers from then on."""
+        import signal
+
+        import psutil
+
+        assert self.process is not None
+        master = psutil.Process(self.process.pid)
+        old = {child.pid for child in master.children()}
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = {child.pid for child in master.children()}
+            if now and not now & old:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"nginx workers {sorted(old)} still running {timeout}s after a reload")
+
+    def stop(self) -> str:
+        """Stop (QUIT: graceful) and return what nginx wrote to stderr."""
+        import signal
+
+        if self.process is None:
+            return ""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+        self.process = None
+        return err
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class WorkloadServer:
+    """A real `python -m workload` (hypercorn) on a loopback port; its log is kept in `log_path`."""
+
+    workdir: Path
+    mode: str = "canary"
+    version: str = "1.0.0"
+    metrics: bool = True
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"workload-{self.port}.log"
+
+    def start(self, timeout: float = 20.0) -> "WorkloadServer":
+        import sys
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ, "PYTHONPATH": str(REPO_ROOT), "HOST": "127.0.0.1", "PORT": str(self.port),
+            "MODE": self.mode, "VERSION": self.version, "WORKLOAD_METRICS": "1" if self.metrics else "0",
+        }  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workload"], env=env, cwd=REPO_ROOT, stdout=log, stderr=log
+            )
+        try:
+            wait_for_port(self.port, timeout=timeout)
+        except TimeoutError:
+            self.stop(kill=True)
+            raise TimeoutError(f"workload did not start: {self.log_path.read_text()[-2000:]}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill() if kill else self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def run_swiftdeploy(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `swiftdeploy` CLI (`python -m swiftdeploy_core`) in a subprocess.
+
+    `env` is added to this process's environment; `prefix` wraps the command (e.g. setpriv).
+    """
+    import sys
+
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    command = [*(prefix or []), sys.executable, "-m", "swiftdeploy_core", *args]
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def build_images(*only: str, timeout: float = 900) -> dict[str, str]:
+    """Run scripts/build-images for `only` these images (default all; the base always): image
+    name -> tag pinned to the hash of its inputs. About a second when cached, minutes when cold."""
+    import sys
+
+    which = ["--only", ",".join(only)] if only else []
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "build-images"), "--quiet", *which],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"scripts/build-images failed: {result.stderr.strip()[-3000:]}", pytrace=False)
+    images = {}
+    for line in result.stdout.splitlines():
+        _status, name, pinned, *_ = line.split()
+        images[name] = pinned
+    return images

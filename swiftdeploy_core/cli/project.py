@@ -1,9 +1,102 @@
-"""Commands: (to be written)."""
+"""Commands: `init` (generate files from the manifest) and `validate` (the pre-flight checklist)."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from pydantic import ValidationError
+
+from swiftdeploy_core.errors import ConfigError
+from swiftdeploy_core.settings import Settings
+
+ManifestOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--manifest",
+        "-m",
+        help="The manifest file. Default: ./manifest.yaml (or $SWIFTDEPLOY_MANIFEST).",
+        show_default=False,
+        readable=False,  # the manifest loader says what is wrong with the file, in one line
+    ),
+]
+
+
+def init(manifest: ManifestOption = None) -> None:
+    """Generate nginx.conf, docker-compose.yml and opa-config.yaml under generated/.
+
+    Everything is rendered first and written only if all of it rendered; the same manifest always gives the same bytes, so `rm -rf generated && swiftdeploy init` restores them.
+
+    \b
+    Examples:
+      swiftdeploy init
+      swiftdeploy init --manifest deploy/manifest.yaml
+      rm -rf generated && swiftdeploy init
+    """
+    from swiftdeploy_core.manifest import load_manifest
+    from swiftdeploy_core.render import init as render_init
+
+    loaded = load_manifest(manifest_path(manifest))
+    for path in render_init(loaded):
+        typer.echo(f"wrote {_shown(path)}")
+    typer.echo(f"from {_shown(loaded.path)} (sha256 {loaded.sha256[:12]})")
+
+
+def validate(
+    manifest: ManifestOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checklist as JSON.")] = False,
+) -> None:
+    """Run the pre-flight checklist; exit 0 only when every check passes.
+
+    Checks: the manifest schema, the generated files match the manifest, nginx -t accepts nginx.conf, docker-compose accepts the compose file, the nginx port is free, the runtime (dockerd, or the nginx binary for `runtime: process`) is reachable, and Redis answers.
+
+    \b
+    Examples:
+      swiftdeploy validate
+      swiftdeploy validate --manifest deploy/manifest.yaml
+      swiftdeploy validate --json | jq '.checks[] | select(.ok == false)'
+    """
+    from swiftdeploy_core.checks import run_checks
+
+    settings = load_settings()
+    results = run_checks(manifest_path(manifest, settings), settings)
+    passed = all(result.ok for result in results)
+    if as_json:
+        payload = {"ok": passed, "checks": [result.model_dump() for result in results]}
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        for result in results:
+            typer.echo(f"{'✓' if result.ok else '✗'} {result.name}: {result.reason}")
+        failed = sum(not result.ok for result in results)
+        typer.echo(f"all {len(results)} checks passed" if passed else f"{failed} of {len(results)} checks failed")
+    raise typer.Exit(0 if passed else 1)
+
+
+def load_settings() -> Settings:
+    """The process settings; a bad environment variable is a one-line ConfigError."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def manifest_path(option: Path | None, settings: Settings | None = None) -> Path:
+    return option if option is not None else (settings or load_settings()).manifest
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working folder when it is below it."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command()(init)
+    app.command()(validate)

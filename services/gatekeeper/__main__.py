@@ -1,0 +1,9 @@
+"""`python -m services.gatekeeper`: run one gatekeeper replica until SIGTERM/SIGINT."""
+
+from services.gatekeeper.service import build_spec
+from swiftdeploy_core.settings import Settings
+from swiftdeploy_core.worker import run
+
+if __name__ == "__main__":
+    settings = Settings()
+    run(build_spec(settings), settings)

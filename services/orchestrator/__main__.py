@@ -1,0 +1,9 @@
+"""`python -m services.orchestrator`: run one orchestrator replica until SIGTERM/SIGINT."""
+
+from services.orchestrator.service import build_spec
+from swiftdeploy_core.settings import Settings
+from swiftdeploy_core.worker import run
+
+if __name__ == "__main__":
+    settings = Settings()
+    run(build_spec(settings), settings)

@@ -1,0 +1,441 @@
+"""The bus client: publish events on Redis streams, follow them, and ask for a reply.
+
+An entry on a stream has three fields: `event` (the envelope as JSON), `type` and `cid` (the
+correlation id), so readers can filter without parsing. Consumer groups live in `worker.py`;
+this module is what every process (client or service) uses to talk on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from swiftdeploy_core import streams
+from swiftdeploy_core.errors import BusError, ControlPlaneDown, RequestTimeout
+from swiftdeploy_core.events import Event
+from swiftdeploy_core.settings import Settings
+
+log = logging.getLogger("swiftdeploy.bus")
+
+FIELD_EVENT = "event"
+FIELD_TYPE = "type"
+FIELD_CORRELATION = "cid"
+# Errors meaning "Redis went away": callers back off and retry instead of crashing.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+RECONNECT_MIN_S = 0.05
+RECONNECT_MAX_S = 2.0
+FOLLOW_BLOCK_MS = 1_000
+FOLLOW_BATCH = 500
+
+
+def entry_fields(event: Event) -> dict[str, str]:
+    """The fields of the stream entry that carries `event`."""
+    return {FIELD_EVENT: event.to_json(), FIELD_TYPE: event.type, FIELD_CORRELATION: event.correlation_id}
+
+
+def decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def id_ms(entry_id: str) -> int:
+    """The millisecond part of a stream entry id ("1700000000000-3" -> 1700000000000)."""
+    return int(entry_id.split("-", 1)[0])
+
+
+def matches(event_type: str, patterns: Collection[str] | None) -> bool:
+    """True when `event_type` matches one of the glob `patterns` (None matches everything)."""
+    return patterns is None or any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
+
+
+class Backoff:
+    """Exponential backoff between reconnect attempts; `reset()` after a success."""
+
+    def __init__(self, low: float = RECONNECT_MIN_S, high: float = RECONNECT_MAX_S) -> None:
+        self.low, self.high, self.delay = low, high, low
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.high, self.delay * 2)
+
+    def reset(self) -> None:
+        self.delay = self.low
+
+
+@dataclass
+class _Waiter:
+    expect: frozenset[str]
+    after_ms: int
+    request_id: str
+    future: asyncio.Future[Event] = field(repr=False)
+
+
+def maxlen_for(settings: Settings, stream: str) -> int:
+    return settings.metrics_maxlen if stream == streams.METRICS else settings.stream_maxlen
+
+
+class Bus:
+    """One process's connection to the bus (redis.asyncio underneath)."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._reader_ready: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> "Bus":
+        """Connect and check Redis answers; ControlPlaneDown if it does not."""
+        url = resolve_redis_url(settings)
+        redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=0)
+        try:
+            await redis.ping()
+        except (*CONNECTION_ERRORS, RedisError) as exc:
+            await redis.aclose()
+            raise ControlPlaneDown(f"Redis at {url} is not reachable ({exc}); run `swiftdeploy up`") from exc
+        return cls(settings, redis)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.future.done():
+                    waiter.future.cancel()
+        self._waiters.clear()
+        await self.redis.aclose()
+
+    # --- publishing --------------------------------------------------------------------------
+
+    async def publish(self, stream: str, event: Event) -> str:
+        """XADD `event` to `stream` (capped at an approximate MAXLEN); returns the entry id."""
+        entry_id = await self.redis.xadd(
+            stream, entry_fields(event), maxlen=maxlen_for(self.settings, stream), approximate=True
+        )
+        return decode(entry_id)
+
+    async def publish_many(self, stream: str, events: Collection[Event]) -> list[str]:
+        """XADD several events in one round trip (a pipeline, not a transaction)."""
+        pipe = self.redis.pipeline(transaction=False)
+        maxlen = maxlen_for(self.settings, stream)
+        for event in events:
+            pipe.xadd(stream, entry_fields(event), maxlen=maxlen, approximate=True)
+        return [decode(i) for i in await pipe.execute()]
+
+    async def cursor(self, stream: str = streams.EVENTS) -> str:
+        """The id of the newest entry of `stream` ("0-0" when empty): a `since` that misses nothing."""
+        newest = await self.redis.xrevrange(stream, count=1)
+        return decode(newest[0][0]) if newest else "0-0"
+
+    # --- request / reply ---------------------------------------------------------------------
+
+    async def request(
+        self, stream: str, event: Event, expect: Collection[str], timeout: float
+    ) -> Event:
+        """Publish `event`, then wait for an event on EVENTS with its correlation id and a type
+        in `expect`; RequestTimeout after `timeout` seconds."""
+        await self._ensure_reader()
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(frozenset(expect), 0, event.id, loop.create_future())
+        self._waiters.setdefault(event.correlation_id, []).append(waiter)
+        try:
+            entry_id = await self.publish(stream, event)
+            waiter.after_ms = id_ms(entry_id)
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(
+                f"no {'/'.join(sorted(expect))} for {event.type} on {stream} within {timeout:g}s"
+                " (is the service running? `swiftdeploy ps`)"
+            ) from None
+        finally:
+            self._drop_waiter(event.correlation_id, waiter)
+
+    def _drop_waiter(self, correlation_id: str, waiter: _Waiter) -> None:
+        waiters = self._waiters.get(correlation_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(correlation_id, None)
+
+    async def _ensure_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            if self._reader_ready is not None:
+                await asyncio.shield(self._reader_ready)
+            return
+        self._reader_ready = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read_replies(), name="bus-replies")
+        await asyncio.shield(self._reader_ready)
+
+    async def _read_replies(self) -> None:
+        """One reader per process: XREAD EVENTS, hand each reply to the future waiting for it."""
+        conn = self.redis.client()  # its own connection: the blocking XREAD holds it
+        backoff = Backoff()
+        last: str | None = None
+        try:
+            while True:
+                try:
+                    if last is None:
+                        last = await self.cursor()
+                        assert self._reader_ready is not None
+                        if not self._reader_ready.done():
+                            self._reader_ready.set_result(None)
+                    reply = await conn.xread({streams.EVENTS: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    backoff.reset()
+                except CONNECTION_ERRORS as exc:
+                    log.warning("reply reader lost Redis (%s); retrying", exc)
+                    await backoff.wait()
+                    continue
+                for _stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        last = decode(entry_id)
+                        self._dispatch(last, fields)
+        finally:
+            await conn.aclose()
+
+    def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        waiters = self._waiters.get(decode(fields.get(b"cid", b"")))
+        if not waiters:
+            return
+        event_type = decode(fields.get(b"type", b""))
+        ms = id_ms(entry_id)
+        for waiter in waiters:
+            if event_type in waiter.expect and ms >= waiter.after_ms and not waiter.future.done():
+                with contextlib.suppress(Exception):
+                    waiter.future.set_result(Event.from_json(fields[b"event"]))
+                return
+
+    # --- following ---------------------------------------------------------------------------
+
+    async def follow(
+        self,
+        *,
+        correlation_id: str | None = None,
+        types: Collection[str] | None = None,
+        since: str = "$",
+        stream: str = streams.EVENTS,
+    ) -> AsyncIterator[Event]:
+        """Yield events from `stream` after `since` (an entry id, "0" for all, "$" for new ones),
+        keeping those with `correlation_id` and a type matching one of the globs in `types`."""
+        conn = self.redis.client()
+        backoff = Backoff()
+        last = since
+        try:
+            while True:
+                try:
+                    if last == "$":
+                        last = await self.cursor(stream)
+                    reply = await conn.xread({stream: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    backoff.reset()
+                except CONNECTION_ERRORS as exc:
+                    log.warning("follow lost Redis (%s); retrying", exc)
+                    await backoff.wait()
+                    continue
+                for _stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        last = decode(entry_id)
+                        event = _select(fields, correlation_id, types)
+                        if event is not None:
+                            yield event
+        finally:
+            await conn.aclose()
+
+
+def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Collection[str] | None) -> Event | None:
+    if correlation_id is not None and decode(fields.get(b"cid", b"")) != correlation_id:
+        return None
+    if not matches(decode(fields.get(b"type", b"")), types):
+        return None
+    try:
+        return Event.from_json(fields[b"event"])
+    except (KeyError, ValueError):
+        return None  # a malformed entry: the consumers dead-letter it; followers skip it
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """REDIS_URL if set, else the URL of the control plane `swiftdeploy up` started here."""
+    if settings.redis_url:
+        return settings.redis_url
+    from swiftdeploy_core.controlplane import running_redis_url  # avoids an import cycle
+
+    url = running_redis_url(settings)
+    if url is None:
+        raise ControlPlaneDown("no REDIS_URL and no control plane running here; run `swiftdeploy up`")
+    return url
+
+
+
+
+# --- consumer groups ---------------------------------------------------------------------------
+
+# Acks an entry, records its event id as processed and applies the handler's queued writes, all
+# atomically, and only if the event id was not processed before (a reclaimed duplicate is acked
+# without its writes). ARGV: group, now_ms, n, then per entry: stream, entry_id, event_id ("" =
+# ack only), ncmds, then per command: nargs, args...
+COMMIT_SCRIPT = """
+local group, now, i, dups = ARGV[1], ARGV[2], 4, 0
+for _ = 1, tonumber(ARGV[3]) do
+  local stream, entry, eid, ncmds = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
+  local fresh = eid == '' or not redis.call('ZSCORE', KEYS[1], eid)
+  if not fresh then dups = dups + 1 end
+  for _ = 1, ncmds do
+    local nargs, cmd = tonumber(ARGV[i]), {}
+    for a = 1, nargs do cmd[a] = ARGV[i + a] end
+    i = i + nargs + 1
+    if fresh then redis.call(unpack(cmd)) end
+  end
+  if fresh and eid ~= '' then redis.call('ZADD', KEYS[1], now, eid) end
+  redis.call('XACK', stream, group, entry)
+  redis.call('HDEL', KEYS[2], stream .. '/' .. entry)
+end
+return dups
+"""
+PROCESSED_RETENTION_MS = 6 * 3600 * 1000  # how long an event id is remembered as processed
+
+
+@dataclass
+class Entry:
+    """One stream entry as a consumer got it."""
+
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+    reclaimed: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.stream}/{self.entry_id}"
+
+
+@dataclass
+class Commit:
+    """What to write when an entry is done: ack, mark `event_id` processed, run `commands`."""
+
+    entry: Entry
+    event_id: str = ""
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _entries(reply: Any, reclaimed: bool = False) -> list[Entry]:
+    out = []
+    for stream, items in reply or ():
+        for entry_id, fields in items:
+            if fields is not None:  # a trimmed entry still in the PEL comes back without fields
+                out.append(Entry(decode(stream), decode(entry_id), fields, reclaimed))
+    return out
+
+
+class Group:
+    """One service's consumer group as seen by one consumer (a replica)."""
+
+    def __init__(self, bus: Bus, service: str, consumer: str) -> None:
+        self.bus, self.service, self.consumer = bus, service, consumer
+        self.name = streams.group(service)
+        self.processed = streams.processed_key(service)
+        self.failures = streams.delivery_count_key(service)
+        self._commit = bus.redis.register_script(COMMIT_SCRIPT)
+
+    async def join(self, names: Collection[str]) -> None:
+        """XGROUP CREATE ... MKSTREAM from the start of each stream; BUSYGROUP means joined."""
+        for stream in names:
+            try:
+                await self.bus.redis.xgroup_create(stream, self.name, id="0", mkstream=True)
+            except RedisError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, conn: aioredis.Redis, names: Collection[str], count: int, block_ms: int) -> list[Entry]:
+        reply = await conn.xreadgroup(
+            self.name, self.consumer, {s: ">" for s in names}, count=count, block=block_ms
+        )
+        return _entries(reply)
+
+    async def claim_idle(self, stream: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """XAUTOCLAIM every entry idle longer than `min_idle_ms` (a dead replica's work)."""
+        claimed: list[Entry] = []
+        start = "0-0"
+        while True:
+            reply = await self.bus.redis.xautoclaim(
+                stream, self.name, self.consumer, min_idle_ms, start_id=start, count=count
+            )
+            start = decode(reply[0])
+            claimed += _entries([(stream, reply[1])], reclaimed=True)
+            if start == "0-0" or len(claimed) >= count:
+                return claimed
+
+    async def deliveries(self, entries: Collection[Entry]) -> list[int]:
+        """How many times each entry was delivered to a consumer of the group."""
+        pipe = self.bus.redis.pipeline(transaction=False)
+        for e in entries:
+            pipe.xpending_range(e.stream, self.name, min=e.entry_id, max=e.entry_id, count=1)
+        replies = await pipe.execute()
+        return [int(r[0]["times_delivered"]) if r else 0 for r in replies]
+
+    async def keepalive(self, stream: str, entry_ids: Collection[str]) -> None:
+        """Reset the idle time of entries still being worked on, so nobody reclaims them."""
+        if entry_ids:
+            await self.bus.redis.xclaim(
+                stream, self.name, self.consumer, 0, list(entry_ids), justid=True
+            )
+
+    async def seen(self, event_ids: list[str]) -> list[bool]:
+        """Which of `event_ids` were already processed by this service."""
+        if not event_ids:
+            return []
+        scores = await self.bus.redis.zmscore(self.processed, event_ids)
+        return [s is not None for s in scores]
+
+    async def commit(self, commits: Collection[Commit]) -> int:
+        """Apply, mark and ack `commits` atomically; returns how many were duplicates."""
+        args: list[Any] = [self.name, int(time.time() * 1000), len(commits)]
+        for c in commits:
+            args += [c.entry.stream, c.entry.entry_id, c.event_id, len(c.commands)]
+            for command in c.commands:
+                args += [len(command), *command]
+        return int(await self._commit(keys=[self.processed, self.failures], args=args))
+
+    async def record_failure(self, entry: Entry) -> int:
+        """Count one failed attempt at `entry`; returns the attempts so far."""
+        return int(await self.bus.redis.hincrby(self.failures, entry.key, 1))
+
+    async def dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
+        """Move `entry` to the dead-letter stream with `error`, then ack it (one transaction)."""
+        fields = {
+            "service": self.service, "stream": entry.stream, "entry_id": entry.entry_id,
+            "error": error, "attempts": str(attempts), "consumer": self.consumer,
+            FIELD_TYPE: decode(entry.fields.get(b"type", b"")),
+            FIELD_EVENT: decode(entry.fields.get(b"event", b"")),
+        }  # fmt: skip
+        async with self.bus.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(streams.DEAD_LETTER, fields, maxlen=self.bus.settings.stream_maxlen, approximate=True)
+            pipe.xack(entry.stream, self.name, entry.entry_id)
+            pipe.hdel(self.failures, entry.key)
+            await pipe.execute()
+
+    async def forget_old(self) -> None:
+        """Drop processed ids older than the retention (a duplicate cannot come that late)."""
+        cutoff = int(time.time() * 1000) - PROCESSED_RETENTION_MS
+        await self.bus.redis.zremrangebyscore(self.processed, "-inf", cutoff)
+
+    async def backlog(self, names: Collection[str]) -> dict[str, tuple[int, int]]:
+        """Per stream: (entries not yet delivered to the group, entries delivered but not acked)."""
+        out: dict[str, tuple[int, int]] = {}
+        for stream in names:
+            for info in await self.bus.redis.xinfo_groups(stream):
+                if decode(info.get("name")) == self.name:
+                    out[stream] = (int(info.get("lag") or 0), int(info.get("pending") or 0))
+        return out

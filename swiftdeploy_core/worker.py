@@ -1,0 +1,542 @@
+"""The service base: a worker that consumes a service's streams through its consumer group.
+
+A service is a `ServiceSpec` (name, streams, a handler table keyed by event type) run by
+`run(spec)`. The worker reads in batches (XREADGROUP), skips event ids already processed, runs
+the handler, and acks only after it succeeded, atomically with the id's "processed" mark and the
+handler's queued writes (`ctx.on_commit`). A failing entry is retried in-process with backoff and
+dead-lettered after `settings.max_deliveries` attempts; a dead replica's entries are reclaimed
+with XAUTOCLAIM after `settings.lease_ms`. SIGTERM/SIGINT: stop reading, finish and ack what is
+in flight, exit 0 within `settings.shutdown_grace`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from swiftdeploy_core import logs, streams
+from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, Bus, Commit, Entry, Group
+from swiftdeploy_core.errors import ControlPlaneDown
+from swiftdeploy_core.events import Event, Payload, Pong, Source
+from swiftdeploy_core.health import HealthServer, WorkerMetrics
+from swiftdeploy_core.settings import Settings
+
+log = logging.getLogger("swiftdeploy.worker")
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_S = 5  # `ps` calls an instance healthy while its heartbeat key lives
+RETRY_BASE_S = 0.05
+RETRY_MAX_S = 2.0
+EMIT_NAMESPACE = uuid.UUID("5d1f0c4e-8a3b-4c0e-9e57-1b2f6a7c9d10")
+
+Handler = Callable[[Event, "Context"], Awaitable[None]]
+
+
+class Retry(Exception):
+    """Raised by a handler: leave the entry pending and try again later (counts as an attempt)."""
+
+
+class Reject(Exception):
+    """Raised by a handler: the entry can never succeed; dead-letter it now with this error."""
+
+
+@dataclass
+class Context:
+    """What a handler or background loop gets: settings, the bus, who it is, and the event."""
+
+    settings: Settings
+    bus: Bus
+    source: Source
+    event: Event | None = None  # the event being handled; None in background loops
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+    _emitted: int = 0
+
+    async def emit(
+        self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS
+    ) -> Event:
+        """Publish a fact. Caused by the event being handled, its id is derived from the cause,
+        so a redelivered event re-emits the same ids and consumers drop the repeats."""
+        event = self._new_event(payload, cause, stable_id=True)
+        await self.bus.publish(stream, event)
+        return event
+
+    async def request(
+        self,
+        stream: str,
+        payload: Payload,
+        expect: Collection[str],
+        cause: Event | None = None,
+        timeout: float | None = None,
+    ) -> Event:
+        """Send a request to `stream` and wait for the reply (RequestTimeout after `timeout`)."""
+        event = self._new_event(payload, cause, stable_id=False)
+        return await self.bus.request(stream, event, expect, timeout or self.settings.request_timeout)
+
+    def on_commit(self, *command: Any) -> None:
+        """Queue a Redis write (e.g. "HINCRBY", key, field, 1) to run atomically with this event's
+        ack, at most once per event id, even if the event is delivered twice."""
+        if self.event is None:
+            raise RuntimeError("on_commit needs an event being handled")
+        self.commands.append(tuple(str(c) if not isinstance(c, bytes) else c for c in command))
+
+    def _new_event(self, payload: Payload, cause: Event | None, stable_id: bool) -> Event:
+        if cause is None:
+            return Event(payload=payload, source=self.source)
+        extra: dict[str, Any] = {}
+        if stable_id and self.event is not None and cause.id == self.event.id:
+            self._emitted += 1
+            name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"
+            extra["id"] = uuid.uuid5(EMIT_NAMESPACE, name).hex
+        return Event(
+            payload=payload, source=self.source, correlation_id=cause.correlation_id,
+            causation_id=cause.id, **extra,
+        )  # fmt: skip
+
+
+@dataclass
+class ServiceSpec:
+    """One service: its name, the streams its group consumes, and its handlers."""
+
+    name: str
+    streams: list[str]
+    handlers: dict[str, Handler]
+    background: Sequence[Callable[[Context], Awaitable[None]]] = ()
+    on_start: Callable[[Context], Awaitable[None]] | None = None
+    on_stop: Callable[[Context], Awaitable[None]] | None = None
+    concurrency: int = 1  # handlers in flight at once; 1 keeps each stream's order
+
+    def all_streams(self) -> list[str]:
+        """The declared streams plus the service's inbox (where pings arrive)."""
+        inbox = streams.INBOXES.get(self.name)
+        names = list(dict.fromkeys(self.streams))
+        return names + [inbox] if inbox and inbox not in names else names
+
+
+async def answer_ping(event: Event, ctx: Context) -> None:
+    """Built in: `ping.requested` (for this service or any) gets a `pong` back."""
+    wanted = getattr(event.payload, "service", None)
+    if wanted in (None, ctx.source.service):
+        await ctx.emit(Pong(service=ctx.source.service, instance=ctx.source.instance), cause=event)
+
+
+@dataclass
+class _Outcome:
+    commit: Commit | None = None
+    error: str | None = None
+    reject: bool = False
+
+
+class Worker:
+    """Runs one `ServiceSpec` in this process: `start()`, `run()`, `stop()`."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, bus: Bus) -> None:
+        self.spec, self.settings, self.bus = spec, settings, bus
+        self.source = Source(service=spec.name, instance=settings.instance)
+        self.group = Group(bus, spec.name, settings.instance)
+        self.streams = spec.all_streams()
+        self.handlers: dict[str, Handler] = {"ping.requested": answer_ping, **spec.handlers}
+        self.metrics = WorkerMetrics(spec.name)
+        self.health = HealthServer(self.metrics, self.is_ready, settings.health_host, settings.health_port)
+        self.stopping = asyncio.Event()
+        self.joined = False
+        self.redis_ok = False
+        self._slots = asyncio.Semaphore(max(1, spec.concurrency))
+        self._inflight: dict[str, Entry] = {}  # entry.key -> entry, kept alive against reclaim
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retries: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._commits: list[Commit] = []
+        self._flush_lock = asyncio.Lock()
+        self._reader = bus.redis.client()  # the blocking XREADGROUP holds its own connection
+
+    def context(self, event: Event | None = None) -> Context:
+        return Context(self.settings, self.bus, self.source, event)
+
+    def is_ready(self) -> bool:
+        return self.joined and self.redis_ok and not self.stopping.is_set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.health.start()
+        await self._join()
+        if self.spec.on_start is not None:
+            await self.spec.on_start(self.context())
+        for loop in (self._heartbeat, self._reclaim_loop, self._keepalive_loop):
+            self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
+        for i, fn in enumerate(self.spec.background):
+            self._loops.append(asyncio.create_task(self._guard(fn), name=f"background-{i}"))
+        log.info("%s started: consuming %s as %s (health %s)", self.spec.name, ", ".join(self.streams),
+                 self.settings.instance, self.health.url)  # fmt: skip
+
+    async def run(self) -> None:
+        """Consume until `stop()` is requested."""
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                if not self.joined:
+                    await self._join()
+                free = self.settings.batch_size if self.spec.concurrency == 1 else self._free_slots()
+                batch = await self.group.read(self._reader, self.streams, max(1, free), self.settings.block_ms)
+                self.redis_ok = True
+                backoff.reset()
+            except CONNECTION_ERRORS as exc:
+                await self._lost_redis(exc, backoff)
+                continue
+            except RedisError as exc:  # NOGROUP: Redis came back without our group
+                log.warning("read failed (%s); joining the group again", exc)
+                self.joined = False
+                await backoff.wait()
+                continue
+            await self._process(batch)
+
+    def request_stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("%s stopping: no new reads, finishing in-flight work", self.spec.name)
+            self.stopping.set()
+
+    async def stop(self) -> None:
+        """Finish and ack what is in flight (bounded by shutdown_grace), then close."""
+        self.request_stop()
+        for task in [*self._loops, *self._retries]:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace * 0.6)
+        for task in self._tasks:
+            task.cancel()  # retries still waiting stay pending: reclaimable by a live replica
+        await asyncio.shield(self._final_writes())
+
+    async def _final_writes(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush(), timeout=self.settings.shutdown_grace * 0.3)
+        if self.spec.on_stop is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.spec.on_stop(self.context()), timeout=1.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self.bus.redis.delete(streams.health_key(self.spec.name, self.settings.instance)), 0.5
+            )
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._reader.aclose()
+        await self.health.stop()
+
+    async def _join(self) -> None:
+        await self.group.join(self.streams)
+        self.joined = self.redis_ok = True
+        self.metrics.ready.labels(self.spec.name).set(1)
+
+    async def _lost_redis(self, exc: BaseException, backoff: Backoff) -> None:
+        if self.redis_ok:
+            log.warning("lost Redis (%s); reconnecting with backoff", exc)
+        self.redis_ok = False
+        self.metrics.ready.labels(self.spec.name).set(0)
+        await backoff.wait()
+
+    def _free_slots(self) -> int:
+        return max(0, self.spec.concurrency - len(self._tasks))
+
+    async def _guard(self, fn: Callable[[Context], Awaitable[None]]) -> None:
+        """Run a background loop; if it dies, log and start it again after a pause."""
+        while not self.stopping.is_set():
+            try:
+                await fn(self.context())
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background loop %s failed; restarting it", getattr(fn, "__name__", fn))
+                await asyncio.sleep(1.0)
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    async def _process(self, batch: list[Entry]) -> None:
+        if not batch:
+            return
+        events = [self._parse(entry) for entry in batch]
+        ids = [e.id for e in events if isinstance(e, Event)]
+        seen = set()
+        if ids:
+            flags = await self._retrying(lambda: self.group.seen(ids))
+            seen = {i for i, s in zip(ids, flags) if s}
+        for entry, event in zip(batch, events):
+            self._inflight[entry.key] = entry
+            if isinstance(event, str):
+                await self._dead_letter(entry, event, 1)
+            elif event.id in seen or event.type not in self.handlers:
+                if event.id in seen:
+                    self.metrics.duplicates.labels(self.spec.name).inc()
+                self._commits.append(Commit(entry))
+            elif self.spec.concurrency == 1:
+                await self._attempt(entry, event, 1)
+            else:
+                await self._slots.acquire()
+                self._spawn(self._attempt(entry, event, 1, slot_held=True))
+        await self._flush()
+
+    def _parse(self, entry: Entry) -> Event | str:
+        raw = entry.fields.get(b"event")
+        if raw is None:
+            return f"malformed entry: no 'event' field (fields: {sorted(k.decode() for k in entry.fields)})"
+        try:
+            return Event.from_json(raw)
+        except ValueError as exc:
+            return f"malformed event: {str(exc).splitlines()[0]} ({len(raw)} bytes)"
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attempt(self, entry: Entry, event: Event, attempt: int, slot_held: bool = False) -> None:
+        """Run the handler once; queue the commit, schedule a retry, or dead-letter."""
+        try:
+            if slot_held:
+                outcome = await self._call(event)
+            else:
+                async with self._slots:
+                    outcome = await self._call(event)
+        finally:
+            if slot_held:
+                self._slots.release()
+        if outcome.commit is not None:
+            outcome.commit.entry = entry
+            self._commits.append(outcome.commit)
+            if self.spec.concurrency > 1:
+                await self._flush()
+            return
+        await self._failed(entry, event, attempt, outcome)
+
+    async def _call(self, event: Event) -> _Outcome:
+        ctx = self.context(event)
+        handler = self.handlers[event.type]
+        started = time.perf_counter()
+        with logs.event_context(event.id, event.type, event.correlation_id):
+            logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
+            try:
+                await handler(event, ctx)
+            except Reject as exc:
+                return self._observe(event, started, _Outcome(error=f"rejected: {exc}", reject=True))
+            except Retry as exc:
+                return self._observe(event, started, _Outcome(error=f"retry requested: {exc}"))
+            except Exception as exc:  # a handler bug must not stop the service
+                return self._observe(event, started, _Outcome(error=f"{type(exc).__name__}: {exc}"))
+            outcome = _Outcome(commit=Commit(Entry("", "", {}), event.id, ctx.commands))
+            return self._observe(event, started, outcome)
+
+    def _observe(self, event: Event, started: float, outcome: _Outcome) -> _Outcome:
+        seconds = time.perf_counter() - started
+        self.metrics.observe(event.type, seconds, outcome.commit is not None)
+        if outcome.commit is not None:
+            logs.job(log, logs.DONE, f"{event.type} {event.id} {seconds * 1000:.1f}ms", duration_ms=round(seconds * 1000, 3))
+        return outcome
+
+    async def _failed(self, entry: Entry, event: Event, attempt: int, outcome: _Outcome) -> None:
+        error = outcome.error or "failed"
+        attempts = await self._retrying(lambda: self.group.record_failure(entry))
+        with logs.event_context(event.id, event.type, event.correlation_id):
+            if outcome.reject or attempts >= self.settings.max_deliveries:
+                logs.job(log, logs.FAILED, f"{event.type} {event.id}: {error}", logging.ERROR, error=error, attempt=attempts)
+                await self._dead_letter(entry, error, attempts)
+                return
+            logs.job(log, logs.RETRY, f"{event.type} {event.id}: {error}", logging.WARNING, error=error, attempt=attempts)
+        task = asyncio.create_task(self._retry_later(entry, event, attempts))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _retry_later(self, entry: Entry, event: Event, attempts: int) -> None:
+        try:
+            await asyncio.sleep(min(RETRY_MAX_S, RETRY_BASE_S * 2**attempts))
+        except asyncio.CancelledError:
+            self._inflight.pop(entry.key, None)  # stopping: it stays pending, a live replica reclaims it
+            raise
+        await self._attempt(entry, event, attempts + 1)
+        await self._flush()
+
+    async def _dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
+        await self._retrying(lambda: self.group.dead_letter(entry, error, attempts))
+        self._inflight.pop(entry.key, None)
+        self.metrics.dead.labels(self.spec.name).inc()
+        log.error("dead-lettered %s from %s after %d attempt(s): %s", entry.entry_id, entry.stream, attempts, error)
+
+    async def _flush(self) -> None:
+        """Group commit: ack everything finished so far in one atomic script call."""
+        async with self._flush_lock:
+            if not self._commits:
+                return
+            commits, self._commits = self._commits, []
+            await self._retrying(lambda: self.group.commit(commits), hard=True)
+            for c in commits:
+                self._inflight.pop(c.entry.key, None)
+
+    async def _retrying(self, op: Callable[[], Awaitable[Any]], hard: bool = False) -> Any:
+        """Run a Redis operation until it succeeds; Redis going away only delays it.
+        `hard` operations (commits) keep trying during shutdown too, within the grace."""
+        backoff = Backoff()
+        while True:
+            try:
+                result = await op()
+                self.redis_ok = True
+                return result
+            except CONNECTION_ERRORS as exc:
+                if self.stopping.is_set() and not hard:
+                    raise
+                await self._lost_redis(exc, backoff)
+
+    # --- background duties -------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        key = streams.health_key(self.spec.name, self.settings.instance)
+        started = time.time()
+        while True:
+            beat = {
+                "service": self.spec.name, "instance": self.settings.instance, "pid": os.getpid(),
+                "host": socket.gethostname(), "health_url": self.health.url, "ready": self.is_ready(),
+                "started": started, "at": time.time(), "streams": self.streams,
+            }  # fmt: skip
+            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+                await self.bus.redis.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_S)
+                for stream, (lag, pending) in (await self.group.backlog(self.streams)).items():
+                    self.metrics.lag.labels(self.spec.name, stream).set(lag)
+                    self.metrics.pending.labels(self.spec.name, stream).set(pending)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    def _reclaim_interval(self) -> float:
+        return min(5.0, max(0.1, self.settings.lease_ms / 4000))
+
+    async def _reclaim_loop(self) -> None:
+        """Take over entries idle longer than the lease: their consumer died or hung."""
+        last_trim = 0.0
+        while True:
+            await asyncio.sleep(self._reclaim_interval())
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                for stream in self.streams:
+                    await self._reclaim(stream)
+                if time.monotonic() - last_trim > 60:
+                    await self.group.forget_old()
+                    last_trim = time.monotonic()
+
+    async def _reclaim(self, stream: str) -> None:
+        while not self.stopping.is_set():
+            entries = await self.group.claim_idle(stream, self.settings.lease_ms, self.settings.batch_size)
+            entries = [e for e in entries if e.key not in self._inflight]
+            if not entries:
+                return
+            self.metrics.reclaimed.labels(self.spec.name).inc(len(entries))
+            log.warning("reclaimed %d idle entr%s from %s", len(entries), "y" if len(entries) == 1 else "ies", stream)
+            fresh = []
+            for entry, delivered in zip(entries, await self.group.deliveries(entries)):
+                if delivered > self.settings.max_deliveries + 1:
+                    await self._dead_letter(entry, f"delivered {delivered} times and never acked (its consumer kept dying)", delivered)
+                else:
+                    fresh.append(entry)
+            await self._process(fresh)
+
+    async def _keepalive_loop(self) -> None:
+        """Entries still being handled get their idle time reset, so no replica reclaims them."""
+        while True:
+            await asyncio.sleep(self.settings.lease_ms / 3000)
+            by_stream: dict[str, list[str]] = {}
+            for entry in list(self._inflight.values()):
+                by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+                for stream, ids in by_stream.items():
+                    await self.group.keepalive(stream, ids)
+
+
+async def serve(spec: ServiceSpec, settings: Settings) -> int:
+    """Connect (waiting for Redis if needed), run the worker until a signal, stop cleanly."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    worker: Worker | None = None
+
+    def on_signal() -> None:
+        stop_requested.set()
+        if worker is not None:
+            worker.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    bus = await _connect_until(settings, stop_requested)
+    if bus is None:
+        return 0
+    worker = Worker(spec, settings, bus)
+    if stop_requested.is_set():
+        worker.request_stop()
+    try:
+        await _start_until(worker, stop_requested)
+        runner = asyncio.create_task(worker.run())
+        await worker.stopping.wait()
+        deadline = loop.time() + settings.shutdown_grace
+        await asyncio.wait({runner}, timeout=settings.shutdown_grace / 2)
+        runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
+        await asyncio.wait_for(worker.stop(), timeout=max(0.1, deadline - loop.time()))
+    except asyncio.TimeoutError:
+        log.warning("%s: shutdown grace exceeded; cancelled what was left", spec.name)
+    finally:
+        await bus.close()
+    log.info("%s stopped", spec.name)
+    return 0
+
+
+async def _connect_until(settings: Settings, stop: asyncio.Event) -> Bus | None:
+    """Services may start before Redis (compose, `up`): wait for it, unless told to stop."""
+    delay = 0.1
+    while not stop.is_set():
+        try:
+            return await Bus.connect(settings)
+        except ControlPlaneDown as exc:
+            log.warning("waiting for Redis: %s", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(5.0, delay * 2)
+    return None
+
+
+async def _start_until(worker: Worker, stop: asyncio.Event) -> None:
+    backoff = Backoff(high=5.0)
+    while not stop.is_set():
+        try:
+            await worker.start()
+            return
+        except CONNECTION_ERRORS as exc:
+            await worker.health.stop()
+            log.warning("start failed, Redis unreachable (%s); retrying", exc)
+            await backoff.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(spec: ServiceSpec, settings: Settings) -> AsyncIterator[Worker]:
+    """Run a worker inside this event loop (tests, benchmarks); stops it cleanly on exit."""
+    bus = await Bus.connect(settings)
+    worker = Worker(spec, settings, bus)
+    await worker.start()
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        await asyncio.wait({task}, timeout=settings.shutdown_grace / 2)
+        task.cancel()
+        await worker.stop()
+        await bus.close()
+
+
+def run(spec: ServiceSpec, settings: Settings | None = None) -> None:
+    """The entrypoint of `python -m services.<name>`: run until SIGTERM/SIGINT, then exit 0."""
+    settings = settings or Settings()
+    logs.configure(settings, spec.name)
+    sys.exit(asyncio.run(serve(spec, settings)))
