@@ -103,8 +103,10 @@ class HistoryWriter:
             size = os.fstat(fd).st_size
             await self.redis.set(key, PENDING + str(size).encode(), ex=self.claim_ttl)
             digest = await asyncio.to_thread(_append_line, fd, self.path, entry, self.fsync)
-            await self.redis.set(key, WRITTEN, ex=self.claim_ttl)
-            await self.redis.set(self.head_key, digest)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, WRITTEN, ex=self.claim_ttl)
+                pipe.set(self.head_key, digest)
+                await pipe.execute()
             return True
 
     @contextlib.asynccontextmanager
