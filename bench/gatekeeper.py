@@ -113,11 +113,22 @@ async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int, gateke
         while time.perf_counter() < deadline:
             latencies.append(await ask(bus, *work[next(counter) % len(work)]))
 
-    cpu_before, started = cpu_seconds(gatekeeper), time.perf_counter()
+    cpu_before, calls_before, started = cpu_seconds(gatekeeper), await redis_calls(bus), time.perf_counter()
     await asyncio.gather(*(client() for _ in range(inflight)))
     row = summary(f"through the bus, {inflight} in flight", len(latencies), time.perf_counter() - started, latencies)
     row["cpu_ms"] = (cpu_seconds(gatekeeper) - cpu_before) * 1000 / len(latencies)
+    row["redis_calls"] = (await redis_calls(bus) - calls_before) / len(latencies)
+    if os.environ.get("GK_COMMANDS"):
+        print({k: v["calls"] for k, v in (await bus.redis.info("commandstats")).items()}, file=sys.stderr)
+    if os.environ.get("GK_CPU_SPLIT"):
+        print("gatekeeper cpu times", gatekeeper.cpu_times(), file=sys.stderr)
     return row
+
+
+async def redis_calls(bus: Bus) -> int:
+    """Commands Redis has executed so far (INFO commandstats), by every client."""
+    stats = await bus.redis.info("commandstats")
+    return sum(int(value["calls"]) for value in stats.values())
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -141,8 +152,10 @@ async def wait_for_gatekeeper(bus: Bus, process: subprocess.Popen) -> None:
 async def bus_runs(redis_url: str, project: Path, seconds: float, inflight: int) -> list[dict]:
     env = {**os.environ, "REDIS_URL": redis_url, "SWIFTDEPLOY_MANIFEST": str(project / "manifest.yaml"), "PYTHONPATH": str(ROOT)}
     log = open(project / "gatekeeper.log", "w")  # noqa: SIM115 - closed below
-    profile = ["-m", "cProfile", "-o", os.environ["GK_PROFILE"]] if os.environ.get("GK_PROFILE") else []
-    process = subprocess.Popen([sys.executable, *profile, "-m", "services.gatekeeper"], cwd=project, env=env, stdout=log, stderr=log)
+    command = [sys.executable, "-m", "services.gatekeeper"]
+    if os.environ.get("GK_RUNNER"):  # e.g. a profiling wrapper
+        command = [sys.executable, os.environ["GK_RUNNER"]]
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
     bus = await Bus.connect(Settings(redis_url=redis_url))
     try:
         await wait_for_gatekeeper(bus, process)
@@ -158,19 +171,25 @@ async def bus_runs(redis_url: str, project: Path, seconds: float, inflight: int)
 
 
 def table(rows: list[dict], baseline: dict) -> str:
-    """Wall-clock figures, and the CPU one decision costs the deciding process: on a core of its
-    own a replica decides at most 1000 / (CPU ms) times a second, whatever else the machine runs."""
+    """Wall-clock figures, the CPU one decision costs the deciding process (on a core of its own a
+    replica decides at most 1000 / CPU-ms times a second, whatever else the machine runs), and the
+    Redis commands one decision costs (every client: request, reads, acks, replies)."""
     lines = [
-        "| run | decisions/s | P50 ms | P99 ms | vs engine only | CPU ms / decision | decisions/s per free core |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | decisions/s | P50 ms | P99 ms | vs engine only | CPU ms / decision | decisions/s per free core | Redis commands / decision |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        cpu = row.get("cpu_ms")
+        cpu, calls = row.get("cpu_ms"), row.get("redis_calls")
         lines.append(
             f"| {row['name']} | {row['per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-            f"{row['per_s'] / baseline['per_s']:.2f}x | {f'{cpu:.3f}' if cpu else '-'} | {f'{1000 / cpu:,.0f}' if cpu else '-'} |"
+            f"{row['per_s'] / baseline['per_s']:.2f}x | {_or_dash(cpu, '.3f')} | {_or_dash(cpu and 1000 / cpu, ',.0f')} | "
+            f"{_or_dash(calls, '.1f')} |"
         )
     return "\n".join(lines)
+
+
+def _or_dash(value: float | None, spec: str) -> str:
+    return format(value, spec) if value else "-"
 
 
 async def main() -> None:
