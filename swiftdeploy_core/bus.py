@@ -357,6 +357,8 @@ class Group:
             except RedisError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            # Visible in XINFO CONSUMERS at once (a blocking read on an empty stream does not add it).
+            await self.bus.redis.xgroup_createconsumer(stream, self.name, self.consumer)
 
     async def read(self, conn: aioredis.Redis, names: Collection[str], count: int, block_ms: int) -> list[Entry]:
         reply = await conn.xreadgroup(
@@ -390,6 +392,13 @@ class Group:
         if entry_ids:
             await self.bus.redis.xclaim(
                 stream, self.name, self.consumer, 0, list(entry_ids), justid=True
+            )
+
+    async def release(self, stream: str, entry_ids: Collection[str], idle_ms: int) -> None:
+        """Give entries up: keep them pending but idle for `idle_ms`, so XAUTOCLAIM takes them now."""
+        if entry_ids:
+            await self.bus.redis.xclaim(
+                stream, self.name, self.consumer, 0, list(entry_ids), idle=idle_ms, justid=True
             )
 
     async def seen(self, event_ids: list[str]) -> list[bool]:

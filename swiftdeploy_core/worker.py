@@ -38,6 +38,7 @@ log = logging.getLogger("swiftdeploy.worker")
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 5  # `ps` calls an instance healthy while its heartbeat key lives
+COMMIT_EVERY_S = 0.05  # a batch of slow handlers still acks at least this often
 RETRY_BASE_S = 0.05
 RETRY_MAX_S = 2.0
 EMIT_NAMESPACE = uuid.UUID("5d1f0c4e-8a3b-4c0e-9e57-1b2f6a7c9d10")
@@ -160,6 +161,7 @@ class Worker:
         self._loops: list[asyncio.Task[Any]] = []
         self._commits: list[Commit] = []
         self._flush_lock = asyncio.Lock()
+        self._flushed = time.monotonic()
         self._reader = bus.redis.client()  # the blocking XREADGROUP holds its own connection
 
     def context(self, event: Event | None = None) -> Context:
@@ -213,6 +215,8 @@ class Worker:
         self.request_stop()
         for task in [*self._loops, *self._retries]:
             task.cancel()
+        if self._retries:
+            await asyncio.wait(set(self._retries), timeout=0.5)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace * 0.6)
         for task in self._tasks:
@@ -272,8 +276,12 @@ class Worker:
         if ids:
             flags = await self._retrying(lambda: self.group.seen(ids))
             seen = {i for i, s in zip(ids, flags) if s}
-        for entry, event in zip(batch, events):
+        for entry in batch:
             self._inflight[entry.key] = entry
+        for n, (entry, event) in enumerate(zip(batch, events)):
+            if self.stopping.is_set() and not isinstance(event, str):
+                await self._release(batch[n:])  # taken, not started: hand over to a live replica
+                break
             if isinstance(event, str):
                 await self._dead_letter(entry, event, 1)
             elif event.id in seen or event.type not in self.handlers:
@@ -282,10 +290,24 @@ class Worker:
                 self._commits.append(Commit(entry))
             elif self.spec.concurrency == 1:
                 await self._attempt(entry, event, 1)
+                if time.monotonic() - self._flushed > COMMIT_EVERY_S:
+                    await self._flush()  # slow handlers: do not hold finished acks for the batch
             else:
                 await self._slots.acquire()
                 self._spawn(self._attempt(entry, event, 1, slot_held=True))
         await self._flush()
+
+    async def _release(self, entries: list[Entry]) -> None:
+        """Mark entries as idle for a whole lease, so the next reclaim by any replica takes them."""
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            self._inflight.pop(entry.key, None)
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            for stream, ids in by_stream.items():
+                await self.group.release(stream, ids, self.settings.lease_ms)
+        log.info("released %d taken but unstarted entr%s for another replica", len(entries),
+                 "y" if len(entries) == 1 else "ies")  # fmt: skip
 
     def _parse(self, entry: Entry) -> Event | str:
         raw = entry.fields.get(b"event")
@@ -361,7 +383,7 @@ class Worker:
         try:
             await asyncio.sleep(min(RETRY_MAX_S, RETRY_BASE_S * 2**attempts))
         except asyncio.CancelledError:
-            self._inflight.pop(entry.key, None)  # stopping: it stays pending, a live replica reclaims it
+            await asyncio.shield(self._release([entry]))  # stopping: a live replica takes it over
             raise
         await self._attempt(entry, event, attempts + 1)
         await self._flush()
@@ -378,6 +400,7 @@ class Worker:
             if not self._commits:
                 return
             commits, self._commits = self._commits, []
+            self._flushed = time.monotonic()
             await self._retrying(lambda: self.group.commit(commits), hard=True)
             for c in commits:
                 self._inflight.pop(c.entry.key, None)
