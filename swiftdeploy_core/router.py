@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -55,7 +56,7 @@ class RouterPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    listen_host: str = "127.0.0.1"
+    listen_host: Annotated[str, Field(pattern=r"^(\*|[0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)$")] = "127.0.0.1"
     listen_port: Annotated[int, Field(ge=1, le=65535)]
     proxy_timeout: Annotated[int, Field(ge=1, le=3600)] = 30
     stable: Annotated[list[Upstream], Field(min_length=1)]
@@ -117,8 +118,8 @@ def plan_for_compose(manifest: Manifest) -> RouterPlan:
 def plan_for_process(
     manifest: Manifest,
     state_dir: Path,
-    stable: list[Upstream],
-    canary: list[Upstream] = (),  # type: ignore[assignment]
+    stable: Sequence[Upstream],
+    canary: Sequence[Upstream] = (),
     canary_weight: int = 0,
     listen_port: int | None = None,
 ) -> RouterPlan:

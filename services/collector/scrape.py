@@ -1,0 +1,194 @@
+"""Scraping: fetch many targets' /metrics concurrently, each bounded by its own timeout.
+
+A scrape is stamped with the time it started (as Prometheus stamps it) and parsed with
+prometheus_client's text parser into the few counters the figures need. One slow or hung
+target only costs its own timeout; the others finish, and are parsed, on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.collector.window import BucketKey, Labels, Scrape, labels_of
+from swiftdeploy_core.events import Track
+
+REQUESTS = "http_requests_total"
+BUCKETS = "http_request_duration_seconds_bucket"
+CHAOS = "chaos_active"
+WANTED = (REQUESTS, BUCKETS, CHAOS)  # line prefixes worth parsing (the name is checked after)
+MAX_BODY_BYTES = 4_000_000  # a /metrics body larger than this is refused, not parsed
+
+
+@dataclass(frozen=True)
+class Target:
+    """One instance to scrape, and where its figures belong."""
+
+    url: str  # the instance's base URL, e.g. http://127.0.0.1:41234
+    project: str
+    track: Track = "stable"
+    version: str | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        base = self.url.rstrip("/")
+        return base if base.endswith("/metrics") else f"{base}/metrics"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one scrape: a parsed `scrape`, or the `error` that stopped it."""
+
+    target: Target
+    at: float
+    duration: float
+    scrape: Scrape | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.scrape is not None
+
+
+Entry = tuple[str, object, float]  # (sample name, series key, value)
+
+
+class LineCache:
+    """prometheus_client's parser, fed only the sample lines the figures need and not already
+    parsed in the target's previous scrape.
+
+    Parsing is nearly all of the collector's CPU, and an idle route's lines (its buckets, its
+    rare 5xx counter) repeat from one scrape to the next. A sample line parses the same wherever
+    it stands (the HELP/TYPE comments only name families), so an identical line is taken from
+    the previous scrape's results and only new lines go through `text_string_to_metric_families`,
+    one sample per line.
+    """
+
+    __slots__ = ("_previous",)
+
+    def __init__(self) -> None:
+        self._previous: dict[str, Entry] = {}
+
+    def parse(self, text: str, at: float) -> Scrape:
+        entries: dict[str, Entry] = {}
+        missed: list[str] = []
+        previous = self._previous
+        for line in text.split("\n"):
+            line = line.strip()
+            if not line.startswith(WANTED):
+                continue
+            entry = previous.get(line)
+            if entry is None:
+                missed.append(line)
+            else:
+                entries[line] = entry
+        if missed:
+            samples = [s for family in text_string_to_metric_families("\n".join(missed)) for s in family.samples]
+            if len(samples) != len(missed):
+                raise ValueError(f"{len(missed)} sample lines gave {len(samples)} samples")
+            for line, sample in zip(missed, samples):
+                entries[line] = _entry(sample.name, sample.labels, sample.value)
+        self._previous = entries
+        return _scrape(at, entries.values())
+
+
+def parse(text: str, at: float) -> Scrape:
+    """Keep the request counters, the latency buckets and the chaos gauge of one exposition."""
+    return LineCache().parse(text, at)
+
+
+def _entry(name: str, labels: dict[str, str], value: float) -> Entry:
+    if name == BUCKETS:
+        return name, (labels_of(labels), float(labels["le"])), value
+    return name, labels_of(labels), value
+
+
+def _scrape(at: float, entries: Iterable[Entry]) -> Scrape:
+    requests: dict[Labels, float] = {}
+    buckets: dict[BucketKey, float] = {}
+    chaos: int | None = None
+    for name, key, value in entries:
+        if name == REQUESTS:
+            requests[key] = value  # type: ignore[index]
+        elif name == BUCKETS:
+            buckets[key] = value  # type: ignore[index]
+        elif name == CHAOS:
+            chaos = int(value)
+    return Scrape(at=at, requests=requests, buckets=buckets, chaos=chaos)
+
+
+class Scraper:
+    """Concurrent scrapes over one shared HTTP session (keep-alive to every target)."""
+
+    def __init__(self, timeout: float, session: aiohttp.ClientSession | None = None) -> None:
+        self.timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+        self._caches: dict[str, LineCache] = {}
+
+    async def __aenter__(self) -> "Scraper":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+    async def scrape(self, target: Target) -> Outcome:
+        at, started = time.time(), time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                text = await self._fetch(target)
+            scrape = self._caches.setdefault(target.url, LineCache()).parse(text, at)
+        except TimeoutError:
+            return self._failed(target, at, started, f"no answer within {self.timeout:g}s")
+        except aiohttp.ClientError as exc:
+            return self._failed(target, at, started, _describe(exc))
+        except ValueError as exc:  # the parser's complaint about a malformed exposition
+            return self._failed(target, at, started, f"unparsable /metrics: {exc}")
+        return Outcome(target, at, time.perf_counter() - started, scrape=scrape)
+
+    async def scrape_all(self, targets: Iterable[Target]) -> list[Outcome]:
+        targets = list(targets)
+        wanted = {target.url for target in targets}
+        for url in [url for url in self._caches if url not in wanted]:
+            del self._caches[url]  # a target that left forgets its lines
+        return list(await asyncio.gather(*(self.scrape(target) for target in targets)))
+
+    async def _fetch(self, target: Target) -> str:
+        async with self.session.get(target.metrics_url) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message=response.reason or ""
+                )
+            body = await response.content.read(MAX_BODY_BYTES + 1)
+            if len(body) > MAX_BODY_BYTES:
+                raise ValueError(f"body larger than {MAX_BODY_BYTES} bytes")
+            return body.decode(response.charset or "utf-8", "replace")
+
+    @staticmethod
+    def _failed(target: Target, at: float, started: float, error: str) -> Outcome:
+        return Outcome(target, at, time.perf_counter() - started, error=error)
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status} {exc.message}".strip()
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    return f"{type(exc).__name__}: {exc}"
