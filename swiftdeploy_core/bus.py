@@ -254,6 +254,27 @@ class Bus:
             await conn.aclose()
 
 
+async def history(
+    bus: Bus,
+    *,
+    since: str = "0",
+    correlation_id: str | None = None,
+    types: Collection[str] | None = None,
+    stream: str = streams.EVENTS,
+) -> AsyncIterator[Event]:
+    """The retained events of `stream` after `since` up to now (XRANGE in pages), filtered."""
+    start = "-" if since in ("0", "0-0", "-") else f"({since}"
+    while True:
+        page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH)
+        for entry_id, fields in page:
+            event = _select(fields, correlation_id, types)
+            if event is not None:
+                yield event
+        if len(page) < FOLLOW_BATCH:
+            return
+        start = f"({decode(page[-1][0])}"
+
+
 def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Collection[str] | None) -> Event | None:
     if correlation_id is not None and decode(fields.get(b"cid", b"")) != correlation_id:
         return None

@@ -63,6 +63,7 @@ class Context:
     source: Source
     event: Event | None = None  # the event being handled; None in background loops
     commands: list[tuple[Any, ...]] = field(default_factory=list)
+    stopping: asyncio.Event | None = None  # set when the service shuts down (background loops may watch it)
     _emitted: int = 0
 
     async def emit(
@@ -158,14 +159,15 @@ class Worker:
         self._inflight: dict[str, Entry] = {}  # entry.key -> entry, kept alive against reclaim
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retries: set[asyncio.Task[Any]] = set()
-        self._loops: list[asyncio.Task[Any]] = []
+        self._loops: list[asyncio.Task[Any]] = []  # heartbeat, reclaim, keepalive: end on `stopping`
+        self._background: list[asyncio.Task[Any]] = []  # the spec's loops: cancelled on stop
         self._commits: list[Commit] = []
         self._flush_lock = asyncio.Lock()
         self._flushed = time.monotonic()
         self._reader = bus.redis.client()  # the blocking XREADGROUP holds its own connection
 
     def context(self, event: Event | None = None) -> Context:
-        return Context(self.settings, self.bus, self.source, event)
+        return Context(self.settings, self.bus, self.source, event, stopping=self.stopping)
 
     def is_ready(self) -> bool:
         return self.joined and self.redis_ok and not self.stopping.is_set()
@@ -180,7 +182,7 @@ class Worker:
         for loop in (self._heartbeat, self._reclaim_loop, self._keepalive_loop):
             self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
         for i, fn in enumerate(self.spec.background):
-            self._loops.append(asyncio.create_task(self._guard(fn), name=f"background-{i}"))
+            self._background.append(asyncio.create_task(self._guard(fn), name=f"background-{i}"))
         log.info("%s started: consuming %s as %s (health %s)", self.spec.name, ", ".join(self.streams),
                  self.settings.instance, self.health.url)  # fmt: skip
 
@@ -213,7 +215,7 @@ class Worker:
     async def stop(self) -> None:
         """Finish and ack what is in flight (bounded by shutdown_grace), then close."""
         self.request_stop()
-        for task in [*self._loops, *self._retries]:
+        for task in [*self._background, *self._retries]:
             task.cancel()
         if self._retries:
             await asyncio.wait(set(self._retries), timeout=0.5)
@@ -233,9 +235,12 @@ class Worker:
             await asyncio.wait_for(
                 self.bus.redis.delete(streams.health_key(self.spec.name, self.settings.instance)), 0.5
             )
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._loops:  # they notice `stopping` within a beat; a stuck one is cancelled
+            _, stuck = await asyncio.wait(self._loops, timeout=0.5)
+            for task in stuck:
+                task.cancel()
         with contextlib.suppress(Exception):
-            await self._reader.aclose()
+            await asyncio.wait_for(self._reader.aclose(), 0.5)
         await self.health.stop()
 
     async def _join(self) -> None:
@@ -435,7 +440,14 @@ class Worker:
                 for stream, (lag, pending) in (await self.group.backlog(self.streams)).items():
                     self.metrics.lag.labels(self.spec.name, stream).set(lag)
                     self.metrics.pending.labels(self.spec.name, stream).set(pending)
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            if await self._pause(HEARTBEAT_INTERVAL_S):
+                return
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep `seconds` or until stopping; True when the worker is stopping."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        return self.stopping.is_set()
 
     def _reclaim_interval(self) -> float:
         return min(5.0, max(0.1, self.settings.lease_ms / 4000))
@@ -443,8 +455,7 @@ class Worker:
     async def _reclaim_loop(self) -> None:
         """Take over entries idle longer than the lease: their consumer died or hung."""
         last_trim = 0.0
-        while True:
-            await asyncio.sleep(self._reclaim_interval())
+        while not await self._pause(self._reclaim_interval()):
             with contextlib.suppress(*CONNECTION_ERRORS):
                 for stream in self.streams:
                     await self._reclaim(stream)
@@ -470,8 +481,7 @@ class Worker:
 
     async def _keepalive_loop(self) -> None:
         """Entries still being handled get their idle time reset, so no replica reclaims them."""
-        while True:
-            await asyncio.sleep(self.settings.lease_ms / 3000)
+        while not await self._pause(self.settings.lease_ms / 3000):
             by_stream: dict[str, list[str]] = {}
             for entry in list(self._inflight.values()):
                 by_stream.setdefault(entry.stream, []).append(entry.entry_id)
@@ -508,7 +518,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> int:
         runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
         await asyncio.wait_for(worker.stop(), timeout=max(0.1, deadline - loop.time()))
     except asyncio.TimeoutError:
-        log.warning("%s: shutdown grace exceeded; cancelled what was left", spec.name)
+        stuck = [t.get_name() + ": " + repr(t.get_stack(limit=3)) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        log.warning("%s: shutdown grace exceeded; cancelled what was left: %s", spec.name, stuck)
     finally:
         await bus.close()
     log.info("%s stopped", spec.name)
