@@ -12,7 +12,7 @@ import contextlib
 import fnmatch
 import logging
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,38 @@ class Backoff:
         self.delay = self.low
 
 
+class BlockingConnection:
+    """A connection of its own for blocking reads (XREAD/XREADGROUP BLOCK) that another task can
+    wake with CLIENT UNBLOCK. Cancelling a blocked redis-py read is not reliable (the cancel can be
+    swallowed and the read hang), so readers stop cooperatively: `wake()`, then they return."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.main = redis
+        self.conn = redis.client()
+        self.client_id: int | None = None
+        self.closed = False
+
+    async def read(self, op: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
+        if self.client_id is None:
+            self.client_id = await self.conn.client_id()
+        try:
+            return await op(self.conn)
+        except CONNECTION_ERRORS:
+            self.client_id = None  # a new connection gets a new id
+            raise
+
+    async def wake(self) -> None:
+        """Mark closed and unblock a read in progress (it returns as if it timed out)."""
+        self.closed = True
+        if self.client_id is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+                await self.main.client_unblock(self.client_id)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            await self.conn.aclose()
+
+
 @dataclass
 class _Waiter:
     expect: frozenset[str]
@@ -93,6 +125,7 @@ class Bus:
         self._waiters: dict[str, list[_Waiter]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reader_ready: asyncio.Future[None] | None = None
+        self._blocking: set[BlockingConnection] = set()
 
     @classmethod
     async def connect(cls, settings: Settings) -> "Bus":
@@ -107,10 +140,13 @@ class Bus:
         return cls(settings, redis)
 
     async def close(self) -> None:
+        """Stop the reply reader and any follower, then close the connections."""
+        for blocking in list(self._blocking):
+            await blocking.wake()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+            done, _ = await asyncio.wait({self._reader}, timeout=1.0)
+            if not done:
+                self._reader.cancel()  # last resort; not awaited (see BlockingConnection)
             self._reader = None
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -182,20 +218,26 @@ class Bus:
 
     async def _read_replies(self) -> None:
         """One reader per process: XREAD EVENTS, hand each reply to the future waiting for it."""
-        conn = self.redis.client()  # its own connection: the blocking XREAD holds it
+        blocking = BlockingConnection(self.redis)
+        self._blocking.add(blocking)
         backoff = Backoff()
         last: str | None = None
         try:
-            while True:
+            while not blocking.closed:
                 try:
                     if last is None:
                         last = await self.cursor()
                         assert self._reader_ready is not None
                         if not self._reader_ready.done():
                             self._reader_ready.set_result(None)
-                    reply = await conn.xread({streams.EVENTS: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    cursor = last
+                    reply = await blocking.read(
+                        lambda c: c.xread({streams.EVENTS: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    )
                     backoff.reset()
                 except CONNECTION_ERRORS as exc:
+                    if blocking.closed:
+                        break
                     log.warning("reply reader lost Redis (%s); retrying", exc)
                     await backoff.wait()
                     continue
@@ -204,7 +246,8 @@ class Bus:
                         last = decode(entry_id)
                         self._dispatch(last, fields)
         finally:
-            await conn.aclose()
+            self._blocking.discard(blocking)
+            await blocking.aclose()
 
     def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         waiters = self._waiters.get(decode(fields.get(b"cid", b"")))
@@ -230,17 +273,23 @@ class Bus:
     ) -> AsyncIterator[Event]:
         """Yield events from `stream` after `since` (an entry id, "0" for all, "$" for new ones),
         keeping those with `correlation_id` and a type matching one of the globs in `types`."""
-        conn = self.redis.client()
+        blocking = BlockingConnection(self.redis)
+        self._blocking.add(blocking)
         backoff = Backoff()
         last = since
         try:
-            while True:
+            while not blocking.closed:
                 try:
                     if last == "$":
                         last = await self.cursor(stream)
-                    reply = await conn.xread({stream: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    cursor = last
+                    reply = await blocking.read(
+                        lambda c: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    )
                     backoff.reset()
                 except CONNECTION_ERRORS as exc:
+                    if blocking.closed:
+                        return
                     log.warning("follow lost Redis (%s); retrying", exc)
                     await backoff.wait()
                     continue
@@ -251,7 +300,8 @@ class Bus:
                         if event is not None:
                             yield event
         finally:
-            await conn.aclose()
+            self._blocking.discard(blocking)
+            await blocking.aclose()
 
 
 async def history(
@@ -296,8 +346,6 @@ def resolve_redis_url(settings: Settings) -> str:
     if url is None:
         raise ControlPlaneDown("no REDIS_URL and no control plane running here; run `swiftdeploy up`")
     return url
-
-
 
 
 # --- consumer groups ---------------------------------------------------------------------------
@@ -381,9 +429,9 @@ class Group:
             # Visible in XINFO CONSUMERS at once (a blocking read on an empty stream does not add it).
             await self.bus.redis.xgroup_createconsumer(stream, self.name, self.consumer)
 
-    async def read(self, conn: aioredis.Redis, names: Collection[str], count: int, block_ms: int) -> list[Entry]:
-        reply = await conn.xreadgroup(
-            self.name, self.consumer, {s: ">" for s in names}, count=count, block=block_ms
+    async def read(self, blocking: BlockingConnection, names: Collection[str], count: int, block_ms: int) -> list[Entry]:
+        reply = await blocking.read(
+            lambda c: c.xreadgroup(self.name, self.consumer, {s: ">" for s in names}, count=count, block=block_ms)
         )
         return _entries(reply)
 

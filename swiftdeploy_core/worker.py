@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from swiftdeploy_core import logs, streams
-from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, Bus, Commit, Entry, Group
+from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, BlockingConnection, Bus, Commit, Entry, Group
 from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.events import Event, Payload, Pong, Source
 from swiftdeploy_core.health import HealthServer, WorkerMetrics
@@ -164,7 +165,7 @@ class Worker:
         self._commits: list[Commit] = []
         self._flush_lock = asyncio.Lock()
         self._flushed = time.monotonic()
-        self._reader = bus.redis.client()  # the blocking XREADGROUP holds its own connection
+        self._reader = BlockingConnection(bus.redis)  # XREADGROUP BLOCK holds its own connection
 
     def context(self, event: Event | None = None) -> Context:
         return Context(self.settings, self.bus, self.source, event, stopping=self.stopping)
@@ -211,6 +212,7 @@ class Worker:
         if not self.stopping.is_set():
             log.info("%s stopping: no new reads, finishing in-flight work", self.spec.name)
             self.stopping.set()
+            self._waking = asyncio.ensure_future(self._reader.wake())  # end a blocked read now
 
     async def stop(self) -> None:
         """Finish and ack what is in flight (bounded by shutdown_grace), then close."""
@@ -513,6 +515,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> int:
         await _start_until(worker, stop_requested)
         runner = asyncio.create_task(worker.run())
         await worker.stopping.wait()
+        _watchdog(settings.shutdown_grace + 0.8)
         deadline = loop.time() + settings.shutdown_grace
         await asyncio.wait({runner}, timeout=settings.shutdown_grace / 2)
         runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
@@ -524,6 +527,20 @@ async def serve(spec: ServiceSpec, settings: Settings) -> int:
         await bus.close()
     log.info("%s stopped", spec.name)
     return 0
+
+
+def _watchdog(seconds: float) -> None:
+    """Exit 0 after `seconds` even if the loop is stuck: what was taken and not acked stays
+    pending in Redis, where a live replica reclaims it."""
+
+    def hard_exit() -> None:
+        log.warning("shutdown did not finish in %.1fs; exiting anyway", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 async def _connect_until(settings: Settings, stop: asyncio.Event) -> Bus | None:
