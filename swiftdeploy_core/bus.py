@@ -145,8 +145,16 @@ class Bus:
             await blocking.wake()
         if self._reader is not None:
             done, _ = await asyncio.wait({self._reader}, timeout=1.0)
-            if not done:
-                self._reader.cancel()  # last resort; not awaited (see BlockingConnection)
+            # Last resort: redis-py 8 can swallow a cancel that lands just as XREAD is being sent
+            # (the task then blocks in the next read, "cancelling" forever): cancel until done.
+            for _ in range(20):
+                if self._reader.done():
+                    break
+                self._reader.cancel()
+                await asyncio.wait({self._reader}, timeout=0.05)
+            if self._reader.done() and not self._reader.cancelled():
+                with contextlib.suppress(Exception):
+                    self._reader.result()
             self._reader = None
         for waiters in self._waiters.values():
             for waiter in waiters:
