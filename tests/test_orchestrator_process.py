@@ -1,5 +1,6 @@
-"""User stories on the process runtime: the real orchestrator service, the real CLI, real nginx
-and workload processes, a real Redis. The gatekeeper answers with the policies' thresholds."""
+"""User stories on the process runtime: the real orchestrator and gatekeeper services, the real
+CLI, real nginx and workload processes, a real Redis. The collector's canary snapshot is written by
+the tests themselves, so analysis sees exactly the figures a story needs."""
 
 from __future__ import annotations
 
@@ -12,78 +13,105 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
+from swiftdeploy_core import streams
 from swiftdeploy_core.manifest import load_manifest
 from swiftdeploy_core.state import Phase
 from services.orchestrator import lock
 from services.orchestrator.drivers import make_driver
 from tests.orchestration import (
     LoadLoop,
-    ScriptedGatekeeper,
     ServiceProcess,
+    gatekeeper_process,
     cli,
     get_json,
     record,
     wait_for_phase,
-    wait_ready,
+    wait_ready_sync,
     write_manifest,
+    write_policies,
     write_snapshot,
 )
 from tests.servers import require_binary
 
-PROJECT = "sdo-e2e"
-
-
 class Stack:
-    def __init__(self, root: Path, redis_url: str, redis: aioredis.Redis, orchestrator: ServiceProcess) -> None:
-        self.root, self.redis_url, self.redis, self.orchestrator = root, redis_url, redis, orchestrator
+    """One project of the tests, on the module's orchestrator and gatekeeper."""
+
+    def __init__(self, root: Path, project: str, redis_url: str, redis: aioredis.Redis, services: "Services") -> None:
+        self.root, self.project, self.redis_url, self.redis = root, project, redis_url, redis
+        self.orchestrator = services.orchestrator
+        self.policies_root = services.root
 
     def manifest(self, **sections) -> Path:
-        return write_manifest(self.root, PROJECT, **sections)
+        return write_manifest(self.root, self.project, **sections)
 
     async def sd(self, *args: str, timeout: float = 60.0):
         result = await cli(self.redis_url, *args, "--manifest", str(self.root / "manifest.yaml"), timeout=timeout)
         print(f"$ swiftdeploy {' '.join(args)} -> {result.code}\n{result.text}")
         return result
 
-    async def objects(self) -> list:
+    def driver(self):
         loaded = load_manifest(self.root / "manifest.yaml")
-        driver = make_driver(loaded.manifest, loaded.root)
-        return await driver.list_objects()
+        return make_driver(loaded.manifest, loaded.root)
+
+    async def objects(self) -> list:
+        return await self.driver().list_objects()
+
+    async def record(self):
+        return await record(self.redis, self.project)
+
+    async def phase(self, *phases: str, timeout: float = 20.0):
+        return await wait_for_phase(self.redis, self.project, *phases, timeout=timeout)
 
     async def url(self) -> str:
-        current = await record(self.redis, PROJECT)
+        current = await self.record()
         assert current is not None and current.router_url
         return current.router_url
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, redis_url: str):
+class Services:
+    """The real orchestrator and gatekeeper, shared by the module's stories (each has its project)."""
+
+    def __init__(self, redis_url: str, root: Path) -> None:
+        self.root = root
+        write_manifest(root, "sdo-policies")  # where the gatekeeper finds policies/
+        write_policies(root)
+        self.orchestrator = ServiceProcess("orchestrator", redis_url, root / "orchestrator.log").start()
+        self.gatekeeper = gatekeeper_process(redis_url, root, root).start()
+        wait_ready_sync(redis_url, "orchestrator", "gatekeeper")
+
+    def stop(self) -> None:
+        self.orchestrator.stop()
+        self.gatekeeper.stop()
+
+
+@pytest.fixture(scope="module")
+def services(redis_server, tmp_path_factory: pytest.TempPathFactory):
     require_binary("nginx")
-    redis = aioredis.Redis.from_url(redis_url)
-    orchestrator = ServiceProcess("orchestrator", redis_url, tmp_path / "orchestrator.log").start()
-    s = Stack(tmp_path / "project", redis_url, redis, orchestrator)
+    s = Services(redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+async def stack(services: Services, tmp_path: Path, request: pytest.FixtureRequest):
+    redis = aioredis.Redis.from_url(services.orchestrator.redis_url)
+    project = f"sdo-{abs(hash(request.node.name)) % 10**6}"
+    s = Stack(tmp_path / "project", project, services.orchestrator.redis_url, redis, services)
     s.manifest()
     try:
-        await wait_ready(redis, "orchestrator")
         yield s
     finally:
-        orchestrator.stop()
-        loaded = load_manifest(s.root / "manifest.yaml")
-        await make_driver(loaded.manifest, loaded.root).teardown()
+        await s.driver().teardown()
+        await redis.delete(streams.rollout_key(project), streams.latest_snapshot_key(project, "canary"))
+        write_policies(services.root)
         await redis.aclose()
-        print(orchestrator.log()[-4000:])
+        print(services.orchestrator.log()[-3000:])
 
 
-@pytest.fixture
-async def gatekeeper(redis_url: str):
-    async with ScriptedGatekeeper(redis_url) as gk:
-        yield gk
-
-
-async def test_deploy_serves_the_stable_version_and_teardown_leaves_no_process(stack, gatekeeper):
+async def test_deploy_serves_the_stable_version_and_teardown_leaves_no_process(stack):
     deployed = await stack.sd("deploy")
     assert deployed.code == 0, deployed.text
-    assert "✓ deployed sdo-e2e 1.0.0 at http://127.0.0.1:" in deployed.out
+    assert f"✓ deployed {stack.project} 1.0.0 at http://127.0.0.1:" in deployed.out
     body = await get_json(await stack.url())
     assert (body["message"], body["version"], body["mode"]) == ("Welcome to SwiftDeploy", "1.0.0", "stable")
     pids = [int(o.id) for o in await stack.objects()]
@@ -91,29 +119,30 @@ async def test_deploy_serves_the_stable_version_and_teardown_leaves_no_process(s
 
     gone = await stack.sd("teardown")
     assert gone.code == 0 and "removed 2 object(s)" in gone.out
-    assert await stack.objects() == [] and await record(stack.redis, PROJECT) is None
+    assert await stack.objects() == [] and await stack.record() is None
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
     assert (stack.root / "manifest.yaml").exists()
 
 
-async def test_error_chaos_on_the_canary_rolls_back_automatically_within_three_intervals(stack, gatekeeper):
+async def test_error_chaos_on_the_canary_rolls_back_automatically_within_three_intervals(stack):
     assert (await stack.sd("deploy")).code == 0
     follower = asyncio.create_task(stack.sd("promote", "canary", "--wait"))
-    await wait_for_phase(stack.redis, PROJECT, "progressing")
+    await stack.phase("progressing")
     chaos = await stack.sd("chaos", "error", "--rate", "0.5")
     assert chaos.code == 0 and "chaos error injected" in chaos.out
     statuses = [await _status(await stack.url() , {"X-Canary": "always"}) for _ in range(20)]
     assert 500 in statuses  # the real canary now fails about half its requests
 
     started = time.monotonic()
-    await write_snapshot(stack.redis, PROJECT, "2.0.0", error_rate=0.5)  # what the collector would report
-    back = await wait_for_phase(stack.redis, PROJECT, "stable", timeout=10)
+    await write_snapshot(stack.redis, stack.project, "2.0.0", error_rate=0.5)  # what the collector would report
+    back = await stack.phase("stable", timeout=10)
     elapsed = time.monotonic() - started
     interval = 0.5
     assert elapsed <= 3 * interval + 0.5, f"rollback took {elapsed:.2f}s"
     assert back.canary is None and back.stable.version == "1.0.0"
     waited = await follower
-    assert waited.code == 3 and "rolled back automatically" in waited.out and "error rate 0.5" in waited.out
+    assert waited.code == 3 and "rolled back automatically" in waited.out
+    assert "error rate 50% is above the maximum of 1%" in waited.out
     assert (await get_json(await stack.url(), {"X-Canary": "always"}))["version"] == "1.0.0"
     assert {o.track for o in await stack.objects() if o.role == "instance"} == {"stable"}
 
@@ -126,9 +155,9 @@ async def _status(url: str, headers: dict) -> int:
             return response.status
 
 
-async def test_a_healthy_canary_completes_and_promote_stable_serves_the_new_version(stack, gatekeeper):
+async def test_a_healthy_canary_completes_and_promote_stable_serves_the_new_version(stack):
     assert (await stack.sd("deploy")).code == 0
-    await write_snapshot(stack.redis, PROJECT, "2.0.0", error_rate=0.0)
+    await write_snapshot(stack.redis, stack.project, "2.0.0", error_rate=0.0)
     waited = await stack.sd("promote", "canary", "--wait")
     assert waited.code == 0, waited.text
     assert "canary weight 0% → 10%" in waited.out and "reached its last step (50%)" in waited.out
@@ -140,27 +169,28 @@ async def test_a_healthy_canary_completes_and_promote_stable_serves_the_new_vers
     assert [o.version for o in await stack.objects() if o.role == "instance"] == ["2.0.0"]
 
 
-async def test_promote_stable_is_blocked_by_an_unhealthy_canary_and_nothing_changes(stack, gatekeeper):
+async def test_promote_stable_is_blocked_by_an_unhealthy_canary_and_nothing_changes(stack):
     stack.manifest(canary={"interval": 60})  # no analysis tick gets in first
     assert (await stack.sd("deploy")).code == 0
     assert (await stack.sd("promote", "canary")).code == 0
-    await write_snapshot(stack.redis, PROJECT, "2.0.0", error_rate=0.3, p99=900)
-    before = await record(stack.redis, PROJECT)
+    await write_snapshot(stack.redis, stack.project, "2.0.0", error_rate=0.3, p99=900)
+    before = await stack.record()
     blocked = await stack.sd("promote", "stable")
-    assert blocked.code == 3 and "promotion blocked" in blocked.out and "P99 900" in blocked.out
-    after = await record(stack.redis, PROJECT)
+    assert blocked.code == 3 and "promotion blocked by the canary policy" in blocked.out
+    assert "P99 latency 900 ms is above the maximum of 500 ms" in blocked.out
+    after = await stack.record()
     assert after.stable == before.stable and after.canary.instances == before.canary.instances
 
 
-async def test_an_impossible_infra_threshold_blocks_deploy_with_nothing_created(stack, gatekeeper):
-    gatekeeper.thresholds["disk_free_gb"] = 10**9
+async def test_an_impossible_infra_threshold_blocks_deploy_with_nothing_created(stack):
+    write_policies(stack.policies_root, disk_free_gb=10**9)  # the test data.json: no disk is that large
     blocked = await stack.sd("deploy")
     assert blocked.code == 3, blocked.text
-    assert "deploy blocked by the infra policy" in blocked.out and "disk free" in blocked.out
+    assert "deploy blocked by the infra policy" in blocked.out and "is below the minimum of 1000000000 GB" in blocked.out
     assert await stack.objects() == []
 
 
-async def test_a_deploy_whose_instance_crashes_is_undone_and_says_why(stack, gatekeeper):
+async def test_a_deploy_whose_instance_crashes_is_undone_and_says_why(stack):
     stack.manifest(services={"command": "python3 -c 'import sys; print(\"cannot load settings\"); sys.exit(4)'"})
     failed = await stack.sd("deploy")
     assert failed.code == 1
@@ -169,7 +199,7 @@ async def test_a_deploy_whose_instance_crashes_is_undone_and_says_why(stack, gat
     assert await stack.objects() == []
 
 
-async def test_a_deploy_onto_a_taken_nginx_port_is_refused_in_one_line(stack, gatekeeper):
+async def test_a_deploy_onto_a_taken_nginx_port_is_refused_in_one_line(stack):
     port = load_manifest(stack.root / "manifest.yaml").manifest.nginx.port
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
@@ -180,22 +210,22 @@ async def test_a_deploy_onto_a_taken_nginx_port_is_refused_in_one_line(stack, ga
     assert await stack.objects() == []
 
 
-async def test_a_second_command_is_rejected_while_an_operation_holds_the_project(stack, gatekeeper):
-    async with lock.holding(stack.redis, PROJECT, "promote-canary", "orchestrator-7"):
+async def test_a_second_command_is_rejected_while_an_operation_holds_the_project(stack):
+    async with lock.holding(stack.redis, stack.project, "promote-canary", "orchestrator-7"):
         rejected = await stack.sd("deploy")
     assert rejected.code == 1
     assert "operation promote-canary in progress since" in rejected.out and "(owner orchestrator-7)" in rejected.out
 
 
 @pytest.mark.slow
-async def test_no_request_fails_at_200_per_second_across_a_whole_canary_and_promotion(stack, gatekeeper):
+async def test_no_request_fails_at_200_per_second_across_a_whole_canary_and_promotion(stack):
     stack.manifest(canary={"steps": [10, 25, 50, 75, 100], "interval": 0.5})
     assert (await stack.sd("deploy")).code == 0
     load = LoadLoop(await stack.url(), rate=200)
     runner = asyncio.create_task(load.run())
     started = time.monotonic()
     await asyncio.sleep(1)
-    await write_snapshot(stack.redis, PROJECT, "2.0.0", error_rate=0.0)
+    await write_snapshot(stack.redis, stack.project, "2.0.0", error_rate=0.0)
     assert (await stack.sd("promote", "canary", "--wait")).code == 0
     assert (await stack.sd("promote", "stable")).code == 0
     await asyncio.sleep(1)
@@ -208,17 +238,17 @@ async def test_no_request_fails_at_200_per_second_across_a_whole_canary_and_prom
     assert load.versions["1.0.0"] > 0 and load.versions["2.0.0"] > 0
 
 
-async def test_killing_the_orchestrator_mid_canary_ends_consistent(stack, gatekeeper):
+async def test_killing_the_orchestrator_mid_canary_ends_consistent(stack):
     stack.manifest(canary={"steps": [10, 20, 30, 40, 50, 60, 70, 80, 90], "interval": 0.3})
     assert (await stack.sd("deploy")).code == 0
-    await write_snapshot(stack.redis, PROJECT, "2.0.0", error_rate=0.0)
+    await write_snapshot(stack.redis, stack.project, "2.0.0", error_rate=0.0)
     assert (await stack.sd("promote", "canary")).code == 0
-    while (await record(stack.redis, PROJECT)).step < 3:
+    while (await stack.record()).step < 3:
         await asyncio.sleep(0.02)
     stack.orchestrator.kill()
-    frozen = await record(stack.redis, PROJECT)
+    frozen = await stack.record()
     stack.orchestrator.start()
-    done = await wait_for_phase(stack.redis, PROJECT, "canary_complete", timeout=30)
+    done = await stack.phase("canary_complete", timeout=30)
     assert frozen.phase == Phase.progressing and done.canary.weight == 90
     loaded = load_manifest(stack.root / "manifest.yaml")
     conf = await make_driver(loaded.manifest, loaded.root).router_config()
