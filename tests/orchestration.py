@@ -17,10 +17,15 @@ from typing import Any
 import aiohttp
 import yaml
 
+import pytest
+import redis.asyncio as aioredis
+
 from swiftdeploy_core import streams
 from swiftdeploy_core.events import MetricsSnapshot
+from swiftdeploy_core.manifest import Manifest, load_manifest
 from swiftdeploy_core.state import RolloutState
-from tests.servers import REPO_ROOT, free_port
+from services.orchestrator.drivers import make_driver
+from tests.servers import REPO_ROOT, free_port, require_binary
 
 PYTHON = sys.executable
 
@@ -234,3 +239,91 @@ def gatekeeper_process(redis_url: str, root: Path, log_dir: Path) -> ServiceProc
     """`python -m services.gatekeeper` deciding on `root/manifest.yaml`'s policies folder."""
     env = {"SWIFTDEPLOY_MANIFEST": str(root / "manifest.yaml"), "SWIFTDEPLOY_INSTANCE": "gatekeeper-test"}
     return ServiceProcess("gatekeeper", redis_url, log_dir / "gatekeeper.log", env)
+
+
+# --- a project on the module's real orchestrator and gatekeeper ---------------------------------
+
+
+class Stack:
+    """One project of the tests, on the module's orchestrator and gatekeeper."""
+
+    def __init__(self, root: Path, project: str, redis_url: str, redis: aioredis.Redis, services: "Services") -> None:
+        self.root, self.project, self.redis_url, self.redis = root, project, redis_url, redis
+        self.orchestrator = services.orchestrator
+        self.policies_root = services.root
+        self.base: dict = {}
+
+    def manifest(self, **sections) -> Path:
+        return write_manifest(self.root, self.project, **{**self.base, **sections})
+
+    async def sd(self, *args: str, timeout: float = 60.0):
+        result = await cli(self.redis_url, *args, "--manifest", str(self.root / "manifest.yaml"), timeout=timeout)
+        print(f"$ swiftdeploy {' '.join(args)} -> {result.code}\n{result.text}")
+        return result
+
+    def driver_manifest(self) -> Manifest:
+        return load_manifest(self.root / "manifest.yaml").manifest
+
+    def driver(self):  # noqa: ANN201
+        loaded = load_manifest(self.root / "manifest.yaml")
+        return make_driver(loaded.manifest, loaded.root)
+
+    async def objects(self) -> list:
+        return await self.driver().list_objects()
+
+    async def record(self):
+        return await record(self.redis, self.project)
+
+    async def phase(self, *phases: str, timeout: float = 20.0):
+        return await wait_for_phase(self.redis, self.project, *phases, timeout=timeout)
+
+    async def url(self) -> str:
+        current = await self.record()
+        assert current is not None and current.router_url
+        return current.router_url
+
+
+class Services:
+    """The real orchestrator and gatekeeper, shared by the module's stories (each has its project)."""
+
+    def __init__(self, redis_url: str, root: Path) -> None:
+        self.root = root
+        write_manifest(root, "sdo-policies")  # where the gatekeeper finds policies/
+        write_policies(root)
+        self.orchestrator = ServiceProcess("orchestrator", redis_url, root / "orchestrator.log").start()
+        self.gatekeeper = gatekeeper_process(redis_url, root, root).start()
+        wait_ready_sync(redis_url, "orchestrator", "gatekeeper")
+
+    def stop(self) -> None:
+        self.orchestrator.stop()
+        self.gatekeeper.stop()
+
+
+@pytest.fixture(scope="module")
+def services(redis_server, tmp_path_factory: pytest.TempPathFactory):
+    """Import into a test module (with `stack`) to run its stories on real services."""
+    require_binary("nginx")
+    s = Services(redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+async def stack(services: Services, tmp_path: Path, request: pytest.FixtureRequest):
+    redis = aioredis.Redis.from_url(services.orchestrator.redis_url)
+    project = f"sdo-{abs(hash(request.node.name)) % 10**6}"
+    s = Stack(tmp_path / "project", project, services.orchestrator.redis_url, redis, services)
+    s.base = getattr(request.module, "MANIFEST", {})  # the module's runtime and images
+    s.manifest()
+    try:
+        yield s
+    finally:
+        driver = s.driver()
+        await driver.teardown()
+        await driver.close()
+        await redis.delete(streams.rollout_key(project), streams.latest_snapshot_key(project, "canary"))
+        write_policies(services.root)
+        await redis.aclose()
+        print(services.orchestrator.log()[-3000:])
+
+

@@ -7,105 +7,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from pathlib import Path
 
 import psutil
 import pytest
-import redis.asyncio as aioredis
 
-from swiftdeploy_core import streams
-from swiftdeploy_core.manifest import load_manifest
 from swiftdeploy_core.state import Phase
 from services.orchestrator import lock
-from services.orchestrator.drivers import make_driver
-from tests.orchestration import (
-    LoadLoop,
-    ServiceProcess,
-    gatekeeper_process,
-    cli,
-    get_json,
-    record,
-    wait_for_phase,
-    wait_ready_sync,
-    write_manifest,
-    write_policies,
-    write_snapshot,
-)
-from tests.servers import require_binary
+from tests.orchestration import LoadLoop, get_json, services, stack, write_policies, write_snapshot  # noqa: F401
 
-class Stack:
-    """One project of the tests, on the module's orchestrator and gatekeeper."""
-
-    def __init__(self, root: Path, project: str, redis_url: str, redis: aioredis.Redis, services: "Services") -> None:
-        self.root, self.project, self.redis_url, self.redis = root, project, redis_url, redis
-        self.orchestrator = services.orchestrator
-        self.policies_root = services.root
-
-    def manifest(self, **sections) -> Path:
-        return write_manifest(self.root, self.project, **sections)
-
-    async def sd(self, *args: str, timeout: float = 60.0):
-        result = await cli(self.redis_url, *args, "--manifest", str(self.root / "manifest.yaml"), timeout=timeout)
-        print(f"$ swiftdeploy {' '.join(args)} -> {result.code}\n{result.text}")
-        return result
-
-    def driver(self):
-        loaded = load_manifest(self.root / "manifest.yaml")
-        return make_driver(loaded.manifest, loaded.root)
-
-    async def objects(self) -> list:
-        return await self.driver().list_objects()
-
-    async def record(self):
-        return await record(self.redis, self.project)
-
-    async def phase(self, *phases: str, timeout: float = 20.0):
-        return await wait_for_phase(self.redis, self.project, *phases, timeout=timeout)
-
-    async def url(self) -> str:
-        current = await self.record()
-        assert current is not None and current.router_url
-        return current.router_url
-
-
-class Services:
-    """The real orchestrator and gatekeeper, shared by the module's stories (each has its project)."""
-
-    def __init__(self, redis_url: str, root: Path) -> None:
-        self.root = root
-        write_manifest(root, "sdo-policies")  # where the gatekeeper finds policies/
-        write_policies(root)
-        self.orchestrator = ServiceProcess("orchestrator", redis_url, root / "orchestrator.log").start()
-        self.gatekeeper = gatekeeper_process(redis_url, root, root).start()
-        wait_ready_sync(redis_url, "orchestrator", "gatekeeper")
-
-    def stop(self) -> None:
-        self.orchestrator.stop()
-        self.gatekeeper.stop()
-
-
-@pytest.fixture(scope="module")
-def services(redis_server, tmp_path_factory: pytest.TempPathFactory):
-    require_binary("nginx")
-    s = Services(redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-async def stack(services: Services, tmp_path: Path, request: pytest.FixtureRequest):
-    redis = aioredis.Redis.from_url(services.orchestrator.redis_url)
-    project = f"sdo-{abs(hash(request.node.name)) % 10**6}"
-    s = Stack(tmp_path / "project", project, services.orchestrator.redis_url, redis, services)
-    s.manifest()
-    try:
-        yield s
-    finally:
-        await s.driver().teardown()
-        await redis.delete(streams.rollout_key(project), streams.latest_snapshot_key(project, "canary"))
-        write_policies(services.root)
-        await redis.aclose()
-        print(services.orchestrator.log()[-3000:])
+MANIFEST: dict = {}  # the process runtime with the defaults of tests.orchestration.write_manifest
 
 
 async def test_deploy_serves_the_stable_version_and_teardown_leaves_no_process(stack):
@@ -200,7 +110,7 @@ async def test_a_deploy_whose_instance_crashes_is_undone_and_says_why(stack):
 
 
 async def test_a_deploy_onto_a_taken_nginx_port_is_refused_in_one_line(stack):
-    port = load_manifest(stack.root / "manifest.yaml").manifest.nginx.port
+    port = stack.driver_manifest().nginx.port
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
@@ -250,8 +160,7 @@ async def test_killing_the_orchestrator_mid_canary_ends_consistent(stack):
     stack.orchestrator.start()
     done = await stack.phase("canary_complete", timeout=30)
     assert frozen.phase == Phase.progressing and done.canary.weight == 90
-    loaded = load_manifest(stack.root / "manifest.yaml")
-    conf = await make_driver(loaded.manifest, loaded.root).router_config()
+    conf = await stack.driver().router_config()
     assert f"{done.canary.weight}%   app_canary" in conf
     running = sorted(o.name for o in await stack.objects() if o.role == "instance")
     assert running == sorted(i.name for i in done.instances())
