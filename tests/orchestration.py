@@ -122,6 +122,12 @@ class CliResult:
     def text(self) -> str:
         return self.out + self.err
 
+    @property
+    def line(self) -> str:
+        """The last line on stderr: a failed command's one-line reason."""
+        lines = self.err.strip().splitlines()
+        return lines[-1] if lines else ""
+
 
 async def cli(redis_url: str, *args: str, cwd: Path | None = None, timeout: float = 60.0) -> CliResult:
     """Run `python -m swiftdeploy_core ...` as a user would."""

@@ -50,7 +50,7 @@ def nothing_left(project: str) -> bool:
 async def test_chaos_rolls_back_a_canary_then_a_healthy_one_is_promoted_and_teardown_leaves_nothing(stack):
     deployed = await stack.sd("deploy")
     assert deployed.code == 0, deployed.text
-    assert "✓ networks:" in deployed.out and f"{stack.project}-net" in deployed.out
+    assert f"deploy.step networks: {stack.project}-net" in deployed.err
     assert (await get_json(await stack.url()))["version"] == "1.0.0"
     assert sorted(labelled("container", stack.project)) == sorted([f"{stack.project}-nginx", *(i.name for i in (await stack.record()).instances())])
 
@@ -79,7 +79,7 @@ async def test_chaos_rolls_back_a_canary_then_a_healthy_one_is_promoted_and_tear
 async def test_an_impossible_infra_threshold_blocks_a_docker_deploy_with_nothing_created(stack):
     write_policies(stack.policies_root, disk_free_gb=10**9)
     blocked = await stack.sd("deploy")
-    assert blocked.code == 3 and "deploy blocked by the infra policy" in blocked.out
+    assert blocked.code == 3 and blocked.line.startswith("error: denied: disk free")
     assert nothing_left(stack.project)
 
 
@@ -87,7 +87,7 @@ async def test_an_unknown_image_fails_the_deploy_in_one_line_with_nothing_create
     stack.manifest(services={"image": "swiftdeploy/no-such-image:0"})
     failed = await stack.sd("deploy")
     assert failed.code == 1
-    assert "image 'swiftdeploy/no-such-image:0' is not on this docker host" in failed.out
+    assert failed.line.startswith("error: failed: image 'swiftdeploy/no-such-image:0' is not on this docker host")
     assert nothing_left(stack.project)
 
 
@@ -98,7 +98,7 @@ async def test_a_taken_nginx_port_fails_the_docker_deploy_and_undoes_it(stack):
         squatter.listen()
         failed = await stack.sd("deploy")
     assert failed.code == 1
-    assert f"nginx.port {port} on 127.0.0.1 is already in use" in failed.out
+    assert failed.line.startswith(f"error: failed: nginx.port {port} on 127.0.0.1 is already in use")
     assert nothing_left(stack.project)
 
 
