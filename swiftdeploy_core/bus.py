@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -358,27 +359,35 @@ def resolve_redis_url(settings: Settings) -> str:
 
 # --- consumer groups ---------------------------------------------------------------------------
 
-# Acks an entry, records its event id as processed and applies the handler's queued writes, all
-# atomically, and only if the event id was not processed before (a reclaimed duplicate is acked
-# without its writes). ARGV: group, now_ms, n, then per entry: stream, entry_id, event_id ("" =
-# ack only), ncmds, then per command: nargs, args...
+# Acks entries, records their event ids as processed and applies the handlers' queued writes, all
+# atomically, and only for event ids not processed before (a reclaimed duplicate is acked without
+# its writes). ARGV[1] is JSON (one argument: packing thousands of small ones is slow in redis-py):
+# {"g": group, "t": now_ms, "e": [[stream, entry_id, event_id or "", had_failures, [[cmd...]...]]]}
 COMMIT_SCRIPT = """
-local group, now, i, dups = ARGV[1], ARGV[2], 4, 0
-for _ = 1, tonumber(ARGV[3]) do
-  local stream, entry, eid, ncmds = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  i = i + 4
-  local fresh = eid == '' or not redis.call('ZSCORE', KEYS[1], eid)
-  if not fresh then dups = dups + 1 end
-  for _ = 1, ncmds do
-    local nargs, cmd = tonumber(ARGV[i]), {}
-    for a = 1, nargs do cmd[a] = ARGV[i + a] end
-    i = i + nargs + 1
-    if fresh then redis.call(unpack(cmd)) end
+local batch = cjson.decode(ARGV[1])
+local group, now, dups = batch.g, batch.t, 0
+local marks, acks, done = {}, {}, {}
+for _, e in ipairs(batch.e) do
+  local stream, entry, eid = e[1], e[2], e[3]
+  local fresh = eid == '' or not (done[eid] or redis.call('ZSCORE', KEYS[1], eid))
+  if fresh then
+    for _, cmd in ipairs(e[5]) do redis.call(unpack(cmd)) end
+    if eid ~= '' then
+      done[eid] = true
+      marks[#marks + 1] = now
+      marks[#marks + 1] = eid
+    end
+  else
+    dups = dups + 1
   end
-  if fresh and eid ~= '' then redis.call('ZADD', KEYS[1], now, eid) end
-  redis.call('XACK', stream, group, entry)
-  redis.call('HDEL', KEYS[2], stream .. '/' .. entry)
+  acks[stream] = acks[stream] or {}
+  table.insert(acks[stream], entry)
+  if e[4] then redis.call('HDEL', KEYS[2], stream .. '/' .. entry) end
 end
+for i = 1, #marks, 2000 do
+  redis.call('ZADD', KEYS[1], unpack(marks, i, math.min(i + 1999, #marks)))
+end
+for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids)) end
 return dups
 """
 PROCESSED_RETENTION_MS = 6 * 3600 * 1000  # how long an event id is remembered as processed
@@ -405,6 +414,7 @@ class Commit:
     entry: Entry
     event_id: str = ""
     commands: list[tuple[Any, ...]] = field(default_factory=list)
+    failed: bool = False  # attempts failed before: clear its failure count
 
 
 def _entries(reply: Any, reclaimed: bool = False) -> list[Entry]:
@@ -487,12 +497,10 @@ class Group:
 
     async def commit(self, commits: Collection[Commit]) -> int:
         """Apply, mark and ack `commits` atomically; returns how many were duplicates."""
-        args: list[Any] = [self.name, int(time.time() * 1000), len(commits)]
-        for c in commits:
-            args += [c.entry.stream, c.entry.entry_id, c.event_id, len(c.commands)]
-            for command in c.commands:
-                args += [len(command), *command]
-        return int(await self._commit(keys=[self.processed, self.failures], args=args))
+        entries = [[c.entry.stream, c.entry.entry_id, c.event_id, c.failed, [list(cmd) for cmd in c.commands]]
+                   for c in commits]  # fmt: skip
+        batch = json.dumps({"g": self.name, "t": int(time.time() * 1000), "e": entries})
+        return int(await self._commit(keys=[self.processed, self.failures], args=[batch]))
 
     async def record_failure(self, entry: Entry) -> int:
         """Count one failed attempt at `entry`; returns the attempts so far."""

@@ -93,7 +93,7 @@ class Context:
         ack, at most once per event id, even if the event is delivered twice."""
         if self.event is None:
             raise RuntimeError("on_commit needs an event being handled")
-        self.commands.append(tuple(str(c) if not isinstance(c, bytes) else c for c in command))
+        self.commands.append(tuple(c.decode() if isinstance(c, bytes) else str(c) for c in command))
 
     def _new_event(self, payload: Payload, cause: Event | None, stable_id: bool) -> Event:
         if cause is None:
@@ -294,7 +294,7 @@ class Worker:
             elif event.id in seen or event.type not in self.handlers:
                 if event.id in seen:
                     self.metrics.duplicates.labels(self.spec.name).inc()
-                self._commits.append(Commit(entry))
+                self._commits.append(Commit(entry, failed=entry.reclaimed))
             elif self.spec.concurrency == 1:
                 await self._attempt(entry, event, 1)
                 if time.monotonic() - self._flushed > COMMIT_EVERY_S:
@@ -343,6 +343,7 @@ class Worker:
                 self._slots.release()
         if outcome.commit is not None:
             outcome.commit.entry = entry
+            outcome.commit.failed = attempt > 1 or entry.reclaimed
             self._commits.append(outcome.commit)
             if self.spec.concurrency > 1:
                 await self._flush()
@@ -354,7 +355,8 @@ class Worker:
         handler = self.handlers[event.type]
         started = time.perf_counter()
         with logs.event_context(event.id, event.type, event.correlation_id):
-            logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
+            if log.isEnabledFor(logging.DEBUG):
+                logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
             try:
                 await handler(event, ctx)
             except Reject as exc:
@@ -369,7 +371,7 @@ class Worker:
     def _observe(self, event: Event, started: float, outcome: _Outcome) -> _Outcome:
         seconds = time.perf_counter() - started
         self.metrics.observe(event.type, seconds, outcome.commit is not None)
-        if outcome.commit is not None:
+        if outcome.commit is not None and log.isEnabledFor(logging.INFO):
             logs.job(log, logs.DONE, f"{event.type} {event.id} {seconds * 1000:.1f}ms", duration_ms=round(seconds * 1000, 3))
         return outcome
 
