@@ -4,18 +4,20 @@ VENV ?= .venv
 RUNTIME ?= process
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test servers images clean
+.PHONY: venv demo test servers system-deps images clean
 
-$(BIN)/swiftdeploy: pyproject.toml
+# Debian packages first (python3-venv among them when python3 has no ensurepip).
+$(BIN)/swiftdeploy: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
 venv: $(BIN)/swiftdeploy
 
-servers:
+system-deps:
 	scripts/install-system-deps
+
+servers: system-deps
 	scripts/start-servers
 
 demo: venv servers

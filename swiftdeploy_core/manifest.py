@@ -7,10 +7,7 @@ message is one line naming the field path and the problem.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import math
-import reprlib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.manifest_errors import codepoint, describe_errors, kind_of, num, show
 
 MAX_MANIFEST_BYTES = 1_000_000
 
@@ -124,8 +122,8 @@ class CollectorSpec(_Section):
     def _window_covers_interval(self) -> "CollectorSpec":
         if self.window < 2 * self.interval:
             raise ValueError(
-                f"window must be at least twice the interval (got window={_num(self.window)}, "
-                f"interval={_num(self.interval)})"
+                f"window must be at least twice the interval (got window={num(self.window)}, "
+                f"interval={num(self.interval)})"
             )
         return self
 
@@ -245,7 +243,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
         if key in seen:
             mark = key_node.start_mark
             raise ManifestError(
-                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {_show(key)}"
+                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {show(key)}"
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -275,7 +273,7 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
         raise ManifestError(f"{name}: invalid YAML at {where}{problem}") from None
     except yaml.reader.ReaderError as exc:
         raise ManifestError(
-            f"{name}: invalid YAML: character {_codepoint(exc.character)} is not allowed (at offset {exc.position})"
+            f"{name}: invalid YAML: character {codepoint(exc.character)} is not allowed (at offset {exc.position})"
         ) from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"{name}: invalid YAML ({' '.join(str(exc).split())})") from None
@@ -285,7 +283,7 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
         raise ManifestError(f"{name}: the file holds no YAML document")
     if not isinstance(data, dict):
         raise ManifestError(
-            f"{name}: the top level must be a mapping of sections (got {_kind(data)})"
+            f"{name}: the top level must be a mapping of sections (got {kind_of(data)})"
         )
     return data
 
@@ -295,125 +293,8 @@ def validate_manifest(data: dict[str, Any], name: str = "manifest.yaml") -> Mani
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = describe_errors(exc, data)
+        problems = describe_errors(exc, Manifest)
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
         error = ManifestError(f"{name}: {problems[0]}{more}")
         error.problems = problems  # type: ignore[attr-defined]
         raise error from None
-
-
-def describe_errors(exc: ValidationError, data: Any) -> list[str]:
-    """Turn pydantic's errors into `field.path: problem (got value)` lines, unknown keys first."""
-    lines: list[tuple[int, str]] = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        field = ".".join(loc) or "(top level)"
-        lines.append((0 if err["type"] == "extra_forbidden" else 1, f"{field}: {_explain(err, data)}"))
-    return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
-
-
-_RANGE_WORDS = {
-    "greater_than_equal": "at least",
-    "less_than_equal": "at most",
-    "greater_than": "greater than",
-    "less_than": "less than",
-}
-
-
-def _explain(err: dict[str, Any], data: Any) -> str:
-    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
-    loc = err["loc"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(allowed)}"
-        return f"unknown key{hint}"
-    if kind == "missing":
-        return "is required"
-    if kind in _RANGE_WORDS:
-        low, high = _bounds(loc)
-        if low is not None and high is not None:
-            return f"must be between {_num(low)} and {_num(high)} (got {_show(got)})"
-        bound = next(iter(ctx.values()), "?")
-        return f"must be {_RANGE_WORDS[kind]} {_num(bound)} (got {_show(got)})"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be a whole number (got {_show(got)})"
-    if kind in ("float_type", "float_parsing", "finite_number"):
-        return f"must be a number (got {_show(got)})"
-    if kind == "string_type":
-        return f"must be a string (got {_show(got)}; quote it)"
-    if kind in ("enum", "literal_error"):
-        expected = ctx.get("expected", "")
-        return f"must be one of {expected} (got {_show(got)})"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"must be a mapping of fields (got {_kind(got)})"
-    if kind == "list_type":
-        return f"must be a list (got {_kind(got)})"
-    if kind == "string_pattern_mismatch":
-        return f"has an invalid format (got {_show(got)}; expected pattern {ctx.get('pattern')})"
-    if kind in ("string_too_short", "too_short"):
-        return "must not be empty"
-    if kind in ("string_too_long", "too_long"):
-        return f"is too long (got {_show(got)})"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return f"{err['msg']} (got {_show(got)})"
-
-
-def _section_model(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Manifest
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return model
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    model = _section_model(tuple(loc))
-    return sorted(model.model_fields) if model else []
-
-
-def _bounds(loc: tuple) -> tuple[Any, Any]:
-    model = _section_model(tuple(p for p in loc[:-1] if isinstance(p, str)))
-    field_name = next((p for p in reversed(loc) if isinstance(p, str)), None)
-    if model is None or field_name not in model.model_fields:
-        return None, None
-    low = high = None
-    for meta in model.model_fields[field_name].metadata:
-        low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
-        low = getattr(meta, "gt", None) if getattr(meta, "gt", None) is not None else low
-        high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
-        high = getattr(meta, "lt", None) if getattr(meta, "lt", None) is not None else high
-    return low, high
-
-
-def _num(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 50, 50, 4, 4
-
-
-def _show(value: Any) -> str:
-    """A short, one-line rendering of a bad value (bounded even for huge or aliased structures)."""
-    try:
-        text = _SHORT.repr(value) if isinstance(value, (str, list, dict, tuple, set, bytes)) else str(value)
-    except ValueError:  # e.g. an integer with more digits than Python will print
-        text = f"a {type(value).__name__} too large to show"
-    text = " ".join(text.split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _codepoint(character: Any) -> str:
-    code = character if isinstance(character, int) else ord(character[:1] or "\0")
-    return f"U+{code:04X}"
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return names.get(type(value), type(value).__name__) if value is not None else "nothing"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -30,7 +31,9 @@ TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 # Where the official nginx image keeps things; the compose file mounts named volumes on them.
 CONTAINER_LOG_DIR = "/var/log/nginx"
 CONTAINER_PID = "/var/run/nginx.pid"
-CONTAINER_TEMP_DIR = "/var/cache/nginx"
+# nginx creates only the last folder of a temp path: /tmp exists in every image (the official
+# one has /var/cache/nginx, Debian's package /var/lib/nginx, neither both).
+CONTAINER_TEMP_DIR = "/tmp"
 CONTAINER_CONF = "/etc/nginx/nginx.conf"
 
 Host = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$", max_length=253)]
@@ -55,7 +58,7 @@ class RouterPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    listen_host: str = "127.0.0.1"
+    listen_host: Annotated[str, Field(pattern=r"^(\*|[0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)$")] = "127.0.0.1"
     listen_port: Annotated[int, Field(ge=1, le=65535)]
     proxy_timeout: Annotated[int, Field(ge=1, le=3600)] = 30
     stable: Annotated[list[Upstream], Field(min_length=1)]
@@ -64,7 +67,7 @@ class RouterPlan(BaseModel):
     access_log: NginxPath
     error_log: NginxPath
     pid: NginxPath | None = None
-    temp_dir: NginxPath | None = None  # client_body/proxy/... temp folders go under it
+    temp_dir: NginxPath | None = None  # nginx-client_body, nginx-proxy, ... temp folders go under it
     worker_processes: Annotated[int, Field(ge=1, le=64)] = 1
 
     @model_validator(mode="after")
@@ -117,8 +120,8 @@ def plan_for_compose(manifest: Manifest) -> RouterPlan:
 def plan_for_process(
     manifest: Manifest,
     state_dir: Path,
-    stable: list[Upstream],
-    canary: list[Upstream] = (),  # type: ignore[assignment]
+    stable: Sequence[Upstream],
+    canary: Sequence[Upstream] = (),
     canary_weight: int = 0,
     listen_port: int | None = None,
 ) -> RouterPlan:
@@ -171,12 +174,9 @@ def localize_for_test(conf: str, prefix: Path) -> str:
 
 
 def conf_dirs(conf: str) -> list[Path]:
-    """Folders a rendered nginx.conf writes into (log and pid parents, temp folders)."""
-    dirs = set()
-    for match in _LOCAL_PATH_DIRECTIVE.finditer(conf):
-        path = Path(match.group(2))
-        dirs.add(path if "_temp_path" in match.group(1) else path.parent)
-    return sorted(dirs)
+    """Folders that must exist before nginx starts with a rendered config: the parents of its
+    log, pid and temp paths (nginx creates each temp folder itself, but not its parents)."""
+    return sorted({Path(match.group(2)).parent for match in _LOCAL_PATH_DIRECTIVE.finditer(conf)})
 
 
 @cache

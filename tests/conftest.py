@@ -75,27 +75,51 @@ def make_workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 @pytest.fixture(scope="session")
 def swiftdeploy_images(docker_daemon: str) -> dict[str, str]:
-    """Every SwiftDeploy image, built by scripts/build-images when missing (a cold build takes a few
-    minutes, a cached one about a second): name (base, workload, nginx, controlplane) -> a tag
-    pinned to the hash of that image's inputs, safe from other checkouts re-tagging `latest`."""
+    """Every SwiftDeploy image, built by scripts/build-images when missing: name (base, workload,
+    nginx, controlplane) -> a tag pinned to the hash of that image's inputs, so another checkout
+    re-tagging `latest` cannot change what a test runs. A cold build takes a few minutes (once per
+    machine), a cached one about a second. Prefer the one-image fixtures below: they build less."""
     from tests.servers import build_images
 
     return build_images()
 
 
 @pytest.fixture(scope="session")
-def workload_image(swiftdeploy_images: dict[str, str]) -> str:
+def workload_image(docker_daemon: str) -> str:
     """The workload image (`python -m workload` on 0.0.0.0:3000; MODE, VERSION from the environment)."""
-    return swiftdeploy_images["workload"]
+    from tests.servers import build_images
+
+    return build_images("workload")["workload"]
 
 
 @pytest.fixture(scope="session")
-def nginx_image(swiftdeploy_images: dict[str, str]) -> str:
+def nginx_image(docker_daemon: str) -> str:
     """The router image: Debian's nginx in the foreground (`nginx -g 'daemon off;'`)."""
-    return swiftdeploy_images["nginx"]
+    from tests.servers import build_images
+
+    return build_images("nginx")["nginx"]
 
 
 @pytest.fixture(scope="session")
-def controlplane_image(swiftdeploy_images: dict[str, str]) -> str:
+def controlplane_image(docker_daemon: str) -> str:
     """redis-server plus the whole swiftdeploy package in /opt/venv (on PATH)."""
-    return swiftdeploy_images["controlplane"]
+    from tests.servers import build_images
+
+    return build_images("controlplane")["controlplane"]
+
+
+@pytest.fixture
+async def opa_api(tmp_path):
+    """A stand-in OPA server (tests/opa_api.py) serving a copy of the default policies."""
+    import shutil
+
+    from policies import default_dir, policy_files
+    from tests.opa_api import OpaApiServer
+
+    folder = tmp_path / "opa-policies"
+    folder.mkdir()
+    for path in policy_files(default_dir(), include_tests=True):
+        shutil.copy(path, folder / path.name)
+    server = await OpaApiServer(folder).start()
+    yield server
+    await server.stop()

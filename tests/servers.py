@@ -228,12 +228,14 @@ def run_swiftdeploy(
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def build_images(timeout: float = 900) -> dict[str, str]:
-    """Run scripts/build-images (seconds when every image is cached): image name -> pinned tag."""
+def build_images(*only: str, timeout: float = 900) -> dict[str, str]:
+    """Run scripts/build-images for `only` these images (default all; the base always): image
+    name -> tag pinned to the hash of its inputs. About a second when cached, minutes when cold."""
     import sys
 
+    which = ["--only", ",".join(only)] if only else []
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "build-images"), "--quiet"],
+        [sys.executable, str(REPO_ROOT / "scripts" / "build-images"), "--quiet", *which],
         capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
     )  # fmt: skip
     if result.returncode != 0:

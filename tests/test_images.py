@@ -137,3 +137,20 @@ def test_no_mirror_host_is_written_into_the_repository():
         path = REPO_ROOT / name
         if path.is_file():
             assert host not in path.read_text(errors="ignore"), name
+
+
+def test_without_dockerd_the_build_says_so_in_one_line(tmp_path: Path):
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build-images")],
+                            capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "build-images: dockerd is not reachable (is it running? scripts/start-servers starts it)"
+    ]
+
+
+def test_an_unknown_image_name_is_refused():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build-images"), "--only", "redis"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown image 'redis'" in result.stderr

@@ -166,3 +166,15 @@ def test_writing_is_all_or_nothing(project):
         write_all(folder, render_all(loaded))
     assert (folder / "nginx.conf").read_text() == "old\n"
     assert sorted(p.name for p in folder.iterdir()) == ["nginx.conf", "opa-config.yaml"]  # no temp files left
+
+
+def test_the_generated_config_passes_nginx_t_inside_the_router_image(project, nginx_image):
+    """The container context the original learned to validate in: names resolve there."""
+    init(project)
+    conf = project / "generated" / "nginx.conf"
+    result = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--add-host", "app-stable-1:127.0.0.1",
+         "-v", f"{conf}:/etc/nginx/nginx.conf:ro", nginx_image, "nginx", "-t"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr

@@ -219,3 +219,28 @@ def test_a_bad_setting_is_one_line_and_exit_code_two():
     assert result.stderr.strip().splitlines() == [
         "workload: MODE: Input should be 'stable' or 'canary' (got 'blue')"
     ]
+
+
+def test_a_taken_port_is_one_line_and_exit_code_one(canary):
+    env = {"PYTHONPATH": str(REPO_ROOT), "PORT": str(canary.port), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "workload"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"workload: cannot serve on 127.0.0.1:{canary.port}: Address already in use"
+    )
+
+
+async def test_sigterm_stops_the_server_cleanly_even_with_a_slow_request_in_flight(make_workload):
+    server = make_workload(mode="canary")
+    async with aiohttp.ClientSession() as session:
+        await chaos(session, server, '{"mode":"slow","duration":30}')
+        in_flight = asyncio.create_task(session.get(f"{server.url}/"))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        server.process.terminate()
+        code = await asyncio.to_thread(server.process.wait, 10)
+        in_flight.cancel()
+    assert code == 0
+    assert time.monotonic() - started < 8  # the 3 s grace, not the 30 s of chaos
