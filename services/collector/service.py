@@ -11,6 +11,7 @@ ticks it overran instead of bunching them up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -151,13 +152,15 @@ class Collector:
             await pipe.execute()
 
 
-async def ticks(interval: float) -> AsyncIterator[int]:
-    """Yield on a fixed schedule; ticks a slow body overran are skipped, not bunched."""
+async def ticks(interval: float, stopping: asyncio.Event | None = None) -> AsyncIterator[int]:
+    """Yield on a fixed schedule until `stopping` is set; ticks a slow body overran are skipped."""
+    stopping = stopping or asyncio.Event()
     start, n = time.monotonic(), 0
-    while True:
+    while not stopping.is_set():
         yield n
         n = max(n + 1, math.ceil((time.monotonic() - start) / interval))
-        await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), max(0.0, start + n * interval - time.monotonic()))
 
 
 def scrape_loop(config: Config, metrics: CollectorMetrics):  # noqa: ANN201 - a background loop
@@ -165,7 +168,9 @@ def scrape_loop(config: Config, metrics: CollectorMetrics):  # noqa: ANN201 - a 
         async with Scraper(timeout=config.timeout) as scraper:
             collector = Collector(ctx, config, scraper, metrics)
             log.info("collecting every %gs over %gs windows", config.interval, config.window)
-            async for _ in ticks(config.interval):
+            # Ends on the worker's stop flag, not only on cancellation: a cancel that lands inside
+            # a Redis call can surface as a connection error, which a tick survives.
+            async for _ in ticks(config.interval, getattr(ctx, "stopping", None)):
                 await collector.tick()
 
     loop.__name__ = "scrape_loop"
