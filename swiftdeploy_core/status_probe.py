@@ -17,6 +17,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from swiftdeploy_core import streams
+from swiftdeploy_core.bus import FIELD_EVENT
 from swiftdeploy_core.dashboard import EventLine, PolicyView, StatusView, build_view, serving_track
 from swiftdeploy_core.describe import describe_event
 from swiftdeploy_core.errors import BusError
@@ -125,13 +126,11 @@ async def recent_events(bus: "Bus") -> list[EventLine]:
 
 
 def _decode(fields: dict) -> Event | None:
-    """An entry's event, whichever field the bus stores its JSON under."""
-    for value in fields.values():
-        try:
-            return Event.from_json(value)
-        except (ValidationError, ValueError):
-            continue
-    return None
+    raw = fields.get(FIELD_EVENT.encode())
+    try:
+        return Event.from_json(raw) if raw is not None else None
+    except (ValidationError, ValueError):
+        return None  # a malformed entry: the consumers dead-letter it; the dashboard skips it
 
 
 async def metrics_history(bus: "Bus", project: str, track: str) -> list[MetricsSnapshot]:

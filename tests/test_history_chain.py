@@ -131,6 +131,7 @@ def test_an_entry_carries_timestamp_type_mode_figures_and_ids() -> None:
     assert (entry["type"], entry["mode"], entry["allow"]) == ("decision.made", "canary", False)
     assert entry["input"]["error_rate"] == 0.04 and entry["reasons"] == ["error rate 4.00% > 1.00%"]
     assert entry["event_id"] == event.id and entry["source"] == "test/t1"
+    assert list(entry)[:3] == ["timestamp", "type", "mode"] and "payload_type" not in entry
 
 
 def test_a_chaos_mode_does_not_overwrite_the_serving_mode() -> None:
