@@ -170,7 +170,7 @@ def scrape_loop(config: Config, metrics: CollectorMetrics):  # noqa: ANN201 - a 
             log.info("collecting every %gs over %gs windows", config.interval, config.window)
             # Ends on the worker's stop flag, not only on cancellation: a cancel that lands inside
             # a Redis call can surface as a connection error, which a tick survives.
-            async for _ in ticks(config.interval, getattr(ctx, "stopping", None)):
+            async for _ in ticks(config.interval, ctx.stopping):
                 await collector.tick()
 
     loop.__name__ = "scrape_loop"
