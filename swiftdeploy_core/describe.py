@@ -19,7 +19,7 @@ RESERVED = ("timestamp", "type", "mode", "event_id", "correlation_id", "causatio
 def event_fields(event: Event) -> Entry:
     """An event's payload as flat fields, named as in a history line (without the envelope)."""
     fields: Entry = {"type": event.type}
-    for key, value in event.payload.model_dump(mode="json").items():
+    for key, value in event.payload.model_dump(mode="json", exclude={"type"}).items():
         if key == "mode" and event.type.startswith("chaos."):
             key = "chaos_mode"  # a chaos mode (slow/error/recover) is not the serving mode
         elif key in RESERVED and key != "mode":

@@ -17,6 +17,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from swiftdeploy_core import streams
+from swiftdeploy_core.bus import FIELD_EVENT
 from swiftdeploy_core.dashboard import EventLine, PolicyView, StatusView, build_view, serving_track
 from swiftdeploy_core.describe import describe_event
 from swiftdeploy_core.errors import BusError
@@ -38,7 +39,7 @@ HEALTH_TIMEOUT = 1.0
 EVENTS_SHOWN = 8
 EVENTS_SCANNED = 200
 HISTORY_SCANNED = 400
-QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot"}
+QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot", "audit.rendered"}
 
 
 async def _get_model(bus: "Bus", key: str, model: type) -> Any:
@@ -125,13 +126,11 @@ async def recent_events(bus: "Bus") -> list[EventLine]:
 
 
 def _decode(fields: dict) -> Event | None:
-    """An entry's event, whichever field the bus stores its JSON under."""
-    for value in fields.values():
-        try:
-            return Event.from_json(value)
-        except (ValidationError, ValueError):
-            continue
-    return None
+    raw = fields.get(FIELD_EVENT.encode())
+    try:
+        return Event.from_json(raw) if raw is not None else None
+    except (ValidationError, ValueError):
+        return None  # a malformed entry: the consumers dead-letter it; the dashboard skips it
 
 
 async def metrics_history(bus: "Bus", project: str, track: str) -> list[MetricsSnapshot]:

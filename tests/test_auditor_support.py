@@ -45,9 +45,13 @@ class Project:
         return Settings(manifest=self.manifest).model_copy(update={"redis_url": self.redis_url})
 
     def start_auditor(self, name: str, **extra: str) -> subprocess.Popen:
+        return self.start_service("auditor", name, **extra)
+
+    def start_service(self, service: str, name: str, **extra: str) -> subprocess.Popen:
+        """`python -m services.<service>` as instance `name`, logging to `<root>/<name>.log`."""
         env = {**self.env, "SWIFTDEPLOY_INSTANCE": name, **extra}
         log = (self.root / f"{name}.log").open("ab")
-        process = subprocess.Popen([sys.executable, "-m", "services.auditor"], cwd=ROOT, env=env,
+        process = subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process

@@ -139,6 +139,28 @@ async def test_status_once_json_carries_mode_chaos_figures_tracks_and_decided_po
     assert checked["correlation_id"] == requests[0].correlation_id and checked["error_rate"] == 0.04
 
 
+async def test_the_real_gatekeeper_decides_and_the_report_keeps_status_decisions_apart(project: Project) -> None:
+    project.start_auditor("aud-1")
+    project.start_service("gatekeeper", "gk-1")
+    async with healthy_instance() as url:
+        await store_canary_rollout(project, url, canary_error_rate=0.04)
+        code, out, err = await cli(project, "status", "--json", "--policy-timeout", "10")
+    assert code == 0, err
+    policies = json.loads(out)["policies"]
+    assert (policies["infra"]["status"], policies["infra"]["allow"]) == ("PASSING", True), project.log_of("gk-1")
+    assert (policies["canary"]["status"], policies["canary"]["allow"]) == ("FAILING", False)
+    assert any("error rate" in reason for reason in policies["canary"]["reasons"])
+    # The gatekeeper's decisions and violation for this refresh are in the history...
+    wait_until(lambda: sorted(history_types(project)) == ["decision.made", "decision.made", "policy.violation",
+                                                          "status.checked"], what="the refresh in the history")
+    code, _, err = await cli(project, "audit", "--out", "report.md")
+    assert code == 0, err
+    markdown = (project.root / "report.md").read_text()
+    # ...but they observed, they did not gate: no violation rows, and the count says why.
+    assert "_No policy violations in this period._" in markdown
+    assert "_2 decisions asked by `swiftdeploy status` refreshes are not counted above._" in markdown
+
+
 async def test_without_a_gatekeeper_policies_are_unknown_never_passing(project: Project) -> None:
     async with healthy_instance() as url:
         await store_canary_rollout(project, url, canary_error_rate=0.0)
@@ -170,6 +192,12 @@ def test_status_without_a_control_plane_says_what_to_do(project: Project) -> Non
     project.env["REDIS_URL"] = "redis://127.0.0.1:1/0"
     done = project.cli("status", "--once")
     assert done.returncode == 1 and done.stderr.startswith("error: the control plane is not running: run swiftdeploy up")
+
+
+def history_types(project: Project) -> list[str]:
+    if not project.history.exists():
+        return []
+    return [json.loads(line)["type"] for line in project.history.read_text().splitlines()]
 
 
 def tmux(*args: str) -> str:

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from swiftdeploy_core import streams
 from swiftdeploy_core.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
 from swiftdeploy_core.describe import describe_event
 from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
@@ -96,16 +95,6 @@ async def connected(settings: Settings) -> AsyncIterator["Bus"]:
             await asyncio.wait_for(bus.close(), CLOSE_TIMEOUT_S)
 
 
-async def events_tip(bus: "Bus") -> str:
-    """The id of the newest entry on the events stream ("0-0" when empty): follow from here
-    *before* publishing a command, so no reply can slip past."""
-    newest = await bus.redis.xrevrange(streams.EVENTS, count=1)
-    if not newest:
-        return "0-0"
-    entry_id = newest[0][0]
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-
-
 @dataclass
 class Outcome:
     """How a command ended: its last event, every event seen, and the exit code."""
@@ -142,14 +131,15 @@ async def send_command(
     ends = {**ALWAYS_FAIL, **outcomes}
     async with connected(settings) as bus:
         event = Event(payload=payload, source=client_source(settings))
-        since = await events_tip(bus)
+        since = await bus.cursor()  # taken before publishing: no reply can slip past
         await bus.publish(inbox, event)
         seen: list[Event] = []
         status = stderr.status(f"{event.type} sent; waiting for the control plane…") if progress else None
         with status or contextlib.nullcontext():
             try:
-                async with asyncio.timeout(timeout):
-                    async for reply in bus.follow(correlation_id=event.correlation_id, since=since):
+                replies = bus.follow(correlation_id=event.correlation_id, since=since)
+                async with asyncio.timeout(timeout), contextlib.aclosing(replies):
+                    async for reply in replies:
                         seen.append(reply)
                         if on_event:
                             on_event(reply)

@@ -51,8 +51,7 @@ def status(
 ) -> None:
     """Show the deployment live: mode, chaos, tracks, traffic, policy compliance, last events.
 
-    Refreshes every --interval seconds until Ctrl-C. Each refresh asks the gatekeeper for the
-    infra and canary decisions and is recorded in the history as status.checked.
+    Refreshes every --interval seconds until Ctrl-C. Each refresh asks the gatekeeper for the infra and canary decisions and is recorded in the history as status.checked.
 
     Examples:
       swiftdeploy status
