@@ -108,9 +108,13 @@ class Bus:
 
     async def close(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
+            # redis-py 8 can swallow a cancel that lands just as XREAD is being sent (the task
+            # then blocks in the next read, "cancelling" forever): cancel until it is done.
+            while not self._reader.done():
+                self._reader.cancel()
+                await asyncio.wait({self._reader}, timeout=0.05)
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+                self._reader.result()
             self._reader = None
         for waiters in self._waiters.values():
             for waiter in waiters:

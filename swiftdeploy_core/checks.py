@@ -32,7 +32,7 @@ COMMAND_TIMEOUT = 30.0  # seconds for nginx -t and docker-compose config
 PROBE_TIMEOUT = 3.0  # seconds for the dockerd and Redis probes
 
 # Modules holding further @check functions (e.g. policy checks); imported before a run.
-CHECK_MODULES: list[str] = []
+CHECK_MODULES: list[str] = ["services.gatekeeper.checks"]
 
 
 class CheckResult(BaseModel):

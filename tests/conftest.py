@@ -106,3 +106,20 @@ def controlplane_image(docker_daemon: str) -> str:
     from tests.servers import build_images
 
     return build_images("controlplane")["controlplane"]
+
+
+@pytest.fixture
+async def opa_api(tmp_path):
+    """A stand-in OPA server (tests/opa_api.py) serving a copy of the default policies."""
+    import shutil
+
+    from policies import default_dir, policy_files
+    from tests.opa_api import OpaApiServer
+
+    folder = tmp_path / "opa-policies"
+    folder.mkdir()
+    for path in policy_files(default_dir(), include_tests=True):
+        shutil.copy(path, folder / path.name)
+    server = await OpaApiServer(folder).start()
+    yield server
+    await server.stop()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import services.gatekeeper.checks  # noqa: F401 - registers the policy checks first, as run_checks does
 from swiftdeploy_core import checks
 from swiftdeploy_core.checks import CheckContext, CheckResult, run_checks
 from swiftdeploy_core.settings import Settings
@@ -24,6 +25,9 @@ CHECK_NAMES = [
     "nginx port free",
     "runtime reachable",
     "redis reachable",
+    "policies compile",
+    "policy tests",
+    "policy engine",
 ]
 
 
@@ -66,7 +70,7 @@ def test_a_fresh_project_passes_every_check_and_exits_zero(project, redis_url):
     checklist = lines_of(result)
     assert list(checklist) == CHECK_NAMES
     assert all(mark.startswith("✓") for mark in checklist.values()), checklist
-    assert result.stdout.splitlines()[-1] == "all 7 checks passed"
+    assert result.stdout.splitlines()[-1] == "all 10 checks passed"
 
 
 def test_the_docker_runtime_is_checked_by_asking_dockerd(tmp_path, redis_url, docker_daemon):
@@ -93,7 +97,7 @@ def test_missing_generated_files_fail_and_say_to_run_init(tmp_path, redis_url):
     assert checklist["generated files"].startswith("✗ ") and "run `swiftdeploy init`" in checklist["generated files"]
     assert checklist["nginx config (nginx -t)"].startswith("✗ ")
     assert checklist["manifest schema"].startswith("✓ ")
-    assert result.stdout.splitlines()[-1] == "3 of 7 checks failed"
+    assert result.stdout.splitlines()[-1] == "5 of 10 checks failed"  # generated files, nginx, compose, and no policies yet
 
 
 def test_a_manifest_changed_after_init_makes_the_files_stale(project, redis_url):

@@ -26,7 +26,7 @@ ManifestOption = Annotated[
 
 
 def init(manifest: ManifestOption = None) -> None:
-    """Generate nginx.conf, docker-compose.yml and opa-config.yaml under generated/.
+    """Generate nginx.conf, docker-compose.yml and opa-config.yaml under generated/, and the default policies under policies/ when that folder has none.
 
     Everything is rendered first and written only if all of it rendered; the same manifest always gives the same bytes, so `rm -rf generated && swiftdeploy init` restores them.
 
@@ -36,11 +36,12 @@ def init(manifest: ManifestOption = None) -> None:
       swiftdeploy init --manifest deploy/manifest.yaml
       rm -rf generated && swiftdeploy init
     """
+    from policies import write_default_policies
     from swiftdeploy_core.manifest import load_manifest
     from swiftdeploy_core.render import init as render_init
 
     loaded = load_manifest(manifest_path(manifest))
-    for path in render_init(loaded):
+    for path in [*render_init(loaded), *write_default_policies(loaded.root)]:
         typer.echo(f"wrote {_shown(path)}")
     typer.echo(f"from {_shown(loaded.path)} (sha256 {loaded.sha256[:12]})")
 

@@ -1,0 +1,71 @@
+# Canary policy: is the canary healthy enough to take more traffic or be promoted?
+#
+# Input: {"error_rate": fraction 0..1, "p99_latency_ms": number, "requests": count in the window}.
+# Thresholds: data.thresholds (data.json). Each reason states the observed value and the
+# threshold. A missing or malformed input field, or a broken threshold, is itself a reason, and
+# so is a canary that served too little traffic: a canary that served nothing has proven nothing.
+package canary
+
+import data.lib
+
+default allow := false
+
+allow if count(deny) == 0
+
+fields := ["error_rate", "p99_latency_ms", "requests"]
+
+deny contains lib.not_a_number(name) if {
+	some name in fields
+	not is_number(input[name])
+}
+
+deny contains msg if {
+	some name in fields
+	value := input[name]
+	is_number(value)
+	msg := lib.out_of_range(name, value)
+}
+
+deny contains lib.bad_threshold(name) if {
+	some name in ["error_rate", "p99_latency_ms", "min_requests"]
+	not is_number(data.thresholds[name])
+}
+
+deny contains msg if {
+	is_number(input.error_rate)
+	input.error_rate > 1
+	input.error_rate <= lib.largest
+	msg := concat("", ["error_rate must be a fraction between 0 and 1 (got ", lib.up(input.error_rate), ")"])
+}
+
+deny contains msg if {
+	is_number(input.error_rate)
+	input.error_rate <= 1
+	is_number(data.thresholds.error_rate)
+	input.error_rate > data.thresholds.error_rate
+	msg := concat("", [
+		"error rate ", lib.up(input.error_rate * 100), "% is above the maximum of ",
+		lib.near(data.thresholds.error_rate * 100), "%",
+	])
+}
+
+deny contains msg if {
+	is_number(input.p99_latency_ms)
+	input.p99_latency_ms <= lib.largest
+	is_number(data.thresholds.p99_latency_ms)
+	input.p99_latency_ms > data.thresholds.p99_latency_ms
+	msg := concat("", [
+		"P99 latency ", lib.up(input.p99_latency_ms), " ms is above the maximum of ",
+		lib.near(data.thresholds.p99_latency_ms), " ms",
+	])
+}
+
+deny contains msg if {
+	is_number(input.requests)
+	input.requests >= 0
+	input.requests < data.thresholds.min_requests
+	msg := concat("", [
+		"only ", lib.down(input.requests), " requests in the window, below the minimum of ",
+		lib.near(data.thresholds.min_requests), ": too little traffic to judge the canary",
+	])
+}

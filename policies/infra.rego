@@ -1,0 +1,52 @@
+# Infrastructure policy: may SwiftDeploy deploy on this host right now?
+#
+# Input: {"disk_free_gb": number, "cpu_load": number}. Thresholds: data.thresholds (data.json).
+# Each reason states the observed value and the threshold. A missing or malformed input field,
+# or a broken threshold, is itself a reason: an empty or partial input never allows.
+package infra
+
+import data.lib
+
+default allow := false
+
+allow if count(deny) == 0
+
+fields := ["disk_free_gb", "cpu_load"]
+
+deny contains lib.not_a_number(name) if {
+	some name in fields
+	not is_number(input[name])
+}
+
+deny contains msg if {
+	some name in fields
+	value := input[name]
+	is_number(value)
+	msg := lib.out_of_range(name, value)
+}
+
+deny contains lib.bad_threshold(name) if {
+	some name in fields
+	not is_number(data.thresholds[name])
+}
+
+deny contains msg if {
+	is_number(input.disk_free_gb)
+	input.disk_free_gb >= 0
+	input.disk_free_gb < data.thresholds.disk_free_gb
+	msg := concat("", [
+		"disk free ", lib.down(input.disk_free_gb), " GB is below the minimum of ",
+		lib.near(data.thresholds.disk_free_gb), " GB",
+	])
+}
+
+deny contains msg if {
+	is_number(input.cpu_load)
+	input.cpu_load <= lib.largest
+	is_number(data.thresholds.cpu_load)
+	input.cpu_load > data.thresholds.cpu_load
+	msg := concat("", [
+		"CPU load ", lib.up(input.cpu_load), " is above the maximum of ",
+		lib.near(data.thresholds.cpu_load),
+	])
+}

@@ -1,0 +1,74 @@
+"""The policy engine seam: one small interface, two engines (embedded regopy, OPA over REST).
+
+`PolicyEngine.evaluate(domain, input)` never raises. Whatever goes wrong (bad domain, bad input,
+an engine that is down, slow, or answers nonsense) comes back as a deny whose reason says exactly
+what; `decide` holds that mapping. An engine only has to implement `query`, which returns the
+document at `data.<domain>` (or `UNDEFINED`) and raises `PolicyEngineError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any, ClassVar
+
+from services.gatekeeper import decide
+from services.gatekeeper.decide import UNDEFINED, Verdict
+from swiftdeploy_core.errors import PolicyEngineError
+
+__all__ = ["UNDEFINED", "PolicyEngine", "UnavailableEngine", "Verdict"]
+
+log = logging.getLogger(__name__)
+
+
+class PolicyEngine(abc.ABC):
+    """Answers allow/deny for one policy domain (`infra`, `canary`) and one input document."""
+
+    name: ClassVar[str]
+
+    async def evaluate(self, domain: str, input: Any) -> Verdict:
+        """The decision for `input` under `data.<domain>`; fails closed and never raises."""
+        problem = decide.domain_problem(domain) or decide.input_problem(input)
+        if problem:
+            return Verdict.deny(problem)
+        try:
+            document = await self.query(domain, decide.engine_input(input))
+        except PolicyEngineError as exc:
+            return Verdict.deny(str(exc))
+        except Exception as exc:  # noqa: BLE001 - any surprise is a deny, never a crash
+            log.exception("policy engine %s failed on domain %s", self.name, domain)
+            return Verdict.deny(f"policy engine error: {type(exc).__name__}: {exc}")
+        return decide.verdict(domain, document)
+
+    @abc.abstractmethod
+    async def query(self, domain: str, input: dict[str, Any]) -> Any:
+        """The document at `data.<domain>` for `input`, or UNDEFINED; PolicyEngineError otherwise."""
+
+    @abc.abstractmethod
+    async def health(self) -> str | None:
+        """None when the engine can decide; otherwise one line saying why it cannot."""
+
+    @abc.abstractmethod
+    def revision(self) -> str:
+        """A hash naming the exact policy and data files decisions are made with."""
+
+    async def close(self) -> None:
+        """Release connections; the engine is not used afterwards."""
+
+
+class UnavailableEngine(PolicyEngine):
+    """Stands in when no engine can be built (an unreadable manifest): every decision denies."""
+
+    name = "unavailable"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def query(self, domain: str, input: dict[str, Any]) -> Any:
+        raise PolicyEngineError(self.reason)
+
+    async def health(self) -> str | None:
+        return self.reason
+
+    def revision(self) -> str:
+        return ""
