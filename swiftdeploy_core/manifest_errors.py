@@ -18,10 +18,16 @@ def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
     """Turn pydantic's errors into `field.path: problem (got value)` lines, unknown keys first."""
     lines: list[tuple[int, str]] = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        field = ".".join(loc) or "(top level)"
+        field = ".".join(_key(part) for part in err["loc"]) or "(top level)"
         lines.append((0 if err["type"] == "extra_forbidden" else 1, f"{field}: {_explain(err, root)}"))
     return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
+
+
+def _key(part: Any) -> str:
+    """One step of a field path; a key with spaces, dots or control characters is quoted."""
+    text = str(part)
+    plain = text and text.isprintable() and not any(c in text for c in " .'\"")
+    return text if plain and len(text) <= 40 else show(text)
 
 
 _RANGE_WORDS = {
