@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -76,14 +78,16 @@ async def engine_only(seconds: float) -> dict:
     engine = EmbeddedEngine(policies.default_dir())
     work = inputs()
     await engine.evaluate(*work[0])
-    latencies, started, i = [], time.perf_counter(), 0
+    latencies, started, cpu_before, i = [], time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - started < seconds:
         domain, document = work[i % len(work)]
         t = time.perf_counter()
         await engine.evaluate(domain, document)
         latencies.append(time.perf_counter() - t)
         i += 1
-    return summary("engine only (embedded, in process)", i, time.perf_counter() - started, latencies)
+    row = summary("engine only (embedded, in process)", i, time.perf_counter() - started, latencies)
+    row["cpu_ms"] = (time.process_time() - cpu_before) * 1000 / i
+    return row
 
 
 async def ask(bus: Bus, domain: str, document: dict) -> float:
@@ -101,7 +105,7 @@ async def through_bus_sequential(bus: Bus, seconds: float) -> dict:
     return summary("through the bus, one at a time", i, time.perf_counter() - started, latencies)
 
 
-async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int) -> dict:
+async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int, gatekeeper: psutil.Process) -> dict:
     work, latencies, counter = inputs(), [], iter(range(10**9))
     deadline = time.perf_counter() + seconds
 
@@ -109,9 +113,27 @@ async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int) -> dic
         while time.perf_counter() < deadline:
             latencies.append(await ask(bus, *work[next(counter) % len(work)]))
 
-    started = time.perf_counter()
+    cpu_before, calls_before, started = cpu_seconds(gatekeeper), await redis_calls(bus), time.perf_counter()
     await asyncio.gather(*(client() for _ in range(inflight)))
-    return summary(f"through the bus, {inflight} in flight", len(latencies), time.perf_counter() - started, latencies)
+    row = summary(f"through the bus, {inflight} in flight", len(latencies), time.perf_counter() - started, latencies)
+    row["cpu_ms"] = (cpu_seconds(gatekeeper) - cpu_before) * 1000 / len(latencies)
+    row["redis_calls"] = (await redis_calls(bus) - calls_before) / len(latencies)
+    if os.environ.get("GK_COMMANDS"):
+        print({k: v["calls"] for k, v in (await bus.redis.info("commandstats")).items()}, file=sys.stderr)
+    if os.environ.get("GK_CPU_SPLIT"):
+        print("gatekeeper cpu times", gatekeeper.cpu_times(), file=sys.stderr)
+    return row
+
+
+async def redis_calls(bus: Bus) -> int:
+    """Commands Redis has executed so far (INFO commandstats), by every client."""
+    stats = await bus.redis.info("commandstats")
+    return sum(int(value["calls"]) for value in stats.values())
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 async def wait_for_gatekeeper(bus: Bus, process: subprocess.Popen) -> None:
@@ -130,14 +152,17 @@ async def wait_for_gatekeeper(bus: Bus, process: subprocess.Popen) -> None:
 async def bus_runs(redis_url: str, project: Path, seconds: float, inflight: int) -> list[dict]:
     env = {**os.environ, "REDIS_URL": redis_url, "SWIFTDEPLOY_MANIFEST": str(project / "manifest.yaml"), "PYTHONPATH": str(ROOT)}
     log = open(project / "gatekeeper.log", "w")  # noqa: SIM115 - closed below
-    profile = ["-m", "cProfile", "-o", os.environ["GK_PROFILE"]] if os.environ.get("GK_PROFILE") else []
-    process = subprocess.Popen([sys.executable, *profile, "-m", "services.gatekeeper"], cwd=project, env=env, stdout=log, stderr=log)
+    command = [sys.executable, "-m", "services.gatekeeper"]
+    if os.environ.get("GK_RUNNER"):  # e.g. a profiling wrapper
+        command = [sys.executable, os.environ["GK_RUNNER"]]
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
     bus = await Bus.connect(Settings(redis_url=redis_url))
     try:
         await wait_for_gatekeeper(bus, process)
         for domain, document in inputs()[:200]:  # warm up
             await ask(bus, domain, document)
-        return [await through_bus_sequential(bus, seconds), await through_bus_concurrent(bus, seconds, inflight)]
+        sequential = await through_bus_sequential(bus, seconds)
+        return [sequential, await through_bus_concurrent(bus, seconds, inflight, psutil.Process(process.pid))]
     finally:
         await bus.close()
         process.terminate()
@@ -146,15 +171,25 @@ async def bus_runs(redis_url: str, project: Path, seconds: float, inflight: int)
 
 
 def table(rows: list[dict], baseline: dict) -> str:
+    """Wall-clock figures, the CPU one decision costs the deciding process (on a core of its own a
+    replica decides at most 1000 / CPU-ms times a second, whatever else the machine runs), and the
+    Redis commands one decision costs (every client: request, reads, acks, replies)."""
     lines = [
-        "| run | decisions/s | P50 ms | P99 ms | throughput vs engine only |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| run | decisions/s | P50 ms | P99 ms | vs engine only | CPU ms / decision | decisions/s per free core | Redis commands / decision |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
+        cpu, calls = row.get("cpu_ms"), row.get("redis_calls")
         lines.append(
-            f"| {row['name']} | {row['per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['per_s'] / baseline['per_s']:.2f}x |"
+            f"| {row['name']} | {row['per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+            f"{row['per_s'] / baseline['per_s']:.2f}x | {_or_dash(cpu, '.3f')} | {_or_dash(cpu and 1000 / cpu, ',.0f')} | "
+            f"{_or_dash(calls, '.1f')} |"
         )
     return "\n".join(lines)
+
+
+def _or_dash(value: float | None, spec: str) -> str:
+    return format(value, spec) if value else "-"
 
 
 async def main() -> None:

@@ -14,9 +14,10 @@ allow if count(deny) == 0
 
 fields := ["error_rate", "p99_latency_ms", "requests"]
 
-deny contains lib.not_a_number(name) if {
+deny contains msg if {
 	some name in fields
 	not is_number(input[name])
+	msg := lib.not_a_number(name)
 }
 
 deny contains msg if {
@@ -26,9 +27,10 @@ deny contains msg if {
 	msg := lib.out_of_range(name, value)
 }
 
-deny contains lib.bad_threshold(name) if {
+deny contains msg if {
 	some name in ["error_rate", "p99_latency_ms", "min_requests"]
 	not is_number(data.thresholds[name])
+	msg := lib.bad_threshold(name)
 }
 
 deny contains msg if {

@@ -13,9 +13,10 @@ allow if count(deny) == 0
 
 fields := ["disk_free_gb", "cpu_load"]
 
-deny contains lib.not_a_number(name) if {
+deny contains msg if {
 	some name in fields
 	not is_number(input[name])
+	msg := lib.not_a_number(name)
 }
 
 deny contains msg if {
@@ -25,9 +26,10 @@ deny contains msg if {
 	msg := lib.out_of_range(name, value)
 }
 
-deny contains lib.bad_threshold(name) if {
+deny contains msg if {
 	some name in fields
 	not is_number(data.thresholds[name])
+	msg := lib.bad_threshold(name)
 }
 
 deny contains msg if {

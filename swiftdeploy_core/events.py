@@ -150,6 +150,7 @@ class CanaryCompleted(Payload):
 class RollbackRequested(Payload):
     type: Literal["rollback.requested"] = "rollback.requested"
     reason: str = "requested by operator"
+    project: str | None = None  # None: the only deployed project
 
 
 class RollbackCompleted(Payload):
@@ -165,6 +166,7 @@ class PromotionRequested(Payload):
     """`swiftdeploy promote stable`."""
 
     type: Literal["promotion.requested"] = "promotion.requested"
+    project: str | None = None  # None: the only deployed project
 
 
 class PromotionBlocked(Payload):
@@ -192,6 +194,7 @@ class TeardownRequested(Payload):
     type: Literal["teardown.requested"] = "teardown.requested"
     project: str
     root: str
+    manifest: dict[str, Any] | None = None  # lets teardown find a runtime whose record was lost
 
 
 class TeardownCompleted(Payload):
@@ -217,6 +220,7 @@ class ChaosRequested(Payload):
     mode: Literal["slow", "error", "recover"]
     rate: float | None = None
     duration: float | None = None
+    project: str | None = None  # None: the only deployed project
 
 
 class ChaosInjected(Payload):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+import policies as policies_package
 from swiftdeploy_core.errors import ConfigError
 from swiftdeploy_core.manifest import LoadedManifest, Manifest
 from swiftdeploy_core.router import (
@@ -32,8 +33,6 @@ OPA_CONFIG = "opa-config.yaml"
 GENERATED_FILES = (NGINX_CONF, COMPOSE_FILE, OPA_CONFIG)
 
 OPA_PORT = 8181
-# Where the bundled Rego policies live (the `policies` package beside this one).
-POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
 
 _HASH = re.compile(r"\(sha256 ([0-9a-f]{64})\)")
 
@@ -121,7 +120,7 @@ def _stage(folder: Path, name: str, content: bytes) -> Path:
 def _compose_context(loaded: LoadedManifest) -> dict:
     manifest = loaded.manifest
     project = manifest.project
-    policies = _compose_path(POLICIES_DIR, loaded)
+    policies = _compose_path(policies_package.project_dir(loaded.root), loaded)  # what the gatekeeper reads
     return {
         "manifest": manifest,
         "project": project,

@@ -62,6 +62,9 @@ class RolloutState(BaseModel):
     consecutive_failures: int = 0
     last_reasons: list[str] = []
     router_url: str | None = None  # the public entry (nginx), e.g. http://127.0.0.1:8080
+    # The command whose events the rollout's later ticks continue (so `promote canary --wait`
+    # can follow its analysis and rollback); also seeds the names of the instances it starts.
+    correlation_id: str | None = None
     updated_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property

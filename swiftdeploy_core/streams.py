@@ -60,3 +60,18 @@ def host_stats_key(project: str) -> str:
 def delivery_count_key(service: str) -> str:
     """Hash of entry id -> failed attempts, for dead-lettering."""
     return f"{PREFIX}:failures:{service}"
+
+
+def audit_claim_key(history_id: str, event_id: str) -> str:
+    """The auditor's claim on one event for one history file: `pending:<offset>` or `written`."""
+    return f"{PREFIX}:audit:claim:{history_id}:{event_id}"
+
+
+def audit_head_key(history_id: str) -> str:
+    """The hash of the last line the auditor appended to one history file (detects a cut tail)."""
+    return f"{PREFIX}:audit:head:{history_id}"
+
+
+def audit_mode_key(project: str) -> str:
+    """The serving mode as of the last `mode.changed` the auditor recorded for a project."""
+    return f"{PREFIX}:audit:mode:{project}"

@@ -27,6 +27,9 @@ def healthy_canary(**fields):
 
 
 ALLOW: tuple[str, ...] = ()
+DEEP: list = []
+for _ in range(5000):
+    DEEP = [DEEP]
 TABLE = [
     # --- infra: thresholds (disk free >= 10 GB, CPU load <= 2.0) -------------------------------
     ("healthy host", "infra", {"disk_free_gb": 50, "cpu_load": 0.5}, ALLOW),
@@ -93,6 +96,7 @@ TABLE = [
     ("a package that is not a policy", "lib", {}, ("policy result malformed: data.lib.allow is missing",)),
     ("a domain that is not a package name", "../infra", {}, ("invalid policy domain '../infra': expected a package name such as 'infra' or 'canary'",)),
     ("an input that is not an object", "infra", [1, 2], ("policy input must be a JSON object (got a list)",)),
+    ("an input nested absurdly deep", "infra", {"disk_free_gb": 50, "cpu_load": DEEP}, ("policy input is nested more than 32 levels deep",)),
 ]
 
 
@@ -120,7 +124,7 @@ async def test_both_engines_agree_on_every_row(engines, opa_api):
             mismatches.append(f"{domain} / {name}:\n  expected {expected}\n  embedded {got_embedded}\n  opa      {got_opa}")
     assert not mismatches, "\n".join(mismatches)
     asked = [path for method, path, _ in opa_api.requests if method == "POST"]
-    assert len(asked) == len(TABLE) - 2  # all but the two requests refused before any engine is asked
+    assert len(asked) == len(TABLE) - 3  # all but the three requests refused before any engine is asked
 
 
 async def test_both_engines_report_the_same_revision(engines):

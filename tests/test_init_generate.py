@@ -121,6 +121,8 @@ def test_opa_sits_alone_on_an_internal_network_with_no_published_port(project):
     assert opa["networks"] == ["swiftdeploy-net-internal"]
     assert compose["networks"]["swiftdeploy-net-internal"]["internal"] is True
     assert opa["command"][:2] == ["run", "--server"] and opa["command"][-1] == "/policies"
+    assert "../policies:/policies:ro" in opa["volumes"]  # the project's own policies, as the gatekeeper reads
+    assert (project / "policies" / "canary.rego").is_file()
     members = [name for name, s in compose["services"].items() if "swiftdeploy-net-internal" in s["networks"]]
     assert members == ["app-opa"]
     assert "opa" not in (project / "generated" / "nginx.conf").read_text().lower().replace("generated", "")

@@ -1,18 +1,166 @@
-"""The auditor service's spec: the streams its group consumes and its handlers.
+"""The auditor service: appends every audit event to the history and renders the report.
 
-The worker answers `ping.requested` on the inbox for every service; the auditor's own handlers
-are registered here.
+Consumes `streams.EVENTS` with the auditor group (each replica takes a share; a redelivered or
+duplicated event still gets exactly one line, see `history.py`) and `audit.requested` on its
+inbox, answered with `audit.rendered`. Control-plane chatter (ping/pong) and the audit replies
+themselves are acknowledged without a line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from services.auditor.chain import Verification, history_entry, parse_iso, read_entries, verify
+from services.auditor.config import AuditorSettings
+from services.auditor.history import HistoryWriteError, HistoryWriter
+from services.auditor.report import build_report, render_report
 from swiftdeploy_core import streams
+from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
+from swiftdeploy_core.manifest import LoadedManifest, load_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.worker import ServiceSpec
+from swiftdeploy_core.state import RolloutState
+from swiftdeploy_core.worker import Context, Reject, Retry, ServiceSpec
 
 NAME = "auditor"
+NOT_AUDITED = {"ping.requested", "pong", "audit.requested", "audit.rendered", "metrics.snapshot"}
+AUDITED = tuple(t for t in EVENT_TYPES if t not in NOT_AUDITED)
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+ERROR_EVERY_S = 30.0
+
+log = logging.getLogger("swiftdeploy.auditor")
+
+
+@dataclass
+class Place:
+    """Where this auditor writes: the project, its folder, the history and the default report."""
+
+    project: str
+    root: Path
+    history: Path
+    report: Path
+
+    @classmethod
+    def from_settings(cls, settings: AuditorSettings) -> "Place":
+        loaded: LoadedManifest | None = None
+        try:
+            loaded = load_manifest(settings.manifest)
+        except ManifestError as exc:
+            log.warning("no usable manifest (%s); writing history.jsonl in %s", exc, Path.cwd())
+        root = loaded.root if loaded else Path.cwd()
+        history = loaded.resolve(loaded.manifest.paths.history) if loaded else root / "history.jsonl"
+        report = loaded.resolve(loaded.manifest.paths.report) if loaded else root / "audit_report.md"
+        if settings.audit_history is not None:
+            history = settings.audit_history if settings.audit_history.is_absolute() else root / settings.audit_history
+        return cls(loaded.manifest.project if loaded else "unknown", root, history, report)
+
+
+class Auditor:
+    """The handlers, sharing one writer per process."""
+
+    def __init__(self, settings: AuditorSettings) -> None:
+        self.settings = settings
+        self.place = Place.from_settings(settings)
+        self.writer: HistoryWriter | None = None
+
+    async def start(self, ctx: Context) -> None:
+        self.writer = HistoryWriter(self.place.history, ctx.bus.redis, fsync=self.settings.audit_fsync,
+                                    claim_ttl=self.settings.audit_claim_ttl)
+        log.info("auditor writing %s (fsync %s) for project %s", self.place.history,
+                 "on" if self.settings.audit_fsync else "off", self.place.project)
+
+    async def mode_now(self, event: Event, ctx: Context) -> str:
+        """The serving mode when `event` happened: the last `mode.changed` in stream order, else
+        the rollout record's, else stable. A `mode.changed` moves it (and its line shows the new mode)."""
+        key = streams.audit_mode_key(self.place.project)
+        if isinstance(event.payload, ModeChanged):
+            await ctx.bus.redis.set(key, event.payload.mode)
+            return event.payload.mode
+        known = await ctx.bus.redis.get(key)
+        if known:
+            return known.decode()
+        raw = await ctx.bus.redis.get(streams.rollout_key(self.place.project))
+        try:
+            return RolloutState.model_validate_json(raw).mode if raw else "stable"
+        except ValidationError:
+            return "stable"
+
+    async def record(self, event: Event, ctx: Context) -> None:
+        """Append one line; while the file cannot take it, keep the entry pending and retry."""
+        assert self.writer is not None
+        entry = history_entry(event, await self.mode_now(event, ctx))
+        deadline = time.monotonic() + self.settings.audit_write_patience
+        delay, last_logged = RETRY_FIRST_S, 0.0
+        while True:
+            try:
+                await self.writer.append(event.id, entry)
+                return
+            except HistoryWriteError as exc:
+                if time.monotonic() - last_logged >= ERROR_EVERY_S:
+                    log.error("! %s; event %s (%s) stays pending and is retried", exc, event.id, event.type)
+                    last_logged = time.monotonic()
+                if time.monotonic() + delay > deadline:
+                    raise Retry(str(exc)) from None
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX_S, delay * 2)
+
+    async def render(self, event: Event, ctx: Context) -> None:
+        """`audit.requested`: verify the chain, render the report (unless only verifying), reply."""
+        request: AuditRequested = event.payload  # type: ignore[assignment]
+        try:
+            since = parse_iso(request.since) if request.since else None
+        except ValueError:
+            raise Reject(f"since {request.since!r} is not an ISO-8601 time") from None
+        head = await self.writer.head() if self.writer else None
+        verification = await asyncio.to_thread(verify, self.place.history, head)
+        path = self.place.history
+        if not request.verify:
+            path = self._out(request.out)
+            markdown = await asyncio.to_thread(self._markdown, since, verification)
+            await asyncio.to_thread(_write_atomically, path, markdown)
+        await ctx.emit(AuditRendered(path=str(path), lines=verification.lines, chain_ok=verification.ok,
+                                     first_bad_line=verification.first_bad_line, problem=verification.problem),
+                       cause=event)  # fmt: skip
+
+    def _out(self, out: str | None) -> Path:
+        if not out:
+            return self.place.report
+        path = Path(out)
+        return path if path.is_absolute() else self.place.root / path
+
+    def _markdown(self, since: datetime | None, verification: Verification) -> str:
+        entries = read_entries(self.place.history, since)
+        report = build_report(entries, project=self.place.project, history_path=self.place.history,
+                              verification=verification, since=since)
+        return render_report(report)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    except OSError as exc:
+        raise Retry(f"cannot write the report {path}: {exc.strerror or exc}") from None
 
 
 def build_spec(settings: Settings) -> ServiceSpec:
     """The auditor as the worker runs it."""
-    return ServiceSpec(name=NAME, streams=[streams.AUDITOR_INBOX], handlers={})
+    auditor = Auditor(AuditorSettings.from_settings(settings))
+    handlers = {kind: auditor.record for kind in AUDITED}
+    handlers["audit.requested"] = auditor.render
+    return ServiceSpec(
+        name=NAME,
+        streams=[streams.EVENTS, streams.AUDITOR_INBOX],
+        handlers=handlers,
+        on_start=auditor.start,
+    )

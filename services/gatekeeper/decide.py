@@ -37,6 +37,7 @@ class Verdict:
 
 
 DOMAIN_PATTERN = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
+MAX_INPUT_DEPTH = 32  # policy inputs are flat; deeper nesting is refused before any engine sees it
 
 
 def domain_problem(domain: Any) -> str | None:
@@ -50,7 +51,18 @@ def input_problem(input: Any) -> str | None:
     """Why `input` cannot be a policy input document, or None (the policy judges its fields)."""
     if not isinstance(input, dict):
         return f"policy input must be a JSON object (got {_kind(input)})"
+    if _deeper_than(input, MAX_INPUT_DEPTH):
+        return f"policy input is nested more than {MAX_INPUT_DEPTH} levels deep"
     return None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [item for node in level for item in (node.values() if isinstance(node, dict) else node) if isinstance(item, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 def engine_input(input: dict[str, Any]) -> dict[str, Any]:

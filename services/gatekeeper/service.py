@@ -8,6 +8,7 @@ the engine, a decision id, the policy revision and the time the engine took; a d
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -18,8 +19,9 @@ from services.gatekeeper.embedded import EmbeddedEngine
 from services.gatekeeper.engines import PolicyEngine, UnavailableEngine
 from services.gatekeeper.opa import OpaEngine
 from swiftdeploy_core import streams
+from swiftdeploy_core.bus import entry_fields, maxlen_for
 from swiftdeploy_core.errors import ManifestError
-from swiftdeploy_core.events import DecisionMade, DecisionRequested, Event, PolicyViolation
+from swiftdeploy_core.events import DecisionMade, DecisionRequested, Event, Payload, PolicyViolation
 from swiftdeploy_core.manifest import PolicyEngine as EngineName
 from swiftdeploy_core.manifest import load_manifest
 from swiftdeploy_core.settings import Settings
@@ -60,10 +62,10 @@ class Gatekeeper:
     async def handle(self, event: Event, ctx: Context) -> None:
         """`decision.requested` → `decision.made` (and `policy.violation` when denied)."""
         made = await self.decide(event.payload, event.id)
-        await ctx.emit(made, cause=event)
+        publish_with_ack(ctx, made, cause=event)
         if not made.allow:
             violation = PolicyViolation(domain=made.domain, reasons=made.reasons, input=made.input, decision_id=made.decision_id)
-            await ctx.emit(violation, cause=event)
+            publish_with_ack(ctx, violation, cause=event)
         log.log(
             logging.DEBUG if made.allow else logging.INFO,  # the worker logs every job already
             "decision %s %s %s in %.2f ms (engine %s, revision %s)%s",
@@ -80,6 +82,15 @@ class Gatekeeper:
 
     async def on_stop(self, ctx: Context) -> None:
         await self.engine.close()
+
+
+def publish_with_ack(ctx: Context, payload: Payload, cause: Event) -> None:
+    """Queue `payload` (caused by `cause`) for EVENTS, written by the worker in the same atomic
+    script that acks the request: published exactly once, and one Redis round trip per decision
+    fewer than `ctx.emit` (the worker commits right after the handler returns)."""
+    fields = entry_fields(cause.caused(payload, ctx.source))
+    maxlen = maxlen_for(ctx.settings, streams.EVENTS)
+    ctx.on_commit("XADD", streams.EVENTS, "MAXLEN", "~", maxlen, "*", *itertools.chain.from_iterable(fields.items()))
 
 
 def engine_for(settings: Settings) -> PolicyEngine:

@@ -1,18 +1,269 @@
-"""The orchestrator service's spec: the streams its group consumes and its handlers.
+"""The orchestrator service: command handlers, the analysis loop, and recovery at start-up.
 
-The worker answers `ping.requested` on the inbox for every service; the orchestrator's own handlers
-are registered here.
+Handlers only open the project's rollout under its lock and run one operation; the operations and
+the phase handlers hold the logic. The analysis loop ticks every progressing rollout once per
+`canary.interval`; a tick takes the lock too, so a tick and a command never interleave.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
 from swiftdeploy_core import streams
+from swiftdeploy_core.bus import CONNECTION_ERRORS
+from swiftdeploy_core.errors import OperationInProgress, RequestTimeout, SwiftDeployError
+from swiftdeploy_core.events import (
+    CanaryRequested,
+    ChaosRequested,
+    CommandRejected,
+    DecisionRequested,
+    DeployFailed,
+    DeployRequested,
+    Event,
+    OperationFailed,
+    Payload,
+    RollbackRequested,
+    TeardownRequested,
+)
+from swiftdeploy_core.manifest import Manifest, validate_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.worker import ServiceSpec
+from swiftdeploy_core.state import RolloutState
+from swiftdeploy_core.worker import Context, ServiceSpec
+from services.orchestrator import lock, operations, phases, plans
+from services.orchestrator.drivers import make_driver
+from services.orchestrator.rollout import Decision, RecordStore, Rollout
 
 NAME = "orchestrator"
+LOCK_WAIT = 3.0  # a command waits this long for a tick to finish before it is rejected
+LOOP_PAUSE = 0.1  # how often the analysis loop looks for due rollouts
+CONCURRENCY = 8  # commands for different projects run side by side
+
+log = logging.getLogger("swiftdeploy.orchestrator")
+
+
+@dataclass
+class BusGate:
+    """Asks the gatekeeper over the bus; no answer in time means "no decision" (None)."""
+
+    ctx: Context
+    timeout: float
+
+    async def decide(self, domain: str, data: dict) -> Decision | None:
+        try:
+            reply = await self.ctx.request(
+                streams.GATEKEEPER_INBOX, DecisionRequested(domain=domain, input=data),
+                expect={"decision.made"}, timeout=self.timeout,
+            )  # fmt: skip
+        except RequestTimeout:
+            log.warning("no %s decision from the gatekeeper within %.1fs", domain, self.timeout)
+            return None
+        made = reply.payload
+        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)  # type: ignore[attr-defined]
+
+
+def emitter(ctx: Context, cause: Event | None, correlation_id: str | None = None) -> Callable[[Payload], Awaitable[None]]:
+    """Events of a command carry its correlation id; a tick continues the stored command's."""
+
+    async def emit(payload: Payload) -> None:
+        if cause is not None:
+            await ctx.emit(payload, cause=cause)
+        else:
+            kwargs = {"correlation_id": correlation_id} if correlation_id else {}
+            await ctx.bus.publish(streams.EVENTS, Event(payload=payload, source=ctx.source, **kwargs))
+
+    return emit
+
+
+async def open_rollout(
+    ctx: Context, project: str, emit: Callable[[Payload], Awaitable[None]],
+    manifest: Manifest | None = None, root: str | None = None,
+) -> Rollout:  # fmt: skip
+    """The project's rollout: its record (rebuilt from runtime labels if Redis lost it)."""
+    store = RecordStore(ctx.bus.redis)
+    record = await store.load(project)
+    if manifest is not None:
+        if record is not None and record.runtime != manifest.runtime.value and record.instances():
+            raise operations.Refused(
+                f"{project} runs on the {record.runtime} runtime; `swiftdeploy teardown` before switching to {manifest.runtime.value}"
+            )
+        base = record or RolloutState(project=project, runtime=manifest.runtime.value)
+        record = base.model_copy(update={"manifest": manifest.model_dump(mode="json"), "root": root or base.root, "runtime": manifest.runtime.value})
+    if record is None:
+        raise operations.Refused(f"{project} is not deployed (no rollout record); run `swiftdeploy deploy` first")
+    gate = BusGate(ctx, ctx.settings.request_timeout)
+    rollout = Rollout(record, make_driver(validate_manifest(record.manifest), record.root, record.runtime), store, gate, emit)
+    if await store.load(project) is None:
+        rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
+        if rebuilt is not None:
+            rollout.record = await store.save(rebuilt.model_copy(update={"manifest": record.manifest, "root": record.root}))
+            await phases.recover(rollout)
+    return rollout
+
+
+async def run_command(
+    event: Event, ctx: Context, command: str, project: str,
+    operation: Callable[[Rollout], Awaitable[None]], manifest: Manifest | None = None, root: str | None = None,
+) -> None:  # fmt: skip
+    """Lock, open, run, close; every refusal or failure becomes one event the client shows."""
+    emit = emitter(ctx, event)
+    try:
+        async with lock.holding(ctx.bus.redis, project, command, ctx.source.instance, wait=LOCK_WAIT):
+            rollout = await open_rollout(ctx, project, emit, manifest, root)
+            try:
+                await operation(rollout)
+            finally:
+                await rollout.driver.close()
+    except (OperationInProgress, operations.Refused) as exc:
+        await emit(CommandRejected(command=command, reason=str(exc)))
+    except SwiftDeployError as exc:
+        failed = DeployFailed(error=str(exc)) if command == "deploy" else OperationFailed(command=command, error=str(exc))
+        await emit(failed)
+
+
+def _manifest(payload: DeployRequested | CanaryRequested) -> Manifest:
+    return validate_manifest(payload.manifest)
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+async def on_deploy(event: Event, ctx: Context) -> None:
+    payload: DeployRequested = event.payload  # type: ignore[assignment]
+    manifest = _manifest(payload)
+    await run_command(
+        event, ctx, "deploy", manifest.project,
+        lambda r: operations.Deploy(r, event.correlation_id).run(), manifest, payload.root,
+    )  # fmt: skip
+
+
+async def on_canary(event: Event, ctx: Context) -> None:
+    payload: CanaryRequested = event.payload  # type: ignore[assignment]
+    manifest = _manifest(payload)
+    await run_command(
+        event, ctx, "promote-canary", manifest.project,
+        lambda r: operations.StartCanary(r, event.correlation_id).run(), manifest, payload.root,
+    )  # fmt: skip
+
+
+async def on_promotion(event: Event, ctx: Context) -> None:
+    project = await _project(event, ctx, "promote-stable")
+    if project:
+        await run_command(event, ctx, "promote-stable", project, lambda r: operations.PromoteStable(r).run())
+
+
+async def on_rollback(event: Event, ctx: Context) -> None:
+    payload: RollbackRequested = event.payload  # type: ignore[assignment]
+    project = await _project(event, ctx, "rollback")
+    if project:
+        await run_command(event, ctx, "rollback", project, lambda r: operations.Rollback(r, payload.reason).run())
+
+
+async def on_teardown(event: Event, ctx: Context) -> None:
+    payload: TeardownRequested = event.payload  # type: ignore[assignment]
+    lost = payload.manifest is not None and await RecordStore(ctx.bus.redis).load(payload.project) is None
+    manifest = validate_manifest(payload.manifest) if lost else None
+    run = lambda r: operations.Teardown(r).run()  # noqa: E731
+    await run_command(event, ctx, "teardown", payload.project, run, manifest, payload.root if lost else None)
+
+
+async def on_chaos(event: Event, ctx: Context) -> None:
+    payload: ChaosRequested = event.payload  # type: ignore[assignment]
+    project = await _project(event, ctx, "chaos")
+    if project:
+        await run_command(event, ctx, "chaos", project, lambda r: operations.Chaos(r, payload).run())
+
+
+async def _project(event: Event, ctx: Context, command: str) -> str | None:
+    """The project a command names, or the only deployed one; else reject the command."""
+    named = getattr(event.payload, "project", None)
+    if named:
+        return named
+    projects = await RecordStore(ctx.bus.redis).projects()
+    if len(projects) == 1:
+        return projects[0]
+    reason = "nothing is deployed" if not projects else f"several projects are deployed ({', '.join(projects)}); name one"
+    await ctx.emit(CommandRejected(command=command, reason=reason), cause=event)
+    return None
+
+
+# --- analysis loop and recovery ----------------------------------------------------------------
+
+
+async def analysis_loop(ctx: Context) -> None:
+    """Tick every analysed rollout once per its `canary.interval`."""
+    store = RecordStore(ctx.bus.redis)
+    while True:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            for project in await store.projects():
+                record = await store.load(project)
+                if record is not None and record.phase in phases.ANALYSED and _due(record):
+                    with contextlib.suppress(OperationInProgress):  # a command has it: next pass
+                        await tick(ctx, project)
+        await asyncio.sleep(LOOP_PAUSE)
+
+
+def _due(record: RolloutState) -> bool:
+    interval = validate_manifest(record.manifest).canary.interval
+    return (datetime.now(timezone.utc) - record.updated_at).total_seconds() >= interval
+
+
+async def tick(ctx: Context, project: str) -> None:
+    """One analysis tick under the lock (skipped when a command holds it)."""
+    async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance):
+        record = await RecordStore(ctx.bus.redis).load(project)
+        if record is None or record.phase not in phases.ANALYSED or not _due(record):
+            return
+        rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id))
+        try:
+            await phases.advance(rollout)
+            await phases.settle(rollout)
+        except SwiftDeployError as exc:
+            log.warning("analysis tick of %s failed: %s", project, exc)
+        finally:
+            await rollout.driver.close()
+
+
+async def recover_all(ctx: Context) -> None:
+    """At start-up: finish or undo what a previous orchestrator left half done."""
+    store = RecordStore(ctx.bus.redis)
+    for project in await store.projects():
+        try:
+            async with lock.holding(ctx.bus.redis, project, "recover", ctx.source.instance):
+                record = await store.load(project)
+                if record is None or not record.manifest:
+                    continue
+                rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id))
+                try:
+                    phase = await phases.recover(rollout)
+                    log.info("recovered %s: %s", project, phase.value)
+                finally:
+                    await rollout.driver.close()
+        except OperationInProgress as exc:
+            log.info("not recovering %s now: %s", project, exc)
+        except SwiftDeployError as exc:
+            log.warning("could not recover %s: %s", project, exc)
 
 
 def build_spec(settings: Settings) -> ServiceSpec:
     """The orchestrator as the worker runs it."""
-    return ServiceSpec(name=NAME, streams=[streams.ORCHESTRATOR_INBOX], handlers={})
+    return ServiceSpec(
+        name=NAME,
+        streams=[streams.ORCHESTRATOR_INBOX],
+        handlers={
+            "deploy.requested": on_deploy,
+            "canary.requested": on_canary,
+            "promotion.requested": on_promotion,
+            "rollback.requested": on_rollback,
+            "teardown.requested": on_teardown,
+            "chaos.requested": on_chaos,
+        },
+        background=[analysis_loop],
+        on_start=recover_all,
+        concurrency=CONCURRENCY,
+    )

@@ -1,9 +1,93 @@
-"""Commands: (to be written)."""
+"""Command: `swiftdeploy audit` — the auditor renders the report, or checks the history's chain."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from swiftdeploy_core import streams
+from swiftdeploy_core.cli.common import (
+    DEFAULT_MANIFEST,
+    JsonOption,
+    ManifestOption,
+    client_settings,
+    client_source,
+    connected,
+    print_json,
+    run,
+)
+from swiftdeploy_core.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
+from swiftdeploy_core.events import AuditRendered, AuditRequested, Event
+from swiftdeploy_core.settings import Settings
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """An ISO-8601 time (naive = UTC) or a duration back from now: `90s`, `30m`, `2h`, `1d`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if match:
+        seconds = float(match.group(1)) * UNITS[match.group(2)]
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither an ISO-8601 time (2026-01-02T03:04:05Z) nor a duration (30m, 2h, 1d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+async def ask_auditor(settings: Settings, request: AuditRequested, timeout: float) -> AuditRendered:
+    async with connected(settings) as bus:
+        event = Event(payload=request, source=client_source(settings))
+        reply = await bus.request(streams.AUDITOR_INBOX, event, expect={"audit.rendered"}, timeout=timeout)
+    return reply.payload  # type: ignore[return-value]
+
+
+def audit(
+    manifest: ManifestOption = DEFAULT_MANIFEST,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the report (default: the manifest's paths.report, audit_report.md).")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only history from this time: ISO-8601 (2026-01-02T03:04:05Z) or a duration back (30m, 2h, 1d).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the history's hash chain; exit 1 naming the first bad line.")] = False,
+    as_json: JsonOption = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the auditor.")] = 30.0,
+) -> None:
+    """Render the audit report from history.jsonl, or verify the history's hash chain.
+
+    The auditor service does the work; this command asks it over the bus.
+
+    Examples:
+      swiftdeploy audit
+      swiftdeploy audit --out reports/today.md --since 24h
+      swiftdeploy audit --verify
+    """
+    try:
+        since_iso = parse_since(since).isoformat() if since else None
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    request = AuditRequested(out=str(out.resolve()) if out else None, since=since_iso, verify=verify)
+    rendered = run(ask_auditor(client_settings(manifest), request, timeout))
+    code = EXIT_OK if rendered.chain_ok or not verify else EXIT_ERROR
+    if as_json:
+        print_json({**rendered.model_dump(mode="json"), "ok": code == EXIT_OK})
+        raise typer.Exit(code)
+    broken = f"{rendered.path if verify else 'the history'} line {rendered.first_bad_line}: {rendered.problem}"
+    if verify:
+        if rendered.chain_ok:
+            typer.echo(f"{rendered.path}: the hash chain is valid ({rendered.lines} lines)")
+        else:
+            typer.echo(f"error: {broken}", err=True)
+        raise typer.Exit(code)
+    if not rendered.chain_ok:
+        typer.echo(f"warning: {broken} (the report says so too)", err=True)
+    typer.echo(f"wrote {rendered.path} ({rendered.lines} history lines)")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `audit` to the app."""
+    app.command()(audit)

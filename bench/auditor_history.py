@@ -1,0 +1,97 @@
+"""How much the history's guarantees cost: lines per second, as ratios to a plain append.
+
+baseline      one os.write per line on an O_APPEND file (no chain, no claims, no lock)
+chain         the same plus the hash chain (read the last line, encode, hash)
+writer        HistoryWriter: chain + Redis claims + flock, fsync off
+writer+fsync  HistoryWriter with fsync after every line (the default)
+
+Needs redis-server on PATH; starts its own on a free loopback port. Run briefly:
+    /work/.venv/bin/python bench/auditor_history.py [lines]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis.asyncio as aioredis  # noqa: E402
+
+from services.auditor.chain import GENESIS, encode_line, line_digest  # noqa: E402
+from services.auditor.history import HistoryWriter  # noqa: E402
+from tests.servers import free_port, wait_for_port  # noqa: E402
+
+
+def entry(i: int) -> dict:
+    return {"timestamp": "2026-11-26T07:00:00.000Z", "type": "deploy.step", "mode": "stable",
+            "step": f"step {i}", "detail": "x" * 80, "event_id": f"{i:032x}"}
+
+
+def baseline(path: Path, lines: int) -> float:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    started = time.perf_counter()
+    for i in range(lines):
+        os.write(fd, encode_line(entry(i), GENESIS))
+    os.close(fd)
+    return time.perf_counter() - started
+
+
+def chain_only(path: Path, lines: int) -> float:
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    started = time.perf_counter()
+    prev = GENESIS
+    for i in range(lines):
+        line = encode_line(entry(i), prev)
+        os.write(fd, line)
+        prev = line_digest(line)
+    os.close(fd)
+    return time.perf_counter() - started
+
+
+async def writer(path: Path, lines: int, url: str, fsync: bool) -> float:
+    client = aioredis.Redis.from_url(url)
+    history = HistoryWriter(path, client, fsync=fsync)
+    started = time.perf_counter()
+    for i in range(lines):
+        await history.append(f"{fsync}-{i}", entry(i))
+    elapsed = time.perf_counter() - started
+    await client.aclose()
+    return elapsed
+
+
+def main() -> None:
+    lines = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    folder = Path(tempfile.mkdtemp(prefix="swiftdeploy-bench-auditor-", dir=os.getcwd()))
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        url = f"redis://127.0.0.1:{port}/0"
+        results = {
+            "baseline": baseline(folder / "a.jsonl", lines),
+            "chain": chain_only(folder / "b.jsonl", lines),
+            "writer": asyncio.run(writer(folder / "c.jsonl", lines, url, fsync=False)),
+            "writer+fsync": asyncio.run(writer(folder / "d.jsonl", lines, url, fsync=True)),
+        }
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+    base = results["baseline"]
+    print(f"{lines} lines on {folder.parent} (same filesystem as the history would be)")
+    print(f"{'case':<14}{'lines/s':>12}{'µs/line':>10}{'× baseline time':>18}")
+    for name, seconds in results.items():
+        print(f"{name:<14}{lines / seconds:>12.0f}{seconds / lines * 1e6:>10.1f}{seconds / base:>18.1f}")
+
+
+if __name__ == "__main__":
+    main()

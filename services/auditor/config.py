@@ -1,0 +1,25 @@
+"""The auditor's own settings, on top of the shared ones (same `SWIFTDEPLOY_` prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swiftdeploy_core.settings import Settings
+
+
+class AuditorSettings(Settings):
+    """`SWIFTDEPLOY_AUDIT_FSYNC`, `SWIFTDEPLOY_AUDIT_HISTORY`, ... (see docs/auditor.md)."""
+
+    audit_fsync: bool = True  # fsync after each line: durable across power loss, ~1 ms a line
+    audit_history: Path | None = None  # overrides the manifest's paths.history
+    audit_claim_ttl: int = 7 * 24 * 3600  # how long an event id's claim is remembered (seconds)
+    # How long a handler keeps retrying a line that cannot be written (full disk...) before it
+    # gives the entry back to the worker as Retry; meanwhile the entry stays pending.
+    audit_write_patience: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "AuditorSettings":
+        if isinstance(settings, cls):
+            return settings
+        shared = settings.model_dump(exclude={"redis_url"})  # redis_url is set by its alias only
+        return cls(**shared).model_copy(update={"redis_url": settings.redis_url})

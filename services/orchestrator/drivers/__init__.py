@@ -1,0 +1,27 @@
+"""Runtime drivers behind one interface (`base.RuntimeDriver`): docker and local processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swiftdeploy_core.manifest import Manifest, Runtime
+from services.orchestrator.drivers.base import RuntimeDriver
+
+
+def state_dir(manifest: Manifest, root: str | Path) -> Path:
+    """Where the runtime keeps a project's pids, ports, logs and rendered router config."""
+    base = Path(manifest.paths.state)
+    base = base if base.is_absolute() else Path(root) / base
+    return base / "runtime" / manifest.project
+
+
+def make_driver(manifest: Manifest, root: str | Path, runtime: str | None = None) -> RuntimeDriver:
+    """The driver the manifest (or a stored record's `runtime`) asks for."""
+    kind = Runtime(runtime or manifest.runtime)
+    if kind == Runtime.process:
+        from services.orchestrator.drivers.process import ProcessDriver
+
+        return ProcessDriver(manifest.project, state_dir(manifest, root), Path(root))
+    from services.orchestrator.drivers.docker import DockerDriver
+
+    return DockerDriver(manifest.project, state_dir(manifest, root))

@@ -1,0 +1,161 @@
+"""The runtime seam: one small interface that the docker and process drivers implement.
+
+Everything above it (plans, phases, operations, policy gates) is shared by both runtimes. A driver
+only executes: it never decides what to run (that is `plans`) or whether to (that is the gatekeeper).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict
+
+from swiftdeploy_core.errors import RuntimeDriverError
+from swiftdeploy_core.manifest import Manifest
+from swiftdeploy_core.state import Instance
+
+LABEL_PROJECT = "swiftdeploy.project"
+LABEL_TRACK = "swiftdeploy.track"
+LABEL_VERSION = "swiftdeploy.version"
+LABEL_ROLE = "swiftdeploy.role"
+
+
+class Role(str, Enum):
+    """What a labelled runtime object is for."""
+
+    instance = "instance"  # a workload instance of one track
+    router = "router"  # nginx
+    opa = "opa"  # the policy server (docker runtime, engine opa)
+    network = "network"
+    volume = "volume"
+
+
+class InstanceSpec(BaseModel):
+    """One workload instance to start: everything a driver needs, nothing it must decide."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    project: str
+    track: str
+    version: str
+    image: str
+    port: int  # the port the workload listens on inside its container (docker)
+    command: tuple[str, ...] | None = None  # process runtime: the manifest's services.command
+    network: str | None = None  # docker runtime: the network it joins
+    env: dict[str, str] = {}
+    labels: dict[str, str] = {}
+
+
+class NetworkSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    driver: str = "bridge"
+    internal: bool = False
+    labels: dict[str, str] = {}
+
+
+class RuntimeObject(BaseModel):
+    """Something running (or left) in the runtime that carries this project's labels."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str  # container, network, volume, process
+    name: str
+    id: str
+    labels: dict[str, str] = {}
+    running: bool = True
+    url: str = ""  # instances: where the services reach it
+    image: str = ""
+
+    @property
+    def role(self) -> str:
+        return self.labels.get(LABEL_ROLE, "")
+
+    @property
+    def track(self) -> str | None:
+        return self.labels.get(LABEL_TRACK)
+
+    @property
+    def version(self) -> str | None:
+        return self.labels.get(LABEL_VERSION)
+
+
+class RuntimeDriver(ABC):
+    """Executes plans on one runtime for one project. Every method is safe to repeat."""
+
+    name: str
+
+    @abstractmethod
+    async def preflight(self, manifest: Manifest, *, router_running: bool) -> None:
+        """Refuse early, with one line, what would fail later (missing image, port taken)."""
+
+    @abstractmethod
+    async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
+        """Create the networks that do not exist yet; return the names created now."""
+
+    @abstractmethod
+    async def start_opa(self, manifest: Manifest, network: str) -> str | None:
+        """Start the policy server on the internal network; return its name (None: not needed)."""
+
+    @abstractmethod
+    async def start_instance(self, spec: InstanceSpec) -> Instance:
+        """Start one workload instance; returns as soon as it was started (not yet healthy)."""
+
+    @abstractmethod
+    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
+        """Wait until `/healthz` answers 200; RuntimeDriverError (with its last log lines) if not."""
+
+    @abstractmethod
+    async def stop_instance(self, name: str) -> None:
+        """Stop and remove one instance (gracefully first); nothing happens if it is gone."""
+
+    @abstractmethod
+    async def apply_router(
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
+    ) -> str:
+        """Start nginx, or reload it gracefully, so it serves exactly this split; return its URL.
+
+        Returns only once the new configuration serves and the old workers have drained, so
+        instances that left the configuration may be stopped right after.
+        """
+
+    @abstractmethod
+    async def router_running(self) -> bool: ...
+
+    @abstractmethod
+    async def router_config(self) -> str | None:
+        """The nginx.conf the router currently serves (None when there is no router)."""
+
+    @abstractmethod
+    async def list_objects(self) -> list[RuntimeObject]:
+        """Every object in the runtime labelled with this project."""
+
+    @abstractmethod
+    async def logs_tail(self, name: str, lines: int = 20) -> list[str]: ...
+
+    @abstractmethod
+    async def remove(self, obj: RuntimeObject) -> None:
+        """Remove one labelled object (instance, router, opa, network, volume)."""
+
+    async def teardown(self) -> list[str]:
+        """Remove every labelled object: instances first, then router and opa, networks last."""
+        order = {Role.instance.value: 0, Role.router.value: 1, Role.opa.value: 2, Role.volume.value: 3}
+        objects = sorted(await self.list_objects(), key=lambda o: order.get(o.role, 4))
+        for obj in objects:
+            await self.remove(obj)
+        return [f"{obj.kind} {obj.name}" for obj in objects]
+
+    async def close(self) -> None:
+        """Release the driver's connections."""
+
+
+class InstanceFailed(RuntimeDriverError):
+    """One instance did not start or never became healthy; `name` says which (for its logs)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.logs: list[str] = []  # its last log lines, captured before it was removed

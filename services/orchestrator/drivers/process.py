@@ -1,0 +1,383 @@
+"""The process runtime: workload instances and nginx as local processes on loopback ports.
+
+Each instance and the router get a small JSON record (pid, start time, port, labels) under the
+project's state folder, so an orchestrator that was killed and restarted finds them again. Children
+run in their own session: killing the orchestrator never takes the deployment down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+from pydantic import BaseModel
+
+from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
+from swiftdeploy_core.manifest import Manifest
+from swiftdeploy_core.router import conf_dirs, render_nginx_conf
+from swiftdeploy_core.state import Instance
+from services.orchestrator import plans
+from services.orchestrator.drivers.base import (
+    InstanceFailed,
+    InstanceSpec,
+    NetworkSpec,
+    Role,
+    RuntimeDriver,
+    RuntimeObject,
+)
+from services.orchestrator.drivers.health import wait_http_ok
+
+REPO_ROOT = Path(__file__).resolve().parents[3]  # where the bundled `workload` package lives
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+RELOAD_DRAIN = 12.0  # nginx's worker_shutdown_timeout (10 s) plus a margin
+ROUTER = "router"
+
+_children: dict[int, subprocess.Popen] = {}  # processes this orchestrator started (to reap them)
+
+
+class ProcessRecord(BaseModel):
+    """What the state folder remembers about one process."""
+
+    name: str
+    pid: int
+    started: float  # psutil create_time, so a recycled pid is never mistaken for ours
+    port: int
+    labels: dict[str, str] = {}
+    image: str = ""
+    log: str = ""
+
+
+class ProcessDriver(RuntimeDriver):
+    name = "process"
+
+    def __init__(self, project: str, state_dir: Path, root: Path) -> None:
+        self.project = project
+        self.dir = state_dir
+        self.root = root
+        self.nginx_conf = state_dir / "nginx" / "nginx.conf"
+
+    # --- pre-flight and networks ---------------------------------------------------------------
+
+    async def preflight(self, manifest: Manifest, *, router_running: bool) -> None:
+        nginx_binary()
+        command = manifest.services.command
+        if command and shutil.which(command[0], path=_search_path(self.root)) is None:
+            raise RuntimeDriverError(f"services.command: {command[0]!r} was not found (process runtime)")
+        if not router_running:
+            ensure_port_free(manifest.nginx.port)
+
+    async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
+        return []  # loopback needs no network
+
+    async def start_opa(self, manifest: Manifest, network: str) -> str | None:
+        return None  # the gatekeeper runs the embedded engine or reaches its own OPA
+
+    # --- instances -----------------------------------------------------------------------------
+
+    async def start_instance(self, spec: InstanceSpec) -> Instance:
+        existing = self._read(spec.name)
+        if existing and _alive(existing):
+            return _instance(existing)
+        port = free_port()
+        command = list(spec.command or plans.DEFAULT_COMMAND)
+        log = self.dir / "logs" / f"{spec.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = child_env(self.root, {"PORT": str(port), "HOST": "127.0.0.1", **spec.env})
+        try:
+            with log.open("ab") as out:
+                proc = subprocess.Popen(
+                    command, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+        except OSError as exc:
+            raise InstanceFailed(spec.name, f"{spec.name}: cannot run {command[0]!r}: {exc.strerror or exc}") from None
+        _children[proc.pid] = proc
+        record = ProcessRecord(
+            name=spec.name, pid=proc.pid, started=_create_time(proc.pid), port=port,
+            labels=spec.labels, image=spec.image, log=str(log),
+        )  # fmt: skip
+        self._write(record)
+        return _instance(record)
+
+    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
+        record = self._read(instance.name)
+        if record is None:
+            raise InstanceFailed(instance.name, f"{instance.name} is not running")
+        await wait_http_ok(
+            f"{instance.url}/healthz", timeout, name=instance.name, alive=lambda: _exit_reason(record)
+        )
+
+    async def stop_instance(self, name: str) -> None:
+        record = self._read(name)
+        if record is not None:
+            await _terminate(record, signal.SIGTERM)
+            self._path(name).unlink(missing_ok=True)
+
+    # --- router --------------------------------------------------------------------------------
+
+    async def apply_router(
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
+    ) -> str:
+        plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight)
+        conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
+        running = self._router()
+        if running and _alive(running) and _read_text(self.nginx_conf) == conf:
+            return plan.url
+        await self._install_conf(conf)
+        if running and _alive(running):
+            await _reload_nginx(running)
+        else:
+            await self._start_nginx(plan.listen_port, plans.labels(self.project, Role.router))
+        return plan.url
+
+    async def router_running(self) -> bool:
+        record = self._router()
+        return record is not None and _alive(record)
+
+    async def router_config(self) -> str | None:
+        return _read_text(self.nginx_conf) if await self.router_running() else None
+
+    async def _install_conf(self, conf: str) -> None:
+        for folder in conf_dirs(conf):
+            folder.mkdir(parents=True, exist_ok=True)
+        candidate = self.nginx_conf.with_suffix(".conf.new")
+        candidate.write_text(conf)
+        proc = await asyncio.create_subprocess_exec(
+            nginx_binary(), "-t", "-q", "-p", str(self.nginx_conf.parent), "-c", str(candidate),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeDriverError(f"nginx refused the rendered config: {_last_line(err)}")
+        os.replace(candidate, self.nginx_conf)
+
+    async def _start_nginx(self, port: int, labels: dict[str, str]) -> None:
+        ensure_port_free(port)
+        stderr_path = self.nginx_conf.parent / "stderr.log"
+        with stderr_path.open("ab") as err:
+            proc = subprocess.Popen(
+                [nginx_binary(), "-p", str(self.nginx_conf.parent), "-c", str(self.nginx_conf), "-g", "daemon off;"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            )  # fmt: skip
+        _children[proc.pid] = proc
+        record = ProcessRecord(
+            name=plans.router_name(self.project), pid=proc.pid, started=_create_time(proc.pid),
+            port=port, labels=labels, image="nginx", log=str(stderr_path),
+        )  # fmt: skip
+        self._write(record, ROUTER)
+        try:
+            await _wait_listening(port, record, timeout=5.0)
+        except RuntimeDriverError:
+            await _terminate(record, signal.SIGQUIT)
+            self._path(ROUTER).unlink(missing_ok=True)
+            raise
+
+    # --- labelled objects ----------------------------------------------------------------------
+
+    async def list_objects(self) -> list[RuntimeObject]:
+        found = []
+        for path in sorted((self.dir / "instances").glob("*.json")):
+            record = ProcessRecord.model_validate_json(path.read_text())
+            found.append(_object(record, url=_instance(record).url))
+        router = self._router()
+        if router is not None:
+            found.append(_object(router, url=f"http://127.0.0.1:{router.port}"))
+        return found
+
+    async def remove(self, obj: RuntimeObject) -> None:
+        if obj.role == Role.router.value:
+            record = self._router()
+            if record is not None:
+                await _terminate(record, signal.SIGQUIT)
+            self._path(ROUTER).unlink(missing_ok=True)
+        else:
+            await self.stop_instance(obj.name)
+
+    async def logs_tail(self, name: str, lines: int = 20) -> list[str]:
+        record = self._router() if name in (ROUTER, plans.router_name(self.project)) else self._read(name)
+        path = Path(record.log) if record else self.dir / "logs" / f"{name}.log"
+        return tail(path, lines)
+
+    # --- the state folder ----------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        return self.dir / ("router.json" if name == ROUTER else f"instances/{name}.json")
+
+    def _read(self, name: str) -> ProcessRecord | None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return ProcessRecord.model_validate_json(self._path(name).read_text())
+        return None
+
+    def _router(self) -> ProcessRecord | None:
+        return self._read(ROUTER)
+
+    def _write(self, record: ProcessRecord, name: str | None = None) -> None:
+        path = self._path(name or record.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(record.model_dump_json())
+        os.replace(tmp, path)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        raise RuntimeUnavailable("nginx is not installed; the process runtime runs it as a subprocess (apt-get install nginx)")
+    return found
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise RuntimeDriverError(
+                f"nginx.port {port} on {host} is already in use ({exc.strerror}); free it or change nginx.port"
+            ) from None
+
+
+def child_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A workload's environment: ours, the bundled workload importable, plus PORT/MODE/VERSION."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), str(root), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(extra)
+    return env
+
+
+def _search_path(root: Path) -> str:
+    return os.pathsep.join([str(root), os.environ.get("PATH", os.defpath)])
+
+
+def _create_time(pid: int) -> float:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).create_time()
+    return 0.0
+
+
+def _exit_reason(record: ProcessRecord) -> str | None:
+    """None while the process runs; otherwise how it ended."""
+    child = _children.get(record.pid)
+    if child is not None:
+        code = child.poll()
+        return None if code is None else f"exited with code {code}"
+    return None if _alive(record) else "is no longer running"
+
+
+def _alive(record: ProcessRecord) -> bool:
+    child = _children.get(record.pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        proc = psutil.Process(record.pid)
+        return abs(proc.create_time() - record.started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def _terminate(record: ProcessRecord, sig: signal.Signals) -> None:
+    """Signal the process's group, wait a bounded grace, then kill what is left."""
+    if not _alive(record):
+        _children.pop(record.pid, None)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(record.pid, sig)
+    deadline = time.monotonic() + STOP_GRACE
+    while _alive(record) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if _alive(record):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(record.pid, signal.SIGKILL)
+        while _alive(record):
+            await asyncio.sleep(0.02)
+    _children.pop(record.pid, None)
+
+
+async def _reload_nginx(record: ProcessRecord) -> None:
+    """SIGHUP the master; return once new workers serve and every old worker has drained."""
+    old = _workers(record.pid)
+    os.kill(record.pid, signal.SIGHUP)
+    deadline = time.monotonic() + RELOAD_DRAIN
+    while time.monotonic() < deadline:
+        current = _workers(record.pid)
+        if current and not (current & old):
+            return
+        await asyncio.sleep(0.02)
+    raise RuntimeDriverError(f"nginx did not finish reloading within {RELOAD_DRAIN:.0f}s")
+
+
+def _workers(pid: int) -> set[int]:
+    with contextlib.suppress(psutil.Error):
+        return {child.pid for child in psutil.Process(pid).children()}
+    return set()
+
+
+async def _wait_listening(port: int, record: ProcessRecord, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reason = _exit_reason(record)
+        if reason is not None:
+            raise RuntimeDriverError(f"nginx {reason}: {(tail(Path(record.log), 1) or ['no output'])[-1]}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.02)
+    raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def _instance(record: ProcessRecord) -> Instance:
+    return Instance(
+        id=str(record.pid), name=record.name, track=record.labels.get("swiftdeploy.track", "stable"),  # type: ignore[arg-type]
+        version=record.labels.get("swiftdeploy.version", ""), url=f"http://127.0.0.1:{record.port}",
+    )  # fmt: skip
+
+
+def _object(record: ProcessRecord, url: str) -> RuntimeObject:
+    return RuntimeObject(
+        kind="process", name=record.name, id=str(record.pid), labels=record.labels,
+        running=_alive(record), url=url, image=record.image,
+    )  # fmt: skip
+
+
+def _read_text(path: Path) -> str | None:
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text()
+    return None
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    with contextlib.suppress(FileNotFoundError):
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode(errors="replace")
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+    return []
+
+
+def _last_line(raw: bytes) -> str:
+    lines = [line for line in raw.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"

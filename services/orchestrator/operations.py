@@ -1,0 +1,283 @@
+"""The commands as small operations: each `run()` reads as a few named steps, one event each.
+
+An operation works on a `Rollout` (record, driver, gate, emitter) while the service holds the
+project's lock. A refusal before any effect raises `Refused`; the service turns it into
+`command.rejected`. What failed after effects began is undone here and reported as
+`deploy.failed` / `operation.failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from swiftdeploy_core.errors import SwiftDeployError
+from swiftdeploy_core.events import (
+    CanaryStarted,
+    CanaryWeightChanged,
+    ChaosInjected,
+    ChaosRequested,
+    DeployBlocked,
+    DeployCompleted,
+    DeployFailed,
+    DeployStarted,
+    DeployStep,
+    ModeChanged,
+    OperationFailed,
+    PromotionBlocked,
+    TeardownCompleted,
+)
+from swiftdeploy_core.state import Instance, Phase, TrackState
+from services.orchestrator import phases, plans
+from services.orchestrator.rollout import Rollout, failure_logs
+
+CANARY_PHASES = frozenset({Phase.canary_starting, Phase.progressing, Phase.canary_complete})
+BUSY_PHASES = CANARY_PHASES | {Phase.promoting, Phase.rolling_back}
+CHAOS_TIMEOUT = 5.0
+
+
+class Refused(SwiftDeployError):
+    """The command cannot apply to the deployment as it is; nothing was changed."""
+
+
+class GatekeeperSilent(SwiftDeployError):
+    """The gatekeeper gave no decision in time."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(f"the gatekeeper gave no {domain} decision in time (is it running? `swiftdeploy ps`)")
+
+
+def host_stats(path: str | Path) -> dict[str, float]:
+    """The infra policy's input: free disk where the project lives, and the 1-minute load."""
+    target = Path(path)
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    free_gb = psutil.disk_usage(str(target)).free / 2**30
+    return {"disk_free_gb": round(free_gb, 2), "cpu_load": round(os.getloadavg()[0], 2)}
+
+
+@dataclass
+class Deploy:
+    """Infra gate, networks, OPA, the stable track, nginx; undone entirely if any step fails."""
+
+    rollout: Rollout
+    correlation_id: str
+    created_networks: list[str] = field(default_factory=list)
+    created_opa: str | None = None
+    started: list[Instance] = field(default_factory=list)
+    router_was_running: bool = False
+    track: TrackState | None = None
+    url: str = ""
+
+    async def run(self) -> None:
+        if not await self.preflight():
+            return
+        try:
+            await self.networks()
+            await self.policy_server()
+            await self.stable_track()
+            await self.router()
+        except (SwiftDeployError, OSError) as exc:
+            await asyncio.shield(self.undo())
+            error = str(exc) or type(exc).__name__
+            await self.rollout.emit(DeployFailed(error=error, logs=failure_logs(exc)))
+            return
+        await self.complete()
+
+    async def preflight(self) -> bool:
+        """Runtime checks, then the infra policy; a deny creates nothing."""
+        r = self.rollout
+        if r.record.phase in BUSY_PHASES:
+            raise Refused(f"a canary is in progress ({r.record.phase.value}); run `promote stable` or `rollback` first")
+        self.router_was_running = await r.driver.router_running()
+        await r.driver.preflight(r.manifest, router_running=self.router_was_running)
+        decision = await r.gate.decide("infra", host_stats(r.record.root))
+        if decision is None:
+            raise GatekeeperSilent("infra")
+        if not decision.allow:
+            await r.emit(DeployBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
+            return False
+        await r.save(phase=Phase.deploying, correlation_id=self.correlation_id)
+        await r.emit(DeployStarted(project=r.manifest.project, version=r.manifest.services.version, runtime=r.driver.name))
+        return True
+
+    async def networks(self) -> None:
+        specs = plans.network_specs(self.rollout.manifest)
+        self.created_networks = await self.rollout.driver.ensure_networks(specs)
+        await self.step("networks", ", ".join(s.name for s in specs) if self.rollout.driver.name == "docker" else "loopback")
+
+    async def policy_server(self) -> None:
+        manifest = self.rollout.manifest
+        if plans.needs_opa(manifest):
+            self.created_opa = await self.rollout.driver.start_opa(manifest, plans.internal_network(manifest))
+            await self.step("opa", f"{self.created_opa} on {plans.internal_network(manifest)} (no published port)")
+
+    async def stable_track(self) -> None:
+        r = self.rollout
+        specs = plans.track_specs(r.manifest, "stable", plans.generation(f"{self.correlation_id}:deploy"))
+        self.started = await r.start(specs)
+        self.track = plans.track_state(specs, self.started, 100)
+        await self.step("stable", f"{len(self.started)} instance(s) of {self.track.version} healthy")
+
+    async def router(self) -> None:
+        r = self.rollout
+        previous = r.record.stable
+        self.url = await r.route(r.record.model_copy(update={"stable": self.track, "canary": None}))
+        if previous is not None:
+            await r.stop([i.name for i in previous.instances if i.name not in {s.name for s in self.started}])
+        await self.step("router", f"nginx serving {self.url}")
+
+    async def complete(self) -> None:
+        r = self.rollout
+        assert self.track is not None
+        await r.save(phase=Phase.stable, stable=self.track, canary=None, step=-1, router_url=self.url, last_reasons=[])
+        names = [i.name for i in self.started]
+        await r.emit(DeployCompleted(project=r.manifest.project, version=self.track.version, url=self.url, instances=names))
+
+    async def step(self, name: str, detail: str) -> None:
+        await self.rollout.emit(DeployStep(step=name, detail=detail))
+
+    async def undo(self) -> None:
+        """Remove what this deploy created; the previous stable track (if any) keeps serving."""
+        r = self.rollout
+        await r.stop([i.name for i in self.started])
+        previous = r.record.stable
+        objects = await r.driver.list_objects()
+        if previous is not None and self.router_was_running:
+            await r.route(r.record)
+        else:
+            for obj in objects:
+                if obj.role in ("router", "opa") or obj.name == self.created_opa:
+                    await r.driver.remove(obj)
+        for obj in objects:
+            if obj.kind == "network" and obj.name in self.created_networks:
+                await r.driver.remove(obj)
+        await r.save(phase=Phase.stable if previous else Phase.failed)
+
+
+@dataclass
+class StartCanary:
+    """`promote canary`: the canary track beside stable, then its first step's weight."""
+
+    rollout: Rollout
+    correlation_id: str
+
+    async def run(self) -> None:
+        self.check()
+        try:
+            instances = await self.start_track()
+        except SwiftDeployError as exc:
+            await self.rollout.save(phase=Phase.stable, canary=None, step=-1)
+            await self.rollout.emit(OperationFailed(command="promote-canary", error=_with_log(exc)))
+            return
+        await self.first_step(instances)
+
+    def check(self) -> None:
+        record = self.rollout.record
+        if record.phase in BUSY_PHASES:
+            raise Refused(f"a canary of {record.canary.version if record.canary else '?'} is already running ({record.phase.value})")
+        if record.phase != Phase.stable or record.stable is None:
+            raise Refused("nothing is deployed to run a canary beside; run `swiftdeploy deploy` first")
+
+    async def start_track(self) -> list[Instance]:
+        r = self.rollout
+        await r.save(phase=Phase.canary_starting, correlation_id=self.correlation_id, consecutive_failures=0, last_reasons=[])
+        specs = plans.track_specs(r.manifest, "canary", plans.generation(f"{self.correlation_id}:canary"))
+        instances = await r.start(specs)
+        await r.save(canary=plans.track_state(specs, instances, 0))
+        await r.emit(CanaryStarted(version=specs[0].version, image=specs[0].image, weight=r.manifest.canary.steps[0]))
+        return instances
+
+    async def first_step(self, instances: list[Instance]) -> None:
+        r = self.rollout
+        await r.save(phase=Phase.progressing)
+        await phases.shift(r, 0)
+        await r.emit(ModeChanged(mode="canary", previous="stable", version=instances[0].version))
+
+
+@dataclass
+class PromoteStable:
+    """`promote stable`: the canary gate; on allow the canary's version becomes stable at 100%."""
+
+    rollout: Rollout
+
+    async def run(self) -> None:
+        r = self.rollout
+        if r.record.phase not in (Phase.progressing, Phase.canary_complete) or r.record.canary is None:
+            raise Refused("no canary is running to promote; run `promote canary` first")
+        if not await self.gate():
+            return
+        await r.save(phase=Phase.promoting)
+        await phases.settle(r)
+
+    async def gate(self) -> bool:
+        r = self.rollout
+        snapshot = await r.store.snapshot(r.record.project, "canary")
+        data = plans.canary_input(snapshot, r.record.canary) or plans.promotion_input(snapshot)
+        decision = await r.gate.decide("canary", data)
+        if decision is None:
+            raise GatekeeperSilent("canary")
+        if not decision.allow:
+            await r.emit(PromotionBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
+        return decision.allow
+
+
+@dataclass
+class Rollback:
+    """`rollback`: all traffic back to stable and the canary removed, at any step."""
+
+    rollout: Rollout
+    reason: str
+
+    async def run(self) -> None:
+        r = self.rollout
+        if r.record.phase not in CANARY_PHASES | {Phase.rolling_back}:
+            raise Refused("no canary is running to roll back")
+        await r.save(phase=Phase.rolling_back, consecutive_failures=0, last_reasons=[self.reason])
+        await phases.settle(r)
+
+
+@dataclass
+class Teardown:
+    """`teardown`: every labelled container, network, volume or process goes; files stay."""
+
+    rollout: Rollout
+
+    async def run(self) -> None:
+        removed = await self.rollout.driver.teardown()
+        await self.rollout.store.delete(self.rollout.record.project)
+        await self.rollout.emit(TeardownCompleted(removed=removed))
+
+
+@dataclass
+class Chaos:
+    """`chaos`: post the injection to every canary instance and record it."""
+
+    rollout: Rollout
+    request: ChaosRequested
+
+    async def run(self) -> None:
+        canary = self.rollout.record.canary
+        if canary is None or not canary.instances:
+            raise Refused("no canary is running; chaos is injected into the canary track only")
+        body = {k: v for k, v in self.request.model_dump(include={"mode", "rate", "duration"}).items() if v is not None}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHAOS_TIMEOUT)) as session:
+            for instance in canary.instances:
+                async with session.post(f"{instance.url}/chaos", json=body) as response:
+                    if response.status >= 400:
+                        raise Refused(f"{instance.name} refused the chaos request: HTTP {response.status}")
+        req = self.request
+        await self.rollout.emit(
+            ChaosInjected(mode=req.mode, rate=req.rate, duration=req.duration, instances=[i.name for i in canary.instances])
+        )
+
+
+def _with_log(exc: BaseException) -> str:
+    logs = failure_logs(exc)
+    return f"{exc} (last log line: {logs[-1]})" if logs else str(exc)
+

@@ -1,0 +1,185 @@
+"""The canary state machine: `advance()` is one idempotent tick, dispatched on the stored phase.
+
+Every handler reads the record, acts on the runtime so it matches, and writes the record back, so
+a tick can be repeated and an orchestrator restarted at any point. Weight changes apply the router
+first and save second: after a crash in between, `recover()` points nginx back at the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from swiftdeploy_core.errors import SwiftDeployError
+from swiftdeploy_core.events import (
+    CanaryAnalysis,
+    CanaryCompleted,
+    CanaryWeightChanged,
+    DeployFailed,
+    ModeChanged,
+    OperationFailed,
+    PromotionCompleted,
+    RollbackCompleted,
+)
+from swiftdeploy_core.state import Phase
+from services.orchestrator import plans
+from services.orchestrator.rollout import Decision, Rollout
+
+Handler = Callable[[Rollout], Awaitable[None]]
+
+ANALYSED = frozenset({Phase.progressing, Phase.canary_complete})
+# Phases a command passes through; finding one at start-up means a command was interrupted.
+TRANSITIONAL = frozenset({Phase.deploying, Phase.canary_starting, Phase.promoting, Phase.rolling_back})
+NO_DATA = "no fresh metrics for the canary yet; retrying next interval"
+
+
+async def advance(rollout: Rollout) -> Phase:
+    """One tick: run the handler of the current phase (none for resting phases)."""
+    handler = HANDLERS.get(rollout.record.phase)
+    if handler is not None:
+        await handler(rollout)
+    return rollout.record.phase
+
+
+async def settle(rollout: Rollout, limit: int = 5) -> Phase:
+    """Tick until the rollout rests (a rollback or promotion runs to its end)."""
+    phase = rollout.record.phase
+    for _ in range(limit):
+        if phase not in TRANSITIONAL:
+            break
+        phase = await advance(rollout)
+    return phase
+
+
+async def recover(rollout: Rollout) -> Phase:
+    """After a restart: nginx back to what the record says, strays removed, then finish the phase."""
+    record = rollout.record
+    if record.stable is not None and record.phase != Phase.deploying:
+        await rollout.route()
+    for stray in plans.orphans(record, await rollout.driver.list_objects()):
+        await rollout.driver.remove(stray)
+    return await settle(rollout)
+
+
+# --- analysis ----------------------------------------------------------------------------------
+
+
+async def analyse(rollout: Rollout) -> Decision | None:
+    """Ask the gatekeeper about the canary's window; None when there is nothing to decide on yet."""
+    record, manifest = rollout.record, rollout.manifest
+    snapshot = await rollout.store.snapshot(record.project, "canary")
+    data = plans.canary_input(snapshot, record.canary)
+    if data is None:
+        return None
+    decision = await rollout.gate.decide("canary", data)
+    if decision is None:
+        return None
+    failures = 0 if decision.allow else record.consecutive_failures + 1
+    await rollout.save(consecutive_failures=failures, last_reasons=decision.reasons)
+    await rollout.emit(
+        CanaryAnalysis(
+            step=record.step, weight=record.canary.weight if record.canary else 0, allow=decision.allow,
+            reasons=decision.reasons, decision_id=decision.decision_id, consecutive_failures=failures,
+        )  # fmt: skip
+    )
+    if failures >= manifest.canary.failure_limit:
+        await rollout.save(phase=Phase.rolling_back)
+    return decision
+
+
+async def on_progressing(rollout: Rollout) -> None:
+    decision = await analyse(rollout)
+    if decision is None or not decision.allow:
+        return
+    record, steps = rollout.record, rollout.manifest.canary.steps
+    assert record.canary is not None
+    if plans.is_last_step(steps, record.step):
+        await rollout.save(phase=Phase.canary_complete)
+        await rollout.emit(CanaryCompleted(version=record.canary.version, weight=record.canary.weight))
+        return
+    await shift(rollout, record.step + 1)
+
+
+async def shift(rollout: Rollout, step: int) -> None:
+    """Move the canary to `step`'s weight: router first, then the record, then the event."""
+    record = rollout.record
+    assert record.canary is not None
+    previous = record.canary.weight
+    weight = plans.step_weight(rollout.manifest.canary.steps, step)
+    moved = record.model_copy(update={"step": step, "canary": record.canary.model_copy(update={"weight": weight})})
+    await rollout.route(moved)
+    await rollout.save(step=step, canary=moved.canary)
+    await rollout.emit(CanaryWeightChanged(step=step, weight=weight, previous=previous))
+
+
+async def on_canary_complete(rollout: Rollout) -> None:
+    await analyse(rollout)  # a complete canary is still watched until it is promoted
+
+
+# --- rollback and promotion --------------------------------------------------------------------
+
+
+async def on_rolling_back(rollout: Rollout) -> None:
+    """All traffic to stable, then remove the canary."""
+    record = rollout.record
+    automatic = record.consecutive_failures >= rollout.manifest.canary.failure_limit
+    served = record.mode
+    if record.canary is not None:
+        back = record.model_copy(update={"canary": record.canary.model_copy(update={"weight": 0, "instances": []})})
+        await rollout.route(back)
+        await rollout.stop([i.name for i in record.canary.instances])
+    stable_version = record.stable.version if record.stable else ""
+    await rollout.save(phase=Phase.stable, canary=None, step=-1, consecutive_failures=0)
+    await rollout.emit(RollbackCompleted(version=stable_version, reasons=record.last_reasons, automatic=automatic))
+    if served == "canary":
+        await rollout.emit(ModeChanged(mode="stable", previous="canary", version=stable_version))
+
+
+async def on_promoting(rollout: Rollout) -> None:
+    """Start the canary's version as the new stable track, move traffic, remove the old tracks."""
+    record, manifest = rollout.record, rollout.manifest
+    gen = plans.generation(f"{record.correlation_id}:promote")
+    specs = plans.track_specs(manifest, "stable", gen, promoted=True)
+    try:
+        instances = await rollout.start(specs)
+    except SwiftDeployError as exc:
+        await rollout.save(phase=Phase.canary_complete if record.step >= 0 else Phase.stable)
+        await rollout.emit(OperationFailed(command="promote-stable", error=str(exc)))
+        return
+    new_stable = plans.track_state(specs, instances, 100)
+    await rollout.route(record.model_copy(update={"stable": new_stable, "canary": None}))
+    old = [i.name for i in record.instances()]
+    await rollout.stop(old)
+    previous = record.stable.version if record.stable else ""
+    await rollout.save(phase=Phase.stable, stable=new_stable, canary=None, step=-1, consecutive_failures=0)
+    await rollout.emit(PromotionCompleted(version=new_stable.version, previous_version=previous))
+    await rollout.emit(ModeChanged(mode="stable", previous="canary", version=new_stable.version))
+
+
+# --- interrupted commands ----------------------------------------------------------------------
+
+
+async def on_canary_starting(rollout: Rollout) -> None:
+    """A canary start was interrupted: roll it back (nothing was analysed)."""
+    await rollout.save(phase=Phase.rolling_back, last_reasons=["the canary start was interrupted"])
+
+
+async def on_deploying(rollout: Rollout) -> None:
+    """A deploy was interrupted: keep the previous stable track if there was one, else undo all."""
+    record = rollout.record
+    if record.stable is not None:
+        await rollout.route()
+        await rollout.save(phase=Phase.stable)
+    else:
+        await rollout.driver.teardown()
+        await rollout.save(phase=Phase.failed)
+    await rollout.emit(DeployFailed(error="the deploy was interrupted (the orchestrator restarted) and undone"))
+
+
+HANDLERS: dict[Phase, Handler] = {
+    Phase.progressing: on_progressing,
+    Phase.canary_complete: on_canary_complete,
+    Phase.rolling_back: on_rolling_back,
+    Phase.promoting: on_promoting,
+    Phase.canary_starting: on_canary_starting,
+    Phase.deploying: on_deploying,
+}

@@ -1,0 +1,127 @@
+"""The rollout being worked on: its stored record, its driver, its gate and its event emitter.
+
+`RecordStore` is the only code that reads or writes `streams.rollout_key`. A `Rollout` bundles
+what a phase handler or an operation needs, and the few runtime moves they share: start a track
+and wait for it, point the router at exactly what the record says, stop instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from swiftdeploy_core import streams
+from swiftdeploy_core.events import MetricsSnapshot, Payload
+from swiftdeploy_core.manifest import Manifest, validate_manifest
+from swiftdeploy_core.state import Instance, RolloutState
+from services.orchestrator.drivers.base import InstanceFailed, InstanceSpec, RuntimeDriver
+
+HEALTH_TIMEOUT = 30.0
+LOG_LINES = 20
+
+
+class RecordStore:
+    """Load and save rollout records (JSON at `streams.rollout_key(project)`)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def load(self, project: str) -> RolloutState | None:
+        raw = await self.redis.get(streams.rollout_key(project))
+        return RolloutState.model_validate_json(raw) if raw else None
+
+    async def save(self, record: RolloutState) -> RolloutState:
+        record = record.model_copy(update={"updated_at": datetime.now(timezone.utc)})
+        await self.redis.set(streams.rollout_key(record.project), record.model_dump_json())
+        return record
+
+    async def delete(self, project: str) -> None:
+        await self.redis.delete(streams.rollout_key(project))
+
+    async def projects(self) -> list[str]:
+        prefix = streams.rollout_key("")
+        found = [key.decode() if isinstance(key, bytes) else key async for key in self.redis.scan_iter(f"{prefix}*")]
+        return sorted(key[len(prefix):] for key in found)
+
+    async def snapshot(self, project: str, track: str) -> MetricsSnapshot | None:
+        raw = await self.redis.get(streams.latest_snapshot_key(project, track))
+        if not raw:
+            return None
+        with contextlib.suppress(ValueError):
+            return MetricsSnapshot.model_validate_json(raw)
+        return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reasons: list[str]
+    decision_id: str | None = None
+
+
+class Gate(Protocol):
+    """Asks the gatekeeper; None means it gave no answer in time (retry later)."""
+
+    async def decide(self, domain: str, data: dict) -> Decision | None: ...
+
+
+Emit = Callable[[Payload], Awaitable[None]]
+
+
+@dataclass
+class Rollout:
+    """One project's rollout as a handler sees it. `record` is replaced, never mutated in place."""
+
+    record: RolloutState
+    driver: RuntimeDriver
+    store: RecordStore
+    gate: Gate
+    emit: Emit
+    health_timeout: float = HEALTH_TIMEOUT
+    _manifest: Manifest | None = field(default=None, repr=False)
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = validate_manifest(self.record.manifest)
+        return self._manifest
+
+    async def save(self, **changes: object) -> RolloutState:
+        self.record = await self.store.save(self.record.model_copy(update=changes))
+        return self.record
+
+    async def route(self, record: RolloutState | None = None) -> str:
+        """Make nginx serve exactly what `record` (default: the current one) says."""
+        record = record or self.record
+        stable = record.stable.instances if record.stable else []
+        canary = record.canary.instances if record.canary else []
+        weight = record.canary.weight if record.canary else 0
+        return await self.driver.apply_router(self.manifest, stable, canary, weight)
+
+    async def start(self, specs: list[InstanceSpec]) -> list[Instance]:
+        """Start instances and wait until every one is healthy; on failure stop them all again."""
+        started: list[Instance] = []
+        try:
+            for spec in specs:
+                started.append(await self.driver.start_instance(spec))
+            await asyncio.gather(*(self.driver.wait_healthy(i, self.health_timeout) for i in started))
+        except BaseException as exc:
+            if isinstance(exc, InstanceFailed):
+                exc.logs = await self.driver.logs_tail(exc.name, LOG_LINES)
+            await asyncio.shield(self.stop([s.name for s in specs]))
+            raise
+        return started
+
+    async def stop(self, names: list[str]) -> None:
+        await asyncio.gather(*(self.driver.stop_instance(name) for name in names))
+
+
+def failure_logs(error: BaseException) -> list[str]:
+    """The last log lines of the instance an error is about (empty when it names none)."""
+    return list(error.logs) if isinstance(error, InstanceFailed) else []
