@@ -1,22 +1,21 @@
 """Commands: deploy, promote canary|stable, rollback, chaos, teardown.
 
 Each one is thin: send the command to the orchestrator with the manifest, follow the events that
-carry its correlation id with a line of progress each, and exit 0 (done), 3 (blocked or rolled
-back by policy, reasons printed) or 1 (any other failure).
+carry its correlation id with a line of progress each (`cli.common.send_command`), and exit 0
+(done), 3 (blocked or rolled back by policy, reasons printed) or 1 (any other failure).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from swiftdeploy_core import streams
+from swiftdeploy_core.cli.common import client_settings, connected, finish, load_project, run, send_command
 from swiftdeploy_core.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
-from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
+from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.events import (
     CanaryRequested,
     ChaosRequested,
@@ -25,10 +24,9 @@ from swiftdeploy_core.events import (
     Payload,
     PromotionRequested,
     RollbackRequested,
-    Source,
     TeardownRequested,
 )
-from swiftdeploy_core.manifest import LoadedManifest, load_manifest
+from swiftdeploy_core.manifest import LoadedManifest
 from swiftdeploy_core.settings import Settings
 
 DEFAULT_TIMEOUT = 300.0
@@ -43,7 +41,6 @@ PROMOTE_END = {"mode.changed": EXIT_OK, "promotion.blocked": EXIT_DENIED, "opera
 ROLLBACK_END = {"rollback.completed": EXIT_OK, "operation.failed": EXIT_ERROR}
 TEARDOWN_END = {"teardown.completed": EXIT_OK, "operation.failed": EXIT_ERROR}
 CHAOS_END = {"chaos.injected": EXIT_OK, "operation.failed": EXIT_ERROR}
-ALWAYS_END = {"command.rejected": EXIT_ERROR}
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +62,7 @@ def deploy(manifest: Optional[Path] = ManifestOption, timeout: float = TimeoutOp
     """
     loaded = _load(manifest)
     payload = DeployRequested(manifest=_as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
-    _send(payload, DEPLOY_END, timeout)
+    _send(payload, DEPLOY_END, timeout, manifest)
 
 
 def promote_canary(
@@ -79,7 +76,7 @@ def promote_canary(
     """
     loaded = _load(manifest)
     payload = CanaryRequested(manifest=_as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
-    _send(payload, CANARY_WAIT_END if wait else CANARY_END, timeout)
+    _send(payload, CANARY_WAIT_END if wait else CANARY_END, timeout, manifest)
 
 
 def promote_stable(manifest: Optional[Path] = ManifestOption, timeout: float = TimeoutOption) -> None:
@@ -87,7 +84,7 @@ def promote_stable(manifest: Optional[Path] = ManifestOption, timeout: float = T
 
     Example: swiftdeploy promote stable
     """
-    _send(PromotionRequested(project=_load(manifest).manifest.project), PROMOTE_END, timeout)
+    _send(PromotionRequested(project=_load(manifest).manifest.project), PROMOTE_END, timeout, manifest)
 
 
 def rollback(
@@ -99,7 +96,7 @@ def rollback(
 
     Example: swiftdeploy rollback --reason "latency looks off"
     """
-    _send(RollbackRequested(project=_load(manifest).manifest.project, reason=reason), ROLLBACK_END, timeout)
+    _send(RollbackRequested(project=_load(manifest).manifest.project, reason=reason), ROLLBACK_END, timeout, manifest)
 
 
 def chaos(
@@ -116,7 +113,7 @@ def chaos(
     if mode not in ("slow", "error", "recover"):
         raise typer.BadParameter(f"must be slow, error or recover (got {mode!r})", param_hint="MODE")
     project = _load(manifest).manifest.project
-    _send(ChaosRequested(mode=mode, rate=rate, duration=duration, project=project), CHAOS_END, timeout)  # type: ignore[arg-type]
+    _send(ChaosRequested(mode=mode, rate=rate, duration=duration, project=project), CHAOS_END, timeout, manifest)  # type: ignore[arg-type]
 
 
 def teardown(manifest: Optional[Path] = ManifestOption, timeout: float = TimeoutOption) -> None:
@@ -126,90 +123,38 @@ def teardown(manifest: Optional[Path] = ManifestOption, timeout: float = Timeout
     """
     loaded = _load(manifest)
     payload = TeardownRequested(project=loaded.manifest.project, root=str(loaded.root), manifest=_as_data(loaded))
-    _send(payload, TEARDOWN_END, timeout)
+    _send(payload, TEARDOWN_END, timeout, manifest)
 
 
 # --- sending and following ---------------------------------------------------------------------
 
 
 def _load(path: Optional[Path]) -> LoadedManifest:
-    return load_manifest(path or Settings().manifest)
+    return load_project(path or client_settings().manifest)
 
 
 def _as_data(loaded: LoadedManifest) -> dict:
     return loaded.manifest.model_dump(mode="json")
 
 
-def _send(payload: Payload, ends: dict[str, int], timeout: float) -> None:
-    code = asyncio.run(_send_and_follow(Settings(), payload, {**ALWAYS_END, **ends}, timeout))
-    raise typer.Exit(code)
+def _send(payload: Payload, ends: dict[str, int], timeout: float, manifest: Optional[Path] = None) -> None:
+    settings = client_settings(manifest)
+    run(_require_orchestrator(settings))
+    outcome = run(send_command(
+        payload, streams.ORCHESTRATOR_INBOX, settings=settings, outcomes=ends, timeout=timeout, on_event=_details,
+    ))  # fmt: skip
+    finish(outcome)
 
 
-async def _send_and_follow(settings: Settings, payload: Payload, ends: dict[str, int], timeout: float) -> int:
-    from swiftdeploy_core.bus import Bus
-
-    bus = await Bus.connect(settings)
-    try:
-        await _require_orchestrator(bus)
-        command = Event(payload=payload, source=Source(service="cli", instance=settings.instance))
-        since = await bus.cursor()
-        await bus.publish(streams.ORCHESTRATOR_INBOX, command)
-        try:
-            return await asyncio.wait_for(_follow(bus, command.correlation_id, since, ends), timeout)
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"no outcome from the orchestrator within {timeout:g}s (`swiftdeploy events` shows what happened)") from None
-    finally:
-        await bus.close()
+async def _require_orchestrator(settings: Settings) -> None:
+    """Fail at once, rather than after the timeout, when no orchestrator replica is alive."""
+    async with connected(settings) as bus:
+        async for _ in bus.redis.scan_iter(streams.health_key("orchestrator", "*"), count=100):
+            return
+    raise ControlPlaneDown("the orchestrator is not running: run swiftdeploy up")
 
 
-async def _require_orchestrator(bus) -> None:  # noqa: ANN001
-    async for _ in bus.redis.scan_iter(streams.health_key("orchestrator", "*"), count=100):
-        return
-    raise ControlPlaneDown("the orchestrator is not running; start the control plane with `swiftdeploy up`")
-
-
-async def _follow(bus, correlation_id: str, since: str, ends: dict[str, int]) -> int:  # noqa: ANN001
-    async for event in bus.follow(correlation_id=correlation_id, since=since):
-        line = describe(event)
-        if line:
-            typer.echo(line)
-        if event.type in ends:
-            return ends[event.type]
-    return EXIT_ERROR
-
-
-def describe(event: Event) -> str:
-    """One line (plus indented reasons or log lines) of progress for an event."""
-    p = event.payload
-    render: Callable[[object], str] | None = _LINES.get(event.type)
-    return render(p) if render else ""
-
-
-def _reasons(reasons: list[str]) -> str:
-    return "".join(f"\n  - {r}" for r in reasons)
-
-
-_LINES: dict[str, Callable[..., str]] = {
-    "command.rejected": lambda p: f"✗ {p.command} rejected: {p.reason}",
-    "deploy.started": lambda p: f"→ deploying {p.project} {p.version} ({p.runtime} runtime)",
-    "deploy.step": lambda p: f"  ✓ {p.step}: {p.detail}",
-    "deploy.blocked": lambda p: f"✗ deploy blocked by the infra policy:{_reasons(p.reasons)}",
-    "deploy.completed": lambda p: f"✓ deployed {p.project} {p.version} at {p.url}",
-    "deploy.failed": lambda p: f"✗ deploy failed (undone): {p.error}" + "".join(f"\n  | {line}" for line in p.logs),
-    "canary.started": lambda p: f"→ canary {p.version} started ({p.image})",
-    "canary.weight_changed": lambda p: f"  → canary weight {p.previous}% → {p.weight}% (step {p.step + 1})",
-    "canary.analysis": lambda p: (
-        f"  ✓ analysis at {p.weight}%: allowed" if p.allow
-        else f"  ✗ analysis at {p.weight}%: denied ({p.consecutive_failures} in a row){_reasons(p.reasons)}"
-    ),  # fmt: skip
-    "canary.completed": lambda p: f"✓ canary {p.version} reached its last step ({p.weight}%); `promote stable` when ready",
-    "rollback.completed": lambda p: (
-        f"{'✗ rolled back automatically' if p.automatic else '✓ rolled back'}: all traffic on {p.version}{_reasons(p.reasons)}"
-    ),
-    "promotion.blocked": lambda p: f"✗ promotion blocked by the canary policy:{_reasons(p.reasons)}",
-    "promotion.completed": lambda p: f"✓ promoted {p.version} to stable (was {p.previous_version})",
-    "mode.changed": lambda p: f"  mode: {p.previous} → {p.mode} ({p.version})",
-    "chaos.injected": lambda p: f"✓ chaos {p.mode} injected into {', '.join(p.instances)}",
-    "teardown.completed": lambda p: f"✓ removed {len(p.removed)} object(s)" + "".join(f"\n  - {r}" for r in p.removed),
-    "operation.failed": lambda p: f"✗ {p.command} failed: {p.error}",
-}
+def _details(event: Event) -> None:
+    """What a progress line leaves out: the failing instance's last log lines, one per line."""
+    for line in getattr(event.payload, "logs", None) or []:
+        typer.echo(f"  | {line}", err=True)

@@ -39,6 +39,7 @@ from services.orchestrator.drivers.health import wait_http_ok
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
 RELOAD_DRAIN = 12.0  # nginx's worker_shutdown_timeout (10 s) plus a margin
 OPA_PORT = 8181
+UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker Engine"
 NO_DOCKER = "cannot reach dockerd ({error}); start it, or deploy with `runtime: process`"
 
 
@@ -48,6 +49,8 @@ def docker_errors(doing: str) -> Iterator[None]:
     try:
         yield
     except DockerError as exc:
+        if exc.status == UNREACHABLE:
+            raise RuntimeUnavailable(NO_DOCKER.format(error=exc.message)) from None
         raise RuntimeDriverError(f"{doing}: {exc.message}") from None
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
         raise RuntimeUnavailable(NO_DOCKER.format(error=exc)) from None
@@ -90,6 +93,8 @@ class DockerDriver(RuntimeDriver):
         try:
             await self.docker.images.inspect(image)
         except DockerError as exc:
+            if exc.status == UNREACHABLE:
+                raise RuntimeUnavailable(NO_DOCKER.format(error=exc.message)) from None
             if exc.status == 404:
                 raise RuntimeDriverError(
                     f"image {image!r} is not on this docker host (no registry here: build it with scripts/build-images)"
