@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,38 @@ class Backoff:
         self.delay = self.low
 
 
+class BlockingConnection:
+    """A connection of its own for blocking reads (XREAD/XREADGROUP BLOCK) that another task can
+    wake with CLIENT UNBLOCK. Cancelling a blocked redis-py read is not reliable (the cancel can be
+    swallowed and the read hang), so readers stop cooperatively: `wake()`, then they return."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.main = redis
+        self.conn = redis.client()
+        self.client_id: int | None = None
+        self.closed = False
+
+    async def read(self, op: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
+        if self.client_id is None:
+            self.client_id = await self.conn.client_id()
+        try:
+            return await op(self.conn)
+        except CONNECTION_ERRORS:
+            self.client_id = None  # a new connection gets a new id
+            raise
+
+    async def wake(self) -> None:
+        """Mark closed and unblock a read in progress (it returns as if it timed out)."""
+        self.closed = True
+        if self.client_id is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+                await self.main.client_unblock(self.client_id)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            await self.conn.aclose()
+
+
 @dataclass
 class _Waiter:
     expect: frozenset[str]
@@ -93,6 +126,7 @@ class Bus:
         self._waiters: dict[str, list[_Waiter]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reader_ready: asyncio.Future[None] | None = None
+        self._blocking: set[BlockingConnection] = set()
 
     @classmethod
     async def connect(cls, settings: Settings) -> "Bus":
@@ -107,14 +141,21 @@ class Bus:
         return cls(settings, redis)
 
     async def close(self) -> None:
+        """Stop the reply reader and any follower, then close the connections."""
+        for blocking in list(self._blocking):
+            await blocking.wake()
         if self._reader is not None:
-            # redis-py 8 can swallow a cancel that lands just as XREAD is being sent (the task
-            # then blocks in the next read, "cancelling" forever): cancel until it is done.
-            while not self._reader.done():
+            done, _ = await asyncio.wait({self._reader}, timeout=1.0)
+            # Last resort: redis-py 8 can swallow a cancel that lands just as XREAD is being sent
+            # (the task then blocks in the next read, "cancelling" forever): cancel until done.
+            for _ in range(20):
+                if self._reader.done():
+                    break
                 self._reader.cancel()
                 await asyncio.wait({self._reader}, timeout=0.05)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                self._reader.result()
+            if self._reader.done() and not self._reader.cancelled():
+                with contextlib.suppress(Exception):
+                    self._reader.result()
             self._reader = None
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -186,20 +227,26 @@ class Bus:
 
     async def _read_replies(self) -> None:
         """One reader per process: XREAD EVENTS, hand each reply to the future waiting for it."""
-        conn = self.redis.client()  # its own connection: the blocking XREAD holds it
+        blocking = BlockingConnection(self.redis)
+        self._blocking.add(blocking)
         backoff = Backoff()
         last: str | None = None
         try:
-            while True:
+            while not blocking.closed:
                 try:
                     if last is None:
                         last = await self.cursor()
                         assert self._reader_ready is not None
                         if not self._reader_ready.done():
                             self._reader_ready.set_result(None)
-                    reply = await conn.xread({streams.EVENTS: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    cursor = last
+                    reply = await blocking.read(
+                        lambda c: c.xread({streams.EVENTS: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    )
                     backoff.reset()
                 except CONNECTION_ERRORS as exc:
+                    if blocking.closed:
+                        break
                     log.warning("reply reader lost Redis (%s); retrying", exc)
                     await backoff.wait()
                     continue
@@ -208,7 +255,8 @@ class Bus:
                         last = decode(entry_id)
                         self._dispatch(last, fields)
         finally:
-            await conn.aclose()
+            self._blocking.discard(blocking)
+            await blocking.aclose()
 
     def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         waiters = self._waiters.get(decode(fields.get(b"cid", b"")))
@@ -234,17 +282,23 @@ class Bus:
     ) -> AsyncIterator[Event]:
         """Yield events from `stream` after `since` (an entry id, "0" for all, "$" for new ones),
         keeping those with `correlation_id` and a type matching one of the globs in `types`."""
-        conn = self.redis.client()
+        blocking = BlockingConnection(self.redis)
+        self._blocking.add(blocking)
         backoff = Backoff()
         last = since
         try:
-            while True:
+            while not blocking.closed:
                 try:
                     if last == "$":
                         last = await self.cursor(stream)
-                    reply = await conn.xread({stream: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    cursor = last
+                    reply = await blocking.read(
+                        lambda c: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                    )
                     backoff.reset()
                 except CONNECTION_ERRORS as exc:
+                    if blocking.closed:
+                        return
                     log.warning("follow lost Redis (%s); retrying", exc)
                     await backoff.wait()
                     continue
@@ -255,7 +309,29 @@ class Bus:
                         if event is not None:
                             yield event
         finally:
-            await conn.aclose()
+            self._blocking.discard(blocking)
+            await blocking.aclose()
+
+
+async def history(
+    bus: Bus,
+    *,
+    since: str = "0",
+    correlation_id: str | None = None,
+    types: Collection[str] | None = None,
+    stream: str = streams.EVENTS,
+) -> AsyncIterator[Event]:
+    """The retained events of `stream` after `since` up to now (XRANGE in pages), filtered."""
+    start = "-" if since in ("0", "0-0", "-") else f"({since}"
+    while True:
+        page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH)
+        for entry_id, fields in page:
+            event = _select(fields, correlation_id, types)
+            if event is not None:
+                yield event
+        if len(page) < FOLLOW_BATCH:
+            return
+        start = f"({decode(page[-1][0])}"
 
 
 def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Collection[str] | None) -> Event | None:
@@ -281,31 +357,37 @@ def resolve_redis_url(settings: Settings) -> str:
     return url
 
 
-
-
 # --- consumer groups ---------------------------------------------------------------------------
 
-# Acks an entry, records its event id as processed and applies the handler's queued writes, all
-# atomically, and only if the event id was not processed before (a reclaimed duplicate is acked
-# without its writes). ARGV: group, now_ms, n, then per entry: stream, entry_id, event_id ("" =
-# ack only), ncmds, then per command: nargs, args...
+# Acks entries, records their event ids as processed and applies the handlers' queued writes, all
+# atomically, and only for event ids not processed before (a reclaimed duplicate is acked without
+# its writes). ARGV[1] is JSON (one argument: packing thousands of small ones is slow in redis-py):
+# {"g": group, "t": now_ms, "e": [[stream, entry_id, event_id or "", had_failures, [[cmd...]...]]]}
 COMMIT_SCRIPT = """
-local group, now, i, dups = ARGV[1], ARGV[2], 4, 0
-for _ = 1, tonumber(ARGV[3]) do
-  local stream, entry, eid, ncmds = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  i = i + 4
-  local fresh = eid == '' or not redis.call('ZSCORE', KEYS[1], eid)
-  if not fresh then dups = dups + 1 end
-  for _ = 1, ncmds do
-    local nargs, cmd = tonumber(ARGV[i]), {}
-    for a = 1, nargs do cmd[a] = ARGV[i + a] end
-    i = i + nargs + 1
-    if fresh then redis.call(unpack(cmd)) end
+local batch = cjson.decode(ARGV[1])
+local group, now, dups = batch.g, batch.t, 0
+local marks, acks, done = {}, {}, {}
+for _, e in ipairs(batch.e) do
+  local stream, entry, eid = e[1], e[2], e[3]
+  local fresh = eid == '' or not (done[eid] or redis.call('ZSCORE', KEYS[1], eid))
+  if fresh then
+    for _, cmd in ipairs(e[5]) do redis.call(unpack(cmd)) end
+    if eid ~= '' then
+      done[eid] = true
+      marks[#marks + 1] = now
+      marks[#marks + 1] = eid
+    end
+  else
+    dups = dups + 1
   end
-  if fresh and eid ~= '' then redis.call('ZADD', KEYS[1], now, eid) end
-  redis.call('XACK', stream, group, entry)
-  redis.call('HDEL', KEYS[2], stream .. '/' .. entry)
+  acks[stream] = acks[stream] or {}
+  table.insert(acks[stream], entry)
+  if e[4] then redis.call('HDEL', KEYS[2], stream .. '/' .. entry) end
 end
+for i = 1, #marks, 2000 do
+  redis.call('ZADD', KEYS[1], unpack(marks, i, math.min(i + 1999, #marks)))
+end
+for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids)) end
 return dups
 """
 PROCESSED_RETENTION_MS = 6 * 3600 * 1000  # how long an event id is remembered as processed
@@ -332,6 +414,7 @@ class Commit:
     entry: Entry
     event_id: str = ""
     commands: list[tuple[Any, ...]] = field(default_factory=list)
+    failed: bool = False  # attempts failed before: clear its failure count
 
 
 def _entries(reply: Any, reclaimed: bool = False) -> list[Entry]:
@@ -361,10 +444,12 @@ class Group:
             except RedisError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            # Visible in XINFO CONSUMERS at once (a blocking read on an empty stream does not add it).
+            await self.bus.redis.xgroup_createconsumer(stream, self.name, self.consumer)
 
-    async def read(self, conn: aioredis.Redis, names: Collection[str], count: int, block_ms: int) -> list[Entry]:
-        reply = await conn.xreadgroup(
-            self.name, self.consumer, {s: ">" for s in names}, count=count, block=block_ms
+    async def read(self, blocking: BlockingConnection, names: Collection[str], count: int, block_ms: int) -> list[Entry]:
+        reply = await blocking.read(
+            lambda c: c.xreadgroup(self.name, self.consumer, {s: ">" for s in names}, count=count, block=block_ms)
         )
         return _entries(reply)
 
@@ -396,6 +481,13 @@ class Group:
                 stream, self.name, self.consumer, 0, list(entry_ids), justid=True
             )
 
+    async def release(self, stream: str, entry_ids: Collection[str], idle_ms: int) -> None:
+        """Give entries up: keep them pending but idle for `idle_ms`, so XAUTOCLAIM takes them now."""
+        if entry_ids:
+            await self.bus.redis.xclaim(
+                stream, self.name, self.consumer, 0, list(entry_ids), idle=idle_ms, justid=True
+            )
+
     async def seen(self, event_ids: list[str]) -> list[bool]:
         """Which of `event_ids` were already processed by this service."""
         if not event_ids:
@@ -405,12 +497,10 @@ class Group:
 
     async def commit(self, commits: Collection[Commit]) -> int:
         """Apply, mark and ack `commits` atomically; returns how many were duplicates."""
-        args: list[Any] = [self.name, int(time.time() * 1000), len(commits)]
-        for c in commits:
-            args += [c.entry.stream, c.entry.entry_id, c.event_id, len(c.commands)]
-            for command in c.commands:
-                args += [len(command), *command]
-        return int(await self._commit(keys=[self.processed, self.failures], args=args))
+        entries = [[c.entry.stream, c.entry.entry_id, c.event_id, c.failed, [list(cmd) for cmd in c.commands]]
+                   for c in commits]  # fmt: skip
+        batch = json.dumps({"g": self.name, "t": int(time.time() * 1000), "e": entries})
+        return int(await self._commit(keys=[self.processed, self.failures], args=[batch]))
 
     async def record_failure(self, entry: Entry) -> int:
         """Count one failed attempt at `entry`; returns the attempts so far."""

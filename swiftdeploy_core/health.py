@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -37,11 +38,16 @@ class WorkerMetrics:
         self.dead = Counter("swiftdeploy_events_dead_lettered", "Entries sent to the dead-letter stream", ["service"], registry=r)
         self.lag = Gauge("swiftdeploy_consumer_lag", "Entries not yet delivered to the group", ["service", "stream"], registry=r)
         self.pending = Gauge("swiftdeploy_consumer_pending", "Entries delivered but not acked", ["service", "stream"], registry=r)
+        self._children: dict[tuple[str, bool], tuple[Any, Any]] = {}
         self.ready = Gauge("swiftdeploy_ready", "1 when Redis is reachable and the group joined", ["service"], registry=r)
 
     def observe(self, event_type: str, seconds: float, ok: bool) -> None:
-        self.latency.labels(self.service, event_type).observe(seconds)
-        (self.handled if ok else self.failed).labels(self.service, event_type).inc()
+        children = self._children.get((event_type, ok))
+        if children is None:  # labels() takes a lock and builds a key: once per type, not per event
+            counter = (self.handled if ok else self.failed).labels(self.service, event_type)
+            children = self._children[(event_type, ok)] = (self.latency.labels(self.service, event_type), counter)
+        children[0].observe(seconds)
+        children[1].inc()
 
 
 @dataclass

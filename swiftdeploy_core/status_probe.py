@@ -39,7 +39,7 @@ HEALTH_TIMEOUT = 1.0
 EVENTS_SHOWN = 8
 EVENTS_SCANNED = 200
 HISTORY_SCANNED = 400
-QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot"}
+QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot", "audit.rendered"}
 
 
 async def _get_model(bus: "Bus", key: str, model: type) -> Any:

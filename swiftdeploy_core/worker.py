@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from swiftdeploy_core import logs, streams
-from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, Bus, Commit, Entry, Group
+from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, BlockingConnection, Bus, Commit, Entry, Group
 from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.events import Event, Payload, Pong, Source
 from swiftdeploy_core.health import HealthServer, WorkerMetrics
@@ -38,6 +39,7 @@ log = logging.getLogger("swiftdeploy.worker")
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 5  # `ps` calls an instance healthy while its heartbeat key lives
+COMMIT_EVERY_S = 0.05  # a batch of slow handlers still acks at least this often
 RETRY_BASE_S = 0.05
 RETRY_MAX_S = 2.0
 EMIT_NAMESPACE = uuid.UUID("5d1f0c4e-8a3b-4c0e-9e57-1b2f6a7c9d10")
@@ -62,6 +64,7 @@ class Context:
     source: Source
     event: Event | None = None  # the event being handled; None in background loops
     commands: list[tuple[Any, ...]] = field(default_factory=list)
+    stopping: asyncio.Event | None = None  # set when the service shuts down (background loops may watch it)
     _emitted: int = 0
 
     async def emit(
@@ -90,7 +93,7 @@ class Context:
         ack, at most once per event id, even if the event is delivered twice."""
         if self.event is None:
             raise RuntimeError("on_commit needs an event being handled")
-        self.commands.append(tuple(str(c) if not isinstance(c, bytes) else c for c in command))
+        self.commands.append(tuple(c.decode() if isinstance(c, bytes) else str(c) for c in command))
 
     def _new_event(self, payload: Payload, cause: Event | None, stable_id: bool) -> Event:
         if cause is None:
@@ -157,13 +160,15 @@ class Worker:
         self._inflight: dict[str, Entry] = {}  # entry.key -> entry, kept alive against reclaim
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retries: set[asyncio.Task[Any]] = set()
-        self._loops: list[asyncio.Task[Any]] = []
+        self._loops: list[asyncio.Task[Any]] = []  # heartbeat, reclaim, keepalive: end on `stopping`
+        self._background: list[asyncio.Task[Any]] = []  # the spec's loops: cancelled on stop
         self._commits: list[Commit] = []
         self._flush_lock = asyncio.Lock()
-        self._reader = bus.redis.client()  # the blocking XREADGROUP holds its own connection
+        self._flushed = time.monotonic()
+        self._reader = BlockingConnection(bus.redis)  # XREADGROUP BLOCK holds its own connection
 
     def context(self, event: Event | None = None) -> Context:
-        return Context(self.settings, self.bus, self.source, event)
+        return Context(self.settings, self.bus, self.source, event, stopping=self.stopping)
 
     def is_ready(self) -> bool:
         return self.joined and self.redis_ok and not self.stopping.is_set()
@@ -178,7 +183,7 @@ class Worker:
         for loop in (self._heartbeat, self._reclaim_loop, self._keepalive_loop):
             self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
         for i, fn in enumerate(self.spec.background):
-            self._loops.append(asyncio.create_task(self._guard(fn), name=f"background-{i}"))
+            self._background.append(asyncio.create_task(self._guard(fn), name=f"background-{i}"))
         log.info("%s started: consuming %s as %s (health %s)", self.spec.name, ", ".join(self.streams),
                  self.settings.instance, self.health.url)  # fmt: skip
 
@@ -207,12 +212,15 @@ class Worker:
         if not self.stopping.is_set():
             log.info("%s stopping: no new reads, finishing in-flight work", self.spec.name)
             self.stopping.set()
+            self._waking = asyncio.ensure_future(self._reader.wake())  # end a blocked read now
 
     async def stop(self) -> None:
         """Finish and ack what is in flight (bounded by shutdown_grace), then close."""
         self.request_stop()
-        for task in [*self._loops, *self._retries]:
+        for task in [*self._background, *self._retries]:
             task.cancel()
+        if self._retries:
+            await asyncio.wait(set(self._retries), timeout=0.5)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace * 0.6)
         for task in self._tasks:
@@ -229,9 +237,12 @@ class Worker:
             await asyncio.wait_for(
                 self.bus.redis.delete(streams.health_key(self.spec.name, self.settings.instance)), 0.5
             )
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._loops:  # they notice `stopping` within a beat; a stuck one is cancelled
+            _, stuck = await asyncio.wait(self._loops, timeout=0.5)
+            for task in stuck:
+                task.cancel()
         with contextlib.suppress(Exception):
-            await self._reader.aclose()
+            await asyncio.wait_for(self._reader.aclose(), 0.5)
         await self.health.stop()
 
     async def _join(self) -> None:
@@ -272,20 +283,38 @@ class Worker:
         if ids:
             flags = await self._retrying(lambda: self.group.seen(ids))
             seen = {i for i, s in zip(ids, flags) if s}
-        for entry, event in zip(batch, events):
+        for entry in batch:
             self._inflight[entry.key] = entry
+        for n, (entry, event) in enumerate(zip(batch, events)):
+            if self.stopping.is_set() and not isinstance(event, str):
+                await self._release(batch[n:])  # taken, not started: hand over to a live replica
+                break
             if isinstance(event, str):
                 await self._dead_letter(entry, event, 1)
             elif event.id in seen or event.type not in self.handlers:
                 if event.id in seen:
                     self.metrics.duplicates.labels(self.spec.name).inc()
-                self._commits.append(Commit(entry))
+                self._commits.append(Commit(entry, failed=entry.reclaimed))
             elif self.spec.concurrency == 1:
                 await self._attempt(entry, event, 1)
+                if time.monotonic() - self._flushed > COMMIT_EVERY_S:
+                    await self._flush()  # slow handlers: do not hold finished acks for the batch
             else:
                 await self._slots.acquire()
                 self._spawn(self._attempt(entry, event, 1, slot_held=True))
         await self._flush()
+
+    async def _release(self, entries: list[Entry]) -> None:
+        """Mark entries as idle for a whole lease, so the next reclaim by any replica takes them."""
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            self._inflight.pop(entry.key, None)
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            for stream, ids in by_stream.items():
+                await self.group.release(stream, ids, self.settings.lease_ms)
+        log.info("released %d taken but unstarted entr%s for another replica", len(entries),
+                 "y" if len(entries) == 1 else "ies")  # fmt: skip
 
     def _parse(self, entry: Entry) -> Event | str:
         raw = entry.fields.get(b"event")
@@ -314,6 +343,7 @@ class Worker:
                 self._slots.release()
         if outcome.commit is not None:
             outcome.commit.entry = entry
+            outcome.commit.failed = attempt > 1 or entry.reclaimed
             self._commits.append(outcome.commit)
             if self.spec.concurrency > 1:
                 await self._flush()
@@ -325,7 +355,8 @@ class Worker:
         handler = self.handlers[event.type]
         started = time.perf_counter()
         with logs.event_context(event.id, event.type, event.correlation_id):
-            logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
+            if log.isEnabledFor(logging.DEBUG):
+                logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
             try:
                 await handler(event, ctx)
             except Reject as exc:
@@ -340,7 +371,7 @@ class Worker:
     def _observe(self, event: Event, started: float, outcome: _Outcome) -> _Outcome:
         seconds = time.perf_counter() - started
         self.metrics.observe(event.type, seconds, outcome.commit is not None)
-        if outcome.commit is not None:
+        if outcome.commit is not None and log.isEnabledFor(logging.INFO):
             logs.job(log, logs.DONE, f"{event.type} {event.id} {seconds * 1000:.1f}ms", duration_ms=round(seconds * 1000, 3))
         return outcome
 
@@ -361,7 +392,7 @@ class Worker:
         try:
             await asyncio.sleep(min(RETRY_MAX_S, RETRY_BASE_S * 2**attempts))
         except asyncio.CancelledError:
-            self._inflight.pop(entry.key, None)  # stopping: it stays pending, a live replica reclaims it
+            await asyncio.shield(self._release([entry]))  # stopping: a live replica takes it over
             raise
         await self._attempt(entry, event, attempts + 1)
         await self._flush()
@@ -378,6 +409,7 @@ class Worker:
             if not self._commits:
                 return
             commits, self._commits = self._commits, []
+            self._flushed = time.monotonic()
             await self._retrying(lambda: self.group.commit(commits), hard=True)
             for c in commits:
                 self._inflight.pop(c.entry.key, None)
@@ -412,7 +444,14 @@ class Worker:
                 for stream, (lag, pending) in (await self.group.backlog(self.streams)).items():
                     self.metrics.lag.labels(self.spec.name, stream).set(lag)
                     self.metrics.pending.labels(self.spec.name, stream).set(pending)
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            if await self._pause(HEARTBEAT_INTERVAL_S):
+                return
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep `seconds` or until stopping; True when the worker is stopping."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        return self.stopping.is_set()
 
     def _reclaim_interval(self) -> float:
         return min(5.0, max(0.1, self.settings.lease_ms / 4000))
@@ -420,8 +459,7 @@ class Worker:
     async def _reclaim_loop(self) -> None:
         """Take over entries idle longer than the lease: their consumer died or hung."""
         last_trim = 0.0
-        while True:
-            await asyncio.sleep(self._reclaim_interval())
+        while not await self._pause(self._reclaim_interval()):
             with contextlib.suppress(*CONNECTION_ERRORS):
                 for stream in self.streams:
                     await self._reclaim(stream)
@@ -447,8 +485,7 @@ class Worker:
 
     async def _keepalive_loop(self) -> None:
         """Entries still being handled get their idle time reset, so no replica reclaims them."""
-        while True:
-            await asyncio.sleep(self.settings.lease_ms / 3000)
+        while not await self._pause(self.settings.lease_ms / 3000):
             by_stream: dict[str, list[str]] = {}
             for entry in list(self._inflight.values()):
                 by_stream.setdefault(entry.stream, []).append(entry.entry_id)
@@ -480,16 +517,32 @@ async def serve(spec: ServiceSpec, settings: Settings) -> int:
         await _start_until(worker, stop_requested)
         runner = asyncio.create_task(worker.run())
         await worker.stopping.wait()
+        _watchdog(settings.shutdown_grace + 0.8)
         deadline = loop.time() + settings.shutdown_grace
         await asyncio.wait({runner}, timeout=settings.shutdown_grace / 2)
         runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
         await asyncio.wait_for(worker.stop(), timeout=max(0.1, deadline - loop.time()))
     except asyncio.TimeoutError:
-        log.warning("%s: shutdown grace exceeded; cancelled what was left", spec.name)
+        stuck = [t.get_name() + ": " + repr(t.get_stack(limit=3)) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        log.warning("%s: shutdown grace exceeded; cancelled what was left: %s", spec.name, stuck)
     finally:
         await bus.close()
     log.info("%s stopped", spec.name)
     return 0
+
+
+def _watchdog(seconds: float) -> None:
+    """Exit 0 after `seconds` even if the loop is stuck: what was taken and not acked stays
+    pending in Redis, where a live replica reclaims it."""
+
+    def hard_exit() -> None:
+        log.warning("shutdown did not finish in %.1fs; exiting anyway", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 async def _connect_until(settings: Settings, stop: asyncio.Event) -> Bus | None:

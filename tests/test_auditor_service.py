@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+
+import redis
 
 from services.auditor.chain import verify
 from swiftdeploy_core import streams
 from swiftdeploy_core.cli.common import connected
-from swiftdeploy_core.events import AuditRequested, Event, Source
+from swiftdeploy_core.events import AuditRequested, Event, PromotionBlocked, Source
 from tests.test_auditor_script import scripted_rollout
 from tests.test_auditor_support import Project, project, wait_until  # noqa: F401 - fixture
+from tests.test_history_writer import tiny_filesystem  # noqa: F401 - fixture
 from tests.test_report import denied_gates, table
 
 CLIENT = Source(service="cli", instance="test")
@@ -104,3 +109,28 @@ def test_audit_without_a_control_plane_says_what_to_do(project: Project) -> None
 def test_a_bad_since_is_one_line_and_exit_2(project: Project) -> None:
     done = project.cli("audit", "--since", "yesterday-ish")
     assert done.returncode == 2 and "--since 'yesterday-ish' is neither" in done.stderr
+
+
+async def test_a_full_disk_keeps_the_event_pending_with_a_clear_error_until_space_returns(
+        project: Project, tiny_filesystem) -> None:
+    history = tiny_filesystem / "history.jsonl"
+    filler = tiny_filesystem / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):  # fill the 64 KiB filesystem to the last byte
+        while True:
+            os.write(fd, b"x" * 512)
+    os.close(fd)
+    project.start_auditor("aud-1", SWIFTDEPLOY_AUDIT_HISTORY=str(history))
+    event = Event(payload=PromotionBlocked(reasons=["error rate " + "x" * 9_000]), source=CLIENT)
+    async with connected(project.settings()) as bus:
+        await bus.publish(streams.EVENTS, event)
+    wait_until(lambda: "stays pending and is retried" in project.log_of("aud-1"), what="the error in the log")
+    assert "cannot append to the history" in project.log_of("aud-1")
+    client = redis.Redis.from_url(project.redis_url)
+    assert client.xpending(streams.EVENTS, streams.group("auditor"))["pending"] == 1
+    assert not history.exists() or history.read_bytes() == b""  # nothing torn
+    filler.unlink()
+    wait_until(lambda: history.exists() and history.read_bytes().count(b"\n") == 1, what="the line once space returned")
+    wait_until(lambda: client.xpending(streams.EVENTS, streams.group("auditor"))["pending"] == 0, what="the ack")
+    assert json.loads(history.read_bytes())["event_id"] == event.id and verify(history).ok
+    client.close()

@@ -6,6 +6,9 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.auditor.chain import (
     GENESIS,
     encode_line,
@@ -152,3 +155,23 @@ def test_read_entries_filters_by_since(tmp_path: Path) -> None:
     since = datetime(2026, 1, 1, 0, 0, 3, tzinfo=timezone.utc)
     assert [e["step"] for e in read_entries(path, since)] == ["s3", "s4"]
     assert iso_utc(since) == "2026-01-01T00:00:03.000Z"
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(3, 12), data=st.data())
+def test_any_single_deletion_swap_or_edit_is_named_where_it_happened(tmp_path_factory, count: int, data) -> None:
+    path = tmp_path_factory.mktemp("chain") / "history.jsonl"
+    lines = write_history(path, count)
+    kind = data.draw(st.sampled_from(["delete", "swap", "edit"]))
+    at = data.draw(st.integers(0, count - 2))  # the last line's deletion needs the head: tested above
+    if kind == "delete":
+        changed = lines[:at] + lines[at + 1:]
+    elif kind == "swap":
+        changed = lines[:at] + [lines[at + 1], lines[at]] + lines[at + 2:]
+    else:
+        byte = data.draw(st.integers(1, len(lines[at]) - 80))  # inside the content, before prev/hash
+        flipped = bytes([lines[at][byte] ^ 0x01])
+        changed = lines[:at] + [lines[at][:byte] + flipped + lines[at][byte + 1:]] + lines[at + 1:]
+    path.write_bytes(b"".join(changed))
+    result = verify(path, head=line_digest(lines[-1]))
+    assert not result.ok and result.first_bad_line == at + 1
