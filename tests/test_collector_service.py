@@ -14,6 +14,7 @@ import time
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
 from services.collector.service import CollectorMetrics, build_spec, ticks
 from swiftdeploy_core import streams
@@ -115,6 +116,9 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
     # The collector's own metrics.
     assert metrics.registry.get_sample_value("swiftdeploy_collector_targets", {"project": "app", "track": "stable", "state": "down"}) == 1  # the hung one  # fmt: skip
     assert metrics.registry.get_sample_value("swiftdeploy_collector_scrape_failures_total", {"project": "app", "track": "stable"}) >= 3  # fmt: skip
+    served = CollectorRegistry()  # what a health server's registry does with them
+    served.register(metrics)
+    assert b"swiftdeploy_collector_cycle_seconds_count" in generate_latest(served)
 
 
 async def _has(client: aioredis.Redis, kind: str, url: str) -> bool:
