@@ -14,6 +14,7 @@ import time
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
 from services.collector.service import CollectorMetrics, build_spec, ticks
 from swiftdeploy_core import streams
@@ -82,6 +83,10 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
             await asyncio.get_running_loop().run_in_executor(None, stable.start)
             await wait_for(lambda: _has(client, "target.up", stable.url))
             await wait_for(lambda: _has(client, "chaos.detected", canary.url))
+            for _ in range(20):  # application traffic: scrapes and probes alone are no data
+                async with http.get(f"{canary.url}/") as response:
+                    await response.read()
+            await asyncio.sleep(2 * INTERVAL)
 
             latest = MetricsSnapshot.model_validate_json(await client.get(streams.latest_snapshot_key("app", "canary")))
             ttl = await client.pttl(streams.latest_snapshot_key("app", "canary"))
@@ -115,6 +120,9 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
     # The collector's own metrics.
     assert metrics.registry.get_sample_value("swiftdeploy_collector_targets", {"project": "app", "track": "stable", "state": "down"}) == 1  # the hung one  # fmt: skip
     assert metrics.registry.get_sample_value("swiftdeploy_collector_scrape_failures_total", {"project": "app", "track": "stable"}) >= 3  # fmt: skip
+    served = CollectorRegistry()  # what a health server's registry does with them
+    served.register(metrics)
+    assert b"swiftdeploy_collector_cycle_seconds_count" in generate_latest(served)
 
 
 async def _has(client: aioredis.Redis, kind: str, url: str) -> bool:

@@ -90,6 +90,9 @@ class CollectorMetrics:
             registry=r,
         )  # fmt: skip
 
+    def collect(self):  # noqa: ANN201 - a prometheus_client Collector: another registry can register it
+        return self.registry.collect()
+
     def observe(self, report: CycleReport, cycle_seconds: float) -> None:
         self.cycle_seconds.observe(cycle_seconds)
         counts: dict[tuple[str, str, str], int] = {}
