@@ -7,14 +7,11 @@ Nothing is written unless every file rendered, and each file is replaced atomica
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
-from functools import cache
 from pathlib import Path
 
-import jinja2
 
 import policies as policies_package
 from swiftdeploy_core.errors import ConfigError
@@ -23,9 +20,13 @@ from swiftdeploy_core.router import (
     CONTAINER_CONF,
     CONTAINER_LOG_DIR,
     instance_name,
+    internal_network,
+    opa_container,
     plan_for_compose,
     render_nginx_conf,
+    router_container,
 )
+from swiftdeploy_core.templating import environment
 
 NGINX_CONF = "nginx.conf"
 COMPOSE_FILE = "docker-compose.yml"
@@ -35,19 +36,6 @@ GENERATED_FILES = (NGINX_CONF, COMPOSE_FILE, OPA_CONFIG)
 OPA_PORT = 8181
 
 _HASH = re.compile(r"\(sha256 ([0-9a-f]{64})\)")
-
-
-def router_container(project: str) -> str:
-    return f"{project}-nginx"
-
-
-def opa_container(project: str) -> str:
-    return f"{project}-opa"
-
-
-def internal_network(manifest: Manifest) -> str:
-    """The network only OPA and the gatekeeper join; `internal: true`, nothing published."""
-    return f"{manifest.network.name}-internal"
 
 
 def generated_dir(loaded: LoadedManifest) -> Path:
@@ -145,21 +133,4 @@ def _compose_path(target: Path, loaded: LoadedManifest) -> str:
 
 
 def _render(template: str, **context: object) -> str:
-    return _env().get_template(template).render(**context)
-
-
-@cache
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("swiftdeploy_core", "templates"),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    # A YAML double-quoted scalar (JSON strings are valid YAML), for any value from the manifest.
-    env.filters["q"] = lambda value: json.dumps(str(value), ensure_ascii=False)
-    # The same for docker-compose, where `$` starts an interpolation unless doubled.
-    env.filters["cq"] = lambda value: json.dumps(str(value).replace("$", "$$"), ensure_ascii=False)
-    return env
+    return environment().get_template(template).render(**context)

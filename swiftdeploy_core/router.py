@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ import jinja2
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from swiftdeploy_core.manifest import Manifest
+from swiftdeploy_core.templating import environment
 
 STABLE_UPSTREAM = "app_stable"
 CANARY_UPSTREAM = "app_canary"
@@ -97,6 +97,19 @@ class RouterPlan(BaseModel):
 def instance_name(project: str, track: str, index: int) -> str:
     """Container (and compose service) name of one workload instance; index counts from 1."""
     return f"{project}-{track}-{index}"
+
+
+def router_container(project: str) -> str:
+    return f"{project}-nginx"
+
+
+def opa_container(project: str) -> str:
+    return f"{project}-opa"
+
+
+def internal_network(manifest: Manifest) -> str:
+    """The network only OPA and the gatekeeper join; `internal: true`, nothing published."""
+    return f"{manifest.network.name}-internal"
 
 
 def plan_for_compose(manifest: Manifest) -> RouterPlan:
@@ -179,22 +192,5 @@ def conf_dirs(conf: str) -> list[Path]:
     return sorted({Path(match.group(2)).parent for match in _LOCAL_PATH_DIRECTIVE.finditer(conf)})
 
 
-@cache
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("swiftdeploy_core", "templates"),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    return env.get_template("nginx.conf.j2")
-
-
-def nginx_binary() -> str | None:
-    """The nginx executable, also found in /usr/sbin when that is not on PATH (non-root shells)."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+    return environment().get_template("nginx.conf.j2")

@@ -13,7 +13,15 @@ from urllib.parse import urlsplit
 
 from swiftdeploy_core.events import MetricsSnapshot, Track
 from swiftdeploy_core.manifest import Manifest, PolicyEngine, Runtime
-from swiftdeploy_core.router import RouterPlan, Upstream, plan_for_compose, plan_for_process
+from swiftdeploy_core.router import (
+    RouterPlan,
+    Upstream,
+    internal_network,
+    opa_container,
+    plan_for_compose,
+    plan_for_process,
+    router_container,
+)
 from swiftdeploy_core.state import Instance, Phase, RolloutState, TrackState
 from services.orchestrator.drivers.base import (
     LABEL_PROJECT,
@@ -47,18 +55,6 @@ def generation(seed: str) -> str:
 
 def instance_name(project: str, track: str, gen: str, index: int) -> str:
     return f"{project}-{track}-{gen}-{index}"
-
-
-def router_name(project: str) -> str:
-    return f"{project}-nginx"
-
-
-def opa_name(project: str) -> str:
-    return f"{project}-opa"
-
-
-def internal_network(manifest: Manifest) -> str:
-    return f"{manifest.network.name}-internal"
 
 
 def track_specs(manifest: Manifest, track: Track, gen: str, *, promoted: bool = False) -> list[InstanceSpec]:

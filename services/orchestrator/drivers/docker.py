@@ -116,7 +116,7 @@ class DockerDriver(RuntimeDriver):
         return created
 
     async def start_opa(self, manifest: Manifest, network: str) -> str | None:
-        name = plans.opa_name(self.project)
+        name = plans.opa_container(self.project)
         config = {
             "Image": manifest.policy.opa_image,
             "Cmd": ["run", "--server", f"--addr=0.0.0.0:{OPA_PORT}", "/policies"],
@@ -179,7 +179,7 @@ class DockerDriver(RuntimeDriver):
         plan = plans.docker_router_plan(manifest, stable, canary, weight)
         conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
         url = f"http://127.0.0.1:{manifest.nginx.port}"
-        name = plans.router_name(self.project)
+        name = plans.router_container(self.project)
         with docker_errors(f"configuring {name}"):
             container = await self._get(name)
             running = container is not None and container["State"]["Running"]
@@ -228,7 +228,7 @@ class DockerDriver(RuntimeDriver):
 
     async def router_running(self) -> bool:
         with docker_errors("inspecting the router"):
-            container = await self._get(plans.router_name(self.project))
+            container = await self._get(plans.router_container(self.project))
         return container is not None and bool(container["State"]["Running"])
 
     async def router_config(self) -> str | None:

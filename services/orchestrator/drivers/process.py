@@ -171,7 +171,7 @@ class ProcessDriver(RuntimeDriver):
             )  # fmt: skip
         _children[proc.pid] = proc
         record = ProcessRecord(
-            name=plans.router_name(self.project), pid=proc.pid, started=_create_time(proc.pid),
+            name=plans.router_container(self.project), pid=proc.pid, started=_create_time(proc.pid),
             port=port, labels=labels, image="nginx", log=str(stderr_path),
         )  # fmt: skip
         self._write(record, ROUTER)
@@ -204,7 +204,7 @@ class ProcessDriver(RuntimeDriver):
             await self.stop_instance(obj.name)
 
     async def logs_tail(self, name: str, lines: int = 20) -> list[str]:
-        record = self._router() if name in (ROUTER, plans.router_name(self.project)) else self._read(name)
+        record = self._router() if name in (ROUTER, plans.router_container(self.project)) else self._read(name)
         path = Path(record.log) if record else self.dir / "logs" / f"{name}.log"
         return tail(path, lines)
 
