@@ -194,3 +194,11 @@ def conf_dirs(conf: str) -> list[Path]:
 
 def _template() -> jinja2.Template:
     return environment().get_template("nginx.conf.j2")
+
+
+def nginx_binary() -> str | None:
+    """The nginx executable, also found in /usr/sbin when that is not on PATH (non-root shells)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
