@@ -62,19 +62,36 @@ def _node_error(node: Any) -> str:
         return ""
 
 
+def sources_of(modules: dict[str, str], data_json: str | None) -> dict[str, str]:
+    """Every file's text by name, for turning error offsets into lines."""
+    return {**modules, **({"data.json": data_json} if data_json is not None else {})}
+
+
 def load(modules: dict[str, str], data_json: str | None) -> Interpreter:
     """An interpreter holding `modules` and the data document; PolicyEngineError if one is invalid."""
     interpreter = new_interpreter()
-    sources = dict(modules)
     try:
         for name, text in modules.items():
             interpreter.add_module(name, text)
         if data_json is not None:
-            sources["data.json"] = data_json
             interpreter.add_data_json(data_json)
     except Exception as exc:  # noqa: BLE001 - regopy raises RegoError, and worse on odd input
-        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
+        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources_of(modules, data_json))}") from None
     return interpreter
+
+
+def build(modules: dict[str, str], data_json: str | None, entrypoints: list[str]) -> Bundle:
+    """Compile `modules` and data into a bundle with these entrypoints (`pkg/rule` or `pkg`)."""
+    builder = load(modules, data_json)
+    sources = sources_of(modules, data_json)
+    try:
+        bundle = builder.build(None, entrypoints)
+        ok = bundle.ok()
+    except Exception as exc:  # noqa: BLE001
+        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
+    if not ok:
+        raise PolicyEngineError(f"policy files invalid: {_bundle_error(builder, bundle, sources)}")
+    return bundle
 
 
 def _read_output(interpreter: Interpreter, impl: Any, sources: dict[str, str]) -> Any:
@@ -134,16 +151,8 @@ def compile_policies(modules: dict[str, str], data_json: str | None) -> Compiled
     entrypoints = {package: package.replace(".", "/") for package in packages}
     if not entrypoints:
         raise PolicyEngineError("policy files invalid: no Rego package found")
-    builder = load(modules, data_json)
-    sources = {**modules, **({"data.json": data_json} if data_json is not None else {})}
-    try:
-        bundle = builder.build(None, sorted(entrypoints.values()))
-        ok = bundle.ok()
-    except Exception as exc:  # noqa: BLE001
-        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
-    if not ok:
-        raise PolicyEngineError(f"policy files invalid: {_bundle_error(builder, bundle, sources)}")
-    return CompiledPolicies(bundle, new_interpreter(), entrypoints, sources)
+    bundle = build(modules, data_json, sorted(entrypoints.values()))
+    return CompiledPolicies(bundle, new_interpreter(), entrypoints, sources_of(modules, data_json))
 
 
 @dataclass(frozen=True)
@@ -169,15 +178,8 @@ def run_tests(modules: dict[str, str], data_json: str | None) -> list[RegoTest]:
             tests += [(file, package, name) for name in dict.fromkeys(TEST_RULE.findall(text))]
     if not tests:
         return []
-    builder = load(modules, data_json)
-    sources = {**modules, **({"data.json": data_json} if data_json is not None else {})}
-    try:
-        bundle = builder.build(None, [f"{package.replace('.', '/')}/{name}" for _, package, name in tests])
-        ok = bundle.ok()
-    except Exception as exc:  # noqa: BLE001
-        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
-    if not ok:
-        raise PolicyEngineError(f"policy files invalid: {_bundle_error(builder, bundle, sources)}")
+    bundle = build(modules, data_json, [f"{package.replace('.', '/')}/{name}" for _, package, name in tests])
+    sources = sources_of(modules, data_json)
     runner = new_interpreter()
     return [_run_test(runner, bundle, sources, file, package, name) for file, package, name in tests]
 
