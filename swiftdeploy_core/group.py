@@ -24,12 +24,18 @@ from swiftdeploy_core.bus import FIELD_EVENT, FIELD_TYPE, BlockingConnection, Bu
 COMMIT_SCRIPT = """
 local batch = cjson.decode(ARGV[1])
 local group, now, dups = batch.g, batch.t, 0
-local marks, acks, done = {}, {}, {}
+local marks, acks, done, broken = {}, {}, {}, {}
 for _, e in ipairs(batch.e) do
   local stream, entry, eid = e[1], e[2], e[3]
   local fresh = eid == '' or not (done[eid] or redis.call('ZSCORE', KEYS[1], eid))
   if fresh then
-    for _, cmd in ipairs(e[5]) do redis.call(unpack(cmd)) end
+    for _, cmd in ipairs(e[5]) do
+      local reply = redis.pcall(unpack(cmd))
+      if type(reply) == 'table' and reply.err then  -- a bad write: report it, never poison the batch
+        broken[#broken + 1] = {stream .. '/' .. entry, cmd[1] .. ': ' .. reply.err}
+        break
+      end
+    end
     if eid ~= '' then
       done[eid] = true
       marks[#marks + 1] = now
@@ -46,7 +52,7 @@ for i = 1, #marks, 2000 do
   redis.call('ZADD', KEYS[1], unpack(marks, i, math.min(i + 1999, #marks)))
 end
 for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids)) end
-return dups
+return {dups, cjson.encode(broken)}
 """
 PROCESSED_RETENTION_MS = 6 * 3600 * 1000  # how long an event id is remembered as processed
 
@@ -153,12 +159,14 @@ class Group:
         scores = await self.bus.redis.zmscore(self.processed, event_ids)
         return [s is not None for s in scores]
 
-    async def commit(self, commits: Collection[Commit]) -> int:
-        """Apply, mark and ack `commits` atomically; returns how many were duplicates."""
+    async def commit(self, commits: Collection[Commit]) -> tuple[int, dict[str, str]]:
+        """Apply, mark and ack `commits` atomically. Returns how many were duplicates, and the
+        entries (by key) whose queued writes Redis refused, with its error."""
         entries = [[c.entry.stream, c.entry.entry_id, c.event_id, c.failed, [list(cmd) for cmd in c.commands]]
                    for c in commits]  # fmt: skip
         batch = json.dumps({"g": self.name, "t": int(time.time() * 1000), "e": entries})
-        return int(await self._commit(keys=[self.processed, self.failures], args=[batch]))
+        dups, broken = await self._commit(keys=[self.processed, self.failures], args=[batch])
+        return int(dups), {decode(k): decode(err) for k, err in json.loads(broken or "[]") or []}
 
     async def record_failure(self, entry: Entry) -> int:
         """Count one failed attempt at `entry`; returns the attempts so far."""

@@ -44,6 +44,8 @@ COMMIT_EVERY_S = 0.05  # a batch of slow handlers still acks at least this often
 RETRY_BASE_S = 0.05
 RETRY_MAX_S = 2.0
 __all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping", "run", "running", "serve"]
+
+
 @dataclass
 class _Outcome:
     commit: Commit | None = None
@@ -115,7 +117,19 @@ class Worker:
                 self.joined = False
                 await backoff.wait()
                 continue
+            await self._process_safely(batch, backoff)
+
+    async def _process_safely(self, batch: list[Entry], backoff: Backoff) -> None:
+        """A batch that fails for an unexpected reason is released for a retry, never lost."""
+        try:
             await self._process(batch)
+        except CONNECTION_ERRORS as exc:
+            await self._lost_redis(exc, backoff)
+            await self._release([e for e in batch if e.key in self._inflight])
+        except Exception:
+            log.exception("processing a batch failed; releasing it to be taken again")
+            await self._release([e for e in batch if e.key in self._inflight])
+            await backoff.wait()
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -215,6 +229,8 @@ class Worker:
 
     async def _release(self, entries: list[Entry]) -> None:
         """Mark entries as idle for a whole lease, so the next reclaim by any replica takes them."""
+        if not entries:
+            return
         by_stream: dict[str, list[str]] = {}
         for entry in entries:
             self._inflight.pop(entry.key, None)
@@ -319,9 +335,11 @@ class Worker:
                 return
             commits, self._commits = self._commits, []
             self._flushed = time.monotonic()
-            await self._retrying(lambda: self.group.commit(commits), hard=True)
+            _, broken = await self._retrying(lambda: self.group.commit(commits), hard=True)
             for c in commits:
                 self._inflight.pop(c.entry.key, None)
+                if c.entry.key in broken:  # acked, but its writes were refused: say so, loudly
+                    await self._dead_letter(c.entry, f"commit refused: {broken[c.entry.key]}", 1)
 
     async def _retrying(self, op: Callable[[], Awaitable[Any]], hard: bool = False) -> Any:
         """Run a Redis operation until it succeeds; Redis going away only delays it.
@@ -390,7 +408,7 @@ class Worker:
                     await self._dead_letter(entry, f"delivered {delivered} times and never acked (its consumer kept dying)", delivered)
                 else:
                     fresh.append(entry)
-            await self._process(fresh)
+            await self._process_safely(fresh, Backoff())
 
     async def _keepalive_loop(self) -> None:
         """Entries still being handled get their idle time reset, so no replica reclaims them."""
