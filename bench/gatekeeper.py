@@ -12,6 +12,7 @@ analysis during a bad canary). Figures vary with the machine's load; the ratios 
 baseline measured in the same run are what to compare.
 
 Usage: python bench/gatekeeper.py [--seconds 4] [--inflight 64]
+       GK_RUNNER=wrapper.py python bench/gatekeeper.py   # run the gatekeeper through a wrapper (a profiler)
 """
 
 from __future__ import annotations
@@ -118,10 +119,6 @@ async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int, gateke
     row = summary(f"through the bus, {inflight} in flight", len(latencies), time.perf_counter() - started, latencies)
     row["cpu_ms"] = (cpu_seconds(gatekeeper) - cpu_before) * 1000 / len(latencies)
     row["redis_calls"] = (await redis_calls(bus) - calls_before) / len(latencies)
-    if os.environ.get("GK_COMMANDS"):
-        print({k: v["calls"] for k, v in (await bus.redis.info("commandstats")).items()}, file=sys.stderr)
-    if os.environ.get("GK_CPU_SPLIT"):
-        print("gatekeeper cpu times", gatekeeper.cpu_times(), file=sys.stderr)
     return row
 
 

@@ -290,26 +290,30 @@ class Stack:
 
 
 class Services:
-    """The real orchestrator and gatekeeper, shared by the module's stories (each has its project)."""
+    """The real orchestrator and gatekeeper (and, when asked, collector), shared by a module's
+    stories (each has its own project). The collector reads `collector` from the shared manifest."""
 
-    def __init__(self, redis_url: str, root: Path) -> None:
+    def __init__(self, redis_url: str, root: Path, collector: dict | None = None) -> None:
         self.root = root
-        write_manifest(root, "sdo-policies")  # where the gatekeeper finds policies/
-        write_policies(root)
+        manifest = write_manifest(root, "sdo-policies", **({"collector": collector} if collector else {}))
+        write_policies(root)  # where the gatekeeper finds policies/
         self.orchestrator = ServiceProcess("orchestrator", redis_url, root / "orchestrator.log").start()
         self.gatekeeper = gatekeeper_process(redis_url, root, root).start()
-        wait_ready_sync(redis_url, "orchestrator", "gatekeeper")
+        self.others = [
+            ServiceProcess("collector", redis_url, root / "collector.log", {"SWIFTDEPLOY_MANIFEST": str(manifest)}).start()
+        ] if collector else []  # fmt: skip
+        wait_ready_sync(redis_url, "orchestrator", "gatekeeper", *(p.name for p in self.others))
 
     def stop(self) -> None:
-        self.orchestrator.stop()
-        self.gatekeeper.stop()
+        for process in [self.orchestrator, self.gatekeeper, *self.others]:
+            process.stop()
 
 
 @pytest.fixture(scope="module")
-def services(redis_server, tmp_path_factory: pytest.TempPathFactory):
+def services(redis_server, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """Import into a test module (with `stack`) to run its stories on real services."""
     require_binary("nginx")
-    s = Services(redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"))
+    s = Services(redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"), getattr(request.module, "COLLECTOR", None))
     yield s
     s.stop()
 

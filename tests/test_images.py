@@ -154,3 +154,16 @@ def test_an_unknown_image_name_is_refused():
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert "unknown image 'redis'" in result.stderr
+
+
+def test_the_workload_image_can_carry_extra_version_tags(workload_image):
+    tag = f"swiftdeploy/workload:0.0.0-test-{uuid.uuid4().hex[:8]}"
+    try:
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build-images"), "--quiet",
+                                 "--only", "workload", "--workload-tag", tag.split(":")[1]],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        ids = {docker("image", "inspect", "--format", "{{.Id}}", t).stdout for t in (tag, workload_image)}
+        assert len(ids) == 1
+    finally:
+        docker("rmi", tag)

@@ -41,19 +41,19 @@ def load(raw: bytes) -> None:
         assert message and "\n" not in message and len(message) < 1000, message
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_random_documents_never_crash_the_loader(document):
     load(yaml.safe_dump(document, allow_unicode=True).encode())
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.sampled_from(KNOWN_KEYS), documents, max_size=6))
 def test_random_sections_with_known_names_never_crash_the_loader(sections):
     load(yaml.safe_dump(sections, allow_unicode=True).encode())
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_random_edits_of_the_original_never_crash_the_loader(data):
     raw = bytearray(ORIGINAL)
@@ -66,7 +66,7 @@ def test_random_edits_of_the_original_never_crash_the_loader(data):
     load(bytes(raw))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_random_bytes_never_crash_the_loader(raw):
     load(raw)
@@ -79,7 +79,7 @@ SECTIONS = {
 }
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_one_random_value_in_a_valid_manifest_never_crashes_the_loader(data):
     document = yaml.safe_load(ORIGINAL)

@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from swiftdeploy_core import streams
 from swiftdeploy_core.state import Phase
 from services.orchestrator import lock
 from tests.orchestration import LoadLoop, get_json, services, stack, write_policies, write_snapshot  # noqa: F401
@@ -165,3 +166,16 @@ async def test_killing_the_orchestrator_mid_canary_ends_consistent(stack):
     assert f"{done.canary.weight}%   app_canary" in conf
     running = sorted(o.name for o in await stack.objects() if o.role == "instance")
     assert running == sorted(i.name for i in done.instances())
+
+
+async def test_a_record_lost_with_redis_is_rebuilt_from_the_runtime_labels(stack):
+    stack.manifest(canary={"interval": 60})
+    assert (await stack.sd("deploy")).code == 0
+    serving = [i.name for i in (await stack.record()).instances()]
+    await stack.redis.delete(streams.rollout_key(stack.project))  # Redis lost the record
+    started = await stack.sd("promote", "canary")
+    assert started.code == 0, started.text
+    rebuilt = await stack.record()
+    assert [i.name for i in rebuilt.stable.instances] == serving  # the same processes, adopted
+    assert sorted(o.track for o in await stack.objects() if o.role == "instance") == ["canary", "stable"]
+    assert (await get_json(await stack.url(), {"X-Canary": "always"}))["version"] == "2.0.0"

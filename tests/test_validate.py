@@ -100,45 +100,53 @@ def test_missing_generated_files_fail_and_say_to_run_init(tmp_path, redis_url):
     assert result.stdout.splitlines()[-1] == "5 of 10 checks failed"  # generated files, nginx, compose, and no policies yet
 
 
-def test_a_manifest_changed_after_init_makes_the_files_stale(project, redis_url):
+def one_check(function, project: Path, redis_url: str = "redis://127.0.0.1:1/0") -> CheckResult:
+    """Run the schema check, then one other check, in this process (each failure's reason)."""
+    context = CheckContext(manifest_path=project / "manifest.yaml", settings=Settings(redis_url=redis_url))
+    assert checks.manifest_schema(context).ok
+    return function(context)
+
+
+def test_a_manifest_changed_after_init_makes_the_files_stale(project):
     manifest = project / "manifest.yaml"
     manifest.write_text(manifest.read_text().replace("proxy_timeout: 30", "proxy_timeout: 31"))
-    checklist = lines_of(validate(project, redis_url))
-    assert checklist["generated files"].startswith("✗ ") and "stale" in checklist["generated files"]
+    verdict = one_check(checks.generated_files, project)
+    assert not verdict.ok and "nginx.conf is stale" in verdict.reason and "run `swiftdeploy init`" in verdict.reason
 
 
-def test_a_hand_edited_file_is_caught_and_a_broken_nginx_conf_is_refused_by_nginx(project, redis_url):
+def test_a_hand_edited_file_is_caught_and_a_broken_nginx_conf_is_refused_by_nginx(project):
     conf = project / "generated" / "nginx.conf"
     conf.write_text(conf.read_text().replace("keepalive 16;", "keepalive sixteen;", 1))
-    checklist = lines_of(validate(project, redis_url))
-    assert "edited by hand" in checklist["generated files"]
-    nginx = checklist["nginx config (nginx -t)"]
-    assert nginx.startswith("✗ ") and "[emerg]" in nginx and "keepalive" in nginx
+    assert "nginx.conf was edited by hand" in one_check(checks.generated_files, project).reason
+    nginx = one_check(checks.nginx_config, project)
+    assert not nginx.ok and "[emerg]" in nginx.reason and "keepalive" in nginx.reason
 
 
-def test_a_broken_compose_file_is_refused_by_docker_compose(project, redis_url):
+def test_a_broken_compose_file_is_refused_by_docker_compose(project):
     compose = project / "generated" / "docker-compose.yml"
     compose.write_text(compose.read_text().replace("    restart: unless-stopped", "    restart: [oops]", 1))
-    verdict = lines_of(validate(project, redis_url))["compose file (docker-compose config)"]
-    assert verdict.startswith("✗ docker-compose refused docker-compose.yml"), verdict
+    verdict = one_check(checks.compose_file, project)
+    assert not verdict.ok and verdict.reason.startswith("docker-compose refused docker-compose.yml"), verdict
 
 
-def test_a_busy_nginx_port_fails(project, redis_url):
+def test_a_busy_nginx_port_fails(project):
     port = int((project / "manifest.yaml").read_text().split("port: ")[2].split()[0])
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         busy.listen()
-        result = validate(project, redis_url)
-    assert result.returncode == 1
-    assert lines_of(result)["nginx port free"] == f"✗ 127.0.0.1:{port} is in use (nginx.port)"
+        verdict = one_check(checks.nginx_port_free, project)
+    assert verdict == CheckResult(name="nginx port free", ok=False, reason=f"127.0.0.1:{port} is in use (nginx.port)")
 
 
 def test_an_unreachable_redis_fails_with_the_url(project):
     url = f"redis://127.0.0.1:{free_port()}/0"
-    result = validate(project, url)
-    assert result.returncode == 1
-    verdict = lines_of(result)["redis reachable"]
-    assert verdict.startswith(f"✗ {url}: ") and "start redis-server" in verdict
+    verdict = one_check(checks.redis_reachable, project, url)
+    assert not verdict.ok and verdict.reason.startswith(f"{url}: ") and "start redis-server" in verdict.reason
+
+
+def test_the_process_runtime_needs_only_the_nginx_binary(project):
+    verdict = one_check(checks.runtime_reachable, project)
+    assert verdict.ok and verdict.reason.startswith("runtime process: nginx at /")
 
 
 def test_a_bad_manifest_fails_the_schema_and_checks_nothing_else(tmp_path, redis_url):

@@ -178,3 +178,19 @@ async def test_instrumentation_can_be_switched_off(http, make_workload):
     found = families(await scrape(http, plain))
     assert found["http_requests"].samples == []
     assert value(await scrape(http, plain), "app_mode") == 1
+
+
+async def test_two_apps_in_one_process_keep_separate_registries_and_leave_the_global_one_alone():
+    from prometheus_client import REGISTRY
+
+    from workload import create_app
+    from workload.settings import WorkloadSettings
+
+    global_names = {m.name for m in REGISTRY.collect()}
+    first, second = (create_app(WorkloadSettings(mode=m)) for m in ("canary", "stable"))
+    await first.test_client().get("/")
+    texts = [await (await app.test_client().get("/metrics")).get_data(as_text=True) for app in (first, second)]
+    assert value(texts[0], "http_requests_total", path="/") == 1
+    assert value(texts[1], "http_requests_total", path="/") == 0
+    assert (value(texts[0], "app_mode"), value(texts[1], "app_mode")) == (1, 0)
+    assert {m.name for m in REGISTRY.collect()} == global_names

@@ -41,6 +41,14 @@ LOCK_POLL_SECONDS = 0.005
 TAIL_CHUNK = 8192
 WRITTEN = b"written"
 PENDING = b"pending:"
+# The claim in one round trip: returns the earlier claim (`written` or `pending:<offset>`), or
+# nil after claiming the event fresh with ARGV[1] (`pending:<file size>`) for ARGV[2] seconds.
+CLAIM_SCRIPT = """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return earlier end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return nil
+"""
 
 
 class HistoryWriteError(SwiftDeployError):
@@ -66,6 +74,7 @@ class HistoryWriter:
         self._id = history_id(self.path)
         self._lock = asyncio.Lock()
         self._inflight: set[asyncio.Task] = set()
+        self._claim = self.redis.register_script(CLAIM_SCRIPT)
 
     @property
     def head_key(self) -> str:
@@ -90,19 +99,22 @@ class HistoryWriter:
     async def _append(self, event_id: str, entry: dict[str, Any]) -> bool:
         key = streams.audit_claim_key(self._id, event_id)
         async with self._locked() as fd:
-            claim = await self.redis.get(key)
+            pending = PENDING + str(os.fstat(fd).st_size).encode()
+            claim = await self._claim(keys=[key], args=[pending, self.claim_ttl])  # one round trip
             if claim == WRITTEN:
                 log.info("= %s is already in the history (a redelivery); no new line", event_id)
                 return False
-            if claim and claim.startswith(PENDING):
+            if claim is not None:  # pending from an attempt that stopped: is its line there?
                 offset = int(claim[len(PENDING):] or 0)
                 if await asyncio.to_thread(_contains_event, fd, event_id, offset):
                     log.info("= %s was written before its writer stopped; no new line", event_id)
                     await self.redis.set(key, WRITTEN, ex=self.claim_ttl)
                     return False
-            size = os.fstat(fd).st_size
-            await self.redis.set(key, PENDING + str(size).encode(), ex=self.claim_ttl)
-            digest = await asyncio.to_thread(_append_line, fd, self.path, entry, self.fsync)
+                await self.redis.set(key, pending, ex=self.claim_ttl)
+            if self.fsync:  # an fsync can take milliseconds: keep it off the event loop
+                digest = await asyncio.to_thread(_append_line, fd, self.path, entry, True)
+            else:
+                digest = _append_line(fd, self.path, entry, False)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(key, WRITTEN, ex=self.claim_ttl)
                 pipe.set(self.head_key, digest)

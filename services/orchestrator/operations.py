@@ -34,6 +34,7 @@ from swiftdeploy_core.events import (
 )
 from swiftdeploy_core.state import Instance, Phase, TrackState
 from services.orchestrator import phases, plans
+from services.orchestrator.drivers.health import wait_http_ok
 from services.orchestrator.rollout import Rollout, failure_logs
 
 CANARY_PHASES = frozenset({Phase.canary_starting, Phase.progressing, Phase.canary_complete})
@@ -63,7 +64,7 @@ def host_stats(path: str | Path) -> dict[str, float]:
 
 @dataclass
 class Deploy:
-    """Infra gate, networks, OPA, the stable track, nginx; undone entirely if any step fails."""
+    """Infra gate, networks, OPA, the stable track, nginx, health; undone entirely if any step fails."""
 
     rollout: Rollout
     correlation_id: str
@@ -82,6 +83,7 @@ class Deploy:
             await self.policy_server()
             await self.stable_track()
             await self.router()
+            await self.healthy()
         except (SwiftDeployError, OSError) as exc:
             await asyncio.shield(self.undo())
             error = str(exc) or type(exc).__name__
@@ -118,19 +120,30 @@ class Deploy:
             await self.step("opa", f"{self.created_opa} on {plans.internal_network(manifest)} (no published port)")
 
     async def stable_track(self) -> None:
+        """Start the stable instances. A first deploy routes to them while they boot (nothing
+        serves yet); a redeploy waits for them first, so nginx never moves to an unready one."""
         r = self.rollout
         specs = plans.track_specs(r.manifest, "stable", plans.generation(f"{self.correlation_id}:deploy"))
-        self.started = await r.start(specs)
+        self.started = await r.launch(specs)
+        if self.router_was_running:
+            await r.wait_healthy(self.started)
         self.track = plans.track_state(specs, self.started, 100)
-        await self.step("stable", f"{len(self.started)} instance(s) of {self.track.version} healthy")
+        await self.step("stable", f"{len(self.started)} instance(s) of {self.track.version} started")
 
     async def router(self) -> None:
         r = self.rollout
-        previous = r.record.stable
         self.url = await r.route(r.record.model_copy(update={"stable": self.track, "canary": None}))
+        await self.step("router", f"nginx on {self.url}")
+
+    async def healthy(self) -> None:
+        """Every instance healthy, then nginx answering /healthz; only then does the old track go."""
+        r = self.rollout
+        await r.wait_healthy(self.started)
+        await wait_http_ok(f"{self.url}/healthz", r.health_timeout, name="nginx")
+        previous = r.record.stable
         if previous is not None:
             await r.stop([i.name for i in previous.instances if i.name not in {s.name for s in self.started}])
-        await self.step("router", f"nginx serving {self.url}")
+        await self.step("healthy", f"{len(self.started)} instance(s) healthy behind nginx")
 
     async def complete(self) -> None:
         r = self.rollout

@@ -54,7 +54,9 @@ async def recover(rollout: Rollout) -> Phase:
     """After a restart: nginx back to what the record says, strays removed, then finish the phase."""
     record = rollout.record
     if record.stable is not None and record.phase != Phase.deploying:
-        await rollout.route()
+        url = await rollout.route()
+        if record.router_url != url:
+            await rollout.save(router_url=url)
     for stray in plans.orphans(record, await rollout.driver.list_objects()):
         await rollout.driver.remove(stray)
     return await settle(rollout)

@@ -106,17 +106,30 @@ class Rollout:
 
     async def start(self, specs: list[InstanceSpec]) -> list[Instance]:
         """Start instances and wait until every one is healthy; on failure stop them all again."""
+        return await self.wait_healthy(await self.launch(specs), specs)
+
+    async def launch(self, specs: list[InstanceSpec]) -> list[Instance]:
+        """Start instances without waiting for them; on failure stop what was started."""
         started: list[Instance] = []
         try:
             for spec in specs:
                 started.append(await self.driver.start_instance(spec))
-            await asyncio.gather(*(self.driver.wait_healthy(i, self.health_timeout) for i in started))
-        except BaseException as exc:
-            if isinstance(exc, InstanceFailed):
-                exc.logs = await self.driver.logs_tail(exc.name, LOG_LINES)
+        except BaseException:
             await asyncio.shield(self.stop([s.name for s in specs]))
             raise
         return started
+
+    async def wait_healthy(self, instances: list[Instance], specs: list[InstanceSpec] | None = None) -> list[Instance]:
+        """Wait for every instance; on failure keep the failing one's last log lines, stop them all."""
+        try:
+            await asyncio.gather(*(self.driver.wait_healthy(i, self.health_timeout) for i in instances))
+        except BaseException as exc:
+            if isinstance(exc, InstanceFailed):
+                exc.logs = await self.driver.logs_tail(exc.name, LOG_LINES)
+            names = [s.name for s in specs] if specs else [i.name for i in instances]
+            await asyncio.shield(self.stop(names))
+            raise
+        return instances
 
     async def stop(self, names: list[str]) -> None:
         await asyncio.gather(*(self.driver.stop_instance(name) for name in names))

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+
+import aiohttp
 
 from swiftdeploy_core import streams
 from swiftdeploy_core.bus import CONNECTION_ERRORS
@@ -122,8 +123,14 @@ async def run_command(
     except (OperationInProgress, operations.Refused) as exc:
         await emit(CommandRejected(command=command, reason=str(exc)))
     except SwiftDeployError as exc:
-        failed = DeployFailed(error=str(exc)) if command == "deploy" else OperationFailed(command=command, error=str(exc))
-        await emit(failed)
+        await emit(_failed(command, str(exc)))
+    except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:  # a runtime call went wrong
+        log.warning("%s of %s failed: %r", command, project, exc)
+        await emit(_failed(command, f"{type(exc).__name__}: {exc}"))
+
+
+def _failed(command: str, error: str) -> Payload:
+    return DeployFailed(error=error) if command == "deploy" else OperationFailed(command=command, error=error)
 
 
 def _manifest(payload: DeployRequested | CanaryRequested) -> Manifest:

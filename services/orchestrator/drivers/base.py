@@ -26,7 +26,7 @@ class Role(str, Enum):
 
     instance = "instance"  # a workload instance of one track
     router = "router"  # nginx
-    opa = "opa"  # the policy server (docker runtime, engine opa)
+    opa = "policy"  # the policy server, OPA (docker runtime, engine opa); as the compose file labels it
     network = "network"
     volume = "volume"
 
