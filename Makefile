@@ -20,15 +20,16 @@ system-deps:
 servers: system-deps
 	scripts/start-servers
 
-demo: venv servers
-	$(BIN)/swiftdeploy init
-	$(BIN)/swiftdeploy validate
+# The original's story end to end (scripts/demo); RUNTIME=docker builds the images first.
+demo: venv system-deps
+	@if [ "$(RUNTIME)" = docker ]; then scripts/start-servers && $(BIN)/python scripts/build-images; fi
+	$(BIN)/python scripts/demo --runtime $(RUNTIME) $(DEMO_ARGS)
 
 test: venv servers
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf generated .swiftdeploy history.jsonl audit_report.md
+	rm -rf generated .swiftdeploy .demo history.jsonl audit_report.md
 
 # Every image (swiftdeploy/base, workload, nginx, controlplane) built on this dockerd; cached by content.
 images: venv servers

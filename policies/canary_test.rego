@@ -1,36 +1,39 @@
 # Unit tests for canary.rego, in `opa test` form; the test suite runs them through regopy too.
 # Inputs are given field by field (`with input.x as ...`): regopy 1.5 rejects `with input as {...}`.
-# Each `with` chain stays on one line, the form every Rego parser accepts.
+# Each `with` chain stays on one line, the form every Rego parser accepts. Tests pin the default
+# thresholds (`with data.thresholds as {...}`): they check the policy's logic, so they keep
+# passing, in `swiftdeploy validate` too, after a project tunes its data.json.
 package canary_test
 
 import data.canary
 
+
 test_a_healthy_canary_passes if {
-	canary.allow with input.error_rate as 0.001 with input.p99_latency_ms as 120 with input.requests as 400
+	canary.allow with input.error_rate as 0.001 with input.p99_latency_ms as 120 with input.requests as 400 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_exactly_at_every_threshold_passes if {
-	canary.allow with input.error_rate as 0.01 with input.p99_latency_ms as 500 with input.requests as 20
+	canary.allow with input.error_rate as 0.01 with input.p99_latency_ms as 500 with input.requests as 20 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_errors_above_the_limit_are_denied_as_percentages if {
-	canary.deny == {"error rate 52% is above the maximum of 1%"} with input.error_rate as 0.52 with input.p99_latency_ms as 120 with input.requests as 400
+	canary.deny == {"error rate 52% is above the maximum of 1%"} with input.error_rate as 0.52 with input.p99_latency_ms as 120 with input.requests as 400 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_an_error_rate_just_over_never_prints_as_the_limit if {
-	canary.deny == {"error rate 1.01% is above the maximum of 1%"} with input.error_rate as 0.01001 with input.p99_latency_ms as 120 with input.requests as 400
+	canary.deny == {"error rate 1.01% is above the maximum of 1%"} with input.error_rate as 0.01001 with input.p99_latency_ms as 120 with input.requests as 400 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_slow_p99_is_denied_with_value_and_limit if {
-	canary.deny == {"P99 latency 612.35 ms is above the maximum of 500 ms"} with input.error_rate as 0 with input.p99_latency_ms as 612.345 with input.requests as 400
+	canary.deny == {"P99 latency 612.35 ms is above the maximum of 500 ms"} with input.error_rate as 0 with input.p99_latency_ms as 612.345 with input.requests as 400 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_too_little_traffic_is_denied if {
-	canary.deny == {"only 19 requests in the window, below the minimum of 20: too little traffic to judge the canary"} with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 19
+	canary.deny == {"only 19 requests in the window, below the minimum of 20: too little traffic to judge the canary"} with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 19 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_zero_traffic_proves_nothing if {
-	not canary.allow with input.error_rate as 0 with input.p99_latency_ms as 0 with input.requests as 0
+	not canary.allow with input.error_rate as 0 with input.p99_latency_ms as 0 with input.requests as 0 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_no_input_never_allows if {
@@ -39,11 +42,11 @@ test_no_input_never_allows if {
 }
 
 test_an_error_rate_above_one_is_not_a_fraction if {
-	canary.deny == {"error_rate must be a fraction between 0 and 1 (got 1.5)"} with input.error_rate as 1.5 with input.p99_latency_ms as 100 with input.requests as 400
+	canary.deny == {"error_rate must be a fraction between 0 and 1 (got 1.5)"} with input.error_rate as 1.5 with input.p99_latency_ms as 100 with input.requests as 400 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_a_boolean_is_not_a_number if {
-	canary.deny == {"p99_latency_ms must be a number (got boolean)"} with input.error_rate as 0 with input.p99_latency_ms as true with input.requests as 400
+	canary.deny == {"p99_latency_ms must be a number (got boolean)"} with input.error_rate as 0 with input.p99_latency_ms as true with input.requests as 400 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
 test_min_requests_comes_from_data if {

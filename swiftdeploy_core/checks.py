@@ -209,7 +209,7 @@ def redis_reachable(context: CheckContext) -> CheckResult:
     import redis
 
     name = "redis reachable"
-    url = context.settings.redis_url or DEFAULT_REDIS_URL
+    url = _redis_url(context)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT)
         with client:
@@ -217,6 +217,17 @@ def redis_reachable(context: CheckContext) -> CheckResult:
     except (redis.RedisError, ValueError, OSError) as exc:
         return CheckResult(name=name, ok=False, reason=f"{url}: {_one_line(exc)} (start redis-server, or set REDIS_URL)")
     return CheckResult(name=name, ok=True, reason=f"{url} answers PING")
+
+
+def _redis_url(context: CheckContext) -> str:
+    """REDIS_URL, else the control plane `swiftdeploy up` runs beside the manifest, else the default."""
+    from swiftdeploy_core.controlplane import running_redis_url
+
+    settings = context.settings
+    if settings.redis_url:
+        return settings.redis_url
+    here = settings.model_copy(update={"manifest": context.manifest_path})
+    return running_redis_url(here) or DEFAULT_REDIS_URL
 
 
 def _run(command: list[str], cwd: Path | None = None) -> tuple[bool, str]:

@@ -61,6 +61,8 @@ class DeployRequested(Payload):
 
 
 class DeployStarted(Payload):
+    """A deploy passed the infra gate and began creating the stable track."""
+
     type: Literal["deploy.started"] = "deploy.started"
     project: str
     version: str
@@ -84,6 +86,8 @@ class DeployBlocked(Payload):
 
 
 class DeployCompleted(Payload):
+    """The stable track is healthy behind nginx at `url`."""
+
     type: Literal["deploy.completed"] = "deploy.completed"
     project: str
     version: str
@@ -112,6 +116,8 @@ class CanaryRequested(Payload):
 
 
 class CanaryStarted(Payload):
+    """The canary track is running beside stable and takes its first step's weight."""
+
     type: Literal["canary.started"] = "canary.started"
     version: str
     image: str
@@ -148,6 +154,8 @@ class CanaryCompleted(Payload):
 
 
 class RollbackRequested(Payload):
+    """`swiftdeploy rollback`: abort the canary at whatever step it is."""
+
     type: Literal["rollback.requested"] = "rollback.requested"
     reason: str = "requested by operator"
     project: str | None = None  # None: the only deployed project
@@ -170,12 +178,16 @@ class PromotionRequested(Payload):
 
 
 class PromotionBlocked(Payload):
+    """The canary policy denied `promote stable`; nothing changed."""
+
     type: Literal["promotion.blocked"] = "promotion.blocked"
     reasons: list[str]
     decision_id: str | None = None
 
 
 class PromotionCompleted(Payload):
+    """The canary is now the stable track at 100%; the old stable is gone."""
+
     type: Literal["promotion.completed"] = "promotion.completed"
     version: str
     previous_version: str
@@ -191,6 +203,8 @@ class ModeChanged(Payload):
 
 
 class TeardownRequested(Payload):
+    """`swiftdeploy teardown`: remove every labelled object of the project."""
+
     type: Literal["teardown.requested"] = "teardown.requested"
     project: str
     root: str
@@ -198,6 +212,8 @@ class TeardownRequested(Payload):
 
 
 class TeardownCompleted(Payload):
+    """Every container, network, volume and process of the project is gone."""
+
     type: Literal["teardown.completed"] = "teardown.completed"
     removed: list[str] = []
 
@@ -224,6 +240,8 @@ class ChaosRequested(Payload):
 
 
 class ChaosInjected(Payload):
+    """Chaos was posted to every canary instance (`swiftdeploy chaos`)."""
+
     type: Literal["chaos.injected"] = "chaos.injected"
     mode: Literal["slow", "error", "recover"]
     rate: float | None = None
@@ -253,6 +271,8 @@ class DecisionRequested(Payload):
 
 
 class DecisionMade(Payload):
+    """The gatekeeper's answer, with the reasons, engine and policy revision."""
+
     type: Literal["decision.made"] = "decision.made"
     domain: str
     allow: bool
@@ -265,6 +285,8 @@ class DecisionMade(Payload):
 
 
 class PolicyViolation(Payload):
+    """A decision denied; the reasons go to the audit report's violations table."""
+
     type: Literal["policy.violation"] = "policy.violation"
     domain: str
     reasons: list[str]
@@ -304,6 +326,8 @@ class MetricsSnapshot(Payload):
 
 
 class TargetDown(Payload):
+    """A scrape target stopped answering (edge-triggered)."""
+
     type: Literal["target.down"] = "target.down"
     url: str
     track: Track
@@ -311,6 +335,8 @@ class TargetDown(Payload):
 
 
 class TargetUp(Payload):
+    """A scrape target answers again (edge-triggered)."""
+
     type: Literal["target.up"] = "target.up"
     url: str
     track: Track
@@ -332,6 +358,8 @@ class StatusChecked(Payload):
 
 
 class AuditRequested(Payload):
+    """`swiftdeploy audit`: render the report (or verify the chain)."""
+
     type: Literal["audit.requested"] = "audit.requested"
     out: str | None = None
     since: str | None = None
@@ -339,6 +367,8 @@ class AuditRequested(Payload):
 
 
 class AuditRendered(Payload):
+    """The auditor wrote the report; `chain_ok` tells whether history verified."""
+
     type: Literal["audit.rendered"] = "audit.rendered"
     path: str
     lines: int

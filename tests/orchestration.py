@@ -302,7 +302,11 @@ class Services:
         self.others = [
             ServiceProcess("collector", redis_url, root / "collector.log", {"SWIFTDEPLOY_MANIFEST": str(manifest)}).start()
         ] if collector else []  # fmt: skip
-        wait_ready_sync(redis_url, "orchestrator", "gatekeeper", *(p.name for p in self.others))
+        try:
+            wait_ready_sync(redis_url, "orchestrator", "gatekeeper", *(p.name for p in self.others))
+        except BaseException:
+            self.stop()  # a fixture that fails to start must not leave its services running
+            raise
 
     def stop(self) -> None:
         for process in [self.orchestrator, self.gatekeeper, *self.others]:

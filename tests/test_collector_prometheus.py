@@ -29,11 +29,12 @@ from tests.servers import free_port, require_binary, wait_for_port
 
 WINDOW = 10  # seconds
 INTERVAL = 1.0
-P99 = f"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket[{WINDOW}s])))"
+APP = 'path!~"/metrics|/healthz|/chaos"'  # application traffic only, as the collector counts it
+P99 = f"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{APP}}}[{WINDOW}s])))"
 ERRORS = (
-    f'sum(rate(http_requests_total{{status_code=~"5.."}}[{WINDOW}s])) / sum(rate(http_requests_total[{WINDOW}s]))'
+    f'sum(rate(http_requests_total{{status_code=~"5..",{APP}}}[{WINDOW}s])) / sum(rate(http_requests_total{{{APP}}}[{WINDOW}s]))'
 )
-RATE = f"sum(rate(http_requests_total[{WINDOW}s]))"
+RATE = f"sum(rate(http_requests_total{{{APP}}}[{WINDOW}s]))"
 
 
 @dataclass
@@ -127,7 +128,7 @@ async def figures_from_prometheus_samples(prom, session, targets: list[Target], 
     """The collector's maths on exactly the samples Prometheus holds for the window."""
     scrapes: dict[str, dict[float, dict]] = defaultdict(lambda: defaultdict(lambda: {"r": {}, "b": {}}))
     for name, kind in ((REQUESTS, "r"), (BUCKETS, "b")):
-        for series in await prom.query(session, f"{name}[{WINDOW}s]", at_ms):
+        for series in await prom.query(session, f"{name}{{{APP}}}[{WINDOW}s]", at_ms):
             labels = {k: v for k, v in series["metric"].items() if k not in ("__name__", "instance", "job")}
             key = labels_of(labels) if kind == "r" else (labels_of(labels), float(labels["le"]))
             for ts, value in series["values"]:

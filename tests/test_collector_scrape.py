@@ -116,3 +116,17 @@ def test_a_target_url_may_name_its_metrics_path_or_not():
 def test_parse_ignores_what_the_figures_do_not_need():
     scrape = parse("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 3.5\n", at=12.0)
     assert scrape.at == 12.0 and not scrape.requests and not scrape.buckets and scrape.chaos is None
+
+
+def test_scrapes_health_probes_and_chaos_calls_are_not_application_traffic():
+    text = "\n".join([
+        'http_requests_total{method="GET",path="/",status_code="200"} 7',
+        'http_requests_total{method="GET",path="/metrics",status_code="200"} 90',
+        'http_requests_total{method="GET",path="/healthz",status_code="200"} 40',
+        'http_requests_total{method="POST",path="/chaos",status_code="400"} 2',
+        'http_request_duration_seconds_bucket{method="GET",path="/",status_code="200",le="+Inf"} 7',
+        'http_request_duration_seconds_bucket{method="GET",path="/metrics",status_code="200",le="+Inf"} 90',
+    ])
+    scrape = parse(text, at=1.0)
+    assert sum(scrape.requests.values()) == 7
+    assert sum(scrape.buckets.values()) == 7

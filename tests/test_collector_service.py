@@ -83,6 +83,10 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
             await asyncio.get_running_loop().run_in_executor(None, stable.start)
             await wait_for(lambda: _has(client, "target.up", stable.url))
             await wait_for(lambda: _has(client, "chaos.detected", canary.url))
+            for _ in range(20):  # application traffic: scrapes and probes alone are no data
+                async with http.get(f"{canary.url}/") as response:
+                    await response.read()
+            await asyncio.sleep(2 * INTERVAL)
 
             latest = MetricsSnapshot.model_validate_json(await client.get(streams.latest_snapshot_key("app", "canary")))
             ttl = await client.pttl(streams.latest_snapshot_key("app", "canary"))

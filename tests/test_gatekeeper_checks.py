@@ -77,11 +77,19 @@ def test_a_policy_without_the_canary_package_fails(tmp_path):
 def test_a_failing_rego_test_fails_the_check_and_is_named(tmp_path):
     context = project(tmp_path)
     policies.write_default_policies(tmp_path)
-    data = tmp_path / "policies" / "data.json"
-    data.write_text(data.read_text().replace('"cpu_load": 2.0', '"cpu_load": 5'))
+    infra = tmp_path / "policies" / "infra.rego"
+    infra.write_text(infra.read_text().replace('" is above the maximum of "', '" exceeds "'))
     result = policy_tests(context)
     assert not result.ok
     assert "Rego tests fail, first infra_test.rego::test_high_cpu_is_denied_with_value_and_maximum" in result.reason
+
+
+def test_tuning_thresholds_in_data_json_keeps_the_rego_tests_passing(tmp_path):
+    context = project(tmp_path)
+    policies.write_default_policies(tmp_path)
+    data = tmp_path / "policies" / "data.json"
+    data.write_text(data.read_text().replace('"cpu_load": 2.0', '"cpu_load": 5'))
+    assert policy_tests(context).ok
 
 
 async def test_a_configured_opa_must_answer_health(tmp_path, opa_api):

@@ -105,3 +105,13 @@ async def test_test_files_are_not_loaded_for_decisions(folder):
     (folder / "infra_test.rego").write_text("this is not rego at all")
     engine = EmbeddedEngine(folder)
     assert (await engine.evaluate("infra", {"disk_free_gb": 50, "cpu_load": 1})).allow
+
+
+async def test_policies_written_after_start_replace_the_packaged_defaults(tmp_path):
+    engine = EmbeddedEngine(tmp_path / "policies", fallback=policies.default_dir())
+    busy_host = {"disk_free_gb": 50, "cpu_load": 5}
+    assert not (await engine.evaluate("infra", busy_host)).allow  # defaults: cpu_load <= 2
+    policies.write_default_policies(tmp_path)
+    data = tmp_path / "policies" / "data.json"
+    data.write_text(data.read_text().replace('"cpu_load": 2.0', '"cpu_load": 8'))
+    assert (await engine.evaluate("infra", busy_host)).allow  # the project's own thresholds now

@@ -121,11 +121,15 @@ def test_the_manifest_chooses_the_engine_and_the_project_policies(project):
     assert isinstance(engine, OpaEngine) and (engine.url, engine.timeout) == ("http://127.0.0.1:9", 1.5)
 
 
-def test_without_a_project_the_packaged_defaults_decide(tmp_path):
+async def test_without_a_project_the_packaged_defaults_decide(tmp_path):
     engine = engine_for(Settings(manifest=tmp_path / "manifest.yaml"))
-    assert isinstance(engine, EmbeddedEngine) and engine.folder == policies.default_dir()
+    assert isinstance(engine, EmbeddedEngine) and engine.folder == tmp_path / "policies"
+    assert (await engine.evaluate("infra", HEALTHY_HOST)).allow
+    assert engine._watch.source == policies.default_dir()
     (tmp_path / "manifest.yaml").write_text(ORIGINAL)  # a project that has not run init yet
-    assert engine_for(Settings(manifest=tmp_path / "manifest.yaml")).folder == policies.default_dir()
+    engine = engine_for(Settings(manifest=tmp_path / "manifest.yaml"))
+    assert (await engine.evaluate("infra", HEALTHY_HOST)).allow
+    assert engine._watch.source == policies.default_dir()
 
 
 async def test_an_unreadable_manifest_denies_every_decision_with_the_reason(tmp_path):

@@ -108,11 +108,23 @@ def _entry(name: str, labels: dict[str, str], value: float) -> Entry:
     return name, labels_of(labels), value
 
 
+# Requests the control plane itself makes (scrapes, health probes, chaos injections) are not
+# application traffic: counted, they would dilute the error rate and P99 and let a canary that
+# served no user reach the policy's minimum request count on scrapes alone.
+OPERATIONAL_PATHS = frozenset({"/metrics", "/healthz", "/chaos"})
+
+
+def _operational(labels: Labels) -> bool:
+    return any(name == "path" and value in OPERATIONAL_PATHS for name, value in labels)
+
+
 def _scrape(at: float, entries: Iterable[Entry]) -> Scrape:
     requests: dict[Labels, float] = {}
     buckets: dict[BucketKey, float] = {}
     chaos: int | None = None
     for name, key, value in entries:
+        if name in (REQUESTS, BUCKETS) and _operational(key[0] if name == BUCKETS else key):  # type: ignore[arg-type]
+            continue
         if name == REQUESTS:
             requests[key] = value  # type: ignore[index]
         elif name == BUCKETS:

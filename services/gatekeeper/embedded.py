@@ -52,9 +52,9 @@ class EmbeddedEngine(PolicyEngine):
 
     name = "embedded"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, fallback: Path | None = None) -> None:
         self.folder = folder
-        self._watch = FolderWatch(folder)
+        self._watch = FolderWatch(folder, fallback)
         self._compiled: rego.CompiledPolicies | None = None
         self._error: str | None = "policies not loaded yet"
         self._revision = ""
@@ -68,7 +68,7 @@ class EmbeddedEngine(PolicyEngine):
             compiled = self._current()
         except PolicyEngineError as exc:
             return str(exc)
-        return None if compiled.domains else f"no policies in {self.folder}"
+        return None if compiled.domains else f"no policies in {self._watch.source}"
 
     def revision(self) -> str:
         return self._revision
@@ -92,6 +92,6 @@ class EmbeddedEngine(PolicyEngine):
             self._compiled, self._error = rego.compile_policies(modules, data), None
         except PolicyEngineError as exc:
             self._compiled, self._error = None, str(exc)
-            log.error("policies in %s (revision %s) do not compile: %s", self.folder, self._revision, exc)
+            log.error("policies in %s (revision %s) do not compile: %s", self._watch.source, self._revision, exc)
             return
-        log.info("policies loaded from %s: revision %s, packages %s", self.folder, self._revision, ", ".join(self._compiled.domains))
+        log.info("policies loaded from %s: revision %s, packages %s", self._watch.source, self._revision, ", ".join(self._compiled.domains))

@@ -21,10 +21,16 @@ Stat = tuple[str, int, int, int]  # name, mtime_ns, size, inode
 
 
 class FolderWatch:
-    """The current policy and data files (not the `*_test.rego` ones) of one folder."""
+    """The current policy and data files (not the `*_test.rego` ones) of one folder.
 
-    def __init__(self, folder: Path) -> None:
+    With a `fallback` folder, the fallback's files are used while `folder` holds none, so a
+    project whose policies/ is written after the gatekeeper started switches to them at once.
+    """
+
+    def __init__(self, folder: Path, fallback: Path | None = None) -> None:
         self.folder = folder
+        self.fallback = fallback
+        self.source = folder  # the folder the current files came from
         self._stats: tuple[Stat, ...] | None = None
         self._contents: dict[str, bytes] | None = None
         self._racy = True
@@ -34,13 +40,16 @@ class FolderWatch:
 
         Raises OSError when a file cannot be read.
         """
-        stats = self._scan()
-        if stats == self._stats and not self._racy:
+        source, stats = self.folder, self._scan(self.folder)
+        if not stats and self.fallback is not None:
+            source, stats = self.fallback, self._scan(self.fallback)
+        if stats == self._stats and source == self.source and not self._racy:
             return None
+        self.source = source
         contents = {}
         for name, *_ in stats:
             try:
-                contents[name] = (self.folder / name).read_bytes()
+                contents[name] = (source / name).read_bytes()
             except FileNotFoundError:  # removed since the scan: the next poll sees the change
                 continue
         self._stats = stats
@@ -51,10 +60,11 @@ class FolderWatch:
         self._contents = contents
         return contents
 
-    def _scan(self) -> tuple[Stat, ...]:
+    @staticmethod
+    def _scan(folder: Path) -> tuple[Stat, ...]:
         stats = []
         try:
-            entries = list(os.scandir(self.folder))
+            entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
             return ()
         for entry in entries:

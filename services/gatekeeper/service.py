@@ -99,7 +99,7 @@ def engine_for(settings: Settings) -> PolicyEngine:
     if not manifest_path.exists():
         folder = policy_folder(manifest_path.resolve().parent)
         log.warning("no manifest at %s: embedded engine on %s", manifest_path, folder)
-        return EmbeddedEngine(folder)
+        return EmbeddedEngine(folder, fallback=policies.default_dir())
     try:
         loaded = load_manifest(manifest_path)
     except ManifestError as exc:
@@ -109,16 +109,16 @@ def engine_for(settings: Settings) -> PolicyEngine:
     spec = loaded.manifest.policy
     if spec.engine is EngineName.opa:
         return OpaEngine(spec.opa_url, spec.timeout, folder)
-    return EmbeddedEngine(folder)
+    return EmbeddedEngine(folder, fallback=policies.default_dir())
 
 
 def policy_folder(root: Path) -> Path:
-    """The project's policies, or the packaged defaults when the project has none yet."""
+    """The project's policies folder. While it has none, the embedded engine decides with the
+    packaged defaults, and switches to the project's files as soon as `init` writes them."""
     folder = policies.project_dir(root)
-    if policies.has_policies(folder):
-        return folder
-    log.warning("no policies in %s (run `swiftdeploy init`): using the packaged defaults", folder)
-    return policies.default_dir()
+    if not policies.has_policies(folder):
+        log.warning("no policies in %s yet (run `swiftdeploy init`): using the packaged defaults", folder)
+    return folder
 
 
 def build_spec(settings: Settings, engine: PolicyEngine | None = None) -> ServiceSpec:

@@ -35,7 +35,7 @@ from swiftdeploy_core.events import (
 from swiftdeploy_core.state import Instance, Phase, TrackState
 from services.orchestrator import phases, plans
 from services.orchestrator.drivers.health import wait_http_ok
-from services.orchestrator.rollout import Rollout, failure_logs
+from services.orchestrator.rollout import Decision, Rollout, failure_logs
 
 CANARY_PHASES = frozenset({Phase.canary_starting, Phase.progressing, Phase.canary_complete})
 BUSY_PHASES = CANARY_PHASES | {Phase.promoting, Phase.rolling_back}
@@ -46,11 +46,10 @@ class Refused(SwiftDeployError):
     """The command cannot apply to the deployment as it is; nothing was changed."""
 
 
-class GatekeeperSilent(SwiftDeployError):
-    """The gatekeeper gave no decision in time."""
-
-    def __init__(self, domain: str) -> None:
-        super().__init__(f"the gatekeeper gave no {domain} decision in time (is it running? `swiftdeploy ps`)")
+def silent(domain: str) -> Decision:
+    """No answer from the gatekeeper is a denial, never an allow."""
+    reason = f"no {domain} decision: the gatekeeper did not answer in time (is it running? `swiftdeploy ps`)"
+    return Decision(allow=False, reasons=[reason], decision_id=None)
 
 
 def host_stats(path: str | Path) -> dict[str, float]:
@@ -98,9 +97,7 @@ class Deploy:
             raise Refused(f"a canary is in progress ({r.record.phase.value}); run `promote stable` or `rollback` first")
         self.router_was_running = await r.driver.router_running()
         await r.driver.preflight(r.manifest, router_running=self.router_was_running)
-        decision = await r.gate.decide("infra", host_stats(r.record.root))
-        if decision is None:
-            raise GatekeeperSilent("infra")
+        decision = await r.gate.decide("infra", host_stats(r.record.root)) or silent("infra")
         if not decision.allow:
             await r.emit(DeployBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
             return False
@@ -232,9 +229,7 @@ class PromoteStable:
         r = self.rollout
         snapshot = await r.store.snapshot(r.record.project, "canary")
         data = plans.canary_input(snapshot, r.record.canary) or plans.promotion_input(snapshot)
-        decision = await r.gate.decide("canary", data)
-        if decision is None:
-            raise GatekeeperSilent("canary")
+        decision = await r.gate.decide("canary", data) or silent("canary")
         if not decision.allow:
             await r.emit(PromotionBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
         return decision.allow
