@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -63,23 +65,27 @@ async def wait_joined(bus: Bus, stream: str, group: str, consumers: int) -> None
         await asyncio.sleep(0.1)
 
 
-async def throughput(url: str, replicas: int, events: int, batch: int) -> float:
-    """Events/s from the first XADD until every event is handled and acked."""
+async def throughput(url: str, replicas: int, events: int, batch: int) -> tuple[float, float]:
+    """Events/s from the first XADD until every event is handled and acked, and the replicas'
+    CPU time per event in microseconds (what the machine's load does not change much)."""
     procs = [start([__file__, "serve"], child_env(url, f"bench-{i}", batch)) for i in range(replicas)]
     bus = await Bus.connect(Settings(redis_url=url, stream_maxlen=1_000_000))
     try:
         await bus.redis.delete(INBOX, COUNTER, streams.processed_key("orchestrator"))
         await wait_joined(bus, INBOX, streams.group("orchestrator"), replicas)
         payloads = [Event(payload=DeployStep(step=str(i)), source=CLI) for i in range(events)]
+        cpu = [psutil.Process(p.pid) for p in procs]
+        cpu_before = sum(sum(p.cpu_times()[:2]) for p in cpu)
         started = time.perf_counter()
         for i in range(0, events, 1000):
             await bus.publish_many(INBOX, payloads[i : i + 1000])
         while int(await bus.redis.get(COUNTER) or 0) < events:
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
+        cpu_used = sum(sum(p.cpu_times()[:2]) for p in cpu) - cpu_before
         group = (await bus.redis.xinfo_groups(INBOX))[0]
         assert group["pending"] == 0 and group["lag"] == 0, group
-        return events / elapsed
+        return events / elapsed, cpu_used / events * 1e6
     finally:
         await bus.close()
         for proc in procs:
@@ -125,16 +131,18 @@ async def main(args: argparse.Namespace) -> None:
     server = RedisServer(shutil.which("redis-server") or "/usr/bin/redis-server", workdir).start()
     try:
         baseline = redis_benchmark_xadd(server.port, args.events)
-        one = await throughput(server.url, 1, args.events, args.batch)
-        two = await throughput(server.url, 2, args.events, args.batch)
+        one, one_cpu = await throughput(server.url, 1, args.events, args.batch)
+        two, two_cpu = await throughput(server.url, 2, args.events, args.batch)
         p50, p99, worst = await request_reply(server.url, args.requests)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.events} events, batch {args.batch}")
     print(f"baseline redis-benchmark XADD (-P 100, 1 client): {baseline:,.0f} req/s")
-    print(f"publish->handle->ack, 1 replica : {one:,.0f} events/s ({one / baseline:.2f} of baseline)")
-    print(f"publish->handle->ack, 2 replicas: {two:,.0f} events/s ({two / baseline:.2f} of baseline)")
+    print(f"publish->handle->ack, 1 replica : {one:,.0f} events/s ({one / baseline:.2f} of baseline); "
+          f"replica CPU {one_cpu:.0f} us/event")
+    print(f"publish->handle->ack, 2 replicas: {two:,.0f} events/s ({two / baseline:.2f} of baseline); "
+          f"replicas CPU {two_cpu:.0f} us/event")
     print(f"request/reply ping ({args.requests}): P50 {p50:.2f} ms, P99 {p99:.2f} ms, max {worst:.2f} ms")
 
 

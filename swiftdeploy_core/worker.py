@@ -21,17 +21,18 @@ import socket
 import sys
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from swiftdeploy_core import logs, streams
-from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, BlockingConnection, Bus, Commit, Entry, Group
+from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, BlockingConnection, Bus
+from swiftdeploy_core.group import Commit, Entry, Group
 from swiftdeploy_core.errors import ControlPlaneDown
-from swiftdeploy_core.events import Event, Payload, Pong, Source
+from swiftdeploy_core.events import Event, Source
+from swiftdeploy_core.handlers import Context, Handler, Reject, Retry, ServiceSpec, answer_ping
 from swiftdeploy_core.health import HealthServer, WorkerMetrics
 from swiftdeploy_core.settings import Settings
 
@@ -42,97 +43,7 @@ HEARTBEAT_TTL_S = 5  # `ps` calls an instance healthy while its heartbeat key li
 COMMIT_EVERY_S = 0.05  # a batch of slow handlers still acks at least this often
 RETRY_BASE_S = 0.05
 RETRY_MAX_S = 2.0
-EMIT_NAMESPACE = uuid.UUID("5d1f0c4e-8a3b-4c0e-9e57-1b2f6a7c9d10")
-
-Handler = Callable[[Event, "Context"], Awaitable[None]]
-
-
-class Retry(Exception):
-    """Raised by a handler: leave the entry pending and try again later (counts as an attempt)."""
-
-
-class Reject(Exception):
-    """Raised by a handler: the entry can never succeed; dead-letter it now with this error."""
-
-
-@dataclass
-class Context:
-    """What a handler or background loop gets: settings, the bus, who it is, and the event."""
-
-    settings: Settings
-    bus: Bus
-    source: Source
-    event: Event | None = None  # the event being handled; None in background loops
-    commands: list[tuple[Any, ...]] = field(default_factory=list)
-    stopping: asyncio.Event | None = None  # set when the service shuts down (background loops may watch it)
-    _emitted: int = 0
-
-    async def emit(
-        self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS
-    ) -> Event:
-        """Publish a fact. Caused by the event being handled, its id is derived from the cause,
-        so a redelivered event re-emits the same ids and consumers drop the repeats."""
-        event = self._new_event(payload, cause, stable_id=True)
-        await self.bus.publish(stream, event)
-        return event
-
-    async def request(
-        self,
-        stream: str,
-        payload: Payload,
-        expect: Collection[str],
-        cause: Event | None = None,
-        timeout: float | None = None,
-    ) -> Event:
-        """Send a request to `stream` and wait for the reply (RequestTimeout after `timeout`)."""
-        event = self._new_event(payload, cause, stable_id=False)
-        return await self.bus.request(stream, event, expect, timeout or self.settings.request_timeout)
-
-    def on_commit(self, *command: Any) -> None:
-        """Queue a Redis write (e.g. "HINCRBY", key, field, 1) to run atomically with this event's
-        ack, at most once per event id, even if the event is delivered twice."""
-        if self.event is None:
-            raise RuntimeError("on_commit needs an event being handled")
-        self.commands.append(tuple(c.decode() if isinstance(c, bytes) else str(c) for c in command))
-
-    def _new_event(self, payload: Payload, cause: Event | None, stable_id: bool) -> Event:
-        if cause is None:
-            return Event(payload=payload, source=self.source)
-        extra: dict[str, Any] = {}
-        if stable_id and self.event is not None and cause.id == self.event.id:
-            self._emitted += 1
-            name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"
-            extra["id"] = uuid.uuid5(EMIT_NAMESPACE, name).hex
-        return Event(
-            payload=payload, source=self.source, correlation_id=cause.correlation_id,
-            causation_id=cause.id, **extra,
-        )  # fmt: skip
-
-
-@dataclass
-class ServiceSpec:
-    """One service: its name, the streams its group consumes, and its handlers."""
-
-    name: str
-    streams: list[str]
-    handlers: dict[str, Handler]
-    background: Sequence[Callable[[Context], Awaitable[None]]] = ()
-    on_start: Callable[[Context], Awaitable[None]] | None = None
-    on_stop: Callable[[Context], Awaitable[None]] | None = None
-    concurrency: int = 1  # handlers in flight at once; 1 keeps each stream's order
-
-    def all_streams(self) -> list[str]:
-        """The declared streams plus the service's inbox (where pings arrive)."""
-        inbox = streams.INBOXES.get(self.name)
-        names = list(dict.fromkeys(self.streams))
-        return names + [inbox] if inbox and inbox not in names else names
-
-
-async def answer_ping(event: Event, ctx: Context) -> None:
-    """Built in: `ping.requested` (for this service or any) gets a `pong` back."""
-    wanted = getattr(event.payload, "service", None)
-    if wanted in (None, ctx.source.service):
-        await ctx.emit(Pong(service=ctx.source.service, instance=ctx.source.instance), cause=event)
+__all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping", "run", "running", "serve"]
 
 
 @dataclass
@@ -206,7 +117,19 @@ class Worker:
                 self.joined = False
                 await backoff.wait()
                 continue
+            await self._process_safely(batch, backoff)
+
+    async def _process_safely(self, batch: list[Entry], backoff: Backoff) -> None:
+        """A batch that fails for an unexpected reason is released for a retry, never lost."""
+        try:
             await self._process(batch)
+        except CONNECTION_ERRORS as exc:
+            await self._lost_redis(exc, backoff)
+            await self._release([e for e in batch if e.key in self._inflight])
+        except Exception:
+            log.exception("processing a batch failed; releasing it to be taken again")
+            await self._release([e for e in batch if e.key in self._inflight])
+            await backoff.wait()
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -306,6 +229,8 @@ class Worker:
 
     async def _release(self, entries: list[Entry]) -> None:
         """Mark entries as idle for a whole lease, so the next reclaim by any replica takes them."""
+        if not entries:
+            return
         by_stream: dict[str, list[str]] = {}
         for entry in entries:
             self._inflight.pop(entry.key, None)
@@ -410,9 +335,11 @@ class Worker:
                 return
             commits, self._commits = self._commits, []
             self._flushed = time.monotonic()
-            await self._retrying(lambda: self.group.commit(commits), hard=True)
+            _, broken = await self._retrying(lambda: self.group.commit(commits), hard=True)
             for c in commits:
                 self._inflight.pop(c.entry.key, None)
+                if c.entry.key in broken:  # acked, but its writes were refused: say so, loudly
+                    await self._dead_letter(c.entry, f"commit refused: {broken[c.entry.key]}", 1)
 
     async def _retrying(self, op: Callable[[], Awaitable[Any]], hard: bool = False) -> Any:
         """Run a Redis operation until it succeeds; Redis going away only delays it.
@@ -481,7 +408,7 @@ class Worker:
                     await self._dead_letter(entry, f"delivered {delivered} times and never acked (its consumer kept dying)", delivered)
                 else:
                     fresh.append(entry)
-            await self._process(fresh)
+            await self._process_safely(fresh, Backoff())
 
     async def _keepalive_loop(self) -> None:
         """Entries still being handled get their idle time reset, so no replica reclaims them."""

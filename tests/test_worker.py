@@ -129,3 +129,23 @@ async def test_a_dead_consumers_entries_are_reclaimed_after_the_lease(redis_url:
         await wait_until(lambda: _acked_all(bus))
         assert worker.metrics.reclaimed.labels("orchestrator")._value.get() == 20
     assert await counts(bus.redis) == {f"r{i}": 1 for i in range(20)}
+
+
+async def test_a_write_redis_refuses_is_dead_lettered_and_the_rest_of_the_batch_commits(redis_url: str, bus: Bus) -> None:
+    async def sloppy(event: Event, ctx: Context) -> None:
+        if event.payload.step == "typo":
+            ctx.on_commit("HINCRBYY", COUNTS, "typo", 1)  # not a Redis command
+        else:
+            await count_once(event, ctx)
+
+    await bus.publish_many(INBOX, [step("a"), step("typo"), step("b")])
+    async with running(spec(sloppy), fast_settings(redis_url)):
+        await wait_until(lambda: _acked_all(bus))
+        await wait_until(lambda: _dead_count(bus, 1))
+    assert await counts(bus.redis) == {"a": 1, "b": 1}
+    [(_, dead)] = await bus.redis.xrange(streams.DEAD_LETTER)
+    assert dead[b"error"].startswith(b"commit refused: ") and b"HINCRBYY" in dead[b"error"].upper()
+
+
+async def _dead_count(bus: Bus, n: int) -> bool:
+    return await bus.redis.xlen(streams.DEAD_LETTER) == n

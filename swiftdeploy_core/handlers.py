@@ -1,0 +1,110 @@
+"""What a service's code sees: its spec (`ServiceSpec`), the `Context` a handler gets, and the
+control-flow exceptions (`Retry`, `Reject`) that only the worker turns into pending or dead-letter.
+
+Re-exported by `swiftdeploy_core.worker`, which is where services import them from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from swiftdeploy_core import streams
+from swiftdeploy_core.bus import Bus
+from swiftdeploy_core.events import Event, Payload, Pong, Source
+from swiftdeploy_core.settings import Settings
+
+EMIT_NAMESPACE = uuid.UUID("5d1f0c4e-8a3b-4c0e-9e57-1b2f6a7c9d10")
+
+Handler = Callable[[Event, "Context"], Awaitable[None]]
+
+
+class Retry(Exception):
+    """Raised by a handler: leave the entry pending and try again later (counts as an attempt)."""
+
+
+class Reject(Exception):
+    """Raised by a handler: the entry can never succeed; dead-letter it now with this error."""
+
+
+@dataclass
+class Context:
+    """What a handler or background loop gets: settings, the bus, who it is, and the event."""
+
+    settings: Settings
+    bus: Bus
+    source: Source
+    event: Event | None = None  # the event being handled; None in background loops
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+    stopping: asyncio.Event | None = None  # set when the service shuts down (background loops may watch it)
+    _emitted: int = 0
+
+    async def emit(
+        self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS
+    ) -> Event:
+        """Publish a fact. Caused by the event being handled, its id is derived from the cause,
+        so a redelivered event re-emits the same ids and consumers drop the repeats."""
+        event = self._new_event(payload, cause, stable_id=True)
+        await self.bus.publish(stream, event)
+        return event
+
+    async def request(
+        self,
+        stream: str,
+        payload: Payload,
+        expect: Collection[str],
+        cause: Event | None = None,
+        timeout: float | None = None,
+    ) -> Event:
+        """Send a request to `stream` and wait for the reply (RequestTimeout after `timeout`)."""
+        event = self._new_event(payload, cause, stable_id=False)
+        return await self.bus.request(stream, event, expect, timeout or self.settings.request_timeout)
+
+    def on_commit(self, *command: Any) -> None:
+        """Queue a Redis write (e.g. "HINCRBY", key, field, 1) to run atomically with this event's
+        ack, at most once per event id, even if the event is delivered twice."""
+        if self.event is None:
+            raise RuntimeError("on_commit needs an event being handled")
+        self.commands.append(tuple(c.decode() if isinstance(c, bytes) else str(c) for c in command))
+
+    def _new_event(self, payload: Payload, cause: Event | None, stable_id: bool) -> Event:
+        if cause is None:
+            return Event(payload=payload, source=self.source)
+        extra: dict[str, Any] = {}
+        if stable_id and self.event is not None and cause.id == self.event.id:
+            self._emitted += 1
+            name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"
+            extra["id"] = uuid.uuid5(EMIT_NAMESPACE, name).hex
+        return Event(
+            payload=payload, source=self.source, correlation_id=cause.correlation_id,
+            causation_id=cause.id, **extra,
+        )  # fmt: skip
+
+
+@dataclass
+class ServiceSpec:
+    """One service: its name, the streams its group consumes, and its handlers."""
+
+    name: str
+    streams: list[str]
+    handlers: dict[str, Handler]
+    background: Sequence[Callable[[Context], Awaitable[None]]] = ()
+    on_start: Callable[[Context], Awaitable[None]] | None = None
+    on_stop: Callable[[Context], Awaitable[None]] | None = None
+    concurrency: int = 1  # handlers in flight at once; 1 keeps each stream's order
+
+    def all_streams(self) -> list[str]:
+        """The declared streams plus the service's inbox (where pings arrive)."""
+        inbox = streams.INBOXES.get(self.name)
+        names = list(dict.fromkeys(self.streams))
+        return names + [inbox] if inbox and inbox not in names else names
+
+
+async def answer_ping(event: Event, ctx: Context) -> None:
+    """Built in: `ping.requested` (for this service or any) gets a `pong` back."""
+    wanted = getattr(event.payload, "service", None)
+    if wanted in (None, ctx.source.service):
+        await ctx.emit(Pong(service=ctx.source.service, instance=ctx.source.instance), cause=event)
