@@ -95,6 +95,7 @@ class ServiceSpec:
     on_start: Callable[[Context], Awaitable[None]] | None = None
     on_stop: Callable[[Context], Awaitable[None]] | None = None
     concurrency: int = 1  # handlers in flight at once; 1 keeps each stream's order
+    metrics: Sequence[Any] = ()  # prometheus_client Collectors served on the instance's /metrics
 
     def all_streams(self) -> list[str]:
         """The declared streams plus the service's inbox (where pings arrive)."""

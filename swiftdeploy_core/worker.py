@@ -63,6 +63,8 @@ class Worker:
         self.streams = spec.all_streams()
         self.handlers: dict[str, Handler] = {"ping.requested": answer_ping, **spec.handlers}
         self.metrics = WorkerMetrics(spec.name)
+        for collector in spec.metrics:  # a service's own metrics, beside the worker's
+            self.metrics.registry.register(collector)
         self.health = HealthServer(self.metrics, self.is_ready, settings.health_host, settings.health_port)
         self.stopping = asyncio.Event()
         self.joined = False

@@ -74,8 +74,11 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
     await client.set(streams.rollout_key("app"), record(stable, canary, str(tmp_path)).model_dump_json())
     metrics = CollectorMetrics()
     try:
-        async with running(build_spec(settings, metrics), settings), aiohttp.ClientSession() as http:
+        async with running(build_spec(settings, metrics), settings) as worker, aiohttp.ClientSession() as http:
             await asyncio.sleep(6 * INTERVAL)
+            async with http.get(f"{worker.health.url}/metrics") as response:
+                own = await response.text()  # the collector's own figures, on the instance's /metrics
+            assert "swiftdeploy_collector_cycle_seconds_count" in own and "swiftdeploy_events_handled" in own
             async with http.post(f"{canary.url}/chaos", json={"mode": "error", "rate": 0.5}) as response:
                 assert response.status == 200
             await asyncio.get_running_loop().run_in_executor(None, stable.stop)

@@ -185,5 +185,6 @@ def build_spec(settings: Settings, metrics: CollectorMetrics | None = None) -> S
     config = Config.from_settings(settings)
     metrics = metrics or CollectorMetrics()
     return ServiceSpec(
-        name=NAME, streams=[streams.COLLECTOR_INBOX], handlers={}, background=[scrape_loop(config, metrics)]
+        name=NAME, streams=[streams.COLLECTOR_INBOX], handlers={}, background=[scrape_loop(config, metrics)],
+        metrics=[metrics],
     )
