@@ -79,7 +79,8 @@ def run_one(function: Check, context: CheckContext) -> CheckResult:
         return CheckResult(name=name, ok=False, reason=f"check crashed: {type(exc).__name__}: {exc}")
 
 
-def _needs_manifest(name: str, context: CheckContext) -> CheckResult | None:
+def needs_manifest(name: str, context: CheckContext) -> CheckResult | None:
+    """A failed "not checked" line when the manifest did not load; checks needing it return it."""
     if context.loaded is None:
         return CheckResult(name=name, ok=False, reason="not checked: the manifest is not valid")
     return None
@@ -103,7 +104,7 @@ def manifest_schema(context: CheckContext) -> CheckResult:
 @check
 def generated_files(context: CheckContext) -> CheckResult:
     name = "generated files"
-    if blocked := _needs_manifest(name, context):
+    if blocked := needs_manifest(name, context):
         return blocked
     folder = generated_dir(context.loaded)
     expected = render_all(context.loaded)
@@ -128,7 +129,7 @@ def _compare(path: Path, expected: bytes, sha256: str) -> str | None:
 @check
 def nginx_config(context: CheckContext) -> CheckResult:
     name = "nginx config (nginx -t)"
-    if blocked := _needs_manifest(name, context):
+    if blocked := needs_manifest(name, context):
         return blocked
     conf = generated_dir(context.loaded) / NGINX_CONF
     binary = nginx_binary()
@@ -150,7 +151,7 @@ def nginx_config(context: CheckContext) -> CheckResult:
 @check
 def compose_file(context: CheckContext) -> CheckResult:
     name = "compose file (docker-compose config)"
-    if blocked := _needs_manifest(name, context):
+    if blocked := needs_manifest(name, context):
         return blocked
     compose = generated_dir(context.loaded) / COMPOSE_FILE
     if not compose.is_file():
@@ -164,7 +165,7 @@ def compose_file(context: CheckContext) -> CheckResult:
 @check
 def nginx_port_free(context: CheckContext) -> CheckResult:
     name = "nginx port free"
-    if blocked := _needs_manifest(name, context):
+    if blocked := needs_manifest(name, context):
         return blocked
     port = context.loaded.manifest.nginx.port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -179,7 +180,7 @@ def nginx_port_free(context: CheckContext) -> CheckResult:
 @check
 def runtime_reachable(context: CheckContext) -> CheckResult:
     name = "runtime reachable"
-    if blocked := _needs_manifest(name, context):
+    if blocked := needs_manifest(name, context):
         return blocked
     if context.loaded.manifest.runtime is Runtime.process:
         binary = nginx_binary()

@@ -14,7 +14,7 @@ import policies
 from services.gatekeeper import rego
 from services.gatekeeper.embedded import read_folder, run_folder_tests, split_files
 from services.gatekeeper.opa import OpaEngine
-from swiftdeploy_core.checks import CheckContext, CheckResult, check
+from swiftdeploy_core.checks import CheckContext, CheckResult, check, needs_manifest
 from swiftdeploy_core.errors import PolicyEngineError
 from swiftdeploy_core.manifest import PolicyEngine as EngineName
 
@@ -22,8 +22,8 @@ REQUIRED_DOMAINS = ("infra", "canary")
 
 
 def _blocked(name: str, context: CheckContext) -> CheckResult | None:
-    if context.loaded is None:
-        return CheckResult(name=name, ok=False, reason="not checked: the manifest is not valid")
+    if blocked := needs_manifest(name, context):
+        return blocked
     folder = policies.project_dir(context.loaded.root)
     if not policies.has_policies(folder):
         return CheckResult(name=name, ok=False, reason=f"no policies in {folder}; run `swiftdeploy init`")
