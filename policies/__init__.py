@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FOLDER_NAME = "policies"
+TEST_SUFFIX = "_test.rego"  # `opa test` files: run by validate and the suite, never loaded to decide
 DEFAULT_FILES = (
     "lib.rego",
     "infra.rego",
@@ -81,11 +82,7 @@ def is_policy_name(name: str, include_tests: bool = False) -> bool:
     """A file name an engine loads: `.rego` or `.json`, not hidden, tests only when asked for."""
     if name.startswith(".") or not name.endswith((".rego", ".json")):
         return False
-    return include_tests or not is_test_file(Path(name))
-
-
-def is_test_file(path: Path) -> bool:
-    return path.name.endswith("_test.rego")
+    return include_tests or not name.endswith(TEST_SUFFIX)
 
 
 def revision(contents: dict[str, bytes]) -> str:
