@@ -95,6 +95,10 @@ class ServiceSpec:
     on_start: Callable[[Context], Awaitable[None]] | None = None
     on_stop: Callable[[Context], Awaitable[None]] | None = None
     concurrency: int = 1  # handlers in flight at once; 1 keeps each stream's order
+    # Handlers write only through `ctx.on_commit` (and emit only stable ids): running one twice
+    # does no harm, because the commit drops a repeat's writes atomically. The worker then skips
+    # looking up processed ids before handling, one Redis round trip per batch fewer.
+    side_effect_free: bool = False
     metrics: Sequence[Any] = ()  # prometheus_client Collectors served on the instance's /metrics
 
     def all_streams(self) -> list[str]:

@@ -205,7 +205,7 @@ class Worker:
         events = [self._parse(entry) for entry in batch]
         ids = [e.id for e in events if isinstance(e, Event)]
         seen = set()
-        if ids:
+        if ids and not self.spec.side_effect_free:
             flags = await self._retrying(lambda: self.group.seen(ids))
             seen = {i for i, s in zip(ids, flags) if s}
         for entry in batch:
@@ -337,7 +337,9 @@ class Worker:
                 return
             commits, self._commits = self._commits, []
             self._flushed = time.monotonic()
-            _, broken = await self._retrying(lambda: self.group.commit(commits), hard=True)
+            duplicates, broken = await self._retrying(lambda: self.group.commit(commits), hard=True)
+            if duplicates:  # handled again, writes dropped: a repeat nobody looked up beforehand
+                self.metrics.duplicates.labels(self.spec.name).inc(duplicates)
             for c in commits:
                 self._inflight.pop(c.entry.key, None)
                 if c.entry.key in broken:  # acked, but its writes were refused: say so, loudly

@@ -72,6 +72,25 @@ async def test_events_are_handled_and_acked_and_duplicates_apply_once(redis_url:
     assert await counts(bus.redis) == {f"e{i}": 1 for i in range(300)}
 
 
+async def test_a_side_effect_free_service_skips_the_lookup_and_its_commit_drops_the_repeats(redis_url: str, bus: Bus) -> None:
+    handled: list[str] = []
+
+    async def pure(event: Event, ctx: Context) -> None:
+        handled.append(event.id)
+        await count_once(event, ctx)
+
+    events = [step(f"e{i}") for i in range(200)]
+    await bus.publish_many(INBOX, events)
+    await bus.publish_many(INBOX, events[:30])  # the same event ids delivered a second time
+    service = ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": pure}, side_effect_free=True)
+    async with running(service, fast_settings(redis_url)) as worker:
+        await wait_until(lambda: _acked_all(bus))
+        duplicates = worker.metrics.duplicates.labels("orchestrator")._value.get()
+    assert await counts(bus.redis) == {f"e{i}": 1 for i in range(200)}
+    assert len(handled) == 230  # nothing looked up: the repeats ran, and their writes were dropped
+    assert duplicates == 30
+
+
 async def _acked_all(bus: Bus) -> bool:
     groups = await bus.redis.xinfo_groups(INBOX)
     return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
