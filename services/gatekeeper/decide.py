@@ -8,7 +8,7 @@ strings). Anything unexpected denies with a reason that says which check failed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from policies import json_safe
@@ -26,10 +26,12 @@ UNDEFINED: Any = _Undefined()
 
 @dataclass(frozen=True)
 class Verdict:
-    """A decision: allow or not, and every reason why not (sorted, so engines compare equal)."""
+    """A decision: allow or not, and every reason why not (sorted, so engines compare equal), and
+    the revision of the policy files it was made with (not compared: engines hash alike files)."""
 
     allow: bool
     reasons: tuple[str, ...] = ()
+    revision: str = field(default="", compare=False)
 
     @classmethod
     def deny(cls, *reasons: str) -> "Verdict":

@@ -4,6 +4,10 @@ It loads a policy folder (`*.rego` except tests, and `data.json` as the data doc
 it once, and recompiles before the next decision whenever a file changed, so editing thresholds
 takes effect with no restart. Broken files fail closed: every decision denies, saying what is
 wrong, until the files are fixed.
+
+All regopy work (polling the folder, compiling, querying) runs on one thread of the engine's own:
+regopy's interpreter is not thread-safe, and a query releases the GIL (ctypes), so the event loop
+keeps serving the bus while a policy evaluates, and the two use two cores when the host has them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import policies
 from services.gatekeeper import rego
+from services.gatekeeper.batches import BatchingThread
 from services.gatekeeper.engines import PolicyEngine
 from services.gatekeeper.folder import FolderWatch
 from swiftdeploy_core.errors import PolicyEngineError
@@ -58,20 +63,33 @@ class EmbeddedEngine(PolicyEngine):
         self._compiled: rego.CompiledPolicies | None = None
         self._error: str | None = "policies not loaded yet"
         self._revision = ""
+        self._thread = BatchingThread("rego")
 
     async def query(self, domain: str, input: dict[str, Any]) -> Any:
-        compiled = self._current()
-        return compiled.query(domain, input)
+        return (await self.answer(domain, input))[0]
+
+    async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
+        return await self._thread.call(self._answer, domain, input)
 
     async def health(self) -> str | None:
+        return await self._thread.call(self._health)
+
+    def revision(self) -> str:
+        return self._revision
+
+    async def close(self) -> None:
+        self._thread.close()
+
+    def _answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
+        compiled = self._current()
+        return compiled.query(domain, input), self._revision
+
+    def _health(self) -> str | None:
         try:
             compiled = self._current()
         except PolicyEngineError as exc:
             return str(exc)
         return None if compiled.domains else f"no policies in {self._watch.source}"
-
-    def revision(self) -> str:
-        return self._revision
 
     def _current(self) -> rego.CompiledPolicies:
         """The compiled policies matching the files on disk now; PolicyEngineError if they do not compile."""

@@ -9,6 +9,7 @@ document at `data.<domain>` (or `UNDEFINED`) and raises `PolicyEngineError` with
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 from typing import Any, ClassVar
 
@@ -30,15 +31,20 @@ class PolicyEngine(abc.ABC):
         """The decision for `input` under `data.<domain>`; fails closed and never raises."""
         problem = decide.domain_problem(domain) or decide.input_problem(input)
         if problem:
-            return Verdict.deny(problem)
+            return dataclasses.replace(Verdict.deny(problem), revision=self.revision())
         try:
-            document = await self.query(domain, decide.engine_input(input))
+            document, revision = await self.answer(domain, decide.engine_input(input))
         except PolicyEngineError as exc:
-            return Verdict.deny(str(exc))
+            return dataclasses.replace(Verdict.deny(str(exc)), revision=self.revision())
         except Exception as exc:  # noqa: BLE001 - any surprise is a deny, never a crash
             log.exception("policy engine %s failed on domain %s", self.name, domain)
-            return Verdict.deny(f"policy engine error: {type(exc).__name__}: {exc}")
-        return decide.verdict(domain, document)
+            return dataclasses.replace(Verdict.deny(f"policy engine error: {type(exc).__name__}: {exc}"), revision=self.revision())
+        return dataclasses.replace(decide.verdict(domain, document), revision=revision)
+
+    async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
+        """The document at `data.<domain>` and the revision of the policies that produced it
+        (engines that reload policies while queries are in flight override this to pair them)."""
+        return await self.query(domain, input), self.revision()
 
     @abc.abstractmethod
     async def query(self, domain: str, input: dict[str, Any]) -> Any:

@@ -55,7 +55,7 @@ class Gatekeeper:
             input=request.input,
             engine=self.engine.name,
             decision_id=decision_id(request_id),
-            policy_revision=self.engine.revision(),
+            policy_revision=verdict.revision,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
@@ -131,4 +131,5 @@ def build_spec(settings: Settings, engine: PolicyEngine | None = None) -> Servic
         on_start=gatekeeper.on_start,
         on_stop=gatekeeper.on_stop,
         concurrency=CONCURRENCY,
+        side_effect_free=True,  # a decision is a pure function of its input; replies go out at commit
     )
