@@ -217,10 +217,11 @@ class Bus:
         waiter = _Waiter(frozenset(expect), 0, event.id, loop.create_future())
         self._waiters.setdefault(event.correlation_id, []).append(waiter)
         try:
-            entry_id = await self.publish(stream, event)
-            waiter.after_ms = id_ms(entry_id)
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                entry_id = await self.publish(stream, event)
+                waiter.after_ms = id_ms(entry_id)
+                return await waiter.future
+        except TimeoutError:
             raise RequestTimeout(
                 f"no {'/'.join(sorted(expect))} for {event.type} on {stream} within {timeout:g}s"
                 " (is the service running? `swiftdeploy ps`)"
