@@ -10,6 +10,19 @@ package lib
 # Beyond this magnitude a reading is not plausible, and number formatting would overflow.
 largest := 1000000000000
 
+# Whether x is a usable reading: a number from 0 to largest. A policy tests this first, so a
+# healthy field costs one call, and works out why a field is unusable only when it is.
+usable(x) if {
+	is_number(x)
+	x >= 0
+	x <= largest
+}
+
+# Why input field `name` is not a usable reading: not a number, or out of range.
+unusable(name) := not_a_number(name) if not is_number(input[name])
+
+unusable(name) := out_of_range(name, input[name]) if is_number(input[name])
+
 # Why input field `name` is not a number: missing, or some other type.
 not_a_number(name) := concat("", [name, " is missing from the input"]) if not _given(name)
 
