@@ -3,6 +3,9 @@
 # Input: {"disk_free_gb": number, "cpu_load": number}. Thresholds: data.thresholds (data.json).
 # Each reason states the observed value and the threshold. A missing or malformed input field,
 # or a broken threshold, is itself a reason: an empty or partial input never allows.
+#
+# Each rule tests first what a healthy host fails, as in canary.rego: the order of a rule's
+# tests changes its cost, never its answer, and arithmetic and formatting come last.
 package infra
 
 import data.lib
@@ -11,31 +14,22 @@ default allow := false
 
 allow if count(deny) == 0
 
-fields := ["disk_free_gb", "cpu_load"]
-
 deny contains msg if {
-	some name in fields
-	not is_number(input[name])
-	msg := lib.not_a_number(name)
+	some name in ["disk_free_gb", "cpu_load"]
+	not lib.usable(input[name])
+	msg := lib.unusable(name)
 }
 
 deny contains msg if {
-	some name in fields
-	value := input[name]
-	is_number(value)
-	msg := lib.out_of_range(name, value)
-}
-
-deny contains msg if {
-	some name in fields
+	some name in ["disk_free_gb", "cpu_load"]
 	not is_number(data.thresholds[name])
 	msg := lib.bad_threshold(name)
 }
 
 deny contains msg if {
+	input.disk_free_gb < data.thresholds.disk_free_gb
 	is_number(input.disk_free_gb)
 	input.disk_free_gb >= 0
-	input.disk_free_gb < data.thresholds.disk_free_gb
 	msg := concat("", [
 		"disk free ", lib.down(input.disk_free_gb), " GB is below the minimum of ",
 		lib.near(data.thresholds.disk_free_gb), " GB",
@@ -43,10 +37,10 @@ deny contains msg if {
 }
 
 deny contains msg if {
+	input.cpu_load > data.thresholds.cpu_load
 	is_number(input.cpu_load)
 	input.cpu_load <= lib.largest
 	is_number(data.thresholds.cpu_load)
-	input.cpu_load > data.thresholds.cpu_load
 	msg := concat("", [
 		"CPU load ", lib.up(input.cpu_load), " is above the maximum of ",
 		lib.near(data.thresholds.cpu_load),
