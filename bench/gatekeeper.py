@@ -5,13 +5,18 @@
 - through the bus: a real redis-server on a free loopback port, one gatekeeper replica as its own
   process (`python -m services.gatekeeper`, embedded engine, default settings and logging), and
   this process as the client sending `decision.requested` and waiting for `decision.made`:
-  latency with one request at a time, throughput with many in flight.
+  latency with one request at a time; latency at paced offered loads (`--rates`, open loop:
+  requests start on a fixed schedule whether or not earlier ones were answered, so a replica
+  that falls behind shows as latency, not as a lower request rate); throughput with many in flight.
+
+CPU is measured per process and per thread: the gatekeeper's event loop and its Rego thread run in
+parallel, so on free cores a replica decides at most 1000 / (its busiest thread's CPU ms) a second.
 
 The inputs are a fixed mix of canary and infra inputs (about one in four denied, like an
 analysis during a bad canary). Figures vary with the machine's load; the ratios against the
 baseline measured in the same run are what to compare.
 
-Usage: python bench/gatekeeper.py [--seconds 4] [--inflight 64]
+Usage: python bench/gatekeeper.py [--seconds 4] [--rates 500,1000] [--inflight 64]
        GK_RUNNER=wrapper.py python bench/gatekeeper.py   # run the gatekeeper through a wrapper (a profiler)
 """
 
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -79,34 +85,88 @@ async def engine_only(seconds: float) -> dict:
     engine = EmbeddedEngine(policies.default_dir())
     work = inputs()
     await engine.evaluate(*work[0])
-    latencies, started, cpu_before, i = [], time.perf_counter(), time.process_time(), 0
+    me = psutil.Process()
+    latencies, started, cpu_before, threads_before, i = [], time.perf_counter(), time.process_time(), thread_seconds(me), 0
     while time.perf_counter() - started < seconds:
         domain, document = work[i % len(work)]
         t = time.perf_counter()
         await engine.evaluate(domain, document)
         latencies.append(time.perf_counter() - t)
         i += 1
-    row = summary("engine only (embedded, in process)", i, time.perf_counter() - started, latencies)
+    row = summary("engine only (embedded, in process, one at a time)", i, time.perf_counter() - started, latencies)
     row["cpu_ms"] = (time.process_time() - cpu_before) * 1000 / i
+    row["thread_ms"] = busiest(threads_before, thread_seconds(me)) * 1000 / i
+    await engine.close()
     return row
 
 
-async def ask(bus: Bus, domain: str, document: dict) -> float:
+async def ask(bus: Bus, domain: str, document: dict, since: float | None = None) -> float:
+    """Seconds from `since` (default: now) until the decision arrived."""
     event = Event(payload=DecisionRequested(domain=domain, input=document), source=Source(service="bench", instance="bench"))
-    t = time.perf_counter()
+    t = time.perf_counter() if since is None else since
     await bus.request(streams.GATEKEEPER_INBOX, event, expect={"decision.made"}, timeout=10)
     return time.perf_counter() - t
 
 
-async def through_bus_sequential(bus: Bus, seconds: float) -> dict:
+@dataclass
+class Meter:
+    """CPU used by the gatekeeper (in all and by its busiest thread), this client and Redis, and
+    the commands Redis ran, between two snapshots."""
+
+    bus: Bus
+    gatekeeper: psutil.Process
+    redis: psutil.Process
+
+    async def snapshot(self) -> dict:
+        return {
+            "gatekeeper": cpu_seconds(self.gatekeeper),
+            "threads": thread_seconds(self.gatekeeper),
+            "client": time.process_time(),
+            "redis": cpu_seconds(self.redis),
+            "calls": await redis_calls(self.bus),
+        }
+
+    async def per_decision(self, before: dict, count: int) -> dict:
+        after = await self.snapshot()
+        return {
+            "cpu_ms": (after["gatekeeper"] - before["gatekeeper"]) * 1000 / count,
+            "thread_ms": busiest(before["threads"], after["threads"]) * 1000 / count,
+            "client_ms": (after["client"] - before["client"]) * 1000 / count,
+            "redis_ms": (after["redis"] - before["redis"]) * 1000 / count,
+            "redis_calls": (after["calls"] - before["calls"]) / count,
+        }
+
+
+async def through_bus_sequential(bus: Bus, seconds: float, meter: Meter) -> dict:
     work, latencies, started, i = inputs(), [], time.perf_counter(), 0
+    before = await meter.snapshot()
     while time.perf_counter() - started < seconds:
         latencies.append(await ask(bus, *work[i % len(work)]))
         i += 1
-    return summary("through the bus, one at a time", i, time.perf_counter() - started, latencies)
+    row = summary("through the bus, one at a time", i, time.perf_counter() - started, latencies)
+    return row | await meter.per_decision(before, i)
 
 
-async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int, gatekeeper: psutil.Process) -> dict:
+async def through_bus_paced(bus: Bus, seconds: float, rate: float, meter: Meter) -> dict:
+    """Requests start every 1/rate s on a fixed schedule; latency counts from the scheduled start,
+    so a client or replica that falls behind cannot hide it (no coordinated omission)."""
+    work, latencies, tasks = inputs(), [], []
+    count, started = int(seconds * rate), time.perf_counter()
+
+    async def one(i: int, due: float) -> None:
+        latencies.append(await ask(bus, *work[i % len(work)], since=due))
+
+    before = await meter.snapshot()
+    for i in range(count):
+        due = started + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))  # yields even when behind
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    row = summary(f"through the bus, {rate:,.0f}/s offered", count, time.perf_counter() - started, latencies)
+    return row | await meter.per_decision(before, count)
+
+
+async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int, meter: Meter) -> dict:
     work, latencies, counter = inputs(), [], iter(range(10**9))
     deadline = time.perf_counter() + seconds
 
@@ -114,12 +174,10 @@ async def through_bus_concurrent(bus: Bus, seconds: float, inflight: int, gateke
         while time.perf_counter() < deadline:
             latencies.append(await ask(bus, *work[next(counter) % len(work)]))
 
-    cpu_before, calls_before, started = cpu_seconds(gatekeeper), await redis_calls(bus), time.perf_counter()
+    before, started = await meter.snapshot(), time.perf_counter()
     await asyncio.gather(*(client() for _ in range(inflight)))
     row = summary(f"through the bus, {inflight} in flight", len(latencies), time.perf_counter() - started, latencies)
-    row["cpu_ms"] = (cpu_seconds(gatekeeper) - cpu_before) * 1000 / len(latencies)
-    row["redis_calls"] = (await redis_calls(bus) - calls_before) / len(latencies)
-    return row
+    return row | await meter.per_decision(before, len(latencies))
 
 
 async def redis_calls(bus: Bus) -> int:
@@ -131,6 +189,15 @@ async def redis_calls(bus: Bus) -> int:
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
+
+
+def thread_seconds(process: psutil.Process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in process.threads()}
+
+
+def busiest(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds of the thread that used the most between two `thread_seconds`."""
+    return max(after[t] - before.get(t, 0.0) for t in after)
 
 
 async def wait_for_gatekeeper(bus: Bus, process: subprocess.Popen) -> None:
@@ -146,7 +213,8 @@ async def wait_for_gatekeeper(bus: Bus, process: subprocess.Popen) -> None:
     raise SystemExit("the gatekeeper did not answer a ping")
 
 
-async def bus_runs(redis_url: str, project: Path, seconds: float, inflight: int) -> list[dict]:
+async def bus_runs(redis: RedisServer, project: Path, args: argparse.Namespace) -> list[dict]:
+    redis_url = redis.url
     env = {**os.environ, "REDIS_URL": redis_url, "SWIFTDEPLOY_MANIFEST": str(project / "manifest.yaml"), "PYTHONPATH": str(ROOT)}
     log = open(project / "gatekeeper.log", "w")  # noqa: SIM115 - closed below
     command = [sys.executable, "-m", "services.gatekeeper"]
@@ -158,8 +226,12 @@ async def bus_runs(redis_url: str, project: Path, seconds: float, inflight: int)
         await wait_for_gatekeeper(bus, process)
         for domain, document in inputs()[:200]:  # warm up
             await ask(bus, domain, document)
-        sequential = await through_bus_sequential(bus, seconds)
-        return [sequential, await through_bus_concurrent(bus, seconds, inflight, psutil.Process(process.pid))]
+        meter = Meter(bus, psutil.Process(process.pid), psutil.Process(redis.process.pid))
+        return [
+            await through_bus_sequential(bus, args.seconds, meter),
+            *[await through_bus_paced(bus, args.seconds, rate, meter) for rate in args.rates],
+            await through_bus_concurrent(bus, args.seconds, args.inflight, meter),
+        ]
     finally:
         await bus.close()
         process.terminate()
@@ -168,19 +240,21 @@ async def bus_runs(redis_url: str, project: Path, seconds: float, inflight: int)
 
 
 def table(rows: list[dict], baseline: dict) -> str:
-    """Wall-clock figures, the CPU one decision costs the deciding process (on a core of its own a
-    replica decides at most 1000 / CPU-ms times a second, whatever else the machine runs), and the
-    Redis commands one decision costs (every client: request, reads, acks, replies)."""
+    """Wall-clock figures, then the CPU one decision costs: the gatekeeper in all and its busiest
+    thread (what bounds a replica on free cores), this client, Redis, and Redis commands (every
+    client's: request, reads, acks, replies)."""
     lines = [
-        "| run | decisions/s | P50 ms | P99 ms | vs engine only | CPU ms / decision | decisions/s per free core | Redis commands / decision |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | decisions/s | P50 ms | P99 ms | vs engine only | gatekeeper CPU ms | busiest thread ms | "
+        "replica decisions/s on free cores | client CPU ms | Redis CPU ms | Redis commands |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        cpu, calls = row.get("cpu_ms"), row.get("redis_calls")
+        busiest = row.get("thread_ms")
         lines.append(
             f"| {row['name']} | {row['per_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-            f"{row['per_s'] / baseline['per_s']:.2f}x | {_or_dash(cpu, '.3f')} | {_or_dash(cpu and 1000 / cpu, ',.0f')} | "
-            f"{_or_dash(calls, '.1f')} |"
+            f"{row['per_s'] / baseline['per_s']:.2f}x | {_or_dash(row.get('cpu_ms'), '.3f')} | {_or_dash(busiest, '.3f')} | "
+            f"{_or_dash(busiest and 1000 / busiest, ',.0f')} | {_or_dash(row.get('client_ms'), '.3f')} | "
+            f"{_or_dash(row.get('redis_ms'), '.3f')} | {_or_dash(row.get('redis_calls'), '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -192,6 +266,8 @@ def _or_dash(value: float | None, spec: str) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
+    parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")], default=[500.0, 1000.0],
+                        help="offered decisions/s of the paced runs, comma-separated (default 500,1000: half the target, the target)")
     parser.add_argument("--inflight", type=int, default=64, help="requests in flight in the throughput run")
     args = parser.parse_args()
 
@@ -202,7 +278,7 @@ async def main() -> None:
         policies.write_default_policies(project)
         redis = RedisServer(shutil.which("redis-server") or "/usr/bin/redis-server", project / "redis").start()
         try:
-            rows = await bus_runs(redis.url, project, args.seconds, args.inflight)
+            rows = await bus_runs(redis, project, args)
         finally:
             redis.stop()
     print(table([baseline, *rows], baseline))

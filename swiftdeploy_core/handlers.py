@@ -7,6 +7,7 @@ Re-exported by `swiftdeploy_core.worker`, which is where services import them fr
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,9 @@ class ServiceSpec:
     # does no harm, because the commit drops a repeat's writes atomically. The worker then skips
     # looking up processed ids before handling, one Redis round trip per batch fewer.
     side_effect_free: bool = False
+    # The level of the "← done" line per job (retries and failures log higher). A service whose
+    # jobs are many and already on record as events lowers it, so logs carry what is news.
+    done_log_level: int = logging.INFO
     metrics: Sequence[Any] = ()  # prometheus_client Collectors served on the instance's /metrics
 
     def all_streams(self) -> list[str]:

@@ -298,8 +298,9 @@ class Worker:
     def _observe(self, event: Event, started: float, outcome: _Outcome) -> _Outcome:
         seconds = time.perf_counter() - started
         self.metrics.observe(event.type, seconds, outcome.commit is not None)
-        if outcome.commit is not None and log.isEnabledFor(logging.INFO):
-            logs.job(log, logs.DONE, f"{event.type} {event.id} {seconds * 1000:.1f}ms", duration_ms=round(seconds * 1000, 3))
+        if outcome.commit is not None and log.isEnabledFor(self.spec.done_log_level):
+            logs.job(log, logs.DONE, f"{event.type} {event.id} {seconds * 1000:.1f}ms", self.spec.done_log_level,
+                     duration_ms=round(seconds * 1000, 3))  # fmt: skip
         return outcome
 
     async def _failed(self, entry: Entry, event: Event, attempt: int, outcome: _Outcome) -> None:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from services.gatekeeper import batches
 from services.gatekeeper.batches import BatchingThread
 from swiftdeploy_core.errors import PolicyEngineError
 
@@ -26,21 +27,40 @@ async def test_calls_run_on_the_thread_and_each_caller_gets_its_own_result():
     thread.close()
 
 
-async def test_calls_made_while_the_thread_is_busy_go_over_in_one_batch():
+@pytest.fixture
+def batch_sizes(monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    original = batches._run_all
+
+    def recording(batch):
+        sizes.append(len(batch))
+        return original(batch)
+
+    monkeypatch.setattr(batches, "_run_all", recording)
+    return sizes
+
+
+async def test_calls_made_together_or_while_the_thread_is_busy_go_over_in_one_batch(batch_sizes):
     thread = BatchingThread("rego")
-    handed_over: list[int] = []
-    original = thread._hand_over
-
-    def counting(loop):
-        handed_over.append(len(thread._queued))
-        original(loop)
-
-    thread._hand_over = counting
     slow = asyncio.ensure_future(thread.call(time.sleep, 0.2))
     await asyncio.sleep(0.05)  # the slow call is running on the thread now
     rest = [asyncio.ensure_future(thread.call(where, i)) for i in range(50)]
     await asyncio.gather(slow, *rest)
-    assert handed_over == [1, 50]
+    await asyncio.gather(*(thread.call(where, i) for i in range(10)))  # all made in one iteration
+    assert batch_sizes == [1, 50, 10]
+    thread.close()
+
+
+async def test_a_lone_quick_call_runs_on_the_loop_and_a_slow_one_sends_the_next_to_the_thread(batch_sizes):
+    thread = BatchingThread("rego", inline_below=0.05)
+    loop_thread = threading.current_thread().name
+    assert (await thread.call(where, "first"))[1] != loop_thread  # its cost is not known yet
+    assert (await thread.call(where, "second"))[1] == loop_thread  # quick: answered in place
+    together = await asyncio.gather(*(thread.call(where, i) for i in range(3)))
+    assert {name for _, name in together} != {loop_thread}  # a burst goes to the thread
+    await thread.call(time.sleep, 0.1)  # lone, ran in place, and turned out slow
+    assert (await thread.call(where, "after a slow one"))[1] != loop_thread
+    assert (await thread.call(where, "quick again"))[1] == loop_thread
     thread.close()
 
 

@@ -1,9 +1,14 @@
 """A thread of its own for blocking calls, handed work in batches.
 
 `BatchingThread.call(fn, *args)` runs `fn` on the thread and returns its result to the awaiting
-coroutine. Calls made while the thread is busy queue up and go over together when it is free:
+coroutine. Calls made in the same loop iteration, or while the thread is busy, go over together:
 one hand-over to the thread and one back per batch, not per call. Each hand-over wakes a sleeping
 thread, and on a virtual machine a cross-CPU wake-up costs about as much CPU as a Redis round trip.
+
+With `inline_below` set, a lone call (nothing else queued, thread idle) runs on the event loop
+itself when calls last took less than that: the common case of a decision now and then is then
+answered without two wake-ups, while a burst still goes to the thread, and so does any call after
+a slow one, so the loop is never blocked for long twice in a row.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +29,13 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
 class BatchingThread:
     """One worker thread; calls run in the order they were made."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, inline_below: float = 0.0) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._queued: list[Call] = []
         self._busy = False
         self._closed = False
+        self._inline_below = inline_below
+        self._last_cost = math.inf  # seconds per call in the last batch; unknown before the first
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closed:
@@ -35,7 +44,8 @@ class BatchingThread:
         future: asyncio.Future[Any] = loop.create_future()
         self._queued.append((fn, args, future))
         if not self._busy:
-            self._hand_over(loop)
+            self._busy = True
+            loop.call_soon(self._dispatch, loop)  # after the other calls made in this iteration
         return await future
 
     def close(self) -> None:
@@ -47,14 +57,24 @@ class BatchingThread:
         self._queued = []
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            return
         batch, self._queued = self._queued, []
-        self._busy = True
+        if len(batch) == 1 and self._last_cost < self._inline_below:
+            self._finish(loop, batch, _run_all(batch))
+            return
         job = self._executor.submit(_run_all, batch)
         job.add_done_callback(lambda done: _call_back(loop, self._finished, batch, done))
 
     def _finished(self, loop: asyncio.AbstractEventLoop, batch: list[Call], done: concurrent.futures.Future[Any]) -> None:
-        outcomes = done.result() if not done.cancelled() else [PolicyEngineError("policy engine closed")] * len(batch)
+        if done.cancelled():
+            self._finish(loop, batch, ([PolicyEngineError("policy engine closed")] * len(batch), 0.0))
+        else:
+            self._finish(loop, batch, done.result())
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[Call], ran: tuple[list[Any], float]) -> None:
+        outcomes, self._last_cost = ran
         for (_, _, future), outcome in zip(batch, outcomes):
             if future.done():  # its caller gave up (cancelled)
                 continue
@@ -62,20 +82,22 @@ class BatchingThread:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
-        self._busy = False
         if self._queued and not self._closed:
-            self._hand_over(loop)
+            self._dispatch(loop)
+        else:
+            self._busy = False
 
 
-def _run_all(batch: list[Call]) -> list[Any]:
-    """On the thread: every call's result, or the exception it raised."""
+def _run_all(batch: list[Call]) -> tuple[list[Any], float]:
+    """Every call's result, or the exception it raised, and the seconds each call took on average."""
+    started = time.perf_counter()
     outcomes: list[Any] = []
     for fn, args, _ in batch:
         try:
             outcomes.append(fn(*args))
         except Exception as exc:  # noqa: BLE001 - handed back to its caller
             outcomes.append(exc)
-    return outcomes
+    return outcomes, (time.perf_counter() - started) / len(batch)
 
 
 def _call_back(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

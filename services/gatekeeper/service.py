@@ -67,7 +67,7 @@ class Gatekeeper:
             violation = PolicyViolation(domain=made.domain, reasons=made.reasons, input=made.input, decision_id=made.decision_id)
             publish_with_ack(ctx, violation, cause=event)
         log.log(
-            logging.DEBUG if made.allow else logging.INFO,  # the worker logs every job already
+            logging.DEBUG if made.allow else logging.INFO,  # every decision is on record as an event
             "decision %s %s %s in %.2f ms (engine %s, revision %s)%s",
             made.decision_id[:12], made.domain, "ALLOW" if made.allow else "DENY", made.duration_ms,
             made.engine, made.policy_revision, "" if made.allow else ": " + "; ".join(made.reasons),
@@ -132,4 +132,7 @@ def build_spec(settings: Settings, engine: PolicyEngine | None = None) -> Servic
         on_stop=gatekeeper.on_stop,
         concurrency=CONCURRENCY,
         side_effect_free=True,  # a decision is a pure function of its input; replies go out at commit
+        # Decisions are events (`swiftdeploy events`, the audit history): a line for each allow
+        # would repeat them at up to thousands a second. Denials are logged above, at INFO.
+        done_log_level=logging.DEBUG,
     )
