@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -447,6 +448,9 @@ async def serve(spec: ServiceSpec, settings: Settings) -> int:
         worker.request_stop()
     try:
         await _start_until(worker, stop_requested)
+        # What start-up allocated (modules, schemas, the compiled policies) lives as long as the
+        # process: keep it out of the cyclic collector, whose full passes over it took ~20 ms.
+        gc.freeze()
         runner = asyncio.create_task(worker.run())
         await worker.stopping.wait()
         _watchdog(settings.shutdown_grace + 0.8)
