@@ -16,7 +16,7 @@ The inputs are a fixed mix of canary and infra inputs (about one in four denied,
 analysis during a bad canary). Figures vary with the machine's load; the ratios against the
 baseline measured in the same run are what to compare.
 
-Usage: python bench/gatekeeper.py [--seconds 4] [--rates 500,1000] [--inflight 64]
+Usage: python bench/gatekeeper.py [--seconds 4] [--rates 500,1000] [--inflight 64] [--rounds 3]
        GK_RUNNER=wrapper.py python bench/gatekeeper.py   # run the gatekeeper through a wrapper (a profiler)
 """
 
@@ -227,11 +227,15 @@ async def bus_runs(redis: RedisServer, project: Path, args: argparse.Namespace) 
         for domain, document in inputs()[:200]:  # warm up
             await ask(bus, domain, document)
         meter = Meter(bus, psutil.Process(process.pid), psutil.Process(redis.process.pid))
-        return [
-            await through_bus_sequential(bus, args.seconds, meter),
-            *[await through_bus_paced(bus, args.seconds, rate, meter) for rate in args.rates],
-            await through_bus_concurrent(bus, args.seconds, args.inflight, meter),
-        ]
+        rounds = []
+        for _ in range(args.rounds):
+            rounds.append([
+                await engine_only(args.seconds),
+                await through_bus_sequential(bus, args.seconds, meter),
+                *[await through_bus_paced(bus, args.seconds, rate, meter) for rate in args.rates],
+                await through_bus_concurrent(bus, args.seconds, args.inflight, meter),
+            ])  # fmt: skip
+        return rounds
     finally:
         await bus.close()
         process.terminate()
@@ -263,26 +267,51 @@ def _or_dash(value: float | None, spec: str) -> str:
     return format(value, spec) if value else "-"
 
 
+def medians(rounds: list[list[dict]]) -> list[dict]:
+    """Each run's figures as the median over the rounds (this machine's speed drifts by tens of
+    percent from one minute to the next; the median of interleaved rounds is what to quote)."""
+    out = []
+    for same in zip(*rounds):
+        row: dict = {"name": same[0]["name"]}
+        for key in same[0]:
+            if key != "name":
+                row[key] = statistics.median(r[key] for r in same)
+        out.append(row)
+    return out
+
+
+def spread(rounds: list[list[dict]]) -> str:
+    lines = []
+    for same in zip(*rounds):
+        per_s = ", ".join(f"{r['per_s']:,.0f}" for r in same)
+        p99 = ", ".join(f"{r['p99_ms']:.1f}" for r in same)
+        lines.append(f"- {same[0]['name']}: decisions/s {per_s}; P99 ms {p99}")
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
     parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")], default=[500.0, 1000.0],
                         help="offered decisions/s of the paced runs, comma-separated (default 500,1000: half the target, the target)")
     parser.add_argument("--inflight", type=int, default=64, help="requests in flight in the throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every run; the table shows medians")
     args = parser.parse_args()
 
-    baseline = await engine_only(args.seconds)
     with tempfile.TemporaryDirectory(prefix="swiftdeploy-bench-") as tmp:
         project = Path(tmp)
         (project / "manifest.yaml").write_text(MANIFEST)
         policies.write_default_policies(project)
         redis = RedisServer(shutil.which("redis-server") or "/usr/bin/redis-server", project / "redis").start()
         try:
-            rows = await bus_runs(redis, project, args)
+            rounds = await bus_runs(redis, project, args)
         finally:
             redis.stop()
-    print(table([baseline, *rows], baseline))
-    print(f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end; {args.seconds:g} s per run")
+    rows = medians(rounds)
+    print(f"Medians of {args.rounds} rounds, each run {args.seconds:g} s:\n")
+    print(table(rows, rows[0]))
+    print(f"\nEach round:\n{spread(rounds)}")
+    print(f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
