@@ -18,6 +18,13 @@ def where(tag: str) -> tuple[str, str]:
     return tag, threading.current_thread().name
 
 
+async def keep_busy(thread: BatchingThread, seconds: float) -> asyncio.Future:
+    """Start a call that sleeps `seconds` on the thread; returns once it is running there."""
+    running = asyncio.ensure_future(thread.call(time.sleep, seconds))
+    await asyncio.sleep(min(0.05, seconds / 4))
+    return running
+
+
 async def test_calls_run_on_the_thread_and_each_caller_gets_its_own_result():
     thread = BatchingThread("rego")
     results = await asyncio.gather(*(thread.call(where, f"call-{i}") for i in range(20)))
@@ -42,8 +49,7 @@ def batch_sizes(monkeypatch) -> list[int]:
 
 async def test_calls_made_together_or_while_the_thread_is_busy_go_over_in_one_batch(batch_sizes):
     thread = BatchingThread("rego")
-    slow = asyncio.ensure_future(thread.call(time.sleep, 0.2))
-    await asyncio.sleep(0.05)  # the slow call is running on the thread now
+    slow = await keep_busy(thread, 0.2)
     rest = [asyncio.ensure_future(thread.call(where, i)) for i in range(50)]
     await asyncio.gather(slow, *rest)
     await asyncio.gather(*(thread.call(where, i) for i in range(10)))  # all made in one iteration
@@ -97,8 +103,7 @@ async def test_an_exception_reaches_only_the_caller_whose_call_raised():
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others():
     thread = BatchingThread("rego")
-    slow = asyncio.ensure_future(thread.call(time.sleep, 0.1))
-    await asyncio.sleep(0.02)
+    slow = await keep_busy(thread, 0.1)
     abandoned = asyncio.ensure_future(thread.call(where, "abandoned"))
     kept = asyncio.ensure_future(thread.call(where, "kept"))
     await asyncio.sleep(0)
@@ -112,8 +117,7 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others():
 
 async def test_closing_fails_what_is_queued_and_refuses_new_calls():
     thread = BatchingThread("rego")
-    running = asyncio.ensure_future(thread.call(time.sleep, 0.1))
-    await asyncio.sleep(0.02)
+    running = await keep_busy(thread, 0.1)
     queued = asyncio.ensure_future(thread.call(where, "queued"))
     await asyncio.sleep(0)
     thread.close()
