@@ -29,17 +29,21 @@ class PolicyEngine(abc.ABC):
 
     async def evaluate(self, domain: str, input: Any) -> Verdict:
         """The decision for `input` under `data.<domain>`; fails closed and never raises."""
+        revision: str | None = None  # the revision the answer came with; none without an answer
         problem = decide.domain_problem(domain) or decide.input_problem(input)
         if problem:
-            return dataclasses.replace(Verdict.deny(problem), revision=self.revision())
-        try:
-            document, revision = await self.answer(domain, decide.engine_input(input))
-        except PolicyEngineError as exc:
-            return dataclasses.replace(Verdict.deny(str(exc)), revision=self.revision())
-        except Exception as exc:  # noqa: BLE001 - any surprise is a deny, never a crash
-            log.exception("policy engine %s failed on domain %s", self.name, domain)
-            return dataclasses.replace(Verdict.deny(f"policy engine error: {type(exc).__name__}: {exc}"), revision=self.revision())
-        return dataclasses.replace(decide.verdict(domain, document), revision=revision)
+            verdict = Verdict.deny(problem)
+        else:
+            try:
+                document, revision = await self.answer(domain, decide.engine_input(input))
+            except PolicyEngineError as exc:
+                verdict = Verdict.deny(str(exc))
+            except Exception as exc:  # noqa: BLE001 - any surprise is a deny, never a crash
+                log.exception("policy engine %s failed on domain %s", self.name, domain)
+                verdict = Verdict.deny(f"policy engine error: {type(exc).__name__}: {exc}")
+            else:
+                verdict = decide.verdict(domain, document)
+        return dataclasses.replace(verdict, revision=self.revision() if revision is None else revision)
 
     async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
         """The document at `data.<domain>` and the revision of the policies that produced it
