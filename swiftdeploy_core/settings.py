@@ -6,8 +6,10 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from swiftdeploy_core.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -34,3 +36,11 @@ class Settings(BaseSettings):
     shutdown_grace: float = 4.0
     request_timeout: float = 10.0
 
+
+def load_settings() -> Settings:
+    """The settings from the environment; a bad variable is a one-line ConfigError."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

@@ -38,7 +38,7 @@ from swiftdeploy_core.describe import describe_event
 from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
 from swiftdeploy_core.events import Event, Payload, Source
 from swiftdeploy_core.manifest import LoadedManifest, load_manifest
-from swiftdeploy_core.settings import Settings
+from swiftdeploy_core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from swiftdeploy_core.bus import Bus
@@ -64,7 +64,7 @@ def load_project(manifest: Path) -> LoadedManifest:
 
 def client_settings(manifest: Path | None = None) -> Settings:
     """The client's settings; `--manifest` wins over SWIFTDEPLOY_MANIFEST."""
-    settings = Settings()
+    settings = load_settings()
     return settings.model_copy(update={"manifest": manifest}) if manifest is not None else settings
 
 

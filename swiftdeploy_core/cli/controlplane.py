@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from swiftdeploy_core.cli.project import load_settings
+from swiftdeploy_core.settings import load_settings
 
 
 def up(

@@ -51,7 +51,7 @@ def describe(event: Event) -> str:
 async def _print_events(follow: bool, types: list[str] | None, since: str | None, as_json: bool,
                         correlation_id: str | None) -> None:  # fmt: skip
     from swiftdeploy_core.bus import Bus, history
-    from swiftdeploy_core.cli.project import load_settings
+    from swiftdeploy_core.settings import load_settings
 
     start = since_to_id(since) if since else None
     bus = await Bus.connect(load_settings())

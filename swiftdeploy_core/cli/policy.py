@@ -36,7 +36,7 @@ def check(
       swiftdeploy policy check canary --input '{"error_rate": 0.002, "p99_latency_ms": 180, "requests": 400}'
       swiftdeploy policy check canary --input-file snapshot.json --json
     """
-    from swiftdeploy_core.cli.project import load_settings
+    from swiftdeploy_core.settings import load_settings
 
     document = read_input(input_text, input_file)
     settings = load_settings()

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 
 from swiftdeploy_core.errors import ConfigError
-from swiftdeploy_core.settings import Settings
+from swiftdeploy_core.settings import Settings, load_settings
 
 ManifestOption = Annotated[
     Optional[Path],
@@ -74,15 +73,6 @@ def validate(
         failed = sum(not result.ok for result in results)
         typer.echo(f"all {len(results)} checks passed" if passed else f"{failed} of {len(results)} checks failed")
     raise typer.Exit(0 if passed else 1)
-
-
-def load_settings() -> Settings:
-    """The process settings; a bad environment variable is a one-line ConfigError."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def manifest_path(option: Path | None, settings: Settings | None = None) -> Path:
