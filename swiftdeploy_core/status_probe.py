@@ -30,6 +30,7 @@ from swiftdeploy_core.events import (
     Source,
     StatusChecked,
 )
+from swiftdeploy_core.host import INFRA_FIELDS
 from swiftdeploy_core.state import RolloutState
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> di
     if host is None:
         inputs["infra"] = "no host stats from the collector yet"
     else:
-        inputs["infra"] = {"disk_free_gb": host.disk_free_gb, "cpu_load": host.cpu_load}
+        inputs["infra"] = host.model_dump(include=INFRA_FIELDS)
     if serving is None or serving.error_rate is None or serving.p99_latency_ms is None:
         inputs["canary"] = "no traffic in the metrics window yet"
     else:

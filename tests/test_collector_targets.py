@@ -7,7 +7,7 @@ from __future__ import annotations
 import psutil
 import redis.asyncio as aioredis
 
-from services.collector.host import DataRoots, host_stats
+from swiftdeploy_core.host import DataRoots, host_stats
 from services.collector.scrape import Target
 from services.collector.targets import Project, discover
 from swiftdeploy_core import streams

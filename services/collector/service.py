@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from services.collector.host import DataRoots, host_stats
+from swiftdeploy_core.host import DataRoots, host_stats
 from services.collector.scrape import Scraper
 from services.collector.targets import Discovery, Project, discover
 from services.collector.tracking import CycleReport, Tracker

@@ -9,12 +9,10 @@ project's lock. A refusal before any effect raises `Refused`; the service turns 
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.events import (
@@ -32,6 +30,7 @@ from swiftdeploy_core.events import (
     PromotionBlocked,
     TeardownCompleted,
 )
+from swiftdeploy_core.host import INFRA_FIELDS, DataRoots, host_stats
 from swiftdeploy_core.state import Instance, Phase, TrackState
 from services.orchestrator import phases, plans
 from services.orchestrator.drivers.health import wait_http_ok
@@ -52,13 +51,7 @@ def silent(domain: str) -> Decision:
     return Decision(allow=False, reasons=[reason], decision_id=None)
 
 
-def host_stats(path: str | Path) -> dict[str, float]:
-    """The infra policy's input: free disk where the project lives, and the 1-minute load."""
-    target = Path(path)
-    while not target.exists() and target != target.parent:
-        target = target.parent
-    free_gb = psutil.disk_usage(str(target)).free / 2**30
-    return {"disk_free_gb": round(free_gb, 2), "cpu_load": round(os.getloadavg()[0], 2)}
+DATA_ROOTS = DataRoots()
 
 
 @dataclass
@@ -97,7 +90,8 @@ class Deploy:
             raise Refused(f"a canary is in progress ({r.record.phase.value}); run `promote stable` or `rollback` first")
         self.router_was_running = await r.driver.router_running()
         await r.driver.preflight(r.manifest, router_running=self.router_was_running)
-        decision = await r.gate.decide("infra", host_stats(r.record.root)) or silent("infra")
+        stats = host_stats(await DATA_ROOTS.for_runtime(r.driver.name, Path(r.record.root)))
+        decision = await r.gate.decide("infra", stats.model_dump(include=INFRA_FIELDS)) or silent("infra")
         if not decision.allow:
             await r.emit(DeployBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
             return False

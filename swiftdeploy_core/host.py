@@ -1,6 +1,8 @@
 """Host stats for the infra policy: free disk where the runtime keeps its data, load, CPUs, memory.
 
-For the docker runtime the data lives under Docker's data root (`DockerRootDir` from the engine's
+The one measure of the host: the collector publishes it (what `status` shows) and the orchestrator
+asks the infra policy with it before a deploy, so both judge the host by the same figures. For the
+docker runtime the data lives under Docker's data root (`DockerRootDir` from the engine's
 info); for the process runtime, in the project's folder. GB here are 10**9 bytes.
 """
 
@@ -15,9 +17,10 @@ import psutil
 
 from swiftdeploy_core.events import HostStats
 
-log = logging.getLogger("swiftdeploy.collector.host")
+log = logging.getLogger("swiftdeploy.host")
 
 GB = 1_000_000_000
+INFRA_FIELDS = {"disk_free_gb", "cpu_load"}  # what the infra policy judges of the host stats
 DATA_ROOT_TTL = 60.0  # seconds a looked-up Docker data root is trusted
 
 
