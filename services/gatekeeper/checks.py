@@ -58,7 +58,7 @@ def policy_tests(context: CheckContext) -> CheckResult:
         return blocked
     try:
         results = run_folder_tests(policies.project_dir(context.loaded.root))
-    except (OSError, PolicyEngineError) as exc:
+    except PolicyEngineError as exc:  # unreadable files included
         return CheckResult(name=name, ok=False, reason=str(exc))
     failed = [result for result in results if not result.passed]
     if failed:
@@ -74,8 +74,8 @@ def policy_tests(context: CheckContext) -> CheckResult:
 @check
 def policy_engine(context: CheckContext) -> CheckResult:
     name = "policy engine"
-    if context.loaded is None:
-        return CheckResult(name=name, ok=False, reason="not checked: the manifest is not valid")
+    if blocked := needs_manifest(name, context):
+        return blocked
     spec = context.loaded.manifest.policy
     if spec.engine is EngineName.embedded:
         return CheckResult(name=name, ok=True, reason="embedded (regopy in the gatekeeper): nothing to reach")

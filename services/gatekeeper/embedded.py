@@ -67,9 +67,6 @@ class EmbeddedEngine(PolicyEngine):
         self._revision = ""
         self._thread = BatchingThread("rego", inline_below=INLINE_BELOW_S)
 
-    async def query(self, domain: str, input: dict[str, Any]) -> Any:
-        return (await self.answer(domain, input))[0]
-
     async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
         return await self._thread.call(self._answer, domain, input)
 

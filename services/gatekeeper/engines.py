@@ -2,8 +2,9 @@
 
 `PolicyEngine.evaluate(domain, input)` never raises. Whatever goes wrong (bad domain, bad input,
 an engine that is down, slow, or answers nonsense) comes back as a deny whose reason says exactly
-what; `decide` holds that mapping. An engine only has to implement `query`, which returns the
-document at `data.<domain>` (or `UNDEFINED`) and raises `PolicyEngineError` with a one-line reason.
+what; `decide` holds that mapping. An engine implements `answer`, which returns the document at
+`data.<domain>` (or `UNDEFINED`) with the revision of the policies that produced it, and raises
+`PolicyEngineError` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -45,14 +46,10 @@ class PolicyEngine(abc.ABC):
                 verdict = decide.verdict(domain, document)
         return dataclasses.replace(verdict, revision=self.revision() if revision is None else revision)
 
-    async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
-        """The document at `data.<domain>` and the revision of the policies that produced it
-        (engines that reload policies while queries are in flight override this to pair them)."""
-        return await self.query(domain, input), self.revision()
-
     @abc.abstractmethod
-    async def query(self, domain: str, input: dict[str, Any]) -> Any:
-        """The document at `data.<domain>` for `input`, or UNDEFINED; PolicyEngineError otherwise."""
+    async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
+        """The document at `data.<domain>` for `input` (or UNDEFINED) and the revision of the
+        policies that produced it; PolicyEngineError otherwise."""
 
     @abc.abstractmethod
     async def health(self) -> str | None:
@@ -74,7 +71,7 @@ class UnavailableEngine(PolicyEngine):
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    async def query(self, domain: str, input: dict[str, Any]) -> Any:
+    async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
         raise PolicyEngineError(self.reason)
 
     async def health(self) -> str | None:

@@ -41,7 +41,7 @@ class OpaEngine(PolicyEngine):
         self._revision = ""
         self._session: aiohttp.ClientSession | None = None
 
-    async def query(self, domain: str, input: dict[str, Any]) -> Any:
+    async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
         body = json.dumps({"input": input}, allow_nan=False)
         status, raw = await self._call("POST", f"/v1/data/{domain.replace('.', '/')}", body)
         if status != 200:
@@ -52,7 +52,7 @@ class OpaEngine(PolicyEngine):
             raise PolicyEngineError(f"policy engine returned malformed JSON: {_first_line(exc)} ({self.url})") from None
         if not isinstance(answer, dict):
             raise PolicyEngineError(f"policy engine returned malformed JSON: not an object ({self.url})")
-        return answer.get("result", UNDEFINED)
+        return answer.get("result", UNDEFINED), self.revision()
 
     async def health(self) -> str | None:
         try:

@@ -138,8 +138,6 @@ class CompiledPolicies:
         try:
             self.runner.set_input(Input(input))
             impl = capi.rego_bundle_query_entrypoint(self.runner._impl, self.bundle._impl, entrypoint)
-        except PolicyEngineError:
-            raise
         except Exception as exc:  # noqa: BLE001
             raise PolicyEngineError(f"policy evaluation failed: {describe_error(str(exc), self.sources)}") from None
         return _read_output(self.runner, impl, self.sources)
