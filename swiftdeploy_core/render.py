@@ -15,10 +15,11 @@ from pathlib import Path
 
 import policies as policies_package
 from swiftdeploy_core.errors import ConfigError
-from swiftdeploy_core.manifest import LoadedManifest, Manifest
+from swiftdeploy_core.manifest import LoadedManifest
 from swiftdeploy_core.router import (
     CONTAINER_CONF,
     CONTAINER_LOG_DIR,
+    OPA_PORT,
     instance_name,
     internal_network,
     opa_container,
@@ -33,7 +34,6 @@ COMPOSE_FILE = "docker-compose.yml"
 OPA_CONFIG = "opa-config.yaml"
 GENERATED_FILES = (NGINX_CONF, COMPOSE_FILE, OPA_CONFIG)
 
-OPA_PORT = 8181
 
 _HASH = re.compile(r"\(sha256 ([0-9a-f]{64})\)")
 

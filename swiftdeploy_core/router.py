@@ -35,6 +35,7 @@ CONTAINER_PID = "/var/run/nginx.pid"
 # one has /var/cache/nginx, Debian's package /var/lib/nginx, neither both).
 CONTAINER_TEMP_DIR = "/tmp"
 CONTAINER_CONF = "/etc/nginx/nginx.conf"
+OPA_PORT = 8181  # where an OPA container listens (compose and the docker driver)
 
 Host = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$", max_length=253)]
 # A path nginx reads as one quoted word: no quotes, variables, escapes or control characters.

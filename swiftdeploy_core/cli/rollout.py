@@ -33,14 +33,15 @@ DEFAULT_TIMEOUT = 300.0
 ManifestOption = typer.Option(None, "--manifest", "-m", help="Path to manifest.yaml (default: ./manifest.yaml).")
 TimeoutOption = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Give up waiting after this many seconds.")
 
-# Which event ends a command, and with which exit code.
+# Which event ends a command, and with which exit code (command.rejected and operation.failed
+# always end one with EXIT_ERROR: common.ALWAYS_FAIL).
 DEPLOY_END = {"deploy.completed": EXIT_OK, "deploy.blocked": EXIT_DENIED, "deploy.failed": EXIT_ERROR}
-CANARY_END = {"canary.weight_changed": EXIT_OK, "rollback.completed": EXIT_DENIED, "operation.failed": EXIT_ERROR}
-CANARY_WAIT_END = {"canary.completed": EXIT_OK, "rollback.completed": EXIT_DENIED, "operation.failed": EXIT_ERROR}
-PROMOTE_END = {"mode.changed": EXIT_OK, "promotion.blocked": EXIT_DENIED, "operation.failed": EXIT_ERROR}
-ROLLBACK_END = {"rollback.completed": EXIT_OK, "operation.failed": EXIT_ERROR}
-TEARDOWN_END = {"teardown.completed": EXIT_OK, "operation.failed": EXIT_ERROR}
-CHAOS_END = {"chaos.injected": EXIT_OK, "operation.failed": EXIT_ERROR}
+CANARY_END = {"canary.weight_changed": EXIT_OK, "rollback.completed": EXIT_DENIED}
+CANARY_WAIT_END = {"canary.completed": EXIT_OK, "rollback.completed": EXIT_DENIED}
+PROMOTE_END = {"mode.changed": EXIT_OK, "promotion.blocked": EXIT_DENIED}
+ROLLBACK_END = {"rollback.completed": EXIT_OK}
+TEARDOWN_END = {"teardown.completed": EXIT_OK}
+CHAOS_END = {"chaos.injected": EXIT_OK}
 
 
 def register(app: typer.Typer) -> None:

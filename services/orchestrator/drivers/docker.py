@@ -22,7 +22,7 @@ from aiodocker.exceptions import DockerError
 
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
 from swiftdeploy_core.manifest import Manifest
-from swiftdeploy_core.router import CONTAINER_CONF, render_nginx_conf
+from swiftdeploy_core.router import CONTAINER_CONF, OPA_PORT, render_nginx_conf
 from swiftdeploy_core.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
@@ -38,7 +38,6 @@ from services.orchestrator.drivers.health import wait_http_ok
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
 RELOAD_DRAIN = 12.0  # nginx's worker_shutdown_timeout (10 s) plus a margin
-OPA_PORT = 8181
 UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker Engine"
 NO_DOCKER = "cannot reach dockerd ({error}); start it, or deploy with `runtime: process`"
 

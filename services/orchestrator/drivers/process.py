@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
 from swiftdeploy_core.manifest import Manifest
+from swiftdeploy_core import router
 from swiftdeploy_core.router import conf_dirs, render_nginx_conf
 from swiftdeploy_core.state import Instance
 from services.orchestrator import plans
@@ -233,9 +234,7 @@ class ProcessDriver(RuntimeDriver):
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
+    found = router.nginx_binary()
     if found is None:
         raise RuntimeUnavailable("nginx is not installed; the process runtime runs it as a subprocess (apt-get install nginx)")
     return found
