@@ -1,7 +1,7 @@
 """The bus client: publish events on Redis streams, follow them, and ask for a reply.
 
 An entry on a stream has three fields: `event` (the envelope as JSON), `type` and `cid` (the
-correlation id), so readers can filter without parsing. Consumer groups live in `worker.py`;
+correlation id), so readers can filter without parsing. Consumer groups live in `group.py`;
 this module is what every process (client or service) uses to talk on the bus.
 """
 
@@ -115,7 +115,6 @@ class BlockingConnection:
 class _Waiter:
     expect: frozenset[str]
     after_ms: int
-    request_id: str
     future: asyncio.Future[Event] = field(repr=False)
 
 
@@ -151,7 +150,7 @@ class Bus:
         for blocking in list(self._blocking):
             await blocking.wake()
         if self._reader is not None:
-            done, _ = await asyncio.wait({self._reader}, timeout=1.0)
+            await asyncio.wait({self._reader}, timeout=1.0)
             # Last resort: redis-py 8 can swallow a cancel that lands just as XREAD is being sent
             # (the task then blocks in the next read, "cancelling" forever): cancel until done.
             for _ in range(20):
@@ -214,7 +213,7 @@ class Bus:
         in `expect`; RequestTimeout after `timeout` seconds."""
         await self._ensure_reader()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(frozenset(expect), 0, event.id, loop.create_future())
+        waiter = _Waiter(frozenset(expect), 0, loop.create_future())
         self._waiters.setdefault(event.correlation_id, []).append(waiter)
         try:
             async with asyncio.timeout(timeout):

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -50,7 +50,6 @@ class CheckContext:
     manifest_path: Path
     settings: Settings
     loaded: LoadedManifest | None = None
-    scratch: dict[str, object] = field(default_factory=dict)
 
 
 Check = Callable[[CheckContext], CheckResult]

@@ -45,16 +45,6 @@ class RuntimeUnavailable(RuntimeDriverError):
     """The configured runtime cannot be reached at all (no dockerd socket, no nginx binary)."""
 
 
-class PolicyDenied(SwiftDeployError):
-    """A policy decision denied the operation; `reasons` says why."""
-
-    exit_code = 3
-
-    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.reasons = list(reasons or [])
-
-
 class OperationInProgress(SwiftDeployError):
     """Another operation holds this deployment's lease lock."""
 

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Track = Literal["stable", "canary"]
 ModeName = Literal["stable", "canary"]
@@ -418,7 +418,6 @@ AnyPayload = Annotated[
     Field(discriminator="type"),
 ]
 
-_payload_adapter: TypeAdapter[Any] = TypeAdapter(AnyPayload)
 EVENT_TYPES: tuple[str, ...] = tuple(
     model.model_fields["type"].default for model in AnyPayload.__origin__.__args__  # type: ignore[attr-defined]
 )
@@ -478,6 +477,3 @@ class Event(BaseModel):
         return cls.model_validate_json(raw)
 
 
-def parse_payload(data: dict[str, Any]) -> Payload:
-    """Validate a payload dict (with its `type`) into its model."""
-    return _payload_adapter.validate_python(data)

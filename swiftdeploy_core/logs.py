@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             **_static,
             **(_event_ctx.get() or {}),
         }
-        for key in ("marker", "duration_ms", "error", "attempt", "stream", "entry_id"):
+        for key in ("marker", "duration_ms", "error", "attempt"):
             if hasattr(record, key):
                 line[key] = getattr(record, key)
         if record.exc_info:

@@ -295,6 +295,4 @@ def validate_manifest(data: dict[str, Any], name: str = "manifest.yaml") -> Mani
     except ValidationError as exc:
         problems = describe_errors(exc, Manifest)
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-        error = ManifestError(f"{name}: {problems[0]}{more}")
-        error.problems = problems  # type: ignore[attr-defined]
-        raise error from None
+        raise ManifestError(f"{name}: {problems[0]}{more}") from None

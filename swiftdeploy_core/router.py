@@ -25,7 +25,6 @@ from swiftdeploy_core.templating import environment
 
 STABLE_UPSTREAM = "app_stable"
 CANARY_UPSTREAM = "app_canary"
-CANARY_HEADER = "X-Canary"  # `X-Canary: always` sends a request to the canary track
 TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 # Where the official nginx image keeps things; the compose file mounts named volumes on them.
@@ -78,10 +77,6 @@ class RouterPlan(BaseModel):
         return self
 
     @property
-    def canary_running(self) -> bool:
-        return bool(self.canary)
-
-    @property
     def url(self) -> str:
         """Where a client on this machine reaches the router."""
         host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "*") else self.listen_host
@@ -90,9 +85,6 @@ class RouterPlan(BaseModel):
     def with_canary(self, canary: list[Upstream], weight: int) -> "RouterPlan":
         """The same plan with a canary track taking `weight` percent (validated again)."""
         return RouterPlan.model_validate({**self.model_dump(), "canary": canary, "canary_weight": weight})
-
-    def without_canary(self) -> "RouterPlan":
-        return RouterPlan.model_validate({**self.model_dump(), "canary": [], "canary_weight": 0})
 
 
 def instance_name(project: str, track: str, index: int) -> str:

@@ -150,7 +150,7 @@ class Worker:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace * 0.6)
         for task in self._tasks:
-            task.cancel()  # retries still waiting stay pending: reclaimable by a live replica
+            task.cancel()  # handlers still running: their entries stay pending, reclaimable by a live replica
         await asyncio.shield(self._final_writes())
 
     async def _final_writes(self) -> None:

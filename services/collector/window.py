@@ -205,8 +205,6 @@ class TargetWindow:
         self.requests: dict[Labels, CounterSeries] = {}
         self.buckets: dict[BucketKey, CounterSeries] = {}
         self.errors: set[Labels] = set()
-        self.chaos: int | None = None
-        self.last_at: float | None = None
 
     def add(self, scrape: Scrape) -> None:
         for labels, value in scrape.requests.items():
@@ -221,9 +219,6 @@ class TargetWindow:
             if series is None:
                 series = self.buckets[key] = CounterSeries()
             series.add(scrape.at, value)
-        if scrape.chaos is not None:
-            self.chaos = scrape.chaos
-        self.last_at = scrape.at
 
     def prune(self, start: float) -> None:
         """Forget what left the window; series with no sample left are dropped."""

@@ -17,7 +17,6 @@ import aiohttp
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.events import (
     CanaryStarted,
-    CanaryWeightChanged,
     ChaosInjected,
     ChaosRequested,
     DeployBlocked,

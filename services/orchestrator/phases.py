@@ -29,7 +29,6 @@ Handler = Callable[[Rollout], Awaitable[None]]
 ANALYSED = frozenset({Phase.progressing, Phase.canary_complete})
 # Phases a command passes through; finding one at start-up means a command was interrupted.
 TRANSITIONAL = frozenset({Phase.deploying, Phase.canary_starting, Phase.promoting, Phase.rolling_back})
-NO_DATA = "no fresh metrics for the canary yet; retrying next interval"
 
 
 async def advance(rollout: Rollout) -> Phase:

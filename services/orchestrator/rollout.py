@@ -1,6 +1,7 @@
 """The rollout being worked on: its stored record, its driver, its gate and its event emitter.
 
-`RecordStore` is the only code that reads or writes `streams.rollout_key`. A `Rollout` bundles
+`RecordStore` is the only code that writes `streams.rollout_key` (the collector, auditor and
+`status` read it). A `Rollout` bundles
 what a phase handler or an operation needs, and the few runtime moves they share: start a track
 and wait for it, point the router at exactly what the record says, stop instances.
 """

@@ -2,7 +2,7 @@
 
 Each command group lives in its own module with a `register(app)` function. The client never
 decides allow/deny and never talks to Docker or OPA: it sends commands on the bus, follows the
-events carrying the command's correlation id, and exits with a code (see `exit_codes`).
+events carrying the command's correlation id, and exits with a code (see `cli.errors`).
 """
 
 from __future__ import annotations

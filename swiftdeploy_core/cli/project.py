@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from swiftdeploy_core.errors import ConfigError
 from swiftdeploy_core.settings import Settings, load_settings
 
 ManifestOption = Annotated[

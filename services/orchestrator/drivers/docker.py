@@ -27,7 +27,6 @@ from swiftdeploy_core.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
     LABEL_PROJECT,
-    InstanceFailed,
     InstanceSpec,
     NetworkSpec,
     Role,

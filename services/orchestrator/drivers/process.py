@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -18,7 +17,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import aiohttp
 import psutil
 from pydantic import BaseModel
 
