@@ -97,9 +97,7 @@ def up(settings: Settings, scale: dict[str, int], timeout: float = 30.0) -> tupl
     logs_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         (state_dir(settings) / STATE_FILE).unlink()  # a stale record of a dead supervisor
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env["SWIFTDEPLOY_MANIFEST"] = str(settings.manifest.resolve())
+    env = child_env(settings)
     with open(logs_dir / "supervisor.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "swiftdeploy_core.controlplane", json.dumps(scale)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -200,6 +198,15 @@ def _ours(pid: int) -> psutil.Process | None:
 # --- the supervisor (runs detached) --------------------------------------------------------------
 
 
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Our environment for a child process (the supervisor, a replica): this checkout importable
+    (once on PYTHONPATH, however deep the nesting), the resolved manifest, and `extra`."""
+    env = dict(os.environ)
+    paths = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), SWIFTDEPLOY_MANIFEST=str(settings.manifest.resolve()), **extra)
+    return env
+
+
 def _free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -265,11 +272,7 @@ class Supervisor:
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
     def _env(self, replica: Replica) -> dict[str, str]:
-        env = dict(os.environ)  # the one place that builds a child's environment from ours
-        path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        env.update(REDIS_URL=self.redis_url, SWIFTDEPLOY_INSTANCE=replica.instance, PYTHONPATH=path,
-                   SWIFTDEPLOY_MANIFEST=str(self.settings.manifest.resolve()))  # fmt: skip
-        return env
+        return child_env(self.settings, REDIS_URL=self.redis_url, SWIFTDEPLOY_INSTANCE=replica.instance)
 
     def _start(self, replica: Replica) -> None:
         log = open(self.logs / f"{replica.instance}.log", "ab")

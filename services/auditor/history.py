@@ -31,7 +31,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.auditor.chain import GENESIS, encode_line, tail_digest
+from services.auditor.chain import GENESIS, encode_line, line_digest, tail_digest
 from swiftdeploy_core import streams
 from swiftdeploy_core.errors import SwiftDeployError
 
@@ -160,7 +160,7 @@ def _append_line(fd: int, path: Path, entry: dict[str, Any], fsync: bool) -> str
         _truncate(fd, size, path)
         reason = exc.strerror or str(exc)
         raise HistoryWriteError(f"cannot append to the history {path}: {reason}") from None
-    return hashlib.sha256(line[:-1]).hexdigest()
+    return line_digest(line)
 
 
 def _truncate(fd: int, size: int, path: Path) -> None:
