@@ -36,6 +36,7 @@ RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 2.0
 FOLLOW_BLOCK_MS = 1_000
 FOLLOW_BATCH = 500
+UP_HINT = "; run `swiftdeploy up`"  # the next step, ending every ControlPlaneDown raised here
 
 
 def entry_fields(event: Event) -> dict[str, str]:
@@ -142,7 +143,7 @@ class Bus:
             await redis.ping()
         except (*CONNECTION_ERRORS, RedisError) as exc:
             await redis.aclose()
-            raise ControlPlaneDown(f"Redis at {url} is not reachable ({exc}); run `swiftdeploy up`") from exc
+            raise ControlPlaneDown(f"Redis at {url} is not reachable ({exc}){UP_HINT}") from exc
         return cls(settings, redis)
 
     async def close(self) -> None:
@@ -372,5 +373,5 @@ def resolve_redis_url(settings: Settings) -> str:
 
     url = running_redis_url(settings)
     if url is None:
-        raise ControlPlaneDown("no REDIS_URL and no control plane running here; run `swiftdeploy up`")
+        raise ControlPlaneDown(f"no REDIS_URL and no control plane running here{UP_HINT}")
     return url

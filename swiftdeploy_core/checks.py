@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.errors import ControlPlaneDown, ManifestError
 from swiftdeploy_core.manifest import LoadedManifest, Runtime, load_manifest
 from swiftdeploy_core.render import COMPOSE_FILE, GENERATED_FILES, NGINX_CONF, generated_dir, header_sha256, render_all
 from swiftdeploy_core.router import conf_dirs, localize_for_test, nginx_binary
@@ -221,13 +221,12 @@ def redis_reachable(context: CheckContext) -> CheckResult:
 
 def _redis_url(context: CheckContext) -> str:
     """REDIS_URL, else the control plane `swiftdeploy up` runs beside the manifest, else the default."""
-    from swiftdeploy_core.controlplane import running_redis_url
+    from swiftdeploy_core.bus import resolve_redis_url
 
-    settings = context.settings
-    if settings.redis_url:
-        return settings.redis_url
-    here = settings.model_copy(update={"manifest": context.manifest_path})
-    return running_redis_url(here) or DEFAULT_REDIS_URL
+    try:
+        return resolve_redis_url(context.settings.model_copy(update={"manifest": context.manifest_path}))
+    except ControlPlaneDown:
+        return DEFAULT_REDIS_URL
 
 
 def _run(command: list[str], cwd: Path | None = None) -> tuple[bool, str]:

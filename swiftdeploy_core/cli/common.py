@@ -80,13 +80,12 @@ def run(coroutine: Awaitable[T]) -> T:
 @contextlib.asynccontextmanager
 async def connected(settings: Settings) -> AsyncIterator["Bus"]:
     """The bus, or `ControlPlaneDown` whose message names the next step."""
-    from swiftdeploy_core.bus import Bus
+    from swiftdeploy_core.bus import UP_HINT, Bus
 
     try:
         bus = await Bus.connect(settings)
     except ControlPlaneDown as exc:
-        detail = str(exc)
-        raise ControlPlaneDown(NEXT_STEP_UP if NEXT_STEP_UP in detail else f"{NEXT_STEP_UP} ({detail})") from None
+        raise ControlPlaneDown(f"{NEXT_STEP_UP} ({str(exc).removesuffix(UP_HINT)})") from None
     try:
         yield bus
     finally:

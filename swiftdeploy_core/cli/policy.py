@@ -71,11 +71,12 @@ async def ask(settings: Any, domain: str, document: dict[str, Any], timeout: flo
     """Send decision.requested to the gatekeeper and wait for its decision.made payload."""
     from swiftdeploy_core import streams
     from swiftdeploy_core.bus import Bus
-    from swiftdeploy_core.events import DecisionRequested, Event, Source
+    from swiftdeploy_core.cli.common import client_source
+    from swiftdeploy_core.events import DecisionRequested, Event
 
-    bus = await Bus.connect(settings)
+    bus = await Bus.connect(settings)  # its ControlPlaneDown names the URL tried and the next step
     try:
-        request = Event(payload=DecisionRequested(domain=domain, input=document), source=Source(service="cli", instance=settings.instance))
+        request = Event(payload=DecisionRequested(domain=domain, input=document), source=client_source(settings))
         reply = await bus.request(streams.GATEKEEPER_INBOX, request, expect={"decision.made"}, timeout=timeout)
     finally:
         await bus.close()
