@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,30 +15,13 @@ from swiftdeploy_core.cli.common import (
     client_settings,
     client_source,
     connected,
+    parse_since,
     print_json,
     run,
 )
 from swiftdeploy_core.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
 from swiftdeploy_core.events import AuditRendered, AuditRequested, Event
 from swiftdeploy_core.settings import Settings
-
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """An ISO-8601 time (naive = UTC) or a duration back from now: `90s`, `30m`, `2h`, `1d`."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if match:
-        seconds = float(match.group(1)) * UNITS[match.group(2)]
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"--since {text!r} is neither an ISO-8601 time (2026-01-02T03:04:05Z) nor a duration (30m, 2h, 1d)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
 
 async def ask_auditor(settings: Settings, request: AuditRequested, timeout: float) -> AuditRendered:
     async with connected(settings) as bus:

@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -66,6 +68,24 @@ def client_settings(manifest: Path | None = None) -> Settings:
     """The client's settings; `--manifest` wins over SWIFTDEPLOY_MANIFEST."""
     settings = load_settings()
     return settings.model_copy(update={"manifest": manifest}) if manifest is not None else settings
+
+
+SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """An ISO-8601 time (naive = UTC) or a duration back from now: `90s`, `30m`, `2h`, `1d`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if match:
+        seconds = float(match.group(1)) * SINCE_UNITS[match.group(2)]
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither an ISO-8601 time (2026-01-02T03:04:05Z) nor a duration (30m, 2h, 1d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def client_source(settings: Settings) -> Source:

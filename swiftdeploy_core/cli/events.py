@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from datetime import datetime, timezone
 from typing import Annotated, Optional
 
 import typer
 
+from swiftdeploy_core.cli.common import parse_since
 from swiftdeploy_core.errors import ConfigError
 from swiftdeploy_core.events import Event
 
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
-UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def since_to_id(value: str, now: float | None = None) -> str:
@@ -25,15 +23,10 @@ def since_to_id(value: str, now: float | None = None) -> str:
         return value
     if re.fullmatch(r"\d{10,}", value):
         return f"{value}-0"
-    if match := RELATIVE.match(value):
-        seconds = float(match[1]) * UNIT_S[match[2]]
-        return f"{int(((now or time.time()) - seconds) * 1000)}-0"
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = parse_since(value, None if now is None else datetime.fromtimestamp(now, timezone.utc))
     except ValueError:
         raise ConfigError(f"--since {value!r}: expected an entry id, an ISO-8601 time or an age like 10m") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
     return f"{int(moment.timestamp() * 1000)}-0"
 
 
