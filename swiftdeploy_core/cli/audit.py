@@ -9,7 +9,6 @@ import typer
 
 from swiftdeploy_core import streams
 from swiftdeploy_core.cli.common import (
-    DEFAULT_MANIFEST,
     JsonOption,
     ManifestOption,
     client_settings,
@@ -31,7 +30,7 @@ async def ask_auditor(settings: Settings, request: AuditRequested, timeout: floa
 
 
 def audit(
-    manifest: ManifestOption = DEFAULT_MANIFEST,
+    manifest: ManifestOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the report (default: the manifest's paths.report, audit_report.md).")] = None,
     since: Annotated[Optional[str], typer.Option("--since", help="Only history from this time: ISO-8601 (2026-01-02T03:04:05Z) or a duration back (30m, 2h, 1d).")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Check the history's hash chain; exit 1 naming the first bad line.")] = False,

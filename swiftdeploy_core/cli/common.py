@@ -3,7 +3,7 @@
 A command that drives the control plane reads like this:
 
     @app.command()
-    def deploy(manifest: ManifestOption = DEFAULT_MANIFEST, as_json: JsonOption = False) -> None:
+    def deploy(manifest: ManifestOption = None, as_json: JsonOption = False) -> None:
         '''Deploy the stable track.  Example: swiftdeploy deploy --manifest manifest.yaml'''
         loaded = load_project(manifest)
         payload = DeployRequested(manifest=..., manifest_sha256=loaded.sha256, root=str(loaded.root))
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -50,18 +50,29 @@ CLOSE_TIMEOUT_S = 2.0
 NEXT_STEP_UP = "the control plane is not running: run swiftdeploy up"
 ALWAYS_FAIL = {"command.rejected": EXIT_ERROR, "operation.failed": EXIT_ERROR}
 
-DEFAULT_MANIFEST = Path("manifest.yaml")
 ManifestOption = Annotated[
-    Path, typer.Option("--manifest", "-m", help="The manifest file (its folder is the project folder).")
+    Optional[Path],
+    typer.Option(
+        "--manifest",
+        "-m",
+        help="The manifest file; its folder is the project folder. Default: ./manifest.yaml (or $SWIFTDEPLOY_MANIFEST).",
+        show_default=False,
+        readable=False,  # the manifest loader says what is wrong with the file, in one line
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 stderr = Console(stderr=True)
 
 
-def load_project(manifest: Path) -> LoadedManifest:
-    """Load and validate the manifest (`ManifestError`, one line, on any problem)."""
-    return load_manifest(manifest)
+def manifest_path(option: Path | None, settings: Settings | None = None) -> Path:
+    """`--manifest` when given, else SWIFTDEPLOY_MANIFEST, else ./manifest.yaml."""
+    return option if option is not None else (settings or load_settings()).manifest
+
+
+def load_project(option: Path | None) -> LoadedManifest:
+    """Load and validate the manifest `--manifest` names (`ManifestError`, one line, on any problem)."""
+    return load_manifest(manifest_path(option))
 
 
 def client_settings(manifest: Path | None = None) -> Settings:

@@ -5,22 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from swiftdeploy_core.settings import Settings, load_settings
+from swiftdeploy_core.cli.common import ManifestOption, manifest_path
+from swiftdeploy_core.settings import load_settings
 
-ManifestOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--manifest",
-        "-m",
-        help="The manifest file. Default: ./manifest.yaml (or $SWIFTDEPLOY_MANIFEST).",
-        show_default=False,
-        readable=False,  # the manifest loader says what is wrong with the file, in one line
-    ),
-]
 
 
 def init(manifest: ManifestOption = None) -> None:
@@ -72,10 +63,6 @@ def validate(
         failed = sum(not result.ok for result in results)
         typer.echo(f"all {len(results)} checks passed" if passed else f"{failed} of {len(results)} checks failed")
     raise typer.Exit(0 if passed else 1)
-
-
-def manifest_path(option: Path | None, settings: Settings | None = None) -> Path:
-    return option if option is not None else (settings or load_settings()).manifest
 
 
 def _shown(path: Path) -> str:

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from swiftdeploy_core import streams
-from swiftdeploy_core.cli.common import client_settings, connected, finish, load_project, run, send_command
+from swiftdeploy_core.cli.common import ManifestOption, client_settings, connected, finish, load_project, run, send_command
 from swiftdeploy_core.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
 from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.events import (
@@ -30,7 +30,6 @@ from swiftdeploy_core.manifest import LoadedManifest
 from swiftdeploy_core.settings import Settings
 
 DEFAULT_TIMEOUT = 300.0
-ManifestOption = typer.Option(None, "--manifest", "-m", help="Path to manifest.yaml (default: ./manifest.yaml).")
 TimeoutOption = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Give up waiting after this many seconds.")
 
 # Which event ends a command, and with which exit code (command.rejected and operation.failed
@@ -56,18 +55,18 @@ def register(app: typer.Typer) -> None:
     app.command()(teardown)
 
 
-def deploy(manifest: Optional[Path] = ManifestOption, timeout: float = TimeoutOption) -> None:
+def deploy(manifest: ManifestOption = None, timeout: float = TimeoutOption) -> None:
     """Deploy the stable track behind nginx, after the infra policy allows it.
 
     Example: swiftdeploy deploy
     """
-    loaded = _load(manifest)
+    loaded = load_project(manifest)
     payload = DeployRequested(manifest=_as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
     _send(payload, DEPLOY_END, timeout, manifest)
 
 
 def promote_canary(
-    manifest: Optional[Path] = ManifestOption,
+    manifest: ManifestOption = None,
     wait: bool = typer.Option(False, "--wait", help="Follow the canary until its last step or a rollback."),
     timeout: float = TimeoutOption,
 ) -> None:
@@ -75,21 +74,21 @@ def promote_canary(
 
     Example: swiftdeploy promote canary --wait
     """
-    loaded = _load(manifest)
+    loaded = load_project(manifest)
     payload = CanaryRequested(manifest=_as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
     _send(payload, CANARY_WAIT_END if wait else CANARY_END, timeout, manifest)
 
 
-def promote_stable(manifest: Optional[Path] = ManifestOption, timeout: float = TimeoutOption) -> None:
+def promote_stable(manifest: ManifestOption = None, timeout: float = TimeoutOption) -> None:
     """Ask the canary gate; on allow the canary's version becomes stable at 100%.
 
     Example: swiftdeploy promote stable
     """
-    _send(PromotionRequested(project=_load(manifest).manifest.project), PROMOTE_END, timeout, manifest)
+    _send(PromotionRequested(project=load_project(manifest).manifest.project), PROMOTE_END, timeout, manifest)
 
 
 def rollback(
-    manifest: Optional[Path] = ManifestOption,
+    manifest: ManifestOption = None,
     reason: str = typer.Option("requested by operator", "--reason", help="Recorded with the rollback."),
     timeout: float = TimeoutOption,
 ) -> None:
@@ -97,14 +96,14 @@ def rollback(
 
     Example: swiftdeploy rollback --reason "latency looks off"
     """
-    _send(RollbackRequested(project=_load(manifest).manifest.project, reason=reason), ROLLBACK_END, timeout, manifest)
+    _send(RollbackRequested(project=load_project(manifest).manifest.project, reason=reason), ROLLBACK_END, timeout, manifest)
 
 
 def chaos(
     mode: str = typer.Argument(..., help="slow, error or recover."),
     rate: Optional[float] = typer.Option(None, "--rate", min=0.0, max=1.0, help="error: share of requests that fail."),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="slow: seconds each request sleeps."),
-    manifest: Optional[Path] = ManifestOption,
+    manifest: ManifestOption = None,
     timeout: float = TimeoutOption,
 ) -> None:
     """Inject chaos into every canary instance (and record it).
@@ -113,25 +112,21 @@ def chaos(
     """
     if mode not in ("slow", "error", "recover"):
         raise typer.BadParameter(f"must be slow, error or recover (got {mode!r})", param_hint="MODE")
-    project = _load(manifest).manifest.project
+    project = load_project(manifest).manifest.project
     _send(ChaosRequested(mode=mode, rate=rate, duration=duration, project=project), CHAOS_END, timeout, manifest)  # type: ignore[arg-type]
 
 
-def teardown(manifest: Optional[Path] = ManifestOption, timeout: float = TimeoutOption) -> None:
+def teardown(manifest: ManifestOption = None, timeout: float = TimeoutOption) -> None:
     """Remove every container, network, volume and process of this project; files stay.
 
     Example: swiftdeploy teardown
     """
-    loaded = _load(manifest)
+    loaded = load_project(manifest)
     payload = TeardownRequested(project=loaded.manifest.project, root=str(loaded.root), manifest=_as_data(loaded))
     _send(payload, TEARDOWN_END, timeout, manifest)
 
 
 # --- sending and following ---------------------------------------------------------------------
-
-
-def _load(path: Optional[Path]) -> LoadedManifest:
-    return load_project(path or client_settings().manifest)
 
 
 def _as_data(loaded: LoadedManifest) -> dict:

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.live import Live
 
 from swiftdeploy_core.cli.common import (
-    DEFAULT_MANIFEST,
     JsonOption,
     ManifestOption,
     client_settings,
@@ -43,7 +42,7 @@ async def show(settings: Settings, project: str, *, interval: float, once: bool,
 
 
 def status(
-    manifest: ManifestOption = DEFAULT_MANIFEST,
+    manifest: ManifestOption = None,
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes.")] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
     as_json: JsonOption = False,
