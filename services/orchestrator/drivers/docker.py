@@ -27,6 +27,9 @@ from swiftdeploy_core.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
     LABEL_PROJECT,
+    LABEL_ROLE,
+    LABEL_TRACK,
+    LABEL_VERSION,
     InstanceSpec,
     NetworkSpec,
     Role,
@@ -88,18 +91,15 @@ class DockerDriver(RuntimeDriver):
             await self.require_image(image)
 
     async def require_image(self, image: str) -> None:
-        try:
-            await self.docker.images.inspect(image)
-        except DockerError as exc:
-            if exc.status == UNREACHABLE:
-                raise RuntimeUnavailable(NO_DOCKER.format(error=exc.message)) from None
-            if exc.status == 404:
+        with docker_errors(f"inspecting image {image!r}"):
+            try:
+                await self.docker.images.inspect(image)
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
                 raise RuntimeDriverError(
                     f"image {image!r} is not on this docker host (no registry here: build it with scripts/build-images)"
                 ) from None
-            raise RuntimeDriverError(f"inspecting image {image!r}: {exc.message}") from None
-        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
-            raise RuntimeUnavailable(NO_DOCKER.format(error=exc)) from None
 
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         created = []
@@ -313,16 +313,16 @@ def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
 
 def _instance(info: dict[str, Any]) -> Instance:
     labels = info["Config"]["Labels"] or {}
-    port = labels.get("swiftdeploy.port") or next(iter(info["Config"].get("ExposedPorts") or {"3000/tcp": {}})).split("/")[0]
+    port = next(iter(info["Config"].get("ExposedPorts") or {"3000/tcp": {}})).split("/")[0]
     return Instance(
-        id=info["Id"][:12], name=info["Name"].lstrip("/"), track=labels.get("swiftdeploy.track", "stable"),
-        version=labels.get("swiftdeploy.version", ""), url=f"http://{_ip(info)}:{port}",
+        id=info["Id"][:12], name=info["Name"].lstrip("/"), track=labels.get(LABEL_TRACK, "stable"),
+        version=labels.get(LABEL_VERSION, ""), url=f"http://{_ip(info)}:{port}",
     )  # fmt: skip
 
 
 def _container_object(info: dict[str, Any]) -> RuntimeObject:
     labels = info["Config"]["Labels"] or {}
-    url = _instance(info).url if labels.get("swiftdeploy.role") == Role.instance.value else ""
+    url = _instance(info).url if labels.get(LABEL_ROLE) == Role.instance.value else ""
     return RuntimeObject(
         kind="container", name=info["Name"].lstrip("/"), id=info["Id"][:12], labels=labels,
         running=bool(info["State"]["Running"]), url=url, image=info["Config"]["Image"],

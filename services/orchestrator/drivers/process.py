@@ -27,6 +27,8 @@ from swiftdeploy_core.router import conf_dirs, render_nginx_conf
 from swiftdeploy_core.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
+    LABEL_TRACK,
+    LABEL_VERSION,
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
@@ -347,8 +349,8 @@ async def _wait_listening(port: int, record: ProcessRecord, timeout: float) -> N
 
 def _instance(record: ProcessRecord) -> Instance:
     return Instance(
-        id=str(record.pid), name=record.name, track=record.labels.get("swiftdeploy.track", "stable"),  # type: ignore[arg-type]
-        version=record.labels.get("swiftdeploy.version", ""), url=f"http://127.0.0.1:{record.port}",
+        id=str(record.pid), name=record.name, track=record.labels.get(LABEL_TRACK, "stable"),  # type: ignore[arg-type]
+        version=record.labels.get(LABEL_VERSION, ""), url=f"http://127.0.0.1:{record.port}",
     )  # fmt: skip
 
 
