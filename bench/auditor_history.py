@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from services.auditor.chain import GENESIS, encode_line, line_digest  # noqa: E402
 from services.auditor.history import HistoryWriter  # noqa: E402
-from tests.servers import free_port, wait_for_port  # noqa: E402
+from tests.servers import RedisServer  # noqa: E402
 
 
 def entry(i: int) -> dict:
@@ -70,12 +69,9 @@ def main() -> None:
     lines = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     folder = Path(tempfile.mkdtemp(prefix="swiftdeploy-bench-auditor-", dir=os.getcwd()))
-    port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    server = RedisServer(binary, folder / "redis").start()
     try:
-        wait_for_port(port)
-        url = f"redis://127.0.0.1:{port}/0"
+        url = server.url
         results = {
             "baseline": baseline(folder / "a.jsonl", lines),
             "chain": chain_only(folder / "b.jsonl", lines),
@@ -83,8 +79,7 @@ def main() -> None:
             "writer+fsync": asyncio.run(writer(folder / "d.jsonl", lines, url, fsync=True)),
         }
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
     base = results["baseline"]
     print(f"{lines} lines on {folder.parent} (same filesystem as the history would be)")

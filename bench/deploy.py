@@ -18,30 +18,27 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.docblocks import replace_block  # noqa: E402
+from tests.servers import RedisServer, free_port  # noqa: E402
+
 DOCS = ROOT / "docs" / "orchestrator.md"
-BEGIN, END = "<!-- bench:deploy -->", "<!-- /bench:deploy -->"
 PYTHON = sys.executable
 GOAL = 1.0
 
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def env(redis_url: str, **extra: str) -> dict[str, str]:
@@ -75,10 +72,8 @@ def project_folder(folder: Path, name: str, port: int) -> Path:
 
 @contextmanager
 def control_plane(folder: Path, manifest: Path) -> Iterator[str]:
-    port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--dir", str(folder)], stdout=subprocess.DEVNULL)  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
+    redis = RedisServer(shutil.which("redis-server") or "/usr/bin/redis-server", folder / "redis").start()
+    url = redis.url
     services = [
         subprocess.Popen([PYTHON, "-m", f"services.{name}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env=env(url, SWIFTDEPLOY_MANIFEST=str(manifest)))  # fmt: skip
@@ -88,9 +83,10 @@ def control_plane(folder: Path, manifest: Path) -> Iterator[str]:
         time.sleep(4)  # both services connect and join their groups
         yield url
     finally:
-        for proc in [*services, redis]:
+        for proc in services:
             proc.terminate()
             proc.wait(timeout=15)
+        redis.stop()
 
 
 def wait_healthy(port: int, timeout: float = 60) -> None:
@@ -163,11 +159,7 @@ def table(times: dict[str, list[float]]) -> str:
 
 
 def update_docs(text_table: str) -> None:
-    text = DOCS.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"bench: {DOCS} has no {BEGIN} ... {END} section")
-    head, rest = text.split(BEGIN, 1)
-    DOCS.write_text(f"{head}{BEGIN}\n{text_table}\n{END}{rest.split(END, 1)[1]}")
+    DOCS.write_text(replace_block(DOCS.read_text(), "bench:deploy", text_table))
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ same settings except WORKLOAD_METRICS; `wrk` (Debian) drives loopback from the o
 round measures both, alternating which goes first, so drift on a shared machine hits both; the
 figure is the median of the per-round ratios on / off.
 
-    /work/.venv/bin/python bench/workload.py [--rounds 3] [--seconds 5] [--update-docs]
+    python bench/workload.py [--rounds 7] [--seconds 3] [--connections 32] [--update-docs]
 """
 
 from __future__ import annotations
@@ -14,27 +14,24 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.docblocks import replace_block  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
 DOCS = ROOT / "docs" / "workload.md"
-BEGIN, END = "<!-- bench:workload -->", "<!-- /bench:workload -->"
 GOAL = 0.10  # the instrumentation may cost at most 10% of requests/s
 
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pinned(cpu: int) -> list[str]:
@@ -133,11 +130,7 @@ def report(results: dict[bool, list[Run]], seconds: float, connections: int) -> 
 
 
 def update_docs(table: str) -> None:
-    text = DOCS.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"bench: {DOCS} has no {BEGIN} ... {END} section")
-    head, rest = text.split(BEGIN, 1)
-    DOCS.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+    DOCS.write_text(replace_block(DOCS.read_text(), "bench:workload", table))
 
 
 def main() -> int:
