@@ -463,11 +463,13 @@ class Event(BaseModel):
                 raise ValueError(f"envelope type {data['type']!r} does not match payload {ptype!r}")
         return data
 
-    def caused(self, payload: Payload, source: Source) -> "Event":
-        """A new event that follows from this one: same correlation id, causation = this id."""
+    def caused(self, payload: Payload, source: Source, id: str | None = None) -> "Event":
+        """A new event that follows from this one: same correlation id, causation = this id
+        (and the given `id`, when the new event's id must be stable)."""
         return Event(
-            payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id
-        )
+            payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id,
+            **({"id": id} if id else {}),
+        )  # fmt: skip
 
     def to_json(self) -> str:
         return self.model_dump_json()

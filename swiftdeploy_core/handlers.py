@@ -44,11 +44,13 @@ class Context:
     _emitted: int = 0
 
     async def emit(
-        self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS
+        self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS,
+        correlation_id: str | None = None,
     ) -> Event:
         """Publish a fact. Caused by the event being handled, its id is derived from the cause,
-        so a redelivered event re-emits the same ids and consumers drop the repeats."""
-        event = self._new_event(payload, cause, stable_id=True)
+        so a redelivered event re-emits the same ids and consumers drop the repeats. Without a
+        cause it starts a new correlation, or continues `correlation_id`."""
+        event = self._new_event(payload, cause, stable_id=True, correlation_id=correlation_id)
         await self.bus.publish(stream, event)
         return event
 
@@ -71,18 +73,16 @@ class Context:
             raise RuntimeError("on_commit needs an event being handled")
         self.commands.append(tuple(c.decode() if isinstance(c, bytes) else str(c) for c in command))
 
-    def _new_event(self, payload: Payload, cause: Event | None, stable_id: bool) -> Event:
+    def _new_event(
+        self, payload: Payload, cause: Event | None, stable_id: bool, correlation_id: str | None = None
+    ) -> Event:
         if cause is None:
-            return Event(payload=payload, source=self.source)
-        extra: dict[str, Any] = {}
+            return Event(payload=payload, source=self.source, **({"correlation_id": correlation_id} if correlation_id else {}))
         if stable_id and self.event is not None and cause.id == self.event.id:
             self._emitted += 1
             name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"
-            extra["id"] = uuid.uuid5(EMIT_NAMESPACE, name).hex
-        return Event(
-            payload=payload, source=self.source, correlation_id=cause.correlation_id,
-            causation_id=cause.id, **extra,
-        )  # fmt: skip
+            return cause.caused(payload, self.source, id=uuid.uuid5(EMIT_NAMESPACE, name).hex)
+        return cause.caused(payload, self.source)
 
 
 @dataclass

@@ -72,11 +72,7 @@ def emitter(ctx: Context, cause: Event | None, correlation_id: str | None = None
     """Events of a command carry its correlation id; a tick continues the stored command's."""
 
     async def emit(payload: Payload) -> None:
-        if cause is not None:
-            await ctx.emit(payload, cause=cause)
-        else:
-            kwargs = {"correlation_id": correlation_id} if correlation_id else {}
-            await ctx.bus.publish(streams.EVENTS, Event(payload=payload, source=ctx.source, **kwargs))
+        await ctx.emit(payload, cause=cause, correlation_id=correlation_id)
 
     return emit
 
