@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ log = logging.getLogger("swiftdeploy.bus")
 FIELD_EVENT = "event"
 FIELD_TYPE = "type"
 FIELD_CORRELATION = "cid"
+B_EVENT, B_TYPE, B_CORRELATION = FIELD_EVENT.encode(), FIELD_TYPE.encode(), FIELD_CORRELATION.encode()  # as read
 # Errors meaning "Redis went away": callers back off and retry instead of crashing.
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 RECONNECT_MIN_S = 0.05
@@ -42,6 +44,16 @@ UP_HINT = "; run `swiftdeploy up`"  # the next step, ending every ControlPlaneDo
 def entry_fields(event: Event) -> dict[str, str]:
     """The fields of the stream entry that carries `event`."""
     return {FIELD_EVENT: event.to_json(), FIELD_TYPE: event.type, FIELD_CORRELATION: event.correlation_id}
+
+
+def xadd_head(settings: Settings, stream: str) -> list[str]:
+    """XADD's arguments before the fields (after the command name): `stream`, capped like `publish`."""
+    return [stream, "MAXLEN", "~", str(maxlen_for(settings, stream)), "*"]
+
+
+def xadd_args(settings: Settings, stream: str, event: Event) -> list[str]:
+    """XADD's arguments (after the command name) that add `event` to `stream`."""
+    return [*xadd_head(settings, stream), *itertools.chain.from_iterable(entry_fields(event).items())]
 
 
 def decode(value: Any) -> str:
@@ -186,9 +198,9 @@ class Bus:
         publish, and batches are how the bus reaches its throughput."""
         if not events:
             return []
-        head = [b"XADD", stream.encode(), b"MAXLEN", b"~", str(maxlen_for(self.settings, stream)).encode(), b"*"]
-        blob = b"".join(_resp([*head, b"event", e.to_json().encode(), b"type", e.type.encode(),
-                               b"cid", e.correlation_id.encode()]) for e in events)  # fmt: skip
+        head = [b"XADD", *(arg.encode() for arg in xadd_head(self.settings, stream))]
+        blob = b"".join(_resp([*head, B_EVENT, e.to_json().encode(), B_TYPE, e.type.encode(),
+                               B_CORRELATION, e.correlation_id.encode()]) for e in events)  # entry_fields, packed here
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
@@ -279,15 +291,15 @@ class Bus:
             await blocking.aclose()
 
     def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        waiters = self._waiters.get(decode(fields.get(b"cid", b"")))
+        waiters = self._waiters.get(decode(fields.get(B_CORRELATION, b"")))
         if not waiters:
             return
-        event_type = decode(fields.get(b"type", b""))
+        event_type = decode(fields.get(B_TYPE, b""))
         ms = id_ms(entry_id)
         for waiter in waiters:
             if event_type in waiter.expect and ms >= waiter.after_ms and not waiter.future.done():
                 with contextlib.suppress(Exception):
-                    waiter.future.set_result(Event.from_json(fields[b"event"]))
+                    waiter.future.set_result(Event.from_json(fields[B_EVENT]))
                 return
 
     # --- following ---------------------------------------------------------------------------
@@ -355,12 +367,12 @@ async def history(
 
 
 def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Collection[str] | None) -> Event | None:
-    if correlation_id is not None and decode(fields.get(b"cid", b"")) != correlation_id:
+    if correlation_id is not None and decode(fields.get(B_CORRELATION, b"")) != correlation_id:
         return None
-    if not matches(decode(fields.get(b"type", b"")), types):
+    if not matches(decode(fields.get(B_TYPE, b"")), types):
         return None
     try:
-        return Event.from_json(fields[b"event"])
+        return Event.from_json(fields[B_EVENT])
     except (KeyError, ValueError):
         return None  # a malformed entry: the consumers dead-letter it; followers skip it
 

@@ -15,7 +15,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from swiftdeploy_core import streams
-from swiftdeploy_core.bus import FIELD_EVENT, FIELD_TYPE, BlockingConnection, Bus, decode
+from swiftdeploy_core.bus import B_EVENT, B_TYPE, FIELD_EVENT, FIELD_TYPE, BlockingConnection, Bus, decode, maxlen_for
 
 # Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 # atomically, and only for event ids not processed before (a reclaimed duplicate is acked without
@@ -177,11 +177,11 @@ class Group:
         fields = {
             "service": self.service, "stream": entry.stream, "entry_id": entry.entry_id,
             "error": error, "attempts": str(attempts), "consumer": self.consumer,
-            FIELD_TYPE: decode(entry.fields.get(b"type", b"")),
-            FIELD_EVENT: decode(entry.fields.get(b"event", b"")),
+            FIELD_TYPE: decode(entry.fields.get(B_TYPE, b"")),
+            FIELD_EVENT: decode(entry.fields.get(B_EVENT, b"")),
         }  # fmt: skip
         async with self.bus.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(streams.DEAD_LETTER, fields, maxlen=self.bus.settings.stream_maxlen, approximate=True)
+            pipe.xadd(streams.DEAD_LETTER, fields, maxlen=maxlen_for(self.bus.settings, streams.DEAD_LETTER), approximate=True)
             pipe.xack(entry.stream, self.name, entry.entry_id)
             pipe.hdel(self.failures, entry.key)
             await pipe.execute()

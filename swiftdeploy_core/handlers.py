@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swiftdeploy_core import streams
-from swiftdeploy_core.bus import Bus
+from swiftdeploy_core.bus import Bus, xadd_args
 from swiftdeploy_core.events import Event, Payload, Pong, Source
 from swiftdeploy_core.settings import Settings
 
@@ -65,6 +65,14 @@ class Context:
         """Send a request to `stream` and wait for the reply (RequestTimeout after `timeout`)."""
         event = self._new_event(payload, cause, stable_id=False)
         return await self.bus.request(stream, event, expect, timeout or self.settings.request_timeout)
+
+    def emit_on_commit(self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS) -> Event:
+        """Like `emit`, but the worker writes the event in the script that acks the event being
+        handled: published exactly once with the ack, and no Redis round trip of its own (the
+        reply of a side-effect-free service goes out this way)."""
+        event = self._new_event(payload, cause, stable_id=True)
+        self.on_commit("XADD", *xadd_args(self.settings, stream, event))
+        return event
 
     def on_commit(self, *command: Any) -> None:
         """Queue a Redis write (e.g. "HINCRBY", key, field, 1) to run atomically with this event's

@@ -17,7 +17,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from swiftdeploy_core import streams
-from swiftdeploy_core.bus import FIELD_EVENT
+from swiftdeploy_core.bus import B_EVENT
 from swiftdeploy_core.dashboard import EventLine, PolicyView, StatusView, build_view, serving_track
 from swiftdeploy_core.describe import describe_event
 from swiftdeploy_core.errors import BusError
@@ -127,7 +127,7 @@ async def recent_events(bus: "Bus") -> list[EventLine]:
 
 
 def _decode(fields: dict) -> Event | None:
-    raw = fields.get(FIELD_EVENT.encode())
+    raw = fields.get(B_EVENT)
     try:
         return Event.from_json(raw) if raw is not None else None
     except (ValidationError, ValueError):

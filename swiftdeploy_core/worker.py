@@ -29,7 +29,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from swiftdeploy_core import logs, streams
-from swiftdeploy_core.bus import CONNECTION_ERRORS, Backoff, BlockingConnection, Bus
+from swiftdeploy_core.bus import B_EVENT, CONNECTION_ERRORS, Backoff, BlockingConnection, Bus
 from swiftdeploy_core.group import Commit, Entry, Group
 from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.events import Event, Source
@@ -245,7 +245,7 @@ class Worker:
                  "y" if len(entries) == 1 else "ies")  # fmt: skip
 
     def _parse(self, entry: Entry) -> Event | str:
-        raw = entry.fields.get(b"event")
+        raw = entry.fields.get(B_EVENT)
         if raw is None:
             return f"malformed entry: no 'event' field (fields: {sorted(k.decode() for k in entry.fields)})"
         try:

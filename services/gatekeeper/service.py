@@ -8,7 +8,6 @@ the engine, a decision id, the policy revision and the time the engine took; a d
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
@@ -19,9 +18,8 @@ from services.gatekeeper.embedded import EmbeddedEngine
 from services.gatekeeper.engines import PolicyEngine, UnavailableEngine
 from services.gatekeeper.opa import OpaEngine
 from swiftdeploy_core import streams
-from swiftdeploy_core.bus import entry_fields, maxlen_for
 from swiftdeploy_core.errors import ManifestError
-from swiftdeploy_core.events import DecisionMade, DecisionRequested, Event, Payload, PolicyViolation
+from swiftdeploy_core.events import DecisionMade, DecisionRequested, Event, PolicyViolation
 from swiftdeploy_core.manifest import PolicyEngine as EngineName
 from swiftdeploy_core.manifest import load_manifest
 from swiftdeploy_core.settings import Settings
@@ -62,10 +60,10 @@ class Gatekeeper:
     async def handle(self, event: Event, ctx: Context) -> None:
         """`decision.requested` → `decision.made` (and `policy.violation` when denied)."""
         made = await self.decide(event.payload, event.id)
-        publish_with_ack(ctx, made, cause=event)
+        ctx.emit_on_commit(made, cause=event)
         if not made.allow:
             violation = PolicyViolation(domain=made.domain, reasons=made.reasons, input=made.input, decision_id=made.decision_id)
-            publish_with_ack(ctx, violation, cause=event)
+            ctx.emit_on_commit(violation, cause=event)
         log.log(
             logging.DEBUG if made.allow else logging.INFO,  # every decision is on record as an event
             "decision %s %s %s in %.2f ms (engine %s, revision %s)%s",
@@ -82,15 +80,6 @@ class Gatekeeper:
 
     async def on_stop(self, ctx: Context) -> None:
         await self.engine.close()
-
-
-def publish_with_ack(ctx: Context, payload: Payload, cause: Event) -> None:
-    """Queue `payload` (caused by `cause`) for EVENTS, written by the worker in the same atomic
-    script that acks the request: published exactly once, and one Redis round trip per decision
-    fewer than `ctx.emit` (the worker commits right after the handler returns)."""
-    fields = entry_fields(cause.caused(payload, ctx.source))
-    maxlen = maxlen_for(ctx.settings, streams.EVENTS)
-    ctx.on_commit("XADD", streams.EVENTS, "MAXLEN", "~", maxlen, "*", *itertools.chain.from_iterable(fields.items()))
 
 
 def engine_for(settings: Settings) -> PolicyEngine:
