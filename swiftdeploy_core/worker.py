@@ -262,23 +262,22 @@ class Worker:
         """Run the handler once; queue the commit, schedule a retry, or dead-letter."""
         try:
             if slot_held:
-                outcome = await self._call(event)
+                outcome = await self._call(entry, event)
             else:
                 async with self._slots:
-                    outcome = await self._call(event)
+                    outcome = await self._call(entry, event)
         finally:
             if slot_held:
                 self._slots.release()
         if outcome.commit is not None:
-            outcome.commit.entry = entry
             outcome.commit.failed = attempt > 1 or entry.reclaimed
             self._commits.append(outcome.commit)
-            if self.spec.concurrency > 1:
+            if self.spec.concurrency > 1 or attempt > 1:  # a retry is not part of a batch's flush
                 await self._flush()
             return
         await self._failed(entry, event, attempt, outcome)
 
-    async def _call(self, event: Event) -> _Outcome:
+    async def _call(self, entry: Entry, event: Event) -> _Outcome:
         ctx = self.context(event)
         handler = self.handlers[event.type]
         started = time.perf_counter()
@@ -293,7 +292,7 @@ class Worker:
                 return self._observe(event, started, _Outcome(error=f"retry requested: {exc}"))
             except Exception as exc:  # a handler bug must not stop the service
                 return self._observe(event, started, _Outcome(error=f"{type(exc).__name__}: {exc}"))
-            outcome = _Outcome(commit=Commit(Entry("", "", {}), event.id, ctx.commands))
+            outcome = _Outcome(commit=Commit(entry, event.id, ctx.commands))
             return self._observe(event, started, outcome)
 
     def _observe(self, event: Event, started: float, outcome: _Outcome) -> _Outcome:
@@ -324,7 +323,6 @@ class Worker:
             await asyncio.shield(self._release([entry]))  # stopping: a live replica takes it over
             raise
         await self._attempt(entry, event, attempts + 1)
-        await self._flush()
 
     async def _dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
         await self._retrying(lambda: self.group.dead_letter(entry, error, attempts))
