@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.auditor.history import CLAIM_TTL_S
 from swiftdeploy_core.settings import Settings
 
 
@@ -12,7 +13,7 @@ class AuditorSettings(Settings):
 
     audit_fsync: bool = True  # fsync after each line: durable across power loss, ~1 ms a line
     audit_history: Path | None = None  # overrides the manifest's paths.history
-    audit_claim_ttl: int = 7 * 24 * 3600  # how long an event id's claim is remembered (seconds)
+    audit_claim_ttl: int = CLAIM_TTL_S
     # How long a handler keeps retrying a line that cannot be written (full disk...) before it
     # gives the entry back to the worker as Retry; meanwhile the entry stays pending.
     audit_write_patience: float = 300.0

@@ -60,6 +60,9 @@ def history_id(path: Path) -> str:
     return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
 
 
+CLAIM_TTL_S = 7 * 24 * 3600  # how long an event id's claim is remembered: redeliveries come far sooner
+
+
 @dataclass
 class HistoryWriter:
     """Appends entries to one history file; safe across coroutines, processes and redeliveries."""
@@ -67,7 +70,7 @@ class HistoryWriter:
     path: Path
     redis: aioredis.Redis
     fsync: bool = True
-    claim_ttl: int = 7 * 24 * 3600
+    claim_ttl: int = CLAIM_TTL_S
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 from urllib.parse import urldefrag
 
 import redis.asyncio as aioredis
@@ -17,12 +18,13 @@ from pydantic import ValidationError
 
 from services.collector.scrape import Target
 from swiftdeploy_core import streams
+from swiftdeploy_core.events import Track
 from swiftdeploy_core.manifest import LoadedManifest
 from swiftdeploy_core.state import RolloutState
 
 log = logging.getLogger("swiftdeploy.collector.targets")
 
-TRACKS = ("stable", "canary")
+TRACKS = get_args(Track)
 
 
 @dataclass(frozen=True)
