@@ -259,36 +259,14 @@ class Bus:
 
     async def _read_replies(self) -> None:
         """One reader per process: XREAD EVENTS, hand each reply to the future waiting for it."""
-        blocking = BlockingConnection(self.redis)
-        self._blocking.add(blocking)
-        backoff = Backoff()
-        last: str | None = None
-        try:
-            while not blocking.closed:
-                try:
-                    if last is None:
-                        last = await self.cursor()
-                        assert self._reader_ready is not None
-                        if not self._reader_ready.done():
-                            self._reader_ready.set_result(None)
-                    cursor = last
-                    reply = await blocking.read(
-                        lambda c: c.xread({streams.EVENTS: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
-                    )
-                    backoff.reset()
-                except CONNECTION_ERRORS as exc:
-                    if blocking.closed:
-                        break
-                    log.warning("reply reader lost Redis (%s); retrying", exc)
-                    await backoff.wait()
-                    continue
-                for _stream, entries in reply or ():
-                    for entry_id, fields in entries:
-                        last = decode(entry_id)
-                        self._dispatch(last, fields)
-        finally:
-            self._blocking.discard(blocking)
-            await blocking.aclose()
+
+        def ready() -> None:
+            if self._reader_ready is not None and not self._reader_ready.done():
+                self._reader_ready.set_result(None)
+
+        async with contextlib.aclosing(self._tail(streams.EVENTS, "$", "reply reader", ready)) as entries:
+            async for entry_id, fields in entries:
+                self._dispatch(entry_id, fields)
 
     def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         waiters = self._waiters.get(decode(fields.get(B_CORRELATION, b"")))
@@ -314,6 +292,18 @@ class Bus:
     ) -> AsyncIterator[Event]:
         """Yield events from `stream` after `since` (an entry id, "0" for all, "$" for new ones),
         keeping those with `correlation_id` and a type matching one of the globs in `types`."""
+        async with contextlib.aclosing(self._tail(stream, since, "follow")) as entries:
+            async for _entry_id, fields in entries:
+                event = _select(fields, correlation_id, types)
+                if event is not None:
+                    yield event
+
+    async def _tail(
+        self, stream: str, since: str, what: str, started: Callable[[], None] | None = None
+    ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
+        """(entry id, fields) of each entry of `stream` after `since` ("$": from now on), on a
+        connection of its own, across Redis restarts, until the bus closes. `started` is called
+        once the cursor for "$" is known: entries added after that are not missed."""
         blocking = BlockingConnection(self.redis)
         self._blocking.add(blocking)
         backoff = Backoff()
@@ -323,6 +313,8 @@ class Bus:
                 try:
                     if last == "$":
                         last = await self.cursor(stream)
+                        if started is not None:
+                            started()
                     cursor = last
                     reply = await blocking.read(
                         lambda c: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
@@ -331,15 +323,13 @@ class Bus:
                 except CONNECTION_ERRORS as exc:
                     if blocking.closed:
                         return
-                    log.warning("follow lost Redis (%s); retrying", exc)
+                    log.warning("%s lost Redis (%s); retrying", what, exc)
                     await backoff.wait()
                     continue
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         last = decode(entry_id)
-                        event = _select(fields, correlation_id, types)
-                        if event is not None:
-                            yield event
+                        yield last, fields
         finally:
             self._blocking.discard(blocking)
             await blocking.aclose()
