@@ -83,7 +83,7 @@ async def open_rollout(
 ) -> Rollout:  # fmt: skip
     """The project's rollout: its record (rebuilt from runtime labels if Redis lost it)."""
     store = RecordStore(ctx.bus.redis)
-    record = await store.load(project)
+    record = stored = await store.load(project)
     if manifest is not None:
         if record is not None and record.runtime != manifest.runtime.value and record.instances():
             raise operations.Refused(
@@ -94,8 +94,9 @@ async def open_rollout(
     if record is None:
         raise operations.Refused(f"{project} is not deployed (no rollout record); run `swiftdeploy deploy` first")
     gate = BusGate(ctx, ctx.settings.request_timeout)
-    rollout = Rollout(record, make_driver(validate_manifest(record.manifest), record.root, record.runtime), store, gate, emit)
-    if await store.load(project) is None:
+    validated = validate_manifest(record.manifest)
+    rollout = Rollout(record, make_driver(validated, record.root, record.runtime), store, gate, emit, _manifest=validated)
+    if stored is None:  # Redis lost the record (the command brought its manifest): the runtime's labels say the rest
         rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
         if rebuilt is not None:
             rollout.record = await store.save(rebuilt.model_copy(update={"manifest": record.manifest, "root": record.root}))
