@@ -140,6 +140,13 @@ class Worker:
             self.stopping.set()
             self._waking = asyncio.ensure_future(self._reader.wake())  # end a blocked read now
 
+    async def shut_down(self, runner: asyncio.Task[None]) -> None:
+        """Stop reading, give the `run()` task half the grace to end, then `stop()`."""
+        self.request_stop()
+        await asyncio.wait({runner}, timeout=self.settings.shutdown_grace / 2)
+        runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
+        await self.stop()
+
     async def stop(self) -> None:
         """Finish and ack what is in flight (bounded by shutdown_grace), then close."""
         self.request_stop()
@@ -452,10 +459,7 @@ async def serve(spec: ServiceSpec, settings: Settings) -> int:
         runner = asyncio.create_task(worker.run())
         await worker.stopping.wait()
         _watchdog(settings.shutdown_grace + 0.8)
-        deadline = loop.time() + settings.shutdown_grace
-        await asyncio.wait({runner}, timeout=settings.shutdown_grace / 2)
-        runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
-        await asyncio.wait_for(worker.stop(), timeout=max(0.1, deadline - loop.time()))
+        await asyncio.wait_for(worker.shut_down(runner), timeout=settings.shutdown_grace)
     except asyncio.TimeoutError:
         stuck = [t.get_name() + ": " + repr(t.get_stack(limit=3)) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         log.warning("%s: shutdown grace exceeded; cancelled what was left: %s", spec.name, stuck)
@@ -515,10 +519,7 @@ async def running(spec: ServiceSpec, settings: Settings) -> AsyncIterator[Worker
     try:
         yield worker
     finally:
-        worker.request_stop()
-        await asyncio.wait({task}, timeout=settings.shutdown_grace / 2)
-        task.cancel()
-        await worker.stop()
+        await worker.shut_down(task)
         await bus.close()
 
 
