@@ -84,8 +84,13 @@ class Backoff:
     def __init__(self, low: float = RECONNECT_MIN_S, high: float = RECONNECT_MAX_S) -> None:
         self.low, self.high, self.delay = low, high, low
 
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
+    async def wait(self, until: asyncio.Event | None = None) -> None:
+        """Sleep the current delay (cut short when `until` is set), then double it."""
+        if until is None:
+            await asyncio.sleep(self.delay)
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(until.wait(), self.delay)
         self.delay = min(self.high, self.delay * 2)
 
     def reset(self) -> None:

@@ -485,15 +485,13 @@ def _watchdog(seconds: float) -> None:
 
 async def _connect_until(settings: Settings, stop: asyncio.Event) -> Bus | None:
     """Services may start before Redis (compose, `up`): wait for it, unless told to stop."""
-    delay = 0.1
+    backoff = Backoff(0.1, 5.0)
     while not stop.is_set():
         try:
             return await Bus.connect(settings)
         except ControlPlaneDown as exc:
             log.warning("waiting for Redis: %s", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(5.0, delay * 2)
+            await backoff.wait(until=stop)
     return None
 
 
@@ -506,7 +504,7 @@ async def _start_until(worker: Worker, stop: asyncio.Event) -> None:
         except CONNECTION_ERRORS as exc:
             await worker.health.stop()
             log.warning("start failed, Redis unreachable (%s); retrying", exc)
-            await backoff.wait()
+            await backoff.wait(until=stop)
 
 
 @contextlib.asynccontextmanager
