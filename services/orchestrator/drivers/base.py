@@ -6,8 +6,10 @@ only executes: it never decides what to run (that is `plans`) or whether to (tha
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from enum import Enum
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,6 +21,7 @@ LABEL_PROJECT = "swiftdeploy.project"
 LABEL_TRACK = "swiftdeploy.track"
 LABEL_VERSION = "swiftdeploy.version"
 LABEL_ROLE = "swiftdeploy.role"
+RELOAD_DRAIN = 12.0  # seconds: nginx's worker_shutdown_timeout (10 s) plus a margin
 
 
 class Role(str, Enum):
@@ -87,6 +90,9 @@ class RuntimeDriver(ABC):
     """Executes plans on one runtime for one project. Every method is safe to repeat."""
 
     name: str
+    project: str
+    dir: Path  # the driver's state folder
+    nginx_conf: Path  # the router's nginx.conf as last applied: `dir / "nginx" / "nginx.conf"`
 
     @abstractmethod
     async def preflight(self, manifest: Manifest, *, router_running: bool) -> None:
@@ -125,9 +131,9 @@ class RuntimeDriver(ABC):
     @abstractmethod
     async def router_running(self) -> bool: ...
 
-    @abstractmethod
     async def router_config(self) -> str | None:
         """The nginx.conf the router currently serves (None when there is no router)."""
+        return read_text(self.nginx_conf) if await self.router_running() else None
 
     @abstractmethod
     async def list_objects(self) -> list[RuntimeObject]:
@@ -159,3 +165,10 @@ class InstanceFailed(RuntimeDriverError):
         super().__init__(message)
         self.name = name
         self.logs: list[str] = []  # its last log lines, captured before it was removed
+
+
+def read_text(path: Path) -> str | None:
+    """A file's text, or None when it does not exist."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text()
+    return None

@@ -26,6 +26,7 @@ from swiftdeploy_core.router import CONTAINER_CONF, OPA_PORT, render_nginx_conf
 from swiftdeploy_core.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
+    RELOAD_DRAIN,
     LABEL_PROJECT,
     LABEL_ROLE,
     LABEL_TRACK,
@@ -35,11 +36,11 @@ from services.orchestrator.drivers.base import (
     Role,
     RuntimeDriver,
     RuntimeObject,
+    read_text,
 )
 from services.orchestrator.drivers.health import wait_http_ok
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
-RELOAD_DRAIN = 12.0  # nginx's worker_shutdown_timeout (10 s) plus a margin
 UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker Engine"
 NO_DOCKER = "cannot reach dockerd ({error}); start it, or deploy with `runtime: process`"
 
@@ -181,7 +182,7 @@ class DockerDriver(RuntimeDriver):
         with docker_errors(f"configuring {name}"):
             container = await self._get(name)
             running = container is not None and container["State"]["Running"]
-            if running and _read(self.nginx_conf) == conf:
+            if running and read_text(self.nginx_conf) == conf:
                 return url
             if running:
                 await self._reload(container, conf)
@@ -228,9 +229,6 @@ class DockerDriver(RuntimeDriver):
         with docker_errors("inspecting the router"):
             container = await self._get(plans.router_container(self.project))
         return container is not None and bool(container["State"]["Running"])
-
-    async def router_config(self) -> str | None:
-        return _read(self.nginx_conf) if await self.router_running() else None
 
     # --- labelled objects ----------------------------------------------------------------------
 
@@ -377,9 +375,3 @@ async def _wait_router(container: Any, port: int, timeout: float = 10.0) -> None
             return
         await asyncio.sleep(0.05)
     raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
-
-
-def _read(path: Path) -> str | None:
-    with contextlib.suppress(FileNotFoundError):
-        return path.read_text()
-    return None

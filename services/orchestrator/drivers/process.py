@@ -27,6 +27,7 @@ from swiftdeploy_core.router import conf_dirs, render_nginx_conf
 from swiftdeploy_core.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
+    RELOAD_DRAIN,
     LABEL_TRACK,
     LABEL_VERSION,
     InstanceFailed,
@@ -35,12 +36,12 @@ from services.orchestrator.drivers.base import (
     Role,
     RuntimeDriver,
     RuntimeObject,
+    read_text,
 )
 from services.orchestrator.drivers.health import wait_http_ok
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # where the bundled `workload` package lives
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-RELOAD_DRAIN = 12.0  # nginx's worker_shutdown_timeout (10 s) plus a margin
 ROUTER = "router"
 
 _children: dict[int, subprocess.Popen] = {}  # processes this orchestrator started (to reap them)
@@ -132,7 +133,7 @@ class ProcessDriver(RuntimeDriver):
         plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight)
         conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
         running = self._router()
-        if running and _alive(running) and _read_text(self.nginx_conf) == conf:
+        if running and _alive(running) and read_text(self.nginx_conf) == conf:
             return plan.url
         await self._install_conf(conf)
         if running and _alive(running):
@@ -144,9 +145,6 @@ class ProcessDriver(RuntimeDriver):
     async def router_running(self) -> bool:
         record = self._router()
         return record is not None and _alive(record)
-
-    async def router_config(self) -> str | None:
-        return _read_text(self.nginx_conf) if await self.router_running() else None
 
     async def _install_conf(self, conf: str) -> None:
         for folder in conf_dirs(conf):
@@ -359,12 +357,6 @@ def _object(record: ProcessRecord, url: str) -> RuntimeObject:
         kind="process", name=record.name, id=str(record.pid), labels=record.labels,
         running=_alive(record), url=url, image=record.image,
     )  # fmt: skip
-
-
-def _read_text(path: Path) -> str | None:
-    with contextlib.suppress(FileNotFoundError):
-        return path.read_text()
-    return None
 
 
 def tail(path: Path, lines: int) -> list[str]:
