@@ -148,19 +148,8 @@ class DockerDriver(RuntimeDriver):
             state = container["State"]
             return None if state["Running"] else f"exited with code {state['ExitCode']}"
 
-        state: dict[str, str | None] = {"reason": None}
-
-        async def watch() -> None:
-            while True:
-                state["reason"] = await exited()
-                await asyncio.sleep(0.25)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            with docker_errors(f"waiting for {instance.name}"):
-                await wait_http_ok(f"{instance.url}/healthz", timeout, name=instance.name, alive=lambda: state["reason"])
-        finally:
-            watcher.cancel()
+        with docker_errors(f"waiting for {instance.name}"):
+            await wait_http_ok(f"{instance.url}/healthz", timeout, name=instance.name, alive=exited)
 
     async def stop_instance(self, name: str) -> None:
         with docker_errors(f"stopping {name}"):

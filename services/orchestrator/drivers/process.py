@@ -115,9 +115,11 @@ class ProcessDriver(RuntimeDriver):
         record = self._read(instance.name)
         if record is None:
             raise InstanceFailed(instance.name, f"{instance.name} is not running")
-        await wait_http_ok(
-            f"{instance.url}/healthz", timeout, name=instance.name, alive=lambda: _exit_reason(record)
-        )
+
+        async def exited() -> str | None:
+            return _exit_reason(record)
+
+        await wait_http_ok(f"{instance.url}/healthz", timeout, name=instance.name, alive=exited)
 
     async def stop_instance(self, name: str) -> None:
         record = self._read(name)
