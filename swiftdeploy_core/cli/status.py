@@ -27,18 +27,18 @@ from swiftdeploy_core.status_probe import gather_status
 async def show(settings: Settings, project: str, *, interval: float, once: bool, as_json: bool,
                policy_timeout: float) -> None:
     source = client_source(settings)
+    loop = asyncio.get_running_loop()
     async with connected(settings) as bus:
+        started = loop.time()
+        view = await gather_status(bus, project, source, policy_timeout)
         if as_json or once:
-            view = await gather_status(bus, project, source, policy_timeout)
             print_json(view.to_json()) if as_json else Console().print(render(view))
             return
-        view = await gather_status(bus, project, source, policy_timeout)
         with Live(render(view), auto_refresh=False, screen=False, transient=False) as live:
             while True:
-                started = asyncio.get_running_loop().time()
-                live.update(render(view), refresh=True)
-                await asyncio.sleep(max(0.0, interval - (asyncio.get_running_loop().time() - started)))
-                view = await gather_status(bus, project, source, policy_timeout)
+                await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+                started = loop.time()
+                live.update(render(await gather_status(bus, project, source, policy_timeout)), refresh=True)
 
 
 def status(
