@@ -26,11 +26,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from swiftdeploy_core import streams  # noqa: E402
-from swiftdeploy_core.bus import Bus  # noqa: E402
-from swiftdeploy_core.events import DeployStep, Event, PingRequested, Source  # noqa: E402
+from swiftdeploy_core.bus import streams  # noqa: E402
+from swiftdeploy_core.bus.connection import Bus  # noqa: E402
+from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Source  # noqa: E402
 from swiftdeploy_core.settings import Settings  # noqa: E402
-from swiftdeploy_core.worker import Context, ServiceSpec, run  # noqa: E402
+from swiftdeploy_core.bus.worker import Context, ServiceSpec  # noqa: E402
+from swiftdeploy_core.bus.runner import run  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
 INBOX = streams.ORCHESTRATOR_INBOX

@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 import policies  # noqa: E402
 from services.gatekeeper.embedded import EmbeddedEngine  # noqa: E402
-from swiftdeploy_core import streams  # noqa: E402
-from swiftdeploy_core.bus import Bus  # noqa: E402
-from swiftdeploy_core.events import DecisionRequested, Event, PingRequested, Source  # noqa: E402
+from swiftdeploy_core.bus import streams  # noqa: E402
+from swiftdeploy_core.bus.connection import Bus  # noqa: E402
+from swiftdeploy_core.bus.events import DecisionRequested, Event, PingRequested, Source  # noqa: E402
 from swiftdeploy_core.settings import Settings  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 

@@ -1,3 +1,3 @@
-from swiftdeploy_core.cli import main
+from swiftdeploy_core.client.cli import main
 
 main()

@@ -1,7 +1,7 @@
 """Every error SwiftDeploy raises on purpose.
 
 One base class, a few families under it. The CLI maps each family to a one-line message and an
-exit code in one place (`swiftdeploy_core.cli.errors`); nothing else prints errors for the user.
+exit code in one place (`swiftdeploy_core.client.cli.errors`); nothing else prints errors for the user.
 """
 
 from __future__ import annotations

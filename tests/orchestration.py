@@ -20,10 +20,10 @@ import yaml
 import pytest
 import redis.asyncio as aioredis
 
-from swiftdeploy_core import streams
-from swiftdeploy_core.events import MetricsSnapshot
-from swiftdeploy_core.manifest import Manifest, load_manifest
-from swiftdeploy_core.state import RolloutState
+from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import MetricsSnapshot
+from swiftdeploy_core.project.manifest import Manifest, load_manifest
+from swiftdeploy_core.project.state import RolloutState
 from services.orchestrator.drivers import make_driver
 from tests.servers import REPO_ROOT, free_port, require_binary
 

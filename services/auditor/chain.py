@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from swiftdeploy_core.describe import event_fields
-from swiftdeploy_core.events import Event
+from swiftdeploy_core.bus.describe import event_fields
+from swiftdeploy_core.bus.events import Event
 
 GENESIS = "0" * 64
 # Payload fields left out of a line: bulky, and fixed elsewhere (the manifest by its sha256).

@@ -32,7 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.auditor.chain import GENESIS, encode_line, line_digest, tail_digest
-from swiftdeploy_core import streams
+from swiftdeploy_core.bus import streams
 from swiftdeploy_core.errors import SwiftDeployError
 
 log = logging.getLogger("swiftdeploy.auditor.history")

@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from services.auditor.chain import Verification, iso_utc
-from swiftdeploy_core.describe import cell, describe
+from swiftdeploy_core.bus.describe import cell, describe
 from services.auditor.gantt import rollout_gantt
 
 Entry = dict[str, Any]

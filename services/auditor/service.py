@@ -21,13 +21,13 @@ from services.auditor.chain import Verification, history_entry, parse_iso, read_
 from services.auditor.config import AuditorSettings
 from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
-from swiftdeploy_core import streams
+from swiftdeploy_core.bus import streams
 from swiftdeploy_core.errors import ManifestError
-from swiftdeploy_core.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
-from swiftdeploy_core.manifest import LoadedManifest, load_manifest
+from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
+from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.state import RolloutState
-from swiftdeploy_core.worker import Context, Reject, Retry, ServiceSpec
+from swiftdeploy_core.project.state import RolloutState
+from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
 
 NAME = "auditor"
 NOT_AUDITED = {"ping.requested", "pong", "audit.requested", "audit.rendered", "metrics.snapshot"}

@@ -16,7 +16,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.collector.window import BucketKey, Labels, Scrape, labels_of
-from swiftdeploy_core.events import Track
+from swiftdeploy_core.bus.events import Track
 
 REQUESTS = "http_requests_total"
 BUCKETS = "http_request_duration_seconds_bucket"

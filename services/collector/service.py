@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from swiftdeploy_core.host import DataRoots, host_stats
+from swiftdeploy_core.project.host import DataRoots, host_stats
 from services.collector.scrape import Scraper
 from services.collector.targets import Discovery, Project, discover
 from services.collector.tracking import CycleReport, Tracker
-from swiftdeploy_core import streams
+from swiftdeploy_core.bus import streams
 from swiftdeploy_core.errors import BusError
-from swiftdeploy_core.events import HostStats
-from swiftdeploy_core.manifest import CollectorSpec, LoadedManifest, load_manifest
+from swiftdeploy_core.bus.events import HostStats
+from swiftdeploy_core.project.manifest import CollectorSpec, LoadedManifest, load_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.worker import Context, ServiceSpec
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
 
 NAME = "collector"
 TIMEOUT_SHARE = 0.8  # of the interval: a scrape gives up before the next tick is due

@@ -17,10 +17,10 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from services.collector.scrape import Target
-from swiftdeploy_core import streams
-from swiftdeploy_core.events import Track
-from swiftdeploy_core.manifest import LoadedManifest
-from swiftdeploy_core.state import RolloutState
+from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import Track
+from swiftdeploy_core.project.manifest import LoadedManifest
+from swiftdeploy_core.project.state import RolloutState
 
 log = logging.getLogger("swiftdeploy.collector.targets")
 

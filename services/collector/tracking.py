@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from services.collector.scrape import Outcome, Scraper, Target
 from services.collector.window import TargetWindow, figures
-from swiftdeploy_core.events import ChaosDetected, ChaosMode, MetricsSnapshot, Payload, TargetDown, TargetUp
+from swiftdeploy_core.bus.events import ChaosDetected, ChaosMode, MetricsSnapshot, Payload, TargetDown, TargetUp
 
 CHAOS_MODES: dict[int, ChaosMode] = {0: "none", 1: "slow", 2: "error"}
 

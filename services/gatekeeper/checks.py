@@ -1,7 +1,7 @@
 """`swiftdeploy validate`'s policy checks: the project's policies compile, their Rego unit tests
 pass, and the configured policy engine answers.
 
-Registered with `swiftdeploy_core.checks` (listed in its CHECK_MODULES). Compiling and testing
+Registered with `swiftdeploy_core.project.checks` (listed in its CHECK_MODULES). Compiling and testing
 Rego here is a pre-flight check, like `opa check` and `opa test`; decisions are still only made by
 the gatekeeper.
 """
@@ -14,9 +14,9 @@ import policies
 from services.gatekeeper import rego
 from services.gatekeeper.embedded import read_folder, run_folder_tests, split_files
 from services.gatekeeper.opa import OpaEngine
-from swiftdeploy_core.checks import CheckContext, CheckResult, check, needs_manifest
+from swiftdeploy_core.project.checks import CheckContext, CheckResult, check, needs_manifest
 from swiftdeploy_core.errors import PolicyEngineError
-from swiftdeploy_core.manifest import PolicyEngine as EngineName
+from swiftdeploy_core.project.manifest import PolicyEngine as EngineName
 
 REQUIRED_DOMAINS = ("infra", "canary")
 

@@ -17,13 +17,13 @@ import policies
 from services.gatekeeper.embedded import EmbeddedEngine
 from services.gatekeeper.engines import PolicyEngine, UnavailableEngine
 from services.gatekeeper.opa import OpaEngine
-from swiftdeploy_core import streams
+from swiftdeploy_core.bus import streams
 from swiftdeploy_core.errors import ManifestError
-from swiftdeploy_core.events import DecisionMade, DecisionRequested, Event, PolicyViolation
-from swiftdeploy_core.manifest import PolicyEngine as EngineName
-from swiftdeploy_core.manifest import load_manifest
+from swiftdeploy_core.bus.events import DecisionMade, DecisionRequested, Event, PolicyViolation
+from swiftdeploy_core.project.manifest import PolicyEngine as EngineName
+from swiftdeploy_core.project.manifest import load_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.worker import Context, ServiceSpec
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
 
 NAME = "gatekeeper"
 CONCURRENCY = 16  # decisions in flight: overlaps Redis round trips (and OPA's, with that engine)

@@ -2,7 +2,7 @@
 
 from services.orchestrator.service import build_spec
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.worker import run
+from swiftdeploy_core.bus.runner import run
 
 if __name__ == "__main__":
     settings = Settings()

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 import redis.asyncio as aioredis
 
-from swiftdeploy_core import streams
+from swiftdeploy_core.bus import streams
 from swiftdeploy_core.errors import OperationInProgress
 
 DEFAULT_LEASE = 30.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from swiftdeploy_core.errors import SwiftDeployError
-from swiftdeploy_core.events import (
+from swiftdeploy_core.bus.events import (
     CanaryStarted,
     ChaosInjected,
     ChaosRequested,
@@ -29,8 +29,8 @@ from swiftdeploy_core.events import (
     PromotionBlocked,
     TeardownCompleted,
 )
-from swiftdeploy_core.host import INFRA_FIELDS, DataRoots, host_stats
-from swiftdeploy_core.state import Instance, Phase, TrackState
+from swiftdeploy_core.project.host import INFRA_FIELDS, DataRoots, host_stats
+from swiftdeploy_core.project.state import Instance, Phase, TrackState
 from services.orchestrator import phases, plans
 from services.orchestrator.drivers.health import wait_http_ok
 from services.orchestrator.rollout import Decision, Rollout, failure_logs

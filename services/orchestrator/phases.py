@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from swiftdeploy_core.errors import SwiftDeployError
-from swiftdeploy_core.events import (
+from swiftdeploy_core.bus.events import (
     CanaryAnalysis,
     CanaryCompleted,
     CanaryWeightChanged,
@@ -20,7 +20,7 @@ from swiftdeploy_core.events import (
     PromotionCompleted,
     RollbackCompleted,
 )
-from swiftdeploy_core.state import Phase
+from swiftdeploy_core.project.state import Phase
 from services.orchestrator import plans
 from services.orchestrator.rollout import Decision, Rollout
 

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from swiftdeploy_core.events import MetricsSnapshot, Track
-from swiftdeploy_core.manifest import Manifest, PolicyEngine, Runtime
-from swiftdeploy_core.router import (
+from swiftdeploy_core.bus.events import MetricsSnapshot, Track
+from swiftdeploy_core.project.manifest import Manifest, PolicyEngine, Runtime
+from swiftdeploy_core.project.router import (
     RouterPlan,
     Upstream,
     internal_network,
@@ -22,7 +22,7 @@ from swiftdeploy_core.router import (
     plan_for_process,
     router_container,
 )
-from swiftdeploy_core.state import Instance, Phase, RolloutState, TrackState
+from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 from services.orchestrator.drivers.base import (
     LABEL_PROJECT,
     LABEL_ROLE,

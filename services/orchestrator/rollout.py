@@ -17,10 +17,10 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from swiftdeploy_core import streams
-from swiftdeploy_core.events import MetricsSnapshot, Payload
-from swiftdeploy_core.manifest import Manifest, validate_manifest
-from swiftdeploy_core.state import Instance, RolloutState
+from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import MetricsSnapshot, Payload
+from swiftdeploy_core.project.manifest import Manifest, validate_manifest
+from swiftdeploy_core.project.state import Instance, RolloutState
 from services.orchestrator.drivers.base import InstanceFailed, InstanceSpec, RuntimeDriver
 
 HEALTH_TIMEOUT = 30.0

@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from swiftdeploy_core import streams
-from swiftdeploy_core.bus import CONNECTION_ERRORS
+from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.retry import CONNECTION_ERRORS
 from swiftdeploy_core.errors import OperationInProgress, RequestTimeout, SwiftDeployError
-from swiftdeploy_core.events import (
+from swiftdeploy_core.bus.events import (
     CanaryRequested,
     ChaosRequested,
     CommandRejected,
@@ -32,10 +32,10 @@ from swiftdeploy_core.events import (
     RollbackRequested,
     TeardownRequested,
 )
-from swiftdeploy_core.manifest import Manifest, validate_manifest
+from swiftdeploy_core.project.manifest import Manifest, validate_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.state import RolloutState
-from swiftdeploy_core.worker import Context, ServiceSpec
+from swiftdeploy_core.project.state import RolloutState
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from services.orchestrator import lock, operations, phases, plans
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.rollout import Decision, RecordStore, Rollout

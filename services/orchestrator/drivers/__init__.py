@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftdeploy_core.manifest import Manifest, Runtime
+from swiftdeploy_core.project.manifest import Manifest, Runtime
 from services.orchestrator.drivers.base import RuntimeDriver
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from swiftdeploy_core.errors import RuntimeDriverError
-from swiftdeploy_core.manifest import Manifest
-from swiftdeploy_core.state import Instance
+from swiftdeploy_core.project.manifest import Manifest
+from swiftdeploy_core.project.state import Instance
 
 LABEL_PROJECT = "swiftdeploy.project"
 LABEL_TRACK = "swiftdeploy.track"

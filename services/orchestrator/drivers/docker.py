@@ -21,9 +21,9 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
-from swiftdeploy_core.manifest import Manifest
-from swiftdeploy_core.router import CONTAINER_CONF, OPA_PORT, render_nginx_conf
-from swiftdeploy_core.state import Instance
+from swiftdeploy_core.project.manifest import Manifest
+from swiftdeploy_core.project.router import CONTAINER_CONF, OPA_PORT, render_nginx_conf
+from swiftdeploy_core.project.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
     RELOAD_DRAIN,

@@ -21,10 +21,10 @@ import psutil
 from pydantic import BaseModel
 
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
-from swiftdeploy_core.manifest import Manifest
-from swiftdeploy_core import router
-from swiftdeploy_core.router import conf_dirs, render_nginx_conf
-from swiftdeploy_core.state import Instance
+from swiftdeploy_core.project.manifest import Manifest
+from swiftdeploy_core.project import router
+from swiftdeploy_core.project.router import conf_dirs, render_nginx_conf
+from swiftdeploy_core.project.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
     RELOAD_DRAIN,

@@ -1,0 +1,434 @@
+"""The service base: a worker that consumes a service's streams through its consumer group.
+
+A service is a `ServiceSpec` (name, streams, a handler table keyed by event type) run by
+`run(spec)`. The worker reads in batches (XREADGROUP), skips event ids already processed, runs
+the handler, and acks only after it succeeded, atomically with the id's "processed" mark and the
+handler's queued writes (`ctx.on_commit`). A failing entry is retried in-process with backoff and
+dead-lettered after `settings.max_deliveries` attempts; a dead replica's entries are reclaimed
+with XAUTOCLAIM after `settings.lease_ms`. SIGTERM/SIGINT: stop reading, finish and ack what is
+in flight, exit 0 within `settings.shutdown_grace`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from swiftdeploy_core.bus import logs, streams
+from swiftdeploy_core.bus.wire import B_EVENT
+from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
+from swiftdeploy_core.bus.connection import BlockingConnection, Bus
+from swiftdeploy_core.bus.group import Commit, Entry, Group
+from swiftdeploy_core.errors import ControlPlaneDown
+from swiftdeploy_core.bus.events import Event, Source
+from swiftdeploy_core.bus.handlers import Context, Handler, Reject, Retry, ServiceSpec, answer_ping
+from swiftdeploy_core.bus.health import HealthServer, WorkerMetrics
+from swiftdeploy_core.settings import Settings
+
+log = logging.getLogger("swiftdeploy.worker")
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_S = 5  # `ps` calls an instance healthy while its heartbeat key lives
+COMMIT_EVERY_S = 0.05  # a batch of slow handlers still acks at least this often
+RETRY_BASE_S = 0.05
+RETRY_MAX_S = 2.0
+__all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping"]
+
+
+@dataclass
+class _Outcome:
+    commit: Commit | None = None
+    error: str | None = None
+    reject: bool = False
+
+
+class Worker:
+    """Runs one `ServiceSpec` in this process: `start()`, `run()`, `stop()`."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, bus: Bus) -> None:
+        self.spec, self.settings, self.bus = spec, settings, bus
+        self.source = Source(service=spec.name, instance=settings.instance)
+        self.group = Group(bus, spec.name, settings.instance)
+        self.streams = spec.all_streams()
+        self.handlers: dict[str, Handler] = {"ping.requested": answer_ping, **spec.handlers}
+        self.metrics = WorkerMetrics(spec.name)
+        for collector in spec.metrics:  # a service's own metrics, beside the worker's
+            self.metrics.registry.register(collector)
+        self.health = HealthServer(self.metrics, self.is_ready, settings.health_host, settings.health_port)
+        self.stopping = asyncio.Event()
+        self.joined = False
+        self.redis_ok = False
+        self._slots = asyncio.Semaphore(max(1, spec.concurrency))
+        self._inflight: dict[str, Entry] = {}  # entry.key -> entry, kept alive against reclaim
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retries: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []  # heartbeat, reclaim, keepalive: end on `stopping`
+        self._background: list[asyncio.Task[Any]] = []  # the spec's loops: cancelled on stop
+        self._commits: list[Commit] = []
+        self._flush_lock = asyncio.Lock()
+        self._flushed = time.monotonic()
+        self._reader = BlockingConnection(bus.redis)  # XREADGROUP BLOCK holds its own connection
+
+    def context(self, event: Event | None = None) -> Context:
+        return Context(self.settings, self.bus, self.source, event, stopping=self.stopping)
+
+    def is_ready(self) -> bool:
+        return self.joined and self.redis_ok and not self.stopping.is_set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.health.start()
+        await self._join()
+        if self.spec.on_start is not None:
+            await self.spec.on_start(self.context())
+        for loop in (self._heartbeat, self._reclaim_loop, self._keepalive_loop):
+            self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
+        for i, fn in enumerate(self.spec.background):
+            self._background.append(asyncio.create_task(self._guard(fn), name=f"background-{i}"))
+        log.info("%s started: consuming %s as %s (health %s)", self.spec.name, ", ".join(self.streams),
+                 self.settings.instance, self.health.url)  # fmt: skip
+
+    async def run(self) -> None:
+        """Consume until `stop()` is requested."""
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                if not self.joined:
+                    await self._join()
+                free = self.settings.batch_size if self.spec.concurrency == 1 else self._free_slots()
+                batch = await self.group.read(self._reader, self.streams, max(1, free), self.settings.block_ms)
+                self.redis_ok = True
+                backoff.reset()
+            except CONNECTION_ERRORS as exc:
+                await self._lost_redis(exc, backoff)
+                continue
+            except RedisError as exc:  # NOGROUP: Redis came back without our group
+                log.warning("read failed (%s); joining the group again", exc)
+                self.joined = False
+                await backoff.wait()
+                continue
+            await self._process_safely(batch, backoff)
+
+    async def _process_safely(self, batch: list[Entry], backoff: Backoff) -> None:
+        """A batch that fails for an unexpected reason is released for a retry, never lost."""
+        try:
+            await self._process(batch)
+        except CONNECTION_ERRORS as exc:
+            await self._lost_redis(exc, backoff)
+            await self._release([e for e in batch if e.key in self._inflight])
+        except Exception:
+            log.exception("processing a batch failed; releasing it to be taken again")
+            await self._release([e for e in batch if e.key in self._inflight])
+            await backoff.wait()
+
+    def request_stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("%s stopping: no new reads, finishing in-flight work", self.spec.name)
+            self.stopping.set()
+            self._waking = asyncio.ensure_future(self._reader.wake())  # end a blocked read now
+
+    async def shut_down(self, runner: asyncio.Task[None]) -> None:
+        """Stop reading, give the `run()` task half the grace to end, then `stop()`."""
+        self.request_stop()
+        await asyncio.wait({runner}, timeout=self.settings.shutdown_grace / 2)
+        runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Finish and ack what is in flight (bounded by shutdown_grace), then close."""
+        self.request_stop()
+        for task in [*self._background, *self._retries]:
+            task.cancel()
+        if self._retries:
+            await asyncio.wait(set(self._retries), timeout=0.5)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace * 0.6)
+        for task in self._tasks:
+            task.cancel()  # handlers still running: their entries stay pending, reclaimable by a live replica
+        await asyncio.shield(self._final_writes())
+
+    async def _final_writes(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush(), timeout=self.settings.shutdown_grace * 0.3)
+        if self.spec.on_stop is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.spec.on_stop(self.context()), timeout=1.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self.bus.redis.delete(streams.health_key(self.spec.name, self.settings.instance)), 0.5
+            )
+        if self._loops:  # they notice `stopping` within a beat; a stuck one is cancelled
+            _, stuck = await asyncio.wait(self._loops, timeout=0.5)
+            for task in stuck:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._reader.aclose(), 0.5)
+        await self.health.stop()
+
+    async def _join(self) -> None:
+        await self.group.join(self.streams)
+        self.joined = self.redis_ok = True
+        self.metrics.ready.labels(self.spec.name).set(1)
+
+    async def _lost_redis(self, exc: BaseException, backoff: Backoff) -> None:
+        if self.redis_ok:
+            log.warning("lost Redis (%s); reconnecting with backoff", exc)
+        self.redis_ok = False
+        self.metrics.ready.labels(self.spec.name).set(0)
+        await backoff.wait()
+
+    def _free_slots(self) -> int:
+        return max(0, self.spec.concurrency - len(self._tasks))
+
+    async def _guard(self, fn: Callable[[Context], Awaitable[None]]) -> None:
+        """Run a background loop; if it dies, log and start it again after a pause."""
+        while not self.stopping.is_set():
+            try:
+                await fn(self.context())
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background loop %s failed; restarting it", getattr(fn, "__name__", fn))
+                await asyncio.sleep(1.0)
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    async def _process(self, batch: list[Entry]) -> None:
+        if not batch:
+            return
+        events = [self._parse(entry) for entry in batch]
+        ids = [e.id for e in events if isinstance(e, Event)]
+        seen = set()
+        if ids and not self.spec.side_effect_free:
+            flags = await self._retrying(lambda: self.group.seen(ids))
+            seen = {i for i, s in zip(ids, flags) if s}
+        for entry in batch:
+            self._inflight[entry.key] = entry
+        for n, (entry, event) in enumerate(zip(batch, events)):
+            if self.stopping.is_set() and not isinstance(event, str):
+                await self._release(batch[n:])  # taken, not started: hand over to a live replica
+                break
+            if isinstance(event, str):
+                await self._dead_letter(entry, event, 1)
+            elif event.id in seen or event.type not in self.handlers:
+                if event.id in seen:
+                    self.metrics.duplicates.labels(self.spec.name).inc()
+                self._commits.append(Commit(entry, failed=entry.reclaimed))
+            elif self.spec.concurrency == 1:
+                await self._attempt(entry, event, 1)
+                if time.monotonic() - self._flushed > COMMIT_EVERY_S:
+                    await self._flush()  # slow handlers: do not hold finished acks for the batch
+            else:
+                await self._slots.acquire()
+                self._spawn(self._attempt(entry, event, 1, slot_held=True))
+        await self._flush()
+
+    async def _release(self, entries: list[Entry]) -> None:
+        """Mark entries as idle for a whole lease, so the next reclaim by any replica takes them."""
+        if not entries:
+            return
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            self._inflight.pop(entry.key, None)
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            for stream, ids in by_stream.items():
+                await self.group.release(stream, ids, self.settings.lease_ms)
+        log.info("released %d taken but unstarted entr%s for another replica", len(entries),
+                 "y" if len(entries) == 1 else "ies")  # fmt: skip
+
+    def _parse(self, entry: Entry) -> Event | str:
+        raw = entry.fields.get(B_EVENT)
+        if raw is None:
+            return f"malformed entry: no 'event' field (fields: {sorted(k.decode() for k in entry.fields)})"
+        try:
+            return Event.from_json(raw)
+        except ValueError as exc:
+            return f"malformed event: {str(exc).splitlines()[0]} ({len(raw)} bytes)"
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attempt(self, entry: Entry, event: Event, attempt: int, slot_held: bool = False) -> None:
+        """Run the handler once; queue the commit, schedule a retry, or dead-letter."""
+        try:
+            if slot_held:
+                outcome = await self._call(entry, event)
+            else:
+                async with self._slots:
+                    outcome = await self._call(entry, event)
+        finally:
+            if slot_held:
+                self._slots.release()
+        if outcome.commit is not None:
+            outcome.commit.failed = attempt > 1 or entry.reclaimed
+            self._commits.append(outcome.commit)
+            if self.spec.concurrency > 1 or attempt > 1:  # a retry is not part of a batch's flush
+                await self._flush()
+            return
+        await self._failed(entry, event, attempt, outcome)
+
+    async def _call(self, entry: Entry, event: Event) -> _Outcome:
+        ctx = self.context(event)
+        handler = self.handlers[event.type]
+        started = time.perf_counter()
+        with logs.event_context(event.id, event.type, event.correlation_id):
+            if log.isEnabledFor(logging.DEBUG):
+                logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
+            try:
+                await handler(event, ctx)
+            except Reject as exc:
+                return self._observe(event, started, _Outcome(error=f"rejected: {exc}", reject=True))
+            except Retry as exc:
+                return self._observe(event, started, _Outcome(error=f"retry requested: {exc}"))
+            except Exception as exc:  # a handler bug must not stop the service
+                return self._observe(event, started, _Outcome(error=f"{type(exc).__name__}: {exc}"))
+            outcome = _Outcome(commit=Commit(entry, event.id, ctx.commands))
+            return self._observe(event, started, outcome)
+
+    def _observe(self, event: Event, started: float, outcome: _Outcome) -> _Outcome:
+        seconds = time.perf_counter() - started
+        self.metrics.observe(event.type, seconds, outcome.commit is not None)
+        if outcome.commit is not None and log.isEnabledFor(self.spec.done_log_level):
+            logs.job(log, logs.DONE, f"{event.type} {event.id} {seconds * 1000:.1f}ms", self.spec.done_log_level,
+                     duration_ms=round(seconds * 1000, 3))  # fmt: skip
+        return outcome
+
+    async def _failed(self, entry: Entry, event: Event, attempt: int, outcome: _Outcome) -> None:
+        error = outcome.error or "failed"
+        attempts = await self._retrying(lambda: self.group.record_failure(entry))
+        with logs.event_context(event.id, event.type, event.correlation_id):
+            if outcome.reject or attempts >= self.settings.max_deliveries:
+                logs.job(log, logs.FAILED, f"{event.type} {event.id}: {error}", logging.ERROR, error=error, attempt=attempts)
+                await self._dead_letter(entry, error, attempts)
+                return
+            logs.job(log, logs.RETRY, f"{event.type} {event.id}: {error}", logging.WARNING, error=error, attempt=attempts)
+        task = asyncio.create_task(self._retry_later(entry, event, attempts))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _retry_later(self, entry: Entry, event: Event, attempts: int) -> None:
+        try:
+            await asyncio.sleep(min(RETRY_MAX_S, RETRY_BASE_S * 2**attempts))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release([entry]))  # stopping: a live replica takes it over
+            raise
+        await self._attempt(entry, event, attempts + 1)
+
+    async def _dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
+        await self._retrying(lambda: self.group.dead_letter(entry, error, attempts))
+        self._inflight.pop(entry.key, None)
+        self.metrics.dead.labels(self.spec.name).inc()
+        log.error("dead-lettered %s from %s after %d attempt(s): %s", entry.entry_id, entry.stream, attempts, error)
+
+    async def _flush(self) -> None:
+        """Group commit: ack everything finished so far in one atomic script call."""
+        async with self._flush_lock:
+            if not self._commits:
+                return
+            commits, self._commits = self._commits, []
+            self._flushed = time.monotonic()
+            duplicates, broken = await self._retrying(lambda: self.group.commit(commits), hard=True)
+            if duplicates:  # handled again, writes dropped: a repeat nobody looked up beforehand
+                self.metrics.duplicates.labels(self.spec.name).inc(duplicates)
+            for c in commits:
+                self._inflight.pop(c.entry.key, None)
+                if c.entry.key in broken:  # acked, but its writes were refused: say so, loudly
+                    await self._dead_letter(c.entry, f"commit refused: {broken[c.entry.key]}", 1)
+
+    async def _retrying(self, op: Callable[[], Awaitable[Any]], hard: bool = False) -> Any:
+        """Run a Redis operation until it succeeds; Redis going away only delays it.
+        `hard` operations (commits) keep trying during shutdown too, within the grace."""
+        backoff = Backoff()
+        while True:
+            try:
+                result = await op()
+                self.redis_ok = True
+                return result
+            except CONNECTION_ERRORS as exc:
+                if self.stopping.is_set() and not hard:
+                    raise
+                await self._lost_redis(exc, backoff)
+
+    # --- background duties -------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        key = streams.health_key(self.spec.name, self.settings.instance)
+        started = time.time()
+        while True:
+            beat = {
+                "service": self.spec.name, "instance": self.settings.instance, "pid": os.getpid(),
+                "host": socket.gethostname(), "health_url": self.health.url, "ready": self.is_ready(),
+                "started": started, "at": time.time(), "streams": self.streams,
+            }  # fmt: skip
+            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+                await self.bus.redis.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_S)
+                for stream, (lag, pending) in (await self.group.backlog(self.streams)).items():
+                    self.metrics.lag.labels(self.spec.name, stream).set(lag)
+                    self.metrics.pending.labels(self.spec.name, stream).set(pending)
+            if await self._pause(HEARTBEAT_INTERVAL_S):
+                return
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep `seconds` or until stopping; True when the worker is stopping."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        return self.stopping.is_set()
+
+    def _reclaim_interval(self) -> float:
+        return min(5.0, max(0.1, self.settings.lease_ms / 4000))
+
+    async def _reclaim_loop(self) -> None:
+        """Take over entries idle longer than the lease: their consumer died or hung."""
+        last_trim = 0.0
+        while not await self._pause(self._reclaim_interval()):
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                for stream in self.streams:
+                    await self._reclaim(stream)
+                if time.monotonic() - last_trim > 60:
+                    await self.group.forget_old()
+                    last_trim = time.monotonic()
+
+    async def _reclaim(self, stream: str) -> None:
+        while not self.stopping.is_set():
+            entries = await self.group.claim_idle(stream, self.settings.lease_ms, self.settings.batch_size)
+            entries = [e for e in entries if e.key not in self._inflight]
+            if not entries:
+                return
+            self.metrics.reclaimed.labels(self.spec.name).inc(len(entries))
+            log.warning("reclaimed %d idle entr%s from %s", len(entries), "y" if len(entries) == 1 else "ies", stream)
+            fresh = []
+            for entry, delivered in zip(entries, await self.group.deliveries(entries)):
+                if delivered > self.settings.max_deliveries + 1:
+                    await self._dead_letter(entry, f"delivered {delivered} times and never acked (its consumer kept dying)", delivered)
+                else:
+                    fresh.append(entry)
+            await self._process_safely(fresh, Backoff())
+
+    async def _keepalive_loop(self) -> None:
+        """Entries still being handled get their idle time reset, so no replica reclaims them."""
+        while not await self._pause(self.settings.lease_ms / 3000):
+            by_stream: dict[str, list[str]] = {}
+            for entry in list(self._inflight.values()):
+                by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+                for stream, ids in by_stream.items():
+                    await self.group.keepalive(stream, ids)

@@ -1,0 +1,246 @@
+"""What `swiftdeploy status` shows: a view model built from stored records, rendered with rich.
+
+Pure: `build_view` turns the rollout record, the collector's snapshots, instance health, the
+gatekeeper's decisions and recent events into a `StatusView`; `render` draws one frame;
+`StatusView.to_json` is the `--json` object. Gathering those inputs is `swiftdeploy_core.client.status_probe`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from swiftdeploy_core.bus.events import HostStats, MetricsSnapshot
+from swiftdeploy_core.project.state import RolloutState, TrackState
+
+Verdict = Literal["PASSING", "FAILING", "UNKNOWN"]
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 30
+
+
+class InstanceView(BaseModel):
+    url: str
+    name: str = ""
+    healthy: bool | None = None  # None: not probed / no answer yet
+
+
+class TrackView(BaseModel):
+    track: str
+    version: str
+    weight: int
+    replicas: int
+    instances: list[InstanceView]
+    request_rate: float | None = None
+    error_rate: float | None = None
+    p99_latency_ms: float | None = None
+    chaos: str = "none"
+
+
+class PolicyView(BaseModel):
+    """One policy domain's compliance, as the gatekeeper decided it (or why it could not)."""
+
+    domain: str
+    status: Verdict
+    allow: bool | None = None
+    reasons: list[str] = []
+    decision_id: str | None = None
+    input: dict[str, Any] = {}
+
+    @classmethod
+    def unknown(cls, domain: str, reason: str, input: dict[str, Any] | None = None) -> "PolicyView":
+        return cls(domain=domain, status="UNKNOWN", reasons=[reason], input=input or {})
+
+    @classmethod
+    def decided(cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict) -> "PolicyView":
+        verdict: Verdict = "PASSING" if allow else "FAILING"
+        return cls(domain=domain, status=verdict, allow=allow, reasons=reasons, decision_id=decision_id, input=input)
+
+
+class EventLine(BaseModel):
+    timestamp: datetime
+    type: str
+    summary: str = ""
+
+
+class StatusView(BaseModel):
+    """One refresh of the dashboard."""
+
+    project: str
+    phase: str
+    mode: str
+    chaos: str
+    router_url: str | None = None
+    tracks: list[TrackView]
+    request_rate: float | None
+    error_rate: float | None
+    p99_latency_ms: float | None
+    host: HostStats | None = None
+    policies: dict[str, PolicyView]
+    events: list[EventLine] = []
+    error_history: list[float] = []
+    p99_history: list[float] = []
+    checked_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["policies"] = {name: {k: v for k, v in p.items() if k != "domain"} for name, p in data["policies"].items()}
+        return data
+
+
+def serving_track(rollout: RolloutState | None) -> str:
+    """Whose figures the headline shows: the canary's while one runs, else stable's."""
+    return "canary" if rollout is not None and rollout.canary is not None else "stable"
+
+
+def _track_view(track: TrackState, snapshot: MetricsSnapshot | None, health: dict[str, bool | None]) -> TrackView:
+    return TrackView(
+        track=track.track,
+        version=track.version,
+        weight=track.weight,
+        replicas=len(track.instances),
+        instances=[InstanceView(url=i.url, name=i.name, healthy=health.get(i.url)) for i in track.instances],
+        request_rate=snapshot.request_rate if snapshot else None,
+        error_rate=snapshot.error_rate if snapshot else None,
+        p99_latency_ms=snapshot.p99_latency_ms if snapshot else None,
+        chaos=snapshot.chaos if snapshot else "none",
+    )
+
+
+def build_view(
+    project: str,
+    rollout: RolloutState | None,
+    snapshots: dict[str, MetricsSnapshot],
+    *,
+    host: HostStats | None = None,
+    health: dict[str, bool | None] | None = None,
+    policies: dict[str, PolicyView] | None = None,
+    events: list[EventLine] | None = None,
+    history: list[MetricsSnapshot] | None = None,
+    now: datetime | None = None,
+) -> StatusView:
+    """Assemble one refresh from what the stores hold; missing pieces show as no data."""
+    tracks = [t for t in (rollout.stable, rollout.canary) if t is not None] if rollout else []
+    views = [_track_view(t, snapshots.get(t.track), health or {}) for t in tracks]
+    serving = snapshots.get(serving_track(rollout))
+    chaos = next((v.chaos for v in views if v.track == "canary" and v.chaos != "none"), None)
+    history = history or []
+    return StatusView(
+        project=project,
+        phase=rollout.phase.value if rollout else "empty",
+        mode=rollout.mode if rollout else "stable",
+        chaos=chaos or next((v.chaos for v in views if v.chaos != "none"), "none"),
+        router_url=rollout.router_url if rollout else None,
+        tracks=views,
+        request_rate=serving.request_rate if serving else None,
+        error_rate=serving.error_rate if serving else None,
+        p99_latency_ms=serving.p99_latency_ms if serving else None,
+        host=host,
+        policies=policies or {},
+        events=events or [],
+        error_history=[s.error_rate for s in history if s.error_rate is not None],
+        p99_history=[s.p99_latency_ms for s in history if s.p99_latency_ms is not None],
+        checked_at=now or datetime.now(timezone.utc),
+    )
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def sparkline(values: list[float], width: int = SPARK_WIDTH) -> str:
+    """The last `width` values as block characters scaled between their min and max."""
+    values = values[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / span * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+def fmt_rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}/s"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.2f}%"
+
+
+def fmt_ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f} ms"
+
+
+def _health(track: TrackView) -> Text:
+    up = sum(1 for i in track.instances if i.healthy)
+    unknown = sum(1 for i in track.instances if i.healthy is None)
+    style = "green" if up == track.replicas and track.replicas else ("yellow" if unknown else "red")
+    mark = "✓" if style == "green" else ("?" if style == "yellow" else "✗")
+    return Text(f"{mark} {up}/{track.replicas} healthy", style=style)
+
+
+def _header(view: StatusView) -> Text:
+    text = Text.assemble(("SwiftDeploy ", "bold"), (view.project, "bold cyan"), f" · phase {view.phase} · mode ")
+    text.append(view.mode.upper(), style="bold magenta" if view.mode == "canary" else "bold green")
+    text.append(" · chaos ")
+    text.append(view.chaos, style="bold red" if view.chaos != "none" else "green")
+    text.append(f" · checked {view.checked_at:%H:%M:%S} UTC", style="dim")
+    return text
+
+
+def _tracks_table(view: StatusView) -> Table:
+    table = Table(title="Tracks", expand=True, title_justify="left")
+    for column in ("Track", "Version", "Weight", "Replicas", "Health", "Req/s", "Errors", "P99"):
+        table.add_column(column, no_wrap=column in ("Health", "Track"))
+    for t in view.tracks:
+        table.add_row(t.track, t.version, f"{t.weight}%", str(t.replicas), _health(t),
+                      fmt_rate(t.request_rate), fmt_pct(t.error_rate), fmt_ms(t.p99_latency_ms))
+    if not view.tracks:
+        table.add_row("—", "nothing deployed", "", "", "", "", "", "")
+    return table
+
+
+def _policies_table(view: StatusView) -> Table:
+    table = Table(title="Policy compliance (decided by the gatekeeper)", expand=True, title_justify="left")
+    table.add_column("Policy")
+    table.add_column("Status")
+    table.add_column("Reasons", ratio=1)
+    styles = {"PASSING": ("✓ PASSING", "bold green"), "FAILING": ("✗ FAILING", "bold red"),
+              "UNKNOWN": ("? UNKNOWN", "bold yellow")}
+    for name, policy in view.policies.items():
+        label, style = styles[policy.status]
+        table.add_row(name, Text(label, style=style), "; ".join(policy.reasons) or "—")
+    return table
+
+
+def _traffic(view: StatusView) -> Text:
+    return Text.assemble(
+        ("Traffic ", "bold"), f"{fmt_rate(view.request_rate)}   ",
+        ("error rate ", "bold"), f"{fmt_pct(view.error_rate)} ", (sparkline(view.error_history), "red"),
+        ("   P99 ", "bold"), f"{fmt_ms(view.p99_latency_ms)} ", (sparkline(view.p99_history), "yellow"),
+    )  # fmt: skip
+
+
+def _events_table(view: StatusView) -> Table:
+    table = Table(title="Last events", expand=True, title_justify="left", show_header=False)
+    table.add_column("When", style="dim", no_wrap=True)
+    table.add_column("Type", style="cyan", no_wrap=True)
+    table.add_column("Details", ratio=1)
+    for event in view.events:
+        table.add_row(f"{event.timestamp:%H:%M:%S}", event.type, event.summary)
+    if not view.events:
+        table.add_row("—", "", "no events yet")
+    return table
+
+
+def render(view: StatusView) -> RenderableType:
+    """One dashboard frame."""
+    host = ""
+    if view.host is not None:
+        host = f"host: disk free {view.host.disk_free_gb:.1f} GB · CPU load {view.host.cpu_load:.2f}"
+    body = Group(_header(view), _traffic(view), _tracks_table(view), _policies_table(view),
+                 _events_table(view), Text(host, style="dim"))
+    return Panel(body, title="swiftdeploy status", subtitle=view.router_url or "", border_style="blue")

@@ -1,0 +1,247 @@
+"""`swiftdeploy validate`: the pre-flight checklist, one small function per check.
+
+Each check takes the shared `CheckContext` and returns a `CheckResult(name, ok, reason)`; it never
+raises for a failed check (the reason says what is wrong). Checks run in registration order.
+
+To add checks from another module: decorate each `(CheckContext) -> CheckResult` function with
+`@check` and add the module's dotted name to `CHECK_MODULES`; `run_checks` imports those first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from swiftdeploy_core.errors import ControlPlaneDown, ManifestError
+from swiftdeploy_core.project.manifest import LoadedManifest, Runtime, load_manifest
+from swiftdeploy_core.project.render import COMPOSE_FILE, GENERATED_FILES, NGINX_CONF, generated_dir, header_sha256, render_all
+from swiftdeploy_core.project.router import conf_dirs, localize_for_test, nginx_binary
+from swiftdeploy_core.settings import Settings
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+COMMAND_TIMEOUT = 30.0  # seconds for nginx -t and docker-compose config
+PROBE_TIMEOUT = 3.0  # seconds for the dockerd and Redis probes
+
+# Modules holding further @check functions (e.g. policy checks); imported before a run.
+CHECK_MODULES: list[str] = ["services.gatekeeper.checks"]
+
+
+class CheckResult(BaseModel):
+    """One line of the checklist."""
+
+    name: str
+    ok: bool
+    reason: str
+
+
+@dataclass
+class CheckContext:
+    """What the checks share: the manifest (loaded by the first check) and the settings."""
+
+    manifest_path: Path
+    settings: Settings
+    loaded: LoadedManifest | None = None
+
+
+Check = Callable[[CheckContext], CheckResult]
+CHECKS: list[Check] = []
+
+
+def check(function: Check) -> Check:
+    """Register a check (run in registration order)."""
+    CHECKS.append(function)
+    return function
+
+
+def run_checks(manifest_path: Path, settings: Settings) -> list[CheckResult]:
+    for module in CHECK_MODULES:
+        importlib.import_module(module)
+    context = CheckContext(manifest_path=manifest_path, settings=settings)
+    return [run_one(function, context) for function in CHECKS]
+
+
+def run_one(function: Check, context: CheckContext) -> CheckResult:
+    """Run a check; an unexpected exception becomes a failed line instead of a traceback."""
+    try:
+        return function(context)
+    except Exception as exc:  # noqa: BLE001 - the checklist must finish and say what broke
+        name = function.__name__.replace("_", " ")
+        return CheckResult(name=name, ok=False, reason=f"check crashed: {type(exc).__name__}: {exc}")
+
+
+def needs_manifest(name: str, context: CheckContext) -> CheckResult | None:
+    """A failed "not checked" line when the manifest did not load; checks needing it return it."""
+    if context.loaded is None:
+        return CheckResult(name=name, ok=False, reason="not checked: the manifest is not valid")
+    return None
+
+
+@check
+def manifest_schema(context: CheckContext) -> CheckResult:
+    name = "manifest schema"
+    try:
+        context.loaded = load_manifest(context.manifest_path)
+    except ManifestError as exc:
+        return CheckResult(name=name, ok=False, reason=str(exc))
+    m = context.loaded.manifest
+    return CheckResult(
+        name=name,
+        ok=True,
+        reason=f"{context.manifest_path} is valid ({m.services.name} {m.services.version}, runtime {m.runtime.value})",
+    )
+
+
+@check
+def generated_files(context: CheckContext) -> CheckResult:
+    name = "generated files"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    folder = generated_dir(context.loaded)
+    expected = render_all(context.loaded)
+    problems = [p for p in (_compare(folder / n, expected[n], context.loaded.sha256) for n in GENERATED_FILES) if p]
+    if problems:
+        return CheckResult(name=name, ok=False, reason=f"{'; '.join(problems)}; run `swiftdeploy init`")
+    return CheckResult(name=name, ok=True, reason=f"{len(expected)} files in {folder} match the manifest (sha256 {context.loaded.sha256[:12]})")
+
+
+def _compare(path: Path, expected: bytes, sha256: str) -> str | None:
+    if not path.is_file():
+        return f"{path.name} is missing"
+    actual = path.read_bytes()
+    if actual == expected:
+        return None
+    rendered_from = header_sha256(actual.decode("utf-8", errors="replace"))
+    if rendered_from != sha256:
+        return f"{path.name} is stale (from sha256 {(rendered_from or 'unknown')[:12]}, manifest is {sha256[:12]})"
+    return f"{path.name} was edited by hand"
+
+
+@check
+def nginx_config(context: CheckContext) -> CheckResult:
+    name = "nginx config (nginx -t)"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    conf = generated_dir(context.loaded) / NGINX_CONF
+    binary = nginx_binary()
+    if not conf.is_file():
+        return CheckResult(name=name, ok=False, reason=f"{conf} is missing; run `swiftdeploy init`")
+    if binary is None:
+        return CheckResult(name=name, ok=False, reason="no nginx binary (apt-get install nginx)")
+    with tempfile.TemporaryDirectory(prefix="swiftdeploy-nginx-t-") as prefix:
+        copy = localize_for_test(conf.read_text(), Path(prefix))
+        for folder in conf_dirs(copy):
+            folder.mkdir(parents=True, exist_ok=True)
+        (Path(prefix) / NGINX_CONF).write_text(copy)
+        ok, output = _run([binary, "-t", "-q", "-p", prefix, "-c", f"{prefix}/{NGINX_CONF}"])
+    if not ok:
+        return CheckResult(name=name, ok=False, reason=f"nginx -t refused {conf.name}: {output}")
+    return CheckResult(name=name, ok=True, reason=f"nginx -t accepts {conf.name} (upstream names mapped to 127.0.0.1)")
+
+
+@check
+def compose_file(context: CheckContext) -> CheckResult:
+    name = "compose file (docker-compose config)"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    compose = generated_dir(context.loaded) / COMPOSE_FILE
+    if not compose.is_file():
+        return CheckResult(name=name, ok=False, reason=f"{compose} is missing; run `swiftdeploy init`")
+    ok, output = _run(["docker-compose", "-f", str(compose), "config", "-q"], cwd=compose.parent)
+    if not ok:
+        return CheckResult(name=name, ok=False, reason=f"docker-compose refused {compose.name}: {output}")
+    return CheckResult(name=name, ok=True, reason=f"docker-compose config accepts {compose.name}")
+
+
+@check
+def nginx_port_free(context: CheckContext) -> CheckResult:
+    name = "nginx port free"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    port = context.loaded.manifest.nginx.port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            return CheckResult(name=name, ok=False, reason=f"127.0.0.1:{port} {why} (nginx.port)")
+    return CheckResult(name=name, ok=True, reason=f"127.0.0.1:{port} is free")
+
+
+@check
+def runtime_reachable(context: CheckContext) -> CheckResult:
+    name = "runtime reachable"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    if context.loaded.manifest.runtime is Runtime.process:
+        binary = nginx_binary()
+        if binary is None:
+            return CheckResult(name=name, ok=False, reason="runtime process needs the nginx binary (apt-get install nginx)")
+        return CheckResult(name=name, ok=True, reason=f"runtime process: nginx at {binary}")
+    try:
+        version = asyncio.run(asyncio.wait_for(_docker_version(), PROBE_TIMEOUT))
+    except Exception as exc:  # noqa: BLE001 - any failure to reach dockerd is the answer
+        reason = f"runtime docker: dockerd not reachable ({_one_line(exc)}); start it, or set `runtime: process`"
+        return CheckResult(name=name, ok=False, reason=reason)
+    return CheckResult(name=name, ok=True, reason=f"runtime docker: dockerd {version} answers")
+
+
+async def _docker_version() -> str:
+    import aiodocker
+
+    docker = aiodocker.Docker()
+    try:
+        return (await docker.version()).get("Version", "?")
+    finally:
+        await docker.close()
+
+
+@check
+def redis_reachable(context: CheckContext) -> CheckResult:
+    import redis
+
+    name = "redis reachable"
+    url = _redis_url(context)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT)
+        with client:
+            client.ping()
+    except (redis.RedisError, ValueError, OSError) as exc:
+        return CheckResult(name=name, ok=False, reason=f"{url}: {_one_line(exc)} (start redis-server, or set REDIS_URL)")
+    return CheckResult(name=name, ok=True, reason=f"{url} answers PING")
+
+
+def _redis_url(context: CheckContext) -> str:
+    """REDIS_URL, else the control plane `swiftdeploy up` runs beside the manifest, else the default."""
+    from swiftdeploy_core.bus.connection import resolve_redis_url
+
+    try:
+        return resolve_redis_url(context.settings.model_copy(update={"manifest": context.manifest_path}))
+    except ControlPlaneDown:
+        return DEFAULT_REDIS_URL
+
+
+def _run(command: list[str], cwd: Path | None = None) -> tuple[bool, str]:
+    """Run a checker command; (succeeded, its output on one line, errors first)."""
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    except FileNotFoundError:
+        return False, f"{command[0]} is not installed"
+    except subprocess.TimeoutExpired:
+        return False, f"{command[0]} did not finish within {COMMAND_TIMEOUT:.0f}s"
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    lines.sort(key=lambda line: "[emerg]" not in line and "ERROR" not in line)  # stable: errors first
+    return done.returncode == 0, _one_line(" ".join(lines) or f"exit {done.returncode}")
+
+
+def _one_line(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 300 else text[:297] + "..."

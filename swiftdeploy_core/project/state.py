@@ -1,0 +1,77 @@
+"""The rollout's stored status record: one JSON document per project in Redis.
+
+The orchestrator is its only writer (each tick reads it, acts idempotently, writes it back); the
+collector reads it to learn its scrape targets, and `status` reads it to show what serves.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from swiftdeploy_core.bus.events import Track
+
+
+class Phase(str, Enum):
+    """Where a deployment is in its life."""
+
+    empty = "empty"  # nothing deployed (or torn down)
+    deploying = "deploying"  # a deploy is creating the stable track
+    stable = "stable"  # only the stable track serves
+    canary_starting = "canary_starting"  # the canary track is being created
+    progressing = "progressing"  # the canary serves a step's weight and is analysed each interval
+    canary_complete = "canary_complete"  # the canary reached the last step; awaiting promote stable
+    promoting = "promoting"  # the canary is becoming stable
+    rolling_back = "rolling_back"  # traffic is returning to stable and the canary is being removed
+    failed = "failed"  # an operation failed and was undone; stable (if any) still serves
+
+
+class Instance(BaseModel):
+    """One running workload instance, reachable at `url` from where the services run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str  # container id or pid
+    name: str
+    track: Track
+    version: str
+    url: str  # e.g. http://127.0.0.1:41234
+
+
+class TrackState(BaseModel):
+    track: Track
+    version: str
+    image: str
+    weight: int = 0  # percent of traffic
+    instances: list[Instance] = []
+
+
+class RolloutState(BaseModel):
+    """Everything needed to continue, or roll back, after a restart."""
+
+    project: str
+    phase: Phase = Phase.empty
+    runtime: str = "docker"
+    root: str = ""  # the manifest's folder
+    manifest: dict = {}
+    stable: TrackState | None = None
+    canary: TrackState | None = None
+    step: int = -1  # index into canary.steps; -1 before the first step
+    consecutive_failures: int = 0
+    last_reasons: list[str] = []
+    router_url: str | None = None  # the public entry (nginx), e.g. http://127.0.0.1:8080
+    # The command whose events the rollout's later ticks continue (so `promote canary --wait`
+    # can follow its analysis and rollback); also seeds the names of the instances it starts.
+    correlation_id: str | None = None
+    updated_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def mode(self) -> str:
+        """Which mode serves: canary while a canary track takes traffic, else stable."""
+        return "canary" if self.canary is not None and self.canary.weight > 0 else "stable"
+
+    def instances(self) -> list[Instance]:
+        tracks = [t for t in (self.stable, self.canary) if t is not None]
+        return [instance for track in tracks for instance in track.instances]

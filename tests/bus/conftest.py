@@ -1,0 +1,1 @@
+"""The kernel: the bus client, consumer groups, the worker and its processes."""

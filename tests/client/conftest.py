@@ -1,0 +1,1 @@
+"""The client: the control plane, status and the CLI's shared conventions."""

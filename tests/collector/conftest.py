@@ -1,0 +1,1 @@
+"""The collector: scraping, the sliding window's maths, targets and the service."""

@@ -1,0 +1,1 @@
+"""Whole stories: the demo, fault drills, the README's commands and the images."""

@@ -1,0 +1,1 @@
+"""The gatekeeper: the policies, both engines, their parity, and the service."""

@@ -1,0 +1,1 @@
+"""The orchestrator: pure plans, the phase table, the lease lock and the real drivers."""

@@ -1,0 +1,100 @@
+"""The process driver against real processes: workload instances, nginx, reloads, teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from swiftdeploy_core.errors import RuntimeDriverError
+from swiftdeploy_core.project.manifest import load_manifest
+from services.orchestrator import plans
+from services.orchestrator.drivers import make_driver
+from services.orchestrator.drivers.base import InstanceFailed
+from services.orchestrator.drivers.process import ProcessDriver
+from tests.orchestration import write_manifest
+from tests.servers import require_binary
+
+
+@pytest.fixture
+async def project(tmp_path: Path):
+    require_binary("nginx")
+    loaded = load_manifest(write_manifest(tmp_path, "sdo-proc"))
+    driver = make_driver(loaded.manifest, loaded.root)
+    yield loaded.manifest, driver
+    await driver.teardown()
+
+
+async def versions(url: str, n: int, headers: dict | None = None) -> Counter:
+    async with aiohttp.ClientSession() as session:
+        seen = Counter()
+        for _ in range(n):
+            async with session.get(url, headers=headers or {}) as r:
+                seen[(await r.json())["version"]] += 1
+        return seen
+
+
+async def test_instances_serve_behind_nginx_and_a_reload_moves_the_split(project):
+    manifest, driver = project
+    stable = [await driver.start_instance(s) for s in plans.track_specs(manifest, "stable", "s1")]
+    canary = [await driver.start_instance(s) for s in plans.track_specs(manifest, "canary", "c1")]
+    for i in stable + canary:
+        await driver.wait_healthy(i, 20)
+    url = await driver.apply_router(manifest, stable, [], 0)
+    assert await versions(url, 10) == Counter({"1.0.0": 10})
+    await driver.apply_router(manifest, stable, canary, 100)
+    assert await versions(url, 10) == Counter({"2.0.0": 10})
+    await driver.apply_router(manifest, stable, canary, 0)
+    assert await versions(url, 5) == Counter({"1.0.0": 5})
+    assert await versions(url, 3, {"X-Canary": "always"}) == Counter({"2.0.0": 3})
+
+
+async def test_everything_started_is_listed_with_labels_and_teardown_leaves_no_process(project):
+    manifest, driver = project
+    [spec] = plans.track_specs(manifest, "stable", "s1")
+    inst = await driver.start_instance(spec)
+    await driver.wait_healthy(inst, 20)
+    await driver.apply_router(manifest, [inst], [], 0)
+    objects = await driver.list_objects()
+    assert sorted((o.role, o.track) for o in objects) == [("instance", "stable"), ("router", None)]
+    pids = [int(o.id) for o in objects]
+    removed = await driver.teardown()
+    assert len(removed) == 2 and await driver.list_objects() == []
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_restarted_orchestrator_finds_its_processes_from_the_state_folder(project, tmp_path):
+    manifest, driver = project
+    [spec] = plans.track_specs(manifest, "stable", "s1")
+    inst = await driver.start_instance(spec)
+    await driver.wait_healthy(inst, 20)
+    again = ProcessDriver(manifest.project, driver.dir, driver.root)
+    assert [o.name for o in await again.list_objects()] == [spec.name]
+    assert (await again.start_instance(spec)).url == inst.url  # already running: reused, not doubled
+
+
+async def test_an_instance_that_crashes_says_so_with_its_last_log_lines(project):
+    manifest, driver = project
+    broken = plans.track_specs(manifest, "stable", "b1")[0].model_copy(
+        update={"command": ("python3", "-c", "import sys; print('boom: missing config'); sys.exit(3)")}
+    )
+    inst = await driver.start_instance(broken)
+    with pytest.raises(InstanceFailed, match="exited with code 3 before it became healthy") as caught:
+        await driver.wait_healthy(inst, 10)
+    assert caught.value.name == broken.name
+    assert await driver.logs_tail(broken.name) == ["boom: missing config"]
+
+
+async def test_a_taken_nginx_port_is_refused_before_anything_starts(project):
+    manifest, driver = project
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", manifest.nginx.port))
+        squatter.listen()
+        with pytest.raises(RuntimeDriverError, match=f"nginx.port {manifest.nginx.port} on 127.0.0.1 is already in use"):
+            await driver.preflight(manifest, router_running=False)
+    assert await driver.list_objects() == []

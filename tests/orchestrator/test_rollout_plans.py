@@ -1,0 +1,125 @@
+"""The pure plan builders: names, labels, steps, router plans, analysis input and recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swiftdeploy_core.bus.events import MetricsSnapshot
+from swiftdeploy_core.project.manifest import validate_manifest
+from swiftdeploy_core.project.router import Upstream
+from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
+from services.orchestrator import plans
+from services.orchestrator.drivers.base import InstanceSpec, NetworkSpec, RuntimeObject
+
+MANIFEST = validate_manifest(
+    {
+        "services": {"name": "shop", "image": "swiftdeploy/workload:1.0.0", "port": 3000, "version": "1.0.0", "replicas": 2},
+        "nginx": {"image": "swiftdeploy/nginx", "port": 8080},
+        "network": {"name": "shop-net"},
+        "canary": {"version": "2.0.0", "image": "swiftdeploy/workload:2.0.0", "steps": [10, 25, 50]},
+    }
+)
+LABELS_STABLE = {"swiftdeploy.project": "shop", "swiftdeploy.role": "instance", "swiftdeploy.track": "stable", "swiftdeploy.version": "1.0.0"}
+
+
+def instance(name: str, track: str = "stable", version: str = "1.0.0", port: int = 4001) -> Instance:
+    return Instance(id="1", name=name, track=track, version=version, url=f"http://127.0.0.1:{port}")
+
+
+def test_a_stable_track_is_one_labelled_spec_per_replica():
+    assert plans.track_specs(MANIFEST, "stable", "abc123") == [
+        InstanceSpec(
+            name=f"shop-stable-abc123-{i}", project="shop", track="stable", version="1.0.0",
+            image="swiftdeploy/workload:1.0.0", port=3000, network="shop-net", env={"MODE": "stable", "VERSION": "1.0.0"},
+            labels=LABELS_STABLE,
+        )  # fmt: skip
+        for i in (1, 2)
+    ]
+
+
+def test_the_canary_runs_the_canary_version_in_canary_mode_and_a_promoted_stable_runs_it_in_stable_mode():
+    canary = plans.track_specs(MANIFEST, "canary", "c")[0]
+    promoted = plans.track_specs(MANIFEST, "stable", "p", promoted=True)[0]
+    assert (canary.version, canary.image, canary.env["MODE"]) == ("2.0.0", "swiftdeploy/workload:2.0.0", "canary")
+    assert (promoted.version, promoted.image, promoted.env["MODE"]) == ("2.0.0", "swiftdeploy/workload:2.0.0", "stable")
+    assert promoted.labels["swiftdeploy.track"] == "stable"
+
+
+def test_generations_are_stable_per_seed_and_differ_between_commands():
+    assert plans.generation("cmd-1") == plans.generation("cmd-1") != plans.generation("cmd-2")
+    assert len(plans.generation("x")) == 6
+
+
+def test_weights_follow_the_steps():
+    steps = [10, 25, 50]
+    assert [plans.step_weight(steps, s) for s in (-1, 0, 1, 2, 3)] == [0, 10, 25, 50, 0]
+    assert [plans.is_last_step(steps, s) for s in (0, 1, 2)] == [False, False, True]
+
+
+def test_the_internal_network_exists_only_for_opa_on_docker():
+    assert plans.network_specs(MANIFEST) == [
+        NetworkSpec(name="shop-net", labels={"swiftdeploy.project": "shop", "swiftdeploy.role": "network"})
+    ]
+    with_opa = MANIFEST.model_copy(update={"policy": MANIFEST.policy.model_copy(update={"engine": "opa"})})
+    assert [(n.name, n.internal) for n in plans.network_specs(with_opa)] == [("shop-net", False), ("shop-net-internal", True)]
+
+
+def test_process_router_plan_points_at_loopback_ports_with_the_weight(tmp_path: Path):
+    plan = plans.process_router_plan(MANIFEST, tmp_path, [instance("a", port=4001)], [instance("b", "canary", "2.0.0", 4002)], 25)
+    assert (plan.stable, plan.canary, plan.canary_weight, plan.listen_port) == (
+        [Upstream(host="127.0.0.1", port=4001)], [Upstream(host="127.0.0.1", port=4002)], 25, 8080,
+    )  # fmt: skip
+    assert plans.process_router_plan(MANIFEST, tmp_path, [instance("a")], [], 25).canary_weight == 0
+
+
+def test_docker_router_plan_points_at_container_names_on_the_service_port():
+    plan = plans.docker_router_plan(MANIFEST, [instance("shop-stable-x-1")], [instance("shop-canary-y-1", "canary")], 10)
+    assert (plan.stable, plan.canary, plan.canary_weight, plan.listen_host) == (
+        [Upstream(host="shop-stable-x-1", port=3000)], [Upstream(host="shop-canary-y-1", port=3000)], 10, "0.0.0.0",
+    )  # fmt: skip
+
+
+def _snapshot(**fields) -> MetricsSnapshot:
+    base = {"project": "shop", "track": "canary", "version": "2.0.0", "window_seconds": 10, "error_rate": 0.5,
+            "p99_latency_ms": 30.0, "requests": 40.0}  # fmt: skip
+    return MetricsSnapshot(**{**base, **fields})
+
+
+CANARY = TrackState(track="canary", version="2.0.0", image="i", weight=10, instances=[instance("c", "canary", "2.0.0", 4002)])
+
+
+def test_analysis_input_comes_from_a_fresh_snapshot_of_this_canary():
+    assert plans.canary_input(_snapshot(), CANARY) == {"error_rate": 0.5, "p99_latency_ms": 30.0, "requests": 40.0}
+    assert plans.canary_input(_snapshot(targets=["http://127.0.0.1:4002"]), CANARY) is not None
+
+
+def test_analysis_waits_when_the_snapshot_is_missing_empty_or_about_another_canary():
+    assert plans.canary_input(None, CANARY) is None
+    assert plans.canary_input(_snapshot(version="1.9.0"), CANARY) is None
+    assert plans.canary_input(_snapshot(targets=["http://127.0.0.1:9999"]), CANARY) is None
+    assert plans.canary_input(_snapshot(requests=0, error_rate=None), CANARY) is None
+
+
+def test_the_promotion_gate_always_asks_even_without_figures():
+    assert plans.promotion_input(None) == {"error_rate": None, "p99_latency_ms": None, "requests": 0}
+
+
+def _obj(name: str, track: str, version: str, role: str = "instance") -> RuntimeObject:
+    labels = {"swiftdeploy.project": "shop", "swiftdeploy.role": role, "swiftdeploy.track": track, "swiftdeploy.version": version}
+    return RuntimeObject(kind="process", name=name, id=name, labels=labels, url=f"http://x/{name}")
+
+
+def test_instances_the_record_does_not_know_are_orphans():
+    record = RolloutState(project="shop", stable=TrackState(track="stable", version="1.0.0", image="i", instances=[instance("a")]))
+    objects = [_obj("a", "stable", "1.0.0"), _obj("b", "canary", "2.0.0"), _obj("shop-nginx", "", "", role="router")]
+    assert [o.name for o in plans.orphans(record, objects)] == ["b"]
+
+
+def test_a_lost_record_is_rebuilt_from_labels_and_a_found_canary_is_rolled_back():
+    rebuilt = plans.reconstruct("shop", "process", [_obj("a", "stable", "1.0.0"), _obj("b", "canary", "2.0.0")])
+    assert rebuilt is not None
+    assert (rebuilt.phase, rebuilt.stable.version, rebuilt.stable.weight) == (Phase.rolling_back, "1.0.0", 100)
+    assert (rebuilt.canary.weight, [i.name for i in rebuilt.canary.instances]) == (0, ["b"])
+    only_stable = plans.reconstruct("shop", "process", [_obj("a", "stable", "1.0.0")])
+    assert only_stable.phase == Phase.stable and only_stable.canary is None
+    assert plans.reconstruct("shop", "process", []) is None

@@ -1,0 +1,1 @@
+"""The demo workload: its API, chaos and /metrics."""
