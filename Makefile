@@ -4,12 +4,12 @@ VENV ?= .venv
 RUNTIME ?= process
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test servers system-deps images clean
+.PHONY: venv demo test lint servers system-deps images clean
 
 # Debian packages first (python3-venv among them when python3 has no ensurepip).
 $(BIN)/swiftdeploy: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 	@touch $@
 
 venv: $(BIN)/swiftdeploy
@@ -27,6 +27,12 @@ demo: venv system-deps
 
 test: venv servers
 	$(BIN)/python -m pytest
+
+# ruff (lint and format) and mypy, configured in pyproject.toml; .ci/run runs it before the tests.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf generated .swiftdeploy .demo history.jsonl audit_report.md

@@ -21,16 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis.asyncio as aioredis  # noqa: E402
+import redis.asyncio as aioredis
 
-from services.auditor.chain import GENESIS, encode_line, line_digest  # noqa: E402
-from services.auditor.history import HistoryWriter  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
+from services.auditor.chain import GENESIS, encode_line, line_digest
+from services.auditor.history import HistoryWriter
+from tests.servers import RedisServer
 
 
 def entry(i: int) -> dict:
-    return {"timestamp": "2026-11-26T07:00:00.000Z", "type": "deploy.step", "mode": "stable",
-            "step": f"step {i}", "detail": "x" * 80, "event_id": f"{i:032x}"}
+    return {
+        "timestamp": "2026-11-26T07:00:00.000Z",
+        "type": "deploy.step",
+        "mode": "stable",
+        "step": f"step {i}",
+        "detail": "x" * 80,
+        "event_id": f"{i:032x}",
+    }
 
 
 def baseline(path: Path, lines: int) -> float:

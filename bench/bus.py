@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from swiftdeploy_core.bus import streams  # noqa: E402
 from swiftdeploy_core.bus.connection import Bus  # noqa: E402
 from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Source  # noqa: E402
-from swiftdeploy_core.settings import Settings  # noqa: E402
-from swiftdeploy_core.bus.worker import Context, ServiceSpec  # noqa: E402
 from swiftdeploy_core.bus.runner import run  # noqa: E402
+from swiftdeploy_core.bus.worker import Context, ServiceSpec  # noqa: E402
+from swiftdeploy_core.settings import Settings  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
 INBOX = streams.ORCHESTRATOR_INBOX
@@ -140,10 +140,14 @@ async def main(args: argparse.Namespace) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.events} events, batch {args.batch}")
     print(f"baseline redis-benchmark XADD (-P 100, 1 client): {baseline:,.0f} req/s")
-    print(f"publish->handle->ack, 1 replica : {one:,.0f} events/s ({one / baseline:.2f} of baseline); "
-          f"replica CPU {one_cpu:.0f} us/event")
-    print(f"publish->handle->ack, 2 replicas: {two:,.0f} events/s ({two / baseline:.2f} of baseline); "
-          f"replicas CPU {two_cpu:.0f} us/event")
+    print(
+        f"publish->handle->ack, 1 replica : {one:,.0f} events/s ({one / baseline:.2f} of baseline); "
+        f"replica CPU {one_cpu:.0f} us/event"
+    )
+    print(
+        f"publish->handle->ack, 2 replicas: {two:,.0f} events/s ({two / baseline:.2f} of baseline); "
+        f"replicas CPU {two_cpu:.0f} us/event"
+    )
     print(f"request/reply ping ({args.requests}): P50 {p50:.2f} ms, P99 {p99:.2f} ms, max {worst:.2f} ms")
 
 

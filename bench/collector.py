@@ -32,9 +32,9 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.collector.scrape import Scraper, Target  # noqa: E402
-from services.collector.tracking import Tracker  # noqa: E402
-from workload.metrics import Metrics  # noqa: E402
+from services.collector.scrape import Scraper, Target
+from services.collector.tracking import Tracker
+from workload.metrics import Metrics
 
 # Per target and second: (method, path, status, requests, mean latency in seconds).
 TRAFFIC = (("GET", "/", 200, 20.0, 0.008), ("GET", "/", 500, 0.2, 0.002), ("GET", "/healthz", 200, 0.2, 0.001),
@@ -119,7 +119,7 @@ async def bench(targets: list[Target], seconds: float, interval: float) -> dict[
             try:
                 async with session.get(target.metrics_url, timeout=timeout) as response:
                     await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 raw_failures += 1
 
         async def raw_cycle() -> None:
@@ -152,7 +152,9 @@ def main() -> int:
     if args.serve:
         asyncio.run(serve(args.serve))
         return 0
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(args.targets)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(args.targets)], stdout=subprocess.PIPE, text=True
+    )
     try:
         ports = json.loads(server.stdout.readline())  # type: ignore[union-attr]
         targets = [Target(url=f"http://127.0.0.1:{port}", project="bench") for port in ports]

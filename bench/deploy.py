@@ -24,9 +24,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
@@ -38,7 +38,6 @@ from tests.servers import RedisServer, free_port  # noqa: E402
 DOCS = ROOT / "docs" / "orchestrator.md"
 PYTHON = sys.executable
 GOAL = 1.0
-
 
 
 def env(redis_url: str, **extra: str) -> dict[str, str]:
@@ -75,8 +74,13 @@ def control_plane(folder: Path, manifest: Path) -> Iterator[str]:
     redis = RedisServer(shutil.which("redis-server") or "/usr/bin/redis-server", folder / "redis").start()
     url = redis.url
     services = [
-        subprocess.Popen([PYTHON, "-m", f"services.{name}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=env(url, SWIFTDEPLOY_MANIFEST=str(manifest)))  # fmt: skip
+        subprocess.Popen(
+            [PYTHON, "-m", f"services.{name}"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env(url, SWIFTDEPLOY_MANIFEST=str(manifest)),
+        )
         for name in ("orchestrator", "gatekeeper")
     ]
     try:
@@ -120,12 +124,16 @@ def compose_arm(manifest: Path, name: str, port: int) -> float:
 def swiftdeploy_arm(manifest: Path, redis_url: str, port: int) -> float:
     cli = [PYTHON, "-m", "swiftdeploy_core"]
     started = time.monotonic()
-    result = subprocess.run([*cli, "deploy", "-m", str(manifest)], cwd=ROOT, env=env(redis_url), capture_output=True, text=True)
+    result = subprocess.run(
+        [*cli, "deploy", "-m", str(manifest)], cwd=ROOT, env=env(redis_url), capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"bench: swiftdeploy deploy failed: {result.stderr.strip().splitlines()[-1:]}")
     wait_healthy(port)
     elapsed = time.monotonic() - started
-    subprocess.run([*cli, "teardown", "-m", str(manifest)], cwd=ROOT, env=env(redis_url), check=True, capture_output=True)
+    subprocess.run(
+        [*cli, "teardown", "-m", str(manifest)], cwd=ROOT, env=env(redis_url), check=True, capture_output=True
+    )
     return elapsed
 
 

@@ -86,7 +86,13 @@ async def engine_only(seconds: float) -> dict:
     work = inputs()
     await engine.evaluate(*work[0])
     me = psutil.Process()
-    latencies, started, cpu_before, threads_before, i = [], time.perf_counter(), time.process_time(), thread_seconds(me), 0
+    latencies, started, cpu_before, threads_before, i = (
+        [],
+        time.perf_counter(),
+        time.process_time(),
+        thread_seconds(me),
+        0,
+    )
     while time.perf_counter() - started < seconds:
         domain, document = work[i % len(work)]
         t = time.perf_counter()
@@ -102,7 +108,9 @@ async def engine_only(seconds: float) -> dict:
 
 async def ask(bus: Bus, domain: str, document: dict, since: float | None = None) -> float:
     """Seconds from `since` (default: now) until the decision arrived."""
-    event = Event(payload=DecisionRequested(domain=domain, input=document), source=Source(service="bench", instance="bench"))
+    event = Event(
+        payload=DecisionRequested(domain=domain, input=document), source=Source(service="bench", instance="bench")
+    )
     t = time.perf_counter() if since is None else since
     await bus.request(streams.GATEKEEPER_INBOX, event, expect={"decision.made"}, timeout=10)
     return time.perf_counter() - t
@@ -208,15 +216,20 @@ async def wait_for_gatekeeper(bus: Bus, process: subprocess.Popen) -> None:
         try:
             await bus.request(streams.GATEKEEPER_INBOX, ping, expect={"pong"}, timeout=0.5)
             return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             await asyncio.sleep(0.1)
     raise SystemExit("the gatekeeper did not answer a ping")
 
 
 async def bus_runs(redis: RedisServer, project: Path, args: argparse.Namespace) -> list[dict]:
     redis_url = redis.url
-    env = {**os.environ, "REDIS_URL": redis_url, "SWIFTDEPLOY_MANIFEST": str(project / "manifest.yaml"), "PYTHONPATH": str(ROOT)}
-    log = open(project / "gatekeeper.log", "w")  # noqa: SIM115 - closed below
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "SWIFTDEPLOY_MANIFEST": str(project / "manifest.yaml"),
+        "PYTHONPATH": str(ROOT),
+    }
+    log = open(project / "gatekeeper.log", "w")
     command = [sys.executable, "-m", "services.gatekeeper"]
     if os.environ.get("GK_RUNNER"):  # e.g. a profiling wrapper
         command = [sys.executable, os.environ["GK_RUNNER"]]
@@ -292,8 +305,12 @@ def spread(rounds: list[list[dict]]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each run")
-    parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")], default=[500.0, 1000.0],
-                        help="offered decisions/s of the paced runs, comma-separated (default 500,1000: half the target, the target)")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[500.0, 1000.0],
+        help="offered decisions/s of the paced runs, comma-separated (default 500,1000: half the target, the target)",
+    )
     parser.add_argument("--inflight", type=int, default=64, help="requests in flight in the throughput run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every run; the table shows medians")
     args = parser.parse_args()

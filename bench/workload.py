@@ -19,10 +19,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,7 +31,6 @@ from tests.servers import free_port  # noqa: E402
 
 DOCS = ROOT / "docs" / "workload.md"
 GOAL = 0.10  # the instrumentation may cost at most 10% of requests/s
-
 
 
 def pinned(cpu: int) -> list[str]:

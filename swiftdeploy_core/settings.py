@@ -17,9 +17,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWIFTDEPLOY_", extra="ignore")
 
-    redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "SWIFTDEPLOY_REDIS_URL")
-    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "SWIFTDEPLOY_REDIS_URL"))
     manifest: Path = Path("manifest.yaml")
     instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     health_port: int = 0  # 0: pick a free port

@@ -8,6 +8,9 @@ import pytest
 
 from tests.servers import RedisServer, docker_socket_alive, missing, require_binary
 
+# Fixtures shared across folders: the orchestration stack and the scratch project.
+pytest_plugins = ["tests.orchestration", "tests.projects"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

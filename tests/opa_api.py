@@ -37,7 +37,7 @@ class OpaApiServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "OpaApiServer":
+    async def start(self) -> OpaApiServer:
         from services.gatekeeper import embedded, rego
 
         modules, data = embedded.split_files(embedded.read_folder(self.folder, include_tests=False))

@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
-
 import pytest
 import redis.asyncio as aioredis
+import yaml
 
+from services.orchestrator.drivers import make_driver
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import MetricsSnapshot
 from swiftdeploy_core.project.manifest import Manifest, load_manifest
 from swiftdeploy_core.project.state import RolloutState
-from services.orchestrator.drivers import make_driver
 from tests.servers import REPO_ROOT, free_port, require_binary
 
 PYTHON = sys.executable
@@ -37,7 +36,13 @@ def write_manifest(root: Path, project: str, **sections: Any) -> Path:
         "nginx": {"image": "swiftdeploy/nginx", "port": free_port(), "proxy_timeout": 5},
         "network": {"name": f"{project}-net"},
         "runtime": "process",
-        "canary": {"version": "2.0.0", "image": "swiftdeploy/workload:2.0.0", "steps": [10, 50], "interval": 0.5, "failure_limit": 2},
+        "canary": {
+            "version": "2.0.0",
+            "image": "swiftdeploy/workload:2.0.0",
+            "steps": [10, 50],
+            "interval": 0.5,
+            "failure_limit": 2,
+        },
     }
     for key, value in sections.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
@@ -48,7 +53,9 @@ def write_manifest(root: Path, project: str, **sections: Any) -> Path:
 
 
 def env_for(redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTDEPLOY_") or k == "SWIFTDEPLOY_REQUIRE_SERVERS"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SWIFTDEPLOY_") or k == "SWIFTDEPLOY_REQUIRE_SERVERS"
+    }
     env.update(REDIS_URL=redis_url, PYTHONPATH=str(REPO_ROOT), SWIFTDEPLOY_LOG_JSON="false", **extra)
     return env
 
@@ -63,7 +70,7 @@ class ServiceProcess:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         out = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [PYTHON, "-m", f"services.{self.name}"], cwd=REPO_ROOT, env=env_for(self.redis_url, **self.env),
@@ -88,7 +95,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-async def wait_ready(redis, service: str, timeout: float = 20.0) -> None:  # noqa: ANN001
+async def wait_ready(redis, service: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         async for _ in redis.scan_iter(streams.health_key(service, "*")):
@@ -139,12 +146,12 @@ async def cli(redis_url: str, *args: str, cwd: Path | None = None, timeout: floa
     return CliResult(proc.returncode or 0, out.decode(), err.decode())
 
 
-async def record(redis, project: str) -> RolloutState | None:  # noqa: ANN001
+async def record(redis, project: str) -> RolloutState | None:
     raw = await redis.get(streams.rollout_key(project))
     return RolloutState.model_validate_json(raw) if raw else None
 
 
-async def wait_for_phase(redis, project: str, *phases: str, timeout: float = 20.0) -> RolloutState:  # noqa: ANN001
+async def wait_for_phase(redis, project: str, *phases: str, timeout: float = 20.0) -> RolloutState:
     deadline = time.monotonic() + timeout
     current = None
     while time.monotonic() < deadline:
@@ -156,7 +163,7 @@ async def wait_for_phase(redis, project: str, *phases: str, timeout: float = 20.
 
 
 async def write_snapshot(
-    redis, project: str, version: str, *, error_rate: float = 0.0, p99: float = 20.0, requests: float = 100.0,  # noqa: ANN001
+    redis, project: str, version: str, *, error_rate: float = 0.0, p99: float = 20.0, requests: float = 100.0,
 ) -> None:  # fmt: skip
     """What the collector stores for the canary track, so analysis can be driven exactly."""
     snapshot = MetricsSnapshot(
@@ -211,7 +218,7 @@ class LoadLoop:
                 body = await response.json(content_type=None) if response.status == 200 else {}
                 self.statuses[response.status] += 1
                 self.versions[body.get("version")] += 1
-        except Exception as exc:  # noqa: BLE001 - every failure is counted, whatever it is
+        except Exception as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def stop(self) -> None:
@@ -253,7 +260,7 @@ def gatekeeper_process(redis_url: str, root: Path, log_dir: Path) -> ServiceProc
 class Stack:
     """One project of the tests, on the module's orchestrator and gatekeeper."""
 
-    def __init__(self, root: Path, project: str, redis_url: str, redis: aioredis.Redis, services: "Services") -> None:
+    def __init__(self, root: Path, project: str, redis_url: str, redis: aioredis.Redis, services: Services) -> None:
         self.root, self.project, self.redis_url, self.redis = root, project, redis_url, redis
         self.orchestrator = services.orchestrator
         self.policies_root = services.root
@@ -270,7 +277,7 @@ class Stack:
     def driver_manifest(self) -> Manifest:
         return load_manifest(self.root / "manifest.yaml").manifest
 
-    def driver(self):  # noqa: ANN201
+    def driver(self):
         loaded = load_manifest(self.root / "manifest.yaml")
         return make_driver(loaded.manifest, loaded.root)
 
@@ -317,7 +324,9 @@ class Services:
 def services(redis_server, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """Import into a test module (with `stack`) to run its stories on real services."""
     require_binary("nginx")
-    s = Services(redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"), getattr(request.module, "COLLECTOR", None))
+    s = Services(
+        redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"), getattr(request.module, "COLLECTOR", None)
+    )
     yield s
     s.stop()
 
@@ -339,5 +348,3 @@ async def stack(services: Services, tmp_path: Path, request: pytest.FixtureReque
         write_policies(services.root)
         await redis.aclose()
         print(services.orchestrator.log()[-3000:])
-
-

@@ -66,7 +66,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
@@ -111,7 +111,7 @@ class NginxProcess:
     def command(self, *extra: str) -> list[str]:
         return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *extra]
 
-    def start(self, port: int) -> "NginxProcess":
+    def start(self, port: int) -> NginxProcess:
         self.process = subprocess.Popen(
             self.command("-g", "daemon off;"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -181,7 +181,7 @@ class WorkloadServer:
     def log_path(self) -> Path:
         return self.workdir / f"workload-{self.port}.log"
 
-    def start(self, timeout: float = 20.0) -> "WorkloadServer":
+    def start(self, timeout: float = 20.0) -> WorkloadServer:
         import sys
 
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,7 @@ def main() -> int:
         name = str(err["loc"][0]).upper() if err["loc"] else "settings"
         print(f"workload: {name}: {err['msg']} (got {err.get('input')!r})", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("workload").info(
         "workload %s (%s) on %s:%s, metrics %s",
         settings.version, settings.mode, settings.host, settings.port, "on" if settings.metrics else "off",

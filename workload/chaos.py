@@ -11,7 +11,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from quart import Quart, request
@@ -47,7 +47,7 @@ class Recover(_Command):
     mode: Literal["recover"]
 
 
-ChaosCommand = Annotated[Union[SlowChaos, ErrorChaos, Recover], Field(discriminator="mode")]
+ChaosCommand = Annotated[SlowChaos | ErrorChaos | Recover, Field(discriminator="mode")]
 _commands: TypeAdapter[Any] = TypeAdapter(ChaosCommand)
 
 

@@ -1,8 +1,8 @@
 """`python -m services.auditor`: run one auditor replica until SIGTERM/SIGINT."""
 
 from services.auditor.service import build_spec
-from swiftdeploy_core.settings import Settings
 from swiftdeploy_core.bus.runner import run
+from swiftdeploy_core.settings import Settings
 
 if __name__ == "__main__":
     settings = Settings()

@@ -19,7 +19,7 @@ class AuditorSettings(Settings):
     audit_write_patience: float = 300.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "AuditorSettings":
+    def from_settings(cls, settings: Settings) -> AuditorSettings:
         if isinstance(settings, cls):
             return settings
         shared = settings.model_dump(exclude={"redis_url"})  # redis_url is set by its alias only

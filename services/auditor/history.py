@@ -108,7 +108,7 @@ class HistoryWriter:
                 log.info("= %s is already in the history (a redelivery); no new line", event_id)
                 return False
             if claim is not None:  # pending from an attempt that stopped: is its line there?
-                offset = int(claim[len(PENDING):] or 0)
+                offset = int(claim[len(PENDING) :] or 0)
                 if await asyncio.to_thread(_contains_event, fd, event_id, offset):
                     log.info("= %s was written before its writer stopped; no new line", event_id)
                     await self.redis.set(key, WRITTEN, ex=self.claim_ttl)

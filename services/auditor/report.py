@@ -10,15 +10,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from services.auditor.chain import Verification, iso_utc
-from swiftdeploy_core.bus.describe import cell, describe
 from services.auditor.gantt import rollout_gantt
+from swiftdeploy_core.bus.describe import cell, describe
 
 Entry = dict[str, Any]
 TEMPLATES = Path(__file__).parent / "templates"
@@ -104,7 +104,7 @@ def build_report(
     return Report(
         project=project,
         history_path=str(history_path),
-        generated_at=iso_utc(now or datetime.now(timezone.utc)),
+        generated_at=iso_utc(now or datetime.now(UTC)),
         since=iso_utc(since) if since else None,
         verification=verification,
         entries=len(entries),
@@ -115,7 +115,8 @@ def build_report(
         timeline=[_row(e) for e in entries if e.get("type") in TIMELINE_TYPES],
         mode_changes=[
             Row(e["timestamp"], str(e.get("previous")), str(e.get("mode")), str(e.get("version")))
-            for e in entries if e.get("type") == "mode.changed"
+            for e in entries
+            if e.get("type") == "mode.changed"
         ],
         chaos=[_row(e, extra=e.get("source", "")) for e in entries if e.get("type") in CHAOS_TYPES],
         violations=policy_violations(entries, status_ids),

@@ -22,12 +22,12 @@ from services.auditor.config import AuditorSettings
 from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
-from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
-from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.project.state import RolloutState
 from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
+from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
+from swiftdeploy_core.project.state import RolloutState
+from swiftdeploy_core.settings import Settings
 
 NAME = "auditor"
 NOT_AUDITED = {"ping.requested", "pong", "audit.requested", "audit.rendered", "metrics.snapshot"}
@@ -49,7 +49,7 @@ class Place:
     report: Path
 
     @classmethod
-    def from_settings(cls, settings: AuditorSettings) -> "Place":
+    def from_settings(cls, settings: AuditorSettings) -> Place:
         loaded: LoadedManifest | None = None
         try:
             loaded = load_manifest(settings.manifest)
@@ -72,10 +72,15 @@ class Auditor:
         self.writer: HistoryWriter | None = None
 
     async def start(self, ctx: Context) -> None:
-        self.writer = HistoryWriter(self.place.history, ctx.bus.redis, fsync=self.settings.audit_fsync,
-                                    claim_ttl=self.settings.audit_claim_ttl)
-        log.info("auditor writing %s (fsync %s) for project %s", self.place.history,
-                 "on" if self.settings.audit_fsync else "off", self.place.project)
+        self.writer = HistoryWriter(
+            self.place.history, ctx.bus.redis, fsync=self.settings.audit_fsync, claim_ttl=self.settings.audit_claim_ttl
+        )
+        log.info(
+            "auditor writing %s (fsync %s) for project %s",
+            self.place.history,
+            "on" if self.settings.audit_fsync else "off",
+            self.place.project,
+        )
 
     async def mode_now(self, event: Event, ctx: Context) -> str:
         """The serving mode when `event` happened: the last `mode.changed` in stream order, else
@@ -138,8 +143,9 @@ class Auditor:
 
     def _markdown(self, since: datetime | None, verification: Verification) -> str:
         entries = read_entries(self.place.history, since)
-        report = build_report(entries, project=self.place.project, history_path=self.place.history,
-                              verification=verification, since=since)
+        report = build_report(
+            entries, project=self.place.project, history_path=self.place.history, verification=verification, since=since
+        )
         return render_report(report)
 
 

@@ -143,7 +143,7 @@ class Scraper:
         self._owns_session = session is None
         self._caches: dict[str, LineCache] = {}
 
-    async def __aenter__(self) -> "Scraper":
+    async def __aenter__(self) -> Scraper:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from swiftdeploy_core.project.host import DataRoots, host_stats
 from services.collector.scrape import Scraper
 from services.collector.targets import Discovery, Project, discover
 from services.collector.tracking import CycleReport, Tracker
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.errors import BusError
 from swiftdeploy_core.bus.events import HostStats
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
+from swiftdeploy_core.errors import BusError
+from swiftdeploy_core.project.host import DataRoots, host_stats
 from swiftdeploy_core.project.manifest import CollectorSpec, LoadedManifest, load_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.bus.worker import Context, ServiceSpec
 
 NAME = "collector"
 TIMEOUT_SHARE = 0.8  # of the interval: a scrape gives up before the next tick is due
@@ -58,7 +58,7 @@ class Config:
         return math.ceil(max(self.interval * TTL_INTERVALS, MIN_TTL_S) * 1000)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Config":
+    def from_settings(cls, settings: Settings) -> Config:
         """The manifest at `settings.manifest` when there is one (ManifestError if it is broken)."""
         if not settings.manifest.exists():
             defaults = CollectorSpec()
@@ -90,7 +90,7 @@ class CollectorMetrics:
             registry=r,
         )  # fmt: skip
 
-    def collect(self):  # noqa: ANN201 - a prometheus_client Collector: another registry can register it
+    def collect(self):
         return self.registry.collect()
 
     def observe(self, report: CycleReport, cycle_seconds: float) -> None:
@@ -149,7 +149,9 @@ class Collector:
             for snapshot in report.snapshots:
                 snapshot = snapshot.model_copy(update={"host": hosts.get(snapshot.project)})
                 await self.ctx.emit(snapshot, stream=streams.METRICS)
-                pipe.set(streams.latest_snapshot_key(snapshot.project, snapshot.track), snapshot.model_dump_json(), px=ttl)
+                pipe.set(
+                    streams.latest_snapshot_key(snapshot.project, snapshot.track), snapshot.model_dump_json(), px=ttl
+                )
             for project, stats in hosts.items():
                 pipe.set(streams.host_stats_key(project), stats.model_dump_json(), px=ttl)
             await pipe.execute()
@@ -166,7 +168,7 @@ async def ticks(interval: float, stopping: asyncio.Event | None = None) -> Async
             await asyncio.wait_for(stopping.wait(), max(0.0, start + n * interval - time.monotonic()))
 
 
-def scrape_loop(config: Config, metrics: CollectorMetrics):  # noqa: ANN201 - a background loop
+def scrape_loop(config: Config, metrics: CollectorMetrics):
     async def loop(ctx: Context) -> None:
         async with Scraper(timeout=config.timeout) as scraper:
             collector = Collector(ctx, config, scraper, metrics)
@@ -185,6 +187,9 @@ def build_spec(settings: Settings, metrics: CollectorMetrics | None = None) -> S
     config = Config.from_settings(settings)
     metrics = metrics or CollectorMetrics()
     return ServiceSpec(
-        name=NAME, streams=[streams.COLLECTOR_INBOX], handlers={}, background=[scrape_loop(config, metrics)],
+        name=NAME,
+        streams=[streams.COLLECTOR_INBOX],
+        handlers={},
+        background=[scrape_loop(config, metrics)],
         metrics=[metrics],
     )

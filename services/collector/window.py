@@ -17,6 +17,7 @@ No data is None, never 0.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -82,7 +83,7 @@ def extrapolate(
 class CounterSeries:
     """One counter's samples in the window; its reset correction is kept as samples come and go."""
 
-    __slots__ = ("points", "_corrections", "_resets")
+    __slots__ = ("_corrections", "_resets", "points")
 
     def __init__(self) -> None:
         self.points: deque[tuple[float, float, float]] = deque()  # (t, value, correction)
@@ -135,7 +136,7 @@ def _increase_of(points: list[tuple[float, float]], start: float, end: float) ->
     if len(points) < 2:
         return None
     delta = points[-1][1] - points[0][1]
-    delta += sum(prev[1] for prev, cur in zip(points, points[1:]) if cur[1] < prev[1])
+    delta += sum(prev[1] for prev, cur in itertools.pairwise(points) if cur[1] < prev[1])
     return extrapolate(points[0], points[-1], len(points), delta, start, end)
 
 

@@ -67,7 +67,9 @@ class BatchingThread:
         job = self._executor.submit(_run_all, batch)
         job.add_done_callback(lambda done: _call_back(loop, self._finished, batch, done))
 
-    def _finished(self, loop: asyncio.AbstractEventLoop, batch: list[Call], done: concurrent.futures.Future[Any]) -> None:
+    def _finished(
+        self, loop: asyncio.AbstractEventLoop, batch: list[Call], done: concurrent.futures.Future[Any]
+    ) -> None:
         if done.cancelled():
             self._finish(loop, batch, ([PolicyEngineError("policy engine closed")] * len(batch), 0.0))
         else:
@@ -95,7 +97,7 @@ def _run_all(batch: list[Call]) -> tuple[list[Any], float]:
     for fn, args, _ in batch:
         try:
             outcomes.append(fn(*args))
-        except Exception as exc:  # noqa: BLE001 - handed back to its caller
+        except Exception as exc:
             outcomes.append(exc)
     return outcomes, (time.perf_counter() - started) / len(batch)
 

@@ -14,8 +14,8 @@ import policies
 from services.gatekeeper import rego
 from services.gatekeeper.embedded import read_folder, run_folder_tests, split_files
 from services.gatekeeper.opa import OpaEngine
-from swiftdeploy_core.project.checks import CheckContext, CheckResult, check, needs_manifest
 from swiftdeploy_core.errors import PolicyEngineError
+from swiftdeploy_core.project.checks import CheckContext, CheckResult, check, needs_manifest
 from swiftdeploy_core.project.manifest import PolicyEngine as EngineName
 
 REQUIRED_DOMAINS = ("infra", "canary")
@@ -68,7 +68,9 @@ def policy_tests(context: CheckContext) -> CheckResult:
             ok=False,
             reason=f"{len(failed)} of {len(results)} Rego tests fail, first {first.file}::{first.name}: {first.error}",
         )
-    return CheckResult(name=name, ok=True, reason=f"all {len(results)} Rego tests pass" if results else "no *_test.rego files")
+    return CheckResult(
+        name=name, ok=True, reason=f"all {len(results)} Rego tests pass" if results else "no *_test.rego files"
+    )
 
 
 @check

@@ -34,7 +34,7 @@ class Verdict:
     revision: str = field(default="", compare=False)
 
     @classmethod
-    def deny(cls, *reasons: str) -> "Verdict":
+    def deny(cls, *reasons: str) -> Verdict:
         return cls(False, tuple(sorted(reasons)))
 
 
@@ -61,7 +61,12 @@ def input_problem(input: Any) -> str | None:
 def _deeper_than(value: Any, limit: int) -> bool:
     level: list[Any] = [value]
     for _ in range(limit + 1):
-        level = [item for node in level for item in (node.values() if isinstance(node, dict) else node) if isinstance(item, (dict, list))]
+        level = [
+            item
+            for node in level
+            for item in (node.values() if isinstance(node, dict) else node)
+            if isinstance(item, (dict, list))
+        ]
         if not level:
             return False
     return True

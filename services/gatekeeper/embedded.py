@@ -111,4 +111,9 @@ class EmbeddedEngine(PolicyEngine):
             self._compiled, self._error = None, str(exc)
             log.error("policies in %s (revision %s) do not compile: %s", self._watch.source, self._revision, exc)
             return
-        log.info("policies loaded from %s: revision %s, packages %s", self._watch.source, self._revision, ", ".join(self._compiled.domains))
+        log.info(
+            "policies loaded from %s: revision %s, packages %s",
+            self._watch.source,
+            self._revision,
+            ", ".join(self._compiled.domains),
+        )

@@ -39,7 +39,7 @@ class PolicyEngine(abc.ABC):
                 document, revision = await self.answer(domain, decide.engine_input(input))
             except PolicyEngineError as exc:
                 verdict = Verdict.deny(str(exc))
-            except Exception as exc:  # noqa: BLE001 - any surprise is a deny, never a crash
+            except Exception as exc:
                 log.exception("policy engine %s failed on domain %s", self.name, domain)
                 verdict = Verdict.deny(f"policy engine error: {type(exc).__name__}: {exc}")
             else:
@@ -59,7 +59,7 @@ class PolicyEngine(abc.ABC):
     def revision(self) -> str:
         """A hash naming the exact policy and data files decisions are made with."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook: most engines hold nothing
         """Release connections; the engine is not used afterwards."""
 
 

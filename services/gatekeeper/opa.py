@@ -9,7 +9,6 @@ aiohttp session per engine; every request has a deadline. Every failure becomes 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -79,9 +78,11 @@ class OpaEngine(PolicyEngine):
     async def _call(self, method: str, path: str, body: str | None) -> tuple[int, bytes]:
         """One HTTP exchange: (status, body bytes); PolicyEngineError when there is no answer."""
         try:
-            async with self._pool().request(method, self.url + path, data=body, headers=_JSON if body else None) as resp:
+            async with self._pool().request(
+                method, self.url + path, data=body, headers=_JSON if body else None
+            ) as resp:
                 return resp.status, await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PolicyEngineError(self._unavailable(f"no answer within {self.timeout:g}s")) from None
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, ConnectionRefusedError)
@@ -108,7 +109,11 @@ class OpaEngine(PolicyEngine):
             error = json.loads(raw)
             if isinstance(error, dict) and isinstance(error.get("message"), str):
                 code = error.get("code")
-                detail = f" {code}: {_first_line(error['message'])}" if isinstance(code, str) else f": {_first_line(error['message'])}"
+                detail = (
+                    f" {code}: {_first_line(error['message'])}"
+                    if isinstance(code, str)
+                    else f": {_first_line(error['message'])}"
+                )
         except ValueError:
             pass
         return f"policy engine error: HTTP {status}{detail} ({self.url})"

@@ -58,7 +58,7 @@ def _node_error(node: Any) -> str:
         if kind == capi.NodeKind.ErrorSeq and capi.rego_node_size(node) > 0:
             node, kind = capi.rego_node_get(node, 0), capi.NodeKind.Error
         return capi.rego_node_json(node) if kind == capi.NodeKind.Error else ""
-    except Exception:  # noqa: BLE001 - a description is best effort
+    except Exception:
         return ""
 
 
@@ -75,8 +75,10 @@ def load(modules: dict[str, str], data_json: str | None) -> Interpreter:
             interpreter.add_module(name, text)
         if data_json is not None:
             interpreter.add_data_json(data_json)
-    except Exception as exc:  # noqa: BLE001 - regopy raises RegoError, and worse on odd input
-        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources_of(modules, data_json))}") from None
+    except Exception as exc:
+        raise PolicyEngineError(
+            f"policy files invalid: {describe_error(str(exc), sources_of(modules, data_json))}"
+        ) from None
     return interpreter
 
 
@@ -87,7 +89,7 @@ def build(modules: dict[str, str], data_json: str | None, entrypoints: list[str]
     try:
         bundle = builder.build(None, entrypoints)
         ok = bundle.ok()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
     if not ok:
         raise PolicyEngineError(f"policy files invalid: {_bundle_error(builder, bundle, sources)}")
@@ -138,7 +140,7 @@ class CompiledPolicies:
         try:
             self.runner.set_input(Input(input))
             impl = capi.rego_bundle_query_entrypoint(self.runner._impl, self.bundle._impl, entrypoint)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PolicyEngineError(f"policy evaluation failed: {describe_error(str(exc), self.sources)}") from None
         return _read_output(self.runner, impl, self.sources)
 
@@ -182,14 +184,18 @@ def run_tests(modules: dict[str, str], data_json: str | None) -> list[RegoTest]:
     return [_run_test(runner, bundle, sources, file, package, name) for file, package, name in tests]
 
 
-def _run_test(runner: Interpreter, bundle: Bundle, sources: dict[str, str], file: str, package: str, name: str) -> RegoTest:
+def _run_test(
+    runner: Interpreter, bundle: Bundle, sources: dict[str, str], file: str, package: str, name: str
+) -> RegoTest:
     entrypoint = f"{package.replace('.', '/')}/{name}"
     try:
         value = _read_output(runner, capi.rego_bundle_query_entrypoint(runner._impl, bundle._impl, entrypoint), sources)
     except PolicyEngineError as exc:
         return RegoTest(file, name, False, str(exc))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return RegoTest(file, name, False, describe_error(str(exc), sources))
     if value is True:
         return RegoTest(file, name, True)
-    return RegoTest(file, name, False, "undefined (a condition failed)" if value is UNDEFINED else f"returned {value!r}")
+    return RegoTest(
+        file, name, False, "undefined (a condition failed)" if value is UNDEFINED else f"returned {value!r}"
+    )

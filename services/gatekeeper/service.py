@@ -18,12 +18,12 @@ from services.gatekeeper.embedded import EmbeddedEngine
 from services.gatekeeper.engines import PolicyEngine, UnavailableEngine
 from services.gatekeeper.opa import OpaEngine
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.bus.events import DecisionMade, DecisionRequested, Event, PolicyViolation
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
+from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import PolicyEngine as EngineName
 from swiftdeploy_core.project.manifest import load_manifest
 from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.bus.worker import Context, ServiceSpec
 
 NAME = "gatekeeper"
 CONCURRENCY = 16  # decisions in flight: overlaps Redis round trips (and OPA's, with that engine)
@@ -62,7 +62,9 @@ class Gatekeeper:
         made = await self.decide(event.payload, event.id)
         ctx.emit_on_commit(made, cause=event)
         if not made.allow:
-            violation = PolicyViolation(domain=made.domain, reasons=made.reasons, input=made.input, decision_id=made.decision_id)
+            violation = PolicyViolation(
+                domain=made.domain, reasons=made.reasons, input=made.input, decision_id=made.decision_id
+            )
             ctx.emit_on_commit(violation, cause=event)
         log.log(
             logging.DEBUG if made.allow else logging.INFO,  # every decision is on record as an event

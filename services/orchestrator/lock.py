@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
@@ -40,9 +40,13 @@ class Lease:
     def value(self) -> str:
         return json.dumps(
             {
-                "operation": self.operation, "owner": self.owner, "since": self.since.isoformat(),
-                "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-            }  # fmt: skip
+                "operation": self.operation,
+                "owner": self.owner,
+                "since": self.since.isoformat(),
+                "token": self.token,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
         )
 
 
@@ -51,7 +55,7 @@ async def acquire(
     lease: float = DEFAULT_LEASE,
 ) -> Lease:  # fmt: skip
     """Take the project's lock, waiting up to `wait` seconds; OperationInProgress if it stays held."""
-    mine = Lease(project, operation, owner, datetime.now(timezone.utc), uuid.uuid4().hex)
+    mine = Lease(project, operation, owner, datetime.now(UTC), uuid.uuid4().hex)
     deadline = time.monotonic() + wait
     while True:
         if await redis.set(streams.lock_key(project), mine.value(), nx=True, px=int(lease * 1000)):

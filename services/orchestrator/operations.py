@@ -14,7 +14,9 @@ from pathlib import Path
 
 import aiohttp
 
-from swiftdeploy_core.errors import SwiftDeployError
+from services.orchestrator import phases, plans
+from services.orchestrator.drivers.health import wait_http_ok
+from services.orchestrator.rollout import Decision, Rollout, failure_logs
 from swiftdeploy_core.bus.events import (
     CanaryStarted,
     ChaosInjected,
@@ -29,11 +31,9 @@ from swiftdeploy_core.bus.events import (
     PromotionBlocked,
     TeardownCompleted,
 )
+from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.host import INFRA_FIELDS, DataRoots, host_stats
 from swiftdeploy_core.project.state import Instance, Phase, TrackState
-from services.orchestrator import phases, plans
-from services.orchestrator.drivers.health import wait_http_ok
-from services.orchestrator.rollout import Decision, Rollout, failure_logs
 
 CANARY_PHASES = frozenset({Phase.canary_starting, Phase.progressing, Phase.canary_complete})
 BUSY_PHASES = CANARY_PHASES | {Phase.promoting, Phase.rolling_back}
@@ -95,13 +95,17 @@ class Deploy:
             await r.emit(DeployBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
             return False
         await r.save(phase=Phase.deploying, correlation_id=self.correlation_id)
-        await r.emit(DeployStarted(project=r.manifest.project, version=r.manifest.services.version, runtime=r.driver.name))
+        await r.emit(
+            DeployStarted(project=r.manifest.project, version=r.manifest.services.version, runtime=r.driver.name)
+        )
         return True
 
     async def networks(self) -> None:
         specs = plans.network_specs(self.rollout.manifest)
         self.created_networks = await self.rollout.driver.ensure_networks(specs)
-        await self.step("networks", ", ".join(s.name for s in specs) if self.rollout.driver.name == "docker" else "loopback")
+        await self.step(
+            "networks", ", ".join(s.name for s in specs) if self.rollout.driver.name == "docker" else "loopback"
+        )
 
     async def policy_server(self) -> None:
         manifest = self.rollout.manifest
@@ -140,7 +144,9 @@ class Deploy:
         assert self.track is not None
         await r.save(phase=Phase.stable, stable=self.track, canary=None, step=-1, router_url=self.url, last_reasons=[])
         names = [i.name for i in self.started]
-        await r.emit(DeployCompleted(project=r.manifest.project, version=self.track.version, url=self.url, instances=names))
+        await r.emit(
+            DeployCompleted(project=r.manifest.project, version=self.track.version, url=self.url, instances=names)
+        )
 
     async def step(self, name: str, detail: str) -> None:
         await self.rollout.emit(DeployStep(step=name, detail=detail))
@@ -183,13 +189,17 @@ class StartCanary:
     def check(self) -> None:
         record = self.rollout.record
         if record.phase in BUSY_PHASES:
-            raise Refused(f"a canary of {record.canary.version if record.canary else '?'} is already running ({record.phase.value})")
+            raise Refused(
+                f"a canary of {record.canary.version if record.canary else '?'} is already running ({record.phase.value})"
+            )
         if record.phase != Phase.stable or record.stable is None:
             raise Refused("nothing is deployed to run a canary beside; run `swiftdeploy deploy` first")
 
     async def start_track(self) -> list[Instance]:
         r = self.rollout
-        await r.save(phase=Phase.canary_starting, correlation_id=self.correlation_id, consecutive_failures=0, last_reasons=[])
+        await r.save(
+            phase=Phase.canary_starting, correlation_id=self.correlation_id, consecutive_failures=0, last_reasons=[]
+        )
         specs = plans.track_specs(r.manifest, "canary", plans.generation(f"{self.correlation_id}:canary"))
         instances = await r.start(specs)
         await r.save(canary=plans.track_state(specs, instances, 0))
@@ -274,11 +284,12 @@ class Chaos:
                         raise Refused(f"{instance.name} refused the chaos request: HTTP {response.status}")
         req = self.request
         await self.rollout.emit(
-            ChaosInjected(mode=req.mode, rate=req.rate, duration=req.duration, instances=[i.name for i in canary.instances])
+            ChaosInjected(
+                mode=req.mode, rate=req.rate, duration=req.duration, instances=[i.name for i in canary.instances]
+            )
         )
 
 
 def _with_log(exc: BaseException) -> str:
     logs = failure_logs(exc)
     return f"{exc} (last log line: {logs[-1]})" if logs else str(exc)
-

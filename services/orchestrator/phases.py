@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from swiftdeploy_core.errors import SwiftDeployError
+from services.orchestrator import plans
+from services.orchestrator.rollout import Decision, Rollout
 from swiftdeploy_core.bus.events import (
     CanaryAnalysis,
     CanaryCompleted,
@@ -20,9 +21,8 @@ from swiftdeploy_core.bus.events import (
     PromotionCompleted,
     RollbackCompleted,
 )
+from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.state import Phase
-from services.orchestrator import plans
-from services.orchestrator.rollout import Decision, Rollout
 
 Handler = Callable[[Rollout], Awaitable[None]]
 
@@ -78,9 +78,13 @@ async def analyse(rollout: Rollout) -> Decision | None:
     await rollout.save(consecutive_failures=failures, last_reasons=decision.reasons)
     await rollout.emit(
         CanaryAnalysis(
-            step=record.step, weight=record.canary.weight if record.canary else 0, allow=decision.allow,
-            reasons=decision.reasons, decision_id=decision.decision_id, consecutive_failures=failures,
-        )  # fmt: skip
+            step=record.step,
+            weight=record.canary.weight if record.canary else 0,
+            allow=decision.allow,
+            reasons=decision.reasons,
+            decision_id=decision.decision_id,
+            consecutive_failures=failures,
+        )
     )
     if failures >= manifest.canary.failure_limit:
         await rollout.save(phase=Phase.rolling_back)

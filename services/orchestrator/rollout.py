@@ -12,16 +12,16 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from services.orchestrator.drivers.base import InstanceFailed, InstanceSpec, RuntimeDriver
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import MetricsSnapshot, Payload
 from swiftdeploy_core.project.manifest import Manifest, validate_manifest
 from swiftdeploy_core.project.state import Instance, RolloutState
-from services.orchestrator.drivers.base import InstanceFailed, InstanceSpec, RuntimeDriver
 
 HEALTH_TIMEOUT = 30.0
 LOG_LINES = 20
@@ -38,7 +38,7 @@ class RecordStore:
         return RolloutState.model_validate_json(raw) if raw else None
 
     async def save(self, record: RolloutState) -> RolloutState:
-        record = record.model_copy(update={"updated_at": datetime.now(timezone.utc)})
+        record = record.model_copy(update={"updated_at": datetime.now(UTC)})
         await self.redis.set(streams.rollout_key(record.project), record.model_dump_json())
         return record
 
@@ -48,7 +48,7 @@ class RecordStore:
     async def projects(self) -> list[str]:
         prefix = streams.rollout_key("")
         found = [key.decode() if isinstance(key, bytes) else key async for key in self.redis.scan_iter(f"{prefix}*")]
-        return sorted(key[len(prefix):] for key in found)
+        return sorted(key[len(prefix) :] for key in found)
 
     async def snapshot(self, project: str, track: str) -> MetricsSnapshot | None:
         raw = await self.redis.get(streams.latest_snapshot_key(project, track))

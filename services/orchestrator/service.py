@@ -12,13 +12,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 
+from services.orchestrator import lock, operations, phases, plans
+from services.orchestrator.drivers import make_driver
+from services.orchestrator.rollout import Decision, RecordStore, Rollout
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS
-from swiftdeploy_core.errors import OperationInProgress, RequestTimeout, SwiftDeployError
 from swiftdeploy_core.bus.events import (
     CanaryRequested,
     ChaosRequested,
@@ -32,13 +33,12 @@ from swiftdeploy_core.bus.events import (
     RollbackRequested,
     TeardownRequested,
 )
-from swiftdeploy_core.project.manifest import Manifest, validate_manifest
-from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.project.state import RolloutState
+from swiftdeploy_core.bus.retry import CONNECTION_ERRORS
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
-from services.orchestrator import lock, operations, phases, plans
-from services.orchestrator.drivers import make_driver
-from services.orchestrator.rollout import Decision, RecordStore, Rollout
+from swiftdeploy_core.errors import OperationInProgress, RequestTimeout, SwiftDeployError
+from swiftdeploy_core.project.manifest import Manifest, validate_manifest
+from swiftdeploy_core.project.state import RolloutState
+from swiftdeploy_core.settings import Settings
 
 NAME = "orchestrator"
 LOCK_WAIT = 3.0  # a command waits this long for a tick to finish before it is rejected
@@ -68,7 +68,9 @@ class BusGate:
         return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)  # type: ignore[attr-defined]
 
 
-def emitter(ctx: Context, cause: Event | None, correlation_id: str | None = None) -> Callable[[Payload], Awaitable[None]]:
+def emitter(
+    ctx: Context, cause: Event | None, correlation_id: str | None = None
+) -> Callable[[Payload], Awaitable[None]]:
     """Events of a command carry its correlation id; a tick continues the stored command's."""
 
     async def emit(payload: Payload) -> None:
@@ -90,16 +92,26 @@ async def open_rollout(
                 f"{project} runs on the {record.runtime} runtime; `swiftdeploy teardown` before switching to {manifest.runtime.value}"
             )
         base = record or RolloutState(project=project, runtime=manifest.runtime.value)
-        record = base.model_copy(update={"manifest": manifest.model_dump(mode="json"), "root": root or base.root, "runtime": manifest.runtime.value})
+        record = base.model_copy(
+            update={
+                "manifest": manifest.model_dump(mode="json"),
+                "root": root or base.root,
+                "runtime": manifest.runtime.value,
+            }
+        )
     if record is None:
         raise operations.Refused(f"{project} is not deployed (no rollout record); run `swiftdeploy deploy` first")
     gate = BusGate(ctx, ctx.settings.request_timeout)
     validated = validate_manifest(record.manifest)
-    rollout = Rollout(record, make_driver(validated, record.root, record.runtime), store, gate, emit, _manifest=validated)
+    rollout = Rollout(
+        record, make_driver(validated, record.root, record.runtime), store, gate, emit, _manifest=validated
+    )
     if stored is None:  # Redis lost the record (the command brought its manifest): the runtime's labels say the rest
         rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
         if rebuilt is not None:
-            rollout.record = await store.save(rebuilt.model_copy(update={"manifest": record.manifest, "root": record.root}))
+            rollout.record = await store.save(
+                rebuilt.model_copy(update={"manifest": record.manifest, "root": record.root})
+            )
             await phases.recover(rollout)
     return rollout
 
@@ -121,7 +133,7 @@ async def run_command(
         await emit(CommandRejected(command=command, reason=str(exc)))
     except SwiftDeployError as exc:
         await emit(_failed(command, str(exc)))
-    except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:  # a runtime call went wrong
+    except (TimeoutError, OSError, aiohttp.ClientError) as exc:  # a runtime call went wrong
         log.warning("%s of %s failed: %r", command, project, exc)
         await emit(_failed(command, f"{type(exc).__name__}: {exc}"))
 
@@ -191,7 +203,9 @@ async def _project(event: Event, ctx: Context, command: str) -> str | None:
     projects = await RecordStore(ctx.bus.redis).projects()
     if len(projects) == 1:
         return projects[0]
-    reason = "nothing is deployed" if not projects else f"several projects are deployed ({', '.join(projects)}); name one"
+    reason = (
+        "nothing is deployed" if not projects else f"several projects are deployed ({', '.join(projects)}); name one"
+    )
     await ctx.emit(CommandRejected(command=command, reason=reason), cause=event)
     return None
 
@@ -214,7 +228,7 @@ async def analysis_loop(ctx: Context) -> None:
 
 def _due(record: RolloutState) -> bool:
     interval = validate_manifest(record.manifest).canary.interval
-    return (datetime.now(timezone.utc) - record.updated_at).total_seconds() >= interval
+    return (datetime.now(UTC) - record.updated_at).total_seconds() >= interval
 
 
 async def tick(ctx: Context, project: str) -> None:

@@ -17,10 +17,21 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
-from swiftdeploy_core.bus.wire import B_CORRELATION, B_EVENT, B_TYPE, _resp, decode, entry_fields, id_ms, matches, maxlen_for, xadd_head
-from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
 from swiftdeploy_core.bus.events import Event
+from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
+from swiftdeploy_core.bus.wire import (
+    B_CORRELATION,
+    B_EVENT,
+    B_TYPE,
+    _resp,
+    decode,
+    entry_fields,
+    id_ms,
+    matches,
+    maxlen_for,
+    xadd_head,
+)
+from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.bus")
@@ -81,7 +92,7 @@ class Bus:
         self._blocking: set[BlockingConnection] = set()
 
     @classmethod
-    async def connect(cls, settings: Settings) -> "Bus":
+    async def connect(cls, settings: Settings) -> Bus:
         """Connect and check Redis answers; ControlPlaneDown if it does not."""
         url = resolve_redis_url(settings)
         redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=0)
@@ -133,8 +144,20 @@ class Bus:
         if not events:
             return []
         head = [b"XADD", *(arg.encode() for arg in xadd_head(self.settings, stream))]
-        blob = b"".join(_resp([*head, B_EVENT, e.to_json().encode(), B_TYPE, e.type.encode(),
-                               B_CORRELATION, e.correlation_id.encode()]) for e in events)  # entry_fields, packed here
+        blob = b"".join(
+            _resp(
+                [
+                    *head,
+                    B_EVENT,
+                    e.to_json().encode(),
+                    B_TYPE,
+                    e.type.encode(),
+                    B_CORRELATION,
+                    e.correlation_id.encode(),
+                ]
+            )
+            for e in events
+        )  # entry_fields, packed here
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
@@ -153,9 +176,7 @@ class Bus:
 
     # --- request / reply ---------------------------------------------------------------------
 
-    async def request(
-        self, stream: str, event: Event, expect: Collection[str], timeout: float
-    ) -> Event:
+    async def request(self, stream: str, event: Event, expect: Collection[str], timeout: float) -> Event:
         """Publish `event`, then wait for an event on EVENTS with its correlation id and a type
         in `expect`; RequestTimeout after `timeout` seconds."""
         await self._ensure_reader()
@@ -251,7 +272,7 @@ class Bus:
                             started()
                     cursor = last
                     reply = await blocking.read(
-                        lambda c: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+                        lambda c, cursor=cursor: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
                     )
                     backoff.reset()
                 except CONNECTION_ERRORS as exc:
@@ -281,7 +302,7 @@ async def history(
     start = "-" if since in ("0", "0-0", "-") else f"({since}"
     while True:
         page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH)
-        for entry_id, fields in page:
+        for _entry_id, fields in page:
             event = _select(fields, correlation_id, types)
             if event is not None:
                 yield event

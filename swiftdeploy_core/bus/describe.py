@@ -76,7 +76,9 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "deploy.started": lambda e: f"{e.get('project')} {e.get('version')} on {e.get('runtime')}",
     "deploy.step": lambda e: f"{e.get('step')}" + (f": {e['detail']}" if e.get("detail") else ""),
     "deploy.blocked": _reasons,
-    "deploy.completed": lambda e: f"{e.get('version')} serving at {e.get('url')} ({_count(e, 'instances', 'instance')})",
+    "deploy.completed": lambda e: (
+        f"{e.get('version')} serving at {e.get('url')} ({_count(e, 'instances', 'instance')})"
+    ),
     "deploy.failed": lambda e: str(e.get("error")),
     "canary.requested": lambda e: f"manifest {str(e.get('manifest_sha256', ''))[:12]}",
     "canary.started": lambda e: f"{e.get('version')} ({e.get('image')}) at {_pct(e.get('weight'))}",

@@ -8,8 +8,8 @@ Commands are named `<thing>.requested`; facts are past tense.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -378,48 +378,47 @@ class AuditRendered(Payload):
 
 
 AnyPayload = Annotated[
-    Union[
-        PingRequested,
-        Pong,
-        CommandRejected,
-        DeployRequested,
-        DeployStarted,
-        DeployStep,
-        DeployBlocked,
-        DeployCompleted,
-        DeployFailed,
-        CanaryRequested,
-        CanaryStarted,
-        CanaryWeightChanged,
-        CanaryAnalysis,
-        CanaryCompleted,
-        RollbackRequested,
-        RollbackCompleted,
-        PromotionRequested,
-        PromotionBlocked,
-        PromotionCompleted,
-        ModeChanged,
-        TeardownRequested,
-        TeardownCompleted,
-        OperationFailed,
-        ChaosRequested,
-        ChaosInjected,
-        ChaosDetected,
-        DecisionRequested,
-        DecisionMade,
-        PolicyViolation,
-        MetricsSnapshot,
-        TargetDown,
-        TargetUp,
-        StatusChecked,
-        AuditRequested,
-        AuditRendered,
-    ],
+    PingRequested
+    | Pong
+    | CommandRejected
+    | DeployRequested
+    | DeployStarted
+    | DeployStep
+    | DeployBlocked
+    | DeployCompleted
+    | DeployFailed
+    | CanaryRequested
+    | CanaryStarted
+    | CanaryWeightChanged
+    | CanaryAnalysis
+    | CanaryCompleted
+    | RollbackRequested
+    | RollbackCompleted
+    | PromotionRequested
+    | PromotionBlocked
+    | PromotionCompleted
+    | ModeChanged
+    | TeardownRequested
+    | TeardownCompleted
+    | OperationFailed
+    | ChaosRequested
+    | ChaosInjected
+    | ChaosDetected
+    | DecisionRequested
+    | DecisionMade
+    | PolicyViolation
+    | MetricsSnapshot
+    | TargetDown
+    | TargetUp
+    | StatusChecked
+    | AuditRequested
+    | AuditRendered,
     Field(discriminator="type"),
 ]
 
 EVENT_TYPES: tuple[str, ...] = tuple(
-    model.model_fields["type"].default for model in AnyPayload.__origin__.__args__  # type: ignore[attr-defined]
+    model.model_fields["type"].default
+    for model in AnyPayload.__origin__.__args__  # type: ignore[attr-defined]
 )
 
 
@@ -435,7 +434,7 @@ def _new_id() -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Event(BaseModel):
@@ -463,7 +462,7 @@ class Event(BaseModel):
                 raise ValueError(f"envelope type {data['type']!r} does not match payload {ptype!r}")
         return data
 
-    def caused(self, payload: Payload, source: Source, id: str | None = None) -> "Event":
+    def caused(self, payload: Payload, source: Source, id: str | None = None) -> Event:
         """A new event that follows from this one: same correlation id, causation = this id
         (and the given `id`, when the new event's id must be stable)."""
         return Event(
@@ -475,7 +474,5 @@ class Event(BaseModel):
         return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> "Event":
+    def from_json(cls, raw: str | bytes) -> Event:
         return cls.model_validate_json(raw)
-
-

@@ -15,10 +15,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, FIELD_EVENT, FIELD_TYPE, decode, maxlen_for
 
 # Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
+from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, FIELD_EVENT, FIELD_TYPE, decode, maxlen_for
 
 # Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 # atomically, and only for event ids not processed before (a reclaimed duplicate is acked without
@@ -114,7 +114,9 @@ class Group:
             # Visible in XINFO CONSUMERS at once (a blocking read on an empty stream does not add it).
             await self.bus.redis.xgroup_createconsumer(stream, self.name, self.consumer)
 
-    async def read(self, blocking: BlockingConnection, names: Collection[str], count: int, block_ms: int) -> list[Entry]:
+    async def read(
+        self, blocking: BlockingConnection, names: Collection[str], count: int, block_ms: int
+    ) -> list[Entry]:
         reply = await blocking.read(
             lambda c: c.xreadgroup(self.name, self.consumer, {s: ">" for s in names}, count=count, block=block_ms)
         )
@@ -144,16 +146,12 @@ class Group:
     async def keepalive(self, stream: str, entry_ids: Collection[str]) -> None:
         """Reset the idle time of entries still being worked on, so nobody reclaims them."""
         if entry_ids:
-            await self.bus.redis.xclaim(
-                stream, self.name, self.consumer, 0, list(entry_ids), justid=True
-            )
+            await self.bus.redis.xclaim(stream, self.name, self.consumer, 0, list(entry_ids), justid=True)
 
     async def release(self, stream: str, entry_ids: Collection[str], idle_ms: int) -> None:
         """Give entries up: keep them pending but idle for `idle_ms`, so XAUTOCLAIM takes them now."""
         if entry_ids:
-            await self.bus.redis.xclaim(
-                stream, self.name, self.consumer, 0, list(entry_ids), idle=idle_ms, justid=True
-            )
+            await self.bus.redis.xclaim(stream, self.name, self.consumer, 0, list(entry_ids), idle=idle_ms, justid=True)
 
     async def seen(self, event_ids: list[str]) -> list[bool]:
         """Which of `event_ids` were already processed by this service."""
@@ -184,7 +182,9 @@ class Group:
             FIELD_EVENT: decode(entry.fields.get(B_EVENT, b"")),
         }  # fmt: skip
         async with self.bus.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(streams.DEAD_LETTER, fields, maxlen=maxlen_for(self.bus.settings, streams.DEAD_LETTER), approximate=True)
+            pipe.xadd(
+                streams.DEAD_LETTER, fields, maxlen=maxlen_for(self.bus.settings, streams.DEAD_LETTER), approximate=True
+            )
             pipe.xack(entry.stream, self.name, entry.entry_id)
             pipe.hdel(self.failures, entry.key)
             await pipe.execute()

@@ -15,8 +15,8 @@ from typing import Any
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
-from swiftdeploy_core.bus.wire import xadd_args
 from swiftdeploy_core.bus.events import Event, Payload, Pong, Source
+from swiftdeploy_core.bus.wire import xadd_args
 from swiftdeploy_core.settings import Settings
 
 EMIT_NAMESPACE = uuid.UUID("5d1f0c4e-8a3b-4c0e-9e57-1b2f6a7c9d10")
@@ -45,7 +45,10 @@ class Context:
     _emitted: int = 0
 
     async def emit(
-        self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS,
+        self,
+        payload: Payload,
+        cause: Event | None = None,
+        stream: str = streams.EVENTS,
         correlation_id: str | None = None,
     ) -> Event:
         """Publish a fact. Caused by the event being handled, its id is derived from the cause,
@@ -86,7 +89,9 @@ class Context:
         self, payload: Payload, cause: Event | None, stable_id: bool, correlation_id: str | None = None
     ) -> Event:
         if cause is None:
-            return Event(payload=payload, source=self.source, **({"correlation_id": correlation_id} if correlation_id else {}))
+            return Event(
+                payload=payload, source=self.source, **({"correlation_id": correlation_id} if correlation_id else {})
+            )
         if stable_id and self.event is not None and cause.id == self.event.id:
             self._emitted += 1
             name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"
@@ -118,7 +123,7 @@ class ServiceSpec:
         """The declared streams plus the service's inbox (where pings arrive)."""
         inbox = streams.INBOXES.get(self.name)
         names = list(dict.fromkeys(self.streams))
-        return names + [inbox] if inbox and inbox not in names else names
+        return [*names, inbox] if inbox and inbox not in names else names
 
 
 async def answer_ping(event: Event, ctx: Context) -> None:

@@ -30,16 +30,31 @@ class WorkerMetrics:
         r = self.registry
         self.handled = Counter("swiftdeploy_events_handled", "Events handled and acked", labels, registry=r)
         self.failed = Counter("swiftdeploy_events_failed", "Handler attempts that raised", labels, registry=r)
-        self.duplicates = Counter("swiftdeploy_events_duplicate", "Deliveries skipped: event id already processed", ["service"], registry=r)
+        self.duplicates = Counter(
+            "swiftdeploy_events_duplicate", "Deliveries skipped: event id already processed", ["service"], registry=r
+        )
         self.latency = Histogram(
             "swiftdeploy_handler_seconds", "Handler latency", labels, buckets=LATENCY_BUCKETS, registry=r
         )
-        self.reclaimed = Counter("swiftdeploy_events_reclaimed", "Entries reclaimed from idle consumers (XAUTOCLAIM)", ["service"], registry=r)
-        self.dead = Counter("swiftdeploy_events_dead_lettered", "Entries sent to the dead-letter stream", ["service"], registry=r)
-        self.lag = Gauge("swiftdeploy_consumer_lag", "Entries not yet delivered to the group", ["service", "stream"], registry=r)
-        self.pending = Gauge("swiftdeploy_consumer_pending", "Entries delivered but not acked", ["service", "stream"], registry=r)
+        self.reclaimed = Counter(
+            "swiftdeploy_events_reclaimed",
+            "Entries reclaimed from idle consumers (XAUTOCLAIM)",
+            ["service"],
+            registry=r,
+        )
+        self.dead = Counter(
+            "swiftdeploy_events_dead_lettered", "Entries sent to the dead-letter stream", ["service"], registry=r
+        )
+        self.lag = Gauge(
+            "swiftdeploy_consumer_lag", "Entries not yet delivered to the group", ["service", "stream"], registry=r
+        )
+        self.pending = Gauge(
+            "swiftdeploy_consumer_pending", "Entries delivered but not acked", ["service", "stream"], registry=r
+        )
         self._children: dict[tuple[str, bool], tuple[Any, Any]] = {}
-        self.ready = Gauge("swiftdeploy_ready", "1 when Redis is reachable and the group joined", ["service"], registry=r)
+        self.ready = Gauge(
+            "swiftdeploy_ready", "1 when Redis is reachable and the group joined", ["service"], registry=r
+        )
 
     def observe(self, event_type: str, seconds: float, ok: bool) -> None:
         children = self._children.get((event_type, ok))

@@ -12,16 +12,14 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from swiftdeploy_core.settings import Settings
 
 START, DONE, RETRY, FAILED = "→", "←", "↻", "!"
 
-_event_ctx: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
-    "swiftdeploy_event", default=None
-)
+_event_ctx: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("swiftdeploy_event", default=None)
 _static: dict[str, str] = {}
 
 
@@ -30,7 +28,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -68,9 +66,7 @@ def configure(settings: Settings, service: str | None = None) -> None:
 @contextlib.contextmanager
 def event_context(event_id: str, event_type: str, correlation_id: str) -> Iterator[None]:
     """Log lines written inside carry the event's ids."""
-    token = _event_ctx.set(
-        {"event_id": event_id, "event_type": event_type, "correlation_id": correlation_id}
-    )
+    token = _event_ctx.set({"event_id": event_id, "event_type": event_type, "correlation_id": correlation_id})
     try:
         yield
     finally:

@@ -54,8 +54,12 @@ async def serve(spec: ServiceSpec, settings: Settings) -> int:
         await worker.stopping.wait()
         _watchdog(settings.shutdown_grace + 0.8)
         await asyncio.wait_for(worker.shut_down(runner), timeout=settings.shutdown_grace)
-    except asyncio.TimeoutError:
-        stuck = [t.get_name() + ": " + repr(t.get_stack(limit=3)) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    except TimeoutError:
+        stuck = [
+            t.get_name() + ": " + repr(t.get_stack(limit=3))
+            for t in asyncio.all_tasks()
+            if t is not asyncio.current_task()
+        ]
         log.warning("%s: shutdown grace exceeded; cancelled what was left: %s", spec.name, stuck)
     finally:
         await bus.close()

@@ -13,30 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
-import signal
 import socket
-import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import logs, streams
-from swiftdeploy_core.bus.wire import B_EVENT
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
-from swiftdeploy_core.bus.group import Commit, Entry, Group
-from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.bus.events import Event, Source
+from swiftdeploy_core.bus.group import Commit, Entry, Group
 from swiftdeploy_core.bus.handlers import Context, Handler, Reject, Retry, ServiceSpec, answer_ping
 from swiftdeploy_core.bus.health import HealthServer, WorkerMetrics
+from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
+from swiftdeploy_core.bus.wire import B_EVENT
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.worker")
@@ -317,10 +312,14 @@ class Worker:
         attempts = await self._retrying(lambda: self.group.record_failure(entry))
         with logs.event_context(event.id, event.type, event.correlation_id):
             if outcome.reject or attempts >= self.settings.max_deliveries:
-                logs.job(log, logs.FAILED, f"{event.type} {event.id}: {error}", logging.ERROR, error=error, attempt=attempts)
+                logs.job(
+                    log, logs.FAILED, f"{event.type} {event.id}: {error}", logging.ERROR, error=error, attempt=attempts
+                )
                 await self._dead_letter(entry, error, attempts)
                 return
-            logs.job(log, logs.RETRY, f"{event.type} {event.id}: {error}", logging.WARNING, error=error, attempt=attempts)
+            logs.job(
+                log, logs.RETRY, f"{event.type} {event.id}: {error}", logging.WARNING, error=error, attempt=attempts
+            )
         task = asyncio.create_task(self._retry_later(entry, event, attempts))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
@@ -418,7 +417,9 @@ class Worker:
             fresh = []
             for entry, delivered in zip(entries, await self.group.deliveries(entries)):
                 if delivered > self.settings.max_deliveries + 1:
-                    await self._dead_letter(entry, f"delivered {delivered} times and never acked (its consumer kept dying)", delivered)
+                    await self._dead_letter(
+                        entry, f"delivered {delivered} times and never acked (its consumer kept dying)", delivered
+                    )
                 else:
                     fresh.append(entry)
             await self._process_safely(fresh, Backoff())

@@ -169,7 +169,11 @@ def down(settings: Settings, timeout: float = 20.0) -> list[int]:
         state = PlaneState.model_validate_json((state_dir(settings) / STATE_FILE).read_text())
     except (OSError, ValueError):
         return []
-    pids = [state.supervisor_pid, *(r.pid for r in state.replicas if r.pid), *([state.redis_pid] if state.redis_pid else [])]
+    pids = [
+        state.supervisor_pid,
+        *(r.pid for r in state.replicas if r.pid),
+        *([state.redis_pid] if state.redis_pid else []),
+    ]
     procs = [p for p in map(_ours, pids) if p is not None]
     supervisor = next((p for p in procs if p.pid == state.supervisor_pid), None)
     if supervisor is not None:
@@ -190,7 +194,9 @@ def _ours(pid: int) -> psutil.Process | None:
     with contextlib.suppress(psutil.Error):
         proc = psutil.Process(pid)
         cmdline = " ".join(proc.cmdline())
-        if proc.status() != psutil.STATUS_ZOMBIE and ("services." in cmdline or "swiftdeploy_core.client.controlplane" in cmdline or "redis-server" in cmdline):
+        if proc.status() != psutil.STATUS_ZOMBIE and (
+            "services." in cmdline or "swiftdeploy_core.client.controlplane" in cmdline or "redis-server" in cmdline
+        ):
             return proc
     return None
 
@@ -203,7 +209,9 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     (once on PYTHONPATH, however deep the nesting), the resolved manifest, and `extra`."""
     env = dict(os.environ)
     paths = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), SWIFTDEPLOY_MANIFEST=str(settings.manifest.resolve()), **extra)
+    env.update(
+        PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), SWIFTDEPLOY_MANIFEST=str(settings.manifest.resolve()), **extra
+    )
     return env
 
 

@@ -7,7 +7,7 @@ gatekeeper's decisions and recent events into a `StatusView`; `render` draws one
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -53,11 +53,11 @@ class PolicyView(BaseModel):
     input: dict[str, Any] = {}
 
     @classmethod
-    def unknown(cls, domain: str, reason: str, input: dict[str, Any] | None = None) -> "PolicyView":
+    def unknown(cls, domain: str, reason: str, input: dict[str, Any] | None = None) -> PolicyView:
         return cls(domain=domain, status="UNKNOWN", reasons=[reason], input=input or {})
 
     @classmethod
-    def decided(cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict) -> "PolicyView":
+    def decided(cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict) -> PolicyView:
         verdict: Verdict = "PASSING" if allow else "FAILING"
         return cls(domain=domain, status=verdict, allow=allow, reasons=reasons, decision_id=decision_id, input=input)
 
@@ -145,7 +145,7 @@ def build_view(
         events=events or [],
         error_history=[s.error_rate for s in history if s.error_rate is not None],
         p99_history=[s.p99_latency_ms for s in history if s.p99_latency_ms is not None],
-        checked_at=now or datetime.now(timezone.utc),
+        checked_at=now or datetime.now(UTC),
     )
 
 
@@ -196,8 +196,16 @@ def _tracks_table(view: StatusView) -> Table:
     for column in ("Track", "Version", "Weight", "Replicas", "Health", "Req/s", "Errors", "P99"):
         table.add_column(column, no_wrap=column in ("Health", "Track"))
     for t in view.tracks:
-        table.add_row(t.track, t.version, f"{t.weight}%", str(t.replicas), _health(t),
-                      fmt_rate(t.request_rate), fmt_pct(t.error_rate), fmt_ms(t.p99_latency_ms))
+        table.add_row(
+            t.track,
+            t.version,
+            f"{t.weight}%",
+            str(t.replicas),
+            _health(t),
+            fmt_rate(t.request_rate),
+            fmt_pct(t.error_rate),
+            fmt_ms(t.p99_latency_ms),
+        )
     if not view.tracks:
         table.add_row("—", "nothing deployed", "", "", "", "", "", "")
     return table
@@ -208,8 +216,11 @@ def _policies_table(view: StatusView) -> Table:
     table.add_column("Policy")
     table.add_column("Status")
     table.add_column("Reasons", ratio=1)
-    styles = {"PASSING": ("✓ PASSING", "bold green"), "FAILING": ("✗ FAILING", "bold red"),
-              "UNKNOWN": ("? UNKNOWN", "bold yellow")}
+    styles = {
+        "PASSING": ("✓ PASSING", "bold green"),
+        "FAILING": ("✗ FAILING", "bold red"),
+        "UNKNOWN": ("? UNKNOWN", "bold yellow"),
+    }
     for name, policy in view.policies.items():
         label, style = styles[policy.status]
         table.add_row(name, Text(label, style=style), "; ".join(policy.reasons) or "—")
@@ -241,6 +252,12 @@ def render(view: StatusView) -> RenderableType:
     host = ""
     if view.host is not None:
         host = f"host: disk free {view.host.disk_free_gb:.1f} GB · CPU load {view.host.cpu_load:.2f}"
-    body = Group(_header(view), _traffic(view), _tracks_table(view), _policies_table(view),
-                 _events_table(view), Text(host, style="dim"))
+    body = Group(
+        _header(view),
+        _traffic(view),
+        _tracks_table(view),
+        _policies_table(view),
+        _events_table(view),
+        Text(host, style="dim"),
+    )
     return Panel(body, title="swiftdeploy status", subtitle=view.router_url or "", border_style="blue")

@@ -17,10 +17,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.wire import B_EVENT
-from swiftdeploy_core.client.dashboard import EventLine, PolicyView, StatusView, build_view, serving_track
 from swiftdeploy_core.bus.describe import describe_event
-from swiftdeploy_core.errors import BusError
 from swiftdeploy_core.bus.events import (
     DecisionMade,
     DecisionRequested,
@@ -30,6 +27,9 @@ from swiftdeploy_core.bus.events import (
     Source,
     StatusChecked,
 )
+from swiftdeploy_core.bus.wire import B_EVENT
+from swiftdeploy_core.client.dashboard import EventLine, PolicyView, StatusView, build_view, serving_track
+from swiftdeploy_core.errors import BusError
 from swiftdeploy_core.project.host import INFRA_FIELDS
 from swiftdeploy_core.project.state import RolloutState
 
@@ -43,7 +43,7 @@ HISTORY_SCANNED = 400
 QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot", "audit.rendered"}
 
 
-async def _get_model(bus: "Bus", key: str, model: type) -> Any:
+async def _get_model(bus: Bus, key: str, model: type) -> Any:
     raw = await bus.redis.get(key)
     if raw is None:
         return None
@@ -57,7 +57,7 @@ async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:
     try:
         async with session.get(url.rstrip("/") + "/healthz") as response:
             return response.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         return False
 
 
@@ -80,13 +80,17 @@ def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> di
     if serving is None or serving.error_rate is None or serving.p99_latency_ms is None:
         inputs["canary"] = "no traffic in the metrics window yet"
     else:
-        inputs["canary"] = {"error_rate": serving.error_rate, "p99_latency_ms": serving.p99_latency_ms,
-                            "requests": serving.requests or 0}
+        inputs["canary"] = {
+            "error_rate": serving.error_rate,
+            "p99_latency_ms": serving.p99_latency_ms,
+            "requests": serving.requests or 0,
+        }
     return inputs
 
 
-async def _ask(bus: "Bus", source: Source, correlation: str, domain: str, figures: dict,
-               timeout: float) -> DecisionMade | None:
+async def _ask(
+    bus: Bus, source: Source, correlation: str, domain: str, figures: dict, timeout: float
+) -> DecisionMade | None:
     request = Event(payload=DecisionRequested(domain=domain, input=figures), source=source, correlation_id=correlation)
     try:
         reply = await bus.request(streams.GATEKEEPER_INBOX, request, expect={"decision.made"}, timeout=timeout)
@@ -95,8 +99,9 @@ async def _ask(bus: "Bus", source: Source, correlation: str, domain: str, figure
     return reply.payload if isinstance(reply.payload, DecisionMade) else None
 
 
-async def ask_policies(bus: "Bus", source: Source, correlation: str, inputs: dict[str, dict | str],
-                       timeout: float) -> dict[str, PolicyView]:
+async def ask_policies(
+    bus: Bus, source: Source, correlation: str, inputs: dict[str, dict | str], timeout: float
+) -> dict[str, PolicyView]:
     """Ask the gatekeeper for every domain at once. Replies share one correlation id, so a reply
     may reach the other domain's waiter: they are matched to domains by their own `domain`."""
     asked = {d: figures for d, figures in inputs.items() if isinstance(figures, dict)}
@@ -114,7 +119,7 @@ async def ask_policies(bus: "Bus", source: Source, correlation: str, inputs: dic
     return views
 
 
-async def recent_events(bus: "Bus") -> list[EventLine]:
+async def recent_events(bus: Bus) -> list[EventLine]:
     lines: list[EventLine] = []
     for _, fields in await bus.redis.xrevrange(streams.EVENTS, count=EVENTS_SCANNED):
         event = _decode(fields)
@@ -134,7 +139,7 @@ def _decode(fields: dict) -> Event | None:
         return None  # a malformed entry: the consumers dead-letter it; the dashboard skips it
 
 
-async def metrics_history(bus: "Bus", project: str, track: str) -> list[MetricsSnapshot]:
+async def metrics_history(bus: Bus, project: str, track: str) -> list[MetricsSnapshot]:
     found: list[MetricsSnapshot] = []
     for _, fields in await bus.redis.xrevrange(streams.METRICS, count=HISTORY_SCANNED):
         event = _decode(fields)
@@ -144,12 +149,14 @@ async def metrics_history(bus: "Bus", project: str, track: str) -> list[MetricsS
     return list(reversed(found))
 
 
-async def gather_status(bus: "Bus", project: str, source: Source, policy_timeout: float = 2.0,
-                        publish: bool = True) -> StatusView:
+async def gather_status(
+    bus: Bus, project: str, source: Source, policy_timeout: float = 2.0, publish: bool = True
+) -> StatusView:
     """One refresh: read the records, ask the gatekeeper, publish `status.checked`."""
     rollout = await _get_model(bus, streams.rollout_key(project), RolloutState)
-    snapshots = {t: await _get_model(bus, streams.latest_snapshot_key(project, t), MetricsSnapshot)
-                 for t in ("stable", "canary")}
+    snapshots = {
+        t: await _get_model(bus, streams.latest_snapshot_key(project, t), MetricsSnapshot) for t in ("stable", "canary")
+    }
     host = await _get_model(bus, streams.host_stats_key(project), HostStats)
     serving = snapshots.get(serving_track(rollout))
     correlation = uuid.uuid4().hex
@@ -159,12 +166,19 @@ async def gather_status(bus: "Bus", project: str, source: Source, policy_timeout
         probe_health(urls), ask_policies(bus, source, correlation, inputs, policy_timeout)
     )
     view = build_view(
-        project, rollout, {k: v for k, v in snapshots.items() if v is not None}, host=host, health=health,
-        policies=policies, events=await recent_events(bus),
+        project,
+        rollout,
+        {k: v for k, v in snapshots.items() if v is not None},
+        host=host,
+        health=health,
+        policies=policies,
+        events=await recent_events(bus),
         history=await metrics_history(bus, project, serving_track(rollout)),
     )
     if publish:
-        await bus.publish(streams.EVENTS, Event(payload=checked_payload(view), source=source, correlation_id=correlation))
+        await bus.publish(
+            streams.EVENTS, Event(payload=checked_payload(view), source=source, correlation_id=correlation)
+        )
     return view
 
 
@@ -175,5 +189,7 @@ def checked_payload(view: StatusView) -> StatusChecked:
         request_rate=view.request_rate,
         error_rate=view.error_rate,
         p99_latency_ms=view.p99_latency_ms,
-        policies={name: {"status": p.status, "allow": p.allow, "reasons": p.reasons} for name, p in view.policies.items()},
+        policies={
+            name: {"status": p.status, "allow": p.allow, "reasons": p.reasons} for name, p in view.policies.items()
+        },
     )

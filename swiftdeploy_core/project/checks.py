@@ -23,7 +23,14 @@ from pydantic import BaseModel
 
 from swiftdeploy_core.errors import ControlPlaneDown, ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, Runtime, load_manifest
-from swiftdeploy_core.project.render import COMPOSE_FILE, GENERATED_FILES, NGINX_CONF, generated_dir, header_sha256, render_all
+from swiftdeploy_core.project.render import (
+    COMPOSE_FILE,
+    GENERATED_FILES,
+    NGINX_CONF,
+    generated_dir,
+    header_sha256,
+    render_all,
+)
 from swiftdeploy_core.project.router import conf_dirs, localize_for_test, nginx_binary
 from swiftdeploy_core.settings import Settings
 
@@ -73,7 +80,7 @@ def run_one(function: Check, context: CheckContext) -> CheckResult:
     """Run a check; an unexpected exception becomes a failed line instead of a traceback."""
     try:
         return function(context)
-    except Exception as exc:  # noqa: BLE001 - the checklist must finish and say what broke
+    except Exception as exc:
         name = function.__name__.replace("_", " ")
         return CheckResult(name=name, ok=False, reason=f"check crashed: {type(exc).__name__}: {exc}")
 
@@ -110,7 +117,11 @@ def generated_files(context: CheckContext) -> CheckResult:
     problems = [p for p in (_compare(folder / n, expected[n], context.loaded.sha256) for n in GENERATED_FILES) if p]
     if problems:
         return CheckResult(name=name, ok=False, reason=f"{'; '.join(problems)}; run `swiftdeploy init`")
-    return CheckResult(name=name, ok=True, reason=f"{len(expected)} files in {folder} match the manifest (sha256 {context.loaded.sha256[:12]})")
+    return CheckResult(
+        name=name,
+        ok=True,
+        reason=f"{len(expected)} files in {folder} match the manifest (sha256 {context.loaded.sha256[:12]})",
+    )
 
 
 def _compare(path: Path, expected: bytes, sha256: str) -> str | None:
@@ -184,11 +195,13 @@ def runtime_reachable(context: CheckContext) -> CheckResult:
     if context.loaded.manifest.runtime is Runtime.process:
         binary = nginx_binary()
         if binary is None:
-            return CheckResult(name=name, ok=False, reason="runtime process needs the nginx binary (apt-get install nginx)")
+            return CheckResult(
+                name=name, ok=False, reason="runtime process needs the nginx binary (apt-get install nginx)"
+            )
         return CheckResult(name=name, ok=True, reason=f"runtime process: nginx at {binary}")
     try:
         version = asyncio.run(asyncio.wait_for(_docker_version(), PROBE_TIMEOUT))
-    except Exception as exc:  # noqa: BLE001 - any failure to reach dockerd is the answer
+    except Exception as exc:
         reason = f"runtime docker: dockerd not reachable ({_one_line(exc)}); start it, or set `runtime: process`"
         return CheckResult(name=name, ok=False, reason=reason)
     return CheckResult(name=name, ok=True, reason=f"runtime docker: dockerd {version} answers")
@@ -215,7 +228,9 @@ def redis_reachable(context: CheckContext) -> CheckResult:
         with client:
             client.ping()
     except (redis.RedisError, ValueError, OSError) as exc:
-        return CheckResult(name=name, ok=False, reason=f"{url}: {_one_line(exc)} (start redis-server, or set REDIS_URL)")
+        return CheckResult(
+            name=name, ok=False, reason=f"{url}: {_one_line(exc)} (start redis-server, or set REDIS_URL)"
+        )
     return CheckResult(name=name, ok=True, reason=f"{url} answers PING")
 
 

@@ -8,6 +8,7 @@ message is one line naming the field path and the problem.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -97,7 +98,7 @@ class CanarySpec(_Section):
     @field_validator("steps")
     @classmethod
     def _increasing(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(steps, steps[1:])):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(f"must be strictly increasing (got {steps})")
         return steps
 
@@ -119,7 +120,7 @@ class CollectorSpec(_Section):
     targets: list[Annotated[str, Field(pattern=r"^https?://")]] = []
 
     @model_validator(mode="after")
-    def _window_covers_interval(self) -> "CollectorSpec":
+    def _window_covers_interval(self) -> CollectorSpec:
         if self.window < 2 * self.interval:
             raise ValueError(
                 f"window must be at least twice the interval (got window={num(self.window)}, "
@@ -242,16 +243,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
             continue  # construct_mapping below refuses an unhashable key with its line and column
         if key in seen:
             mark = key_node.start_mark
-            raise ManifestError(
-                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {show(key)}"
-            )
+            raise ManifestError(f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {show(key)}")
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, Any]:
@@ -263,7 +260,7 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
     if not text.strip():
         raise ManifestError(f"{name}: the file is empty")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except ManifestError as exc:
         raise ManifestError(f"{name}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
@@ -282,9 +279,7 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
     if data is None:
         raise ManifestError(f"{name}: the file holds no YAML document")
     if not isinstance(data, dict):
-        raise ManifestError(
-            f"{name}: the top level must be a mapping of sections (got {kind_of(data)})"
-        )
+        raise ManifestError(f"{name}: the top level must be a mapping of sections (got {kind_of(data)})")
     return data
 
 

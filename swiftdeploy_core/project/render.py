@@ -12,7 +12,6 @@ import re
 import tempfile
 from pathlib import Path
 
-
 import policies as policies_package
 from swiftdeploy_core.errors import ConfigError
 from swiftdeploy_core.project.manifest import LoadedManifest

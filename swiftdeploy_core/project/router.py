@@ -71,7 +71,7 @@ class RouterPlan(BaseModel):
     worker_processes: Annotated[int, Field(ge=1, le=64)] = 1
 
     @model_validator(mode="after")
-    def _weight_needs_a_canary(self) -> "RouterPlan":
+    def _weight_needs_a_canary(self) -> RouterPlan:
         if self.canary_weight and not self.canary:
             raise ValueError("canary_weight > 0 needs at least one canary upstream")
         return self
@@ -82,7 +82,7 @@ class RouterPlan(BaseModel):
         host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "*") else self.listen_host
         return f"http://{host}:{self.listen_port}"
 
-    def with_canary(self, canary: list[Upstream], weight: int) -> "RouterPlan":
+    def with_canary(self, canary: list[Upstream], weight: int) -> RouterPlan:
         """The same plan with a canary track taking `weight` percent (validated again)."""
         return RouterPlan.model_validate({**self.model_dump(), "canary": canary, "canary_weight": weight})
 
@@ -158,9 +158,7 @@ def render_nginx_conf(plan: RouterPlan, header: str) -> str:
     )
 
 
-_LOCAL_PATH_DIRECTIVE = re.compile(
-    r'^(\s*(?:access_log|error_log|pid|\w+_temp_path)\s+)"(/[^"]*)"', re.MULTILINE
-)
+_LOCAL_PATH_DIRECTIVE = re.compile(r'^(\s*(?:access_log|error_log|pid|\w+_temp_path)\s+)"(/[^"]*)"', re.MULTILINE)
 _SERVER_LINE = re.compile(r"^(\s*server\s+)([A-Za-z0-9._-]+):(\d+)", re.MULTILINE)
 
 

@@ -6,7 +6,7 @@ collector reads it to learn its scrape targets, and `status` reads it to show wh
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,7 +65,7 @@ class RolloutState(BaseModel):
     # The command whose events the rollout's later ticks continue (so `promote canary --wait`
     # can follow its analysis and rollback); also seeds the names of the instances it starts.
     correlation_id: str | None = None
-    updated_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def mode(self) -> str:

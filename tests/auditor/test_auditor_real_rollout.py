@@ -15,15 +15,15 @@ import redis
 
 from services.auditor.chain import verify
 from swiftdeploy_core.bus import streams
-from tests.orchestration import env_for, services, stack, write_snapshot  # noqa: F401 - fixtures
-from tests.servers import REPO_ROOT
-from tests.auditor.test_auditor_support import wait_until
 from tests.auditor.test_report import denied_gates, table
+from tests.orchestration import env_for, write_snapshot
+from tests.projects import wait_until
+from tests.servers import REPO_ROOT
 
 MANIFEST: dict = {}
 
 
-def start_auditor(stack) -> subprocess.Popen:  # noqa: ANN001
+def start_auditor(stack) -> subprocess.Popen:
     """An auditor that sees only what happens from now on (the session's Redis is shared)."""
     client = redis.Redis.from_url(stack.redis_url)
     for stream in (streams.EVENTS, streams.AUDITOR_INBOX):
@@ -33,19 +33,24 @@ def start_auditor(stack) -> subprocess.Popen:  # noqa: ANN001
         except redis.ResponseError:
             client.xgroup_setid(stream, streams.group("auditor"), id="$")
     client.close()
-    env = env_for(stack.redis_url, SWIFTDEPLOY_MANIFEST=str(stack.root / "manifest.yaml"),
-                  SWIFTDEPLOY_INSTANCE="auditor-e2e", SWIFTDEPLOY_AUDIT_FSYNC="false")
+    env = env_for(
+        stack.redis_url,
+        SWIFTDEPLOY_MANIFEST=str(stack.root / "manifest.yaml"),
+        SWIFTDEPLOY_INSTANCE="auditor-e2e",
+        SWIFTDEPLOY_AUDIT_FSYNC="false",
+    )
     log = (stack.root / "auditor.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "services.auditor"], cwd=REPO_ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.auditor"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
-def types(history) -> list[str]:  # noqa: ANN001
+def types(history) -> list[str]:
     return [json.loads(line)["type"] for line in history.read_text().splitlines()] if history.exists() else []
 
 
 @pytest.mark.slow
-async def test_a_real_rollout_is_audited_and_reported(stack) -> None:  # noqa: ANN001
+async def test_a_real_rollout_is_audited_and_reported(stack) -> None:
     stack.manifest(canary={"interval": 6, "failure_limit": 2})  # room for promote stable
     auditor = start_auditor(stack)
     history = stack.root / "history.jsonl"
@@ -60,8 +65,11 @@ async def test_a_real_rollout_is_audited_and_reported(stack) -> None:  # noqa: A
         assert blocked.code == 3, blocked.text
         assert (await follower).code == 3  # rolled back automatically
         await stack.phase("stable")
-        wait_until(lambda: types(history)[-2:] == ["rollback.completed", "mode.changed"], timeout=20,
-                   what="the rollback in the history")
+        wait_until(
+            lambda: types(history)[-2:] == ["rollback.completed", "mode.changed"],
+            timeout=20,
+            what="the rollback in the history",
+        )
 
         done = await stack.sd("audit", "--out", str(stack.root / "report.md"))
         assert done.code == 0, done.text
@@ -80,7 +88,8 @@ async def test_a_real_rollout_is_audited_and_reported(stack) -> None:  # noqa: A
         assert kind in seen, (kind, seen)
     violations = table(markdown, "Policy violations")
     assert sorted(tuple(r) for r in violations) == sorted(
-        (e["timestamp"], e["domain"], "; ".join(e["reasons"])) for e in denied_gates(lines).values())
+        (e["timestamp"], e["domain"], "; ".join(e["reasons"])) for e in denied_gates(lines).values()
+    )
     assert len(violations) >= 2  # the blocked promotion and the failing analyses
     counts = {row[0]: [int(n) for n in row[1:]] for row in table(markdown, "Policy decisions")}
     for policy, (allowed, denied, total) in counts.items():

@@ -11,9 +11,9 @@ import redis
 from services.auditor.chain import verify
 from services.auditor.history import history_id
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.client.cli.common import connected
 from swiftdeploy_core.bus.events import DeployStep, Event, Source
-from tests.auditor.test_auditor_support import Project, project, wait_until  # noqa: F401 - fixture
+from swiftdeploy_core.client.cli.common import connected
+from tests.projects import Project, wait_until
 
 EVENTS = 5_000
 ORCHESTRATOR = Source(service="orchestrator", instance="o1")
@@ -21,14 +21,15 @@ ORCHESTRATOR = Source(service="orchestrator", instance="o1")
 
 def pending(client: redis.Redis) -> int:
     group = streams.group("auditor")
-    return sum(client.xpending(s, group)["pending"] for s in (streams.EVENTS, streams.AUDITOR_INBOX)
-               if client.exists(s))
+    return sum(
+        client.xpending(s, group)["pending"] for s in (streams.EVENTS, streams.AUDITOR_INBOX) if client.exists(s)
+    )
 
 
 async def publish(project: Project, events: list[Event]) -> None:
     async with connected(project.settings()) as bus:
         for start in range(0, len(events), 500):
-            await bus.publish_many(streams.EVENTS, events[start:start + 500])
+            await bus.publish_many(streams.EVENTS, events[start : start + 500])
 
 
 @pytest.mark.slow
@@ -45,15 +46,21 @@ async def test_two_replicas_write_each_of_5000_events_once_despite_redeliveries(
     wait_until(lambda: project.history_lines() >= 1_500, timeout=60, what="1,500 lines")
     doomed.send_signal(signal.SIGKILL)  # mid-batch: its pending entries are reclaimed by aud-1
     project.start_auditor("aud-3", **replica)
-    wait_until(lambda: project.history_lines() >= len(half) and pending(client) == 0, timeout=60,
-               what="the first half written and acknowledged")
+    wait_until(
+        lambda: project.history_lines() >= len(half) and pending(client) == 0,
+        timeout=60,
+        what="the first half written and acknowledged",
+    )
 
     # The workers forget what they processed: only the history's own claims stop duplicates now.
     client.delete(streams.processed_key("auditor"))
-    second = events[EVENTS // 2:]
+    second = events[EVENTS // 2 :]
     await publish(project, second + half[:500] + second[::7])
-    wait_until(lambda: project.history_lines() >= EVENTS and pending(client) == 0, timeout=90,
-               what="all 5,000 lines written and every entry acknowledged")
+    wait_until(
+        lambda: project.history_lines() >= EVENTS and pending(client) == 0,
+        timeout=90,
+        what="all 5,000 lines written and every entry acknowledged",
+    )
 
     lines = project.history.read_bytes().splitlines()
     assert len(lines) == EVENTS

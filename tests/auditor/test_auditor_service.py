@@ -11,12 +11,11 @@ import redis
 
 from services.auditor.chain import verify
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.client.cli.common import connected
 from swiftdeploy_core.bus.events import AuditRequested, Event, PromotionBlocked, Source
+from swiftdeploy_core.client.cli.common import connected
 from tests.auditor.test_auditor_script import scripted_rollout
-from tests.auditor.test_auditor_support import Project, project, wait_until  # noqa: F401 - fixture
-from tests.auditor.test_history_writer import tiny_filesystem  # noqa: F401 - fixture
 from tests.auditor.test_report import denied_gates, table
+from tests.projects import Project, wait_until
 
 CLIENT = Source(service="cli", instance="test")
 
@@ -56,7 +55,8 @@ async def test_audit_renders_the_scripted_rollout_and_its_rows_match_the_history
     denied = denied_gates(lines)
     violations = table(markdown, "Policy violations")
     assert sorted((r[0], r[1], r[2]) for r in violations) == sorted(
-        (e["timestamp"], e["domain"], "; ".join(e["reasons"])) for e in denied.values())
+        (e["timestamp"], e["domain"], "; ".join(e["reasons"])) for e in denied.values()
+    )
     assert len(violations) == 3
     counts = {row[0]: row[1:] for row in table(markdown, "Policy decisions")}
     assert counts["canary"] == ["1", "3", "4"] and counts["infra"] == ["1", "0", "1"]
@@ -74,8 +74,8 @@ async def test_audit_verify_names_the_deleted_reordered_or_edited_line(project: 
     lines = original.splitlines(keepends=True)
     tamperings = {
         "deleted": (lines[:6] + lines[7:], 7),
-        "reordered": (lines[:9] + [lines[10], lines[9]] + lines[11:], 10),
-        "edited": (lines[:14] + [lines[14].replace(b'"allow":false', b'"allow":true')] + lines[15:], 15),
+        "reordered": ([*lines[:9], lines[10], lines[9], *lines[11:]], 10),
+        "edited": ([*lines[:14], lines[14].replace(b'"allow":false', b'"allow":true'), *lines[15:]], 15),
         "cut at the end": (lines[:-1], 23),
     }
     for how, (content, bad_line) in tamperings.items():
@@ -112,7 +112,8 @@ def test_a_bad_since_is_one_line_and_exit_2(project: Project) -> None:
 
 
 async def test_a_full_disk_keeps_the_event_pending_with_a_clear_error_until_space_returns(
-        project: Project, tiny_filesystem) -> None:
+    project: Project, tiny_filesystem
+) -> None:
     history = tiny_filesystem / "history.jsonl"
     filler = tiny_filesystem / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -26,8 +26,16 @@ SOURCE = Source(service="test", instance="t1")
 def write_history(path: Path, count: int) -> list[bytes]:
     prev, lines = GENESIS, []
     for index in range(count):
-        line = encode_line({"timestamp": f"2026-01-01T00:00:{index:02d}.000Z", "type": "deploy.step",
-                            "mode": "stable", "step": f"s{index}", "event_id": f"e{index}"}, prev)
+        line = encode_line(
+            {
+                "timestamp": f"2026-01-01T00:00:{index:02d}.000Z",
+                "type": "deploy.step",
+                "mode": "stable",
+                "step": f"s{index}",
+                "event_id": f"e{index}",
+            },
+            prev,
+        )
         lines.append(line)
         prev = line_digest(line)
     path.write_bytes(b"".join(lines))
@@ -125,10 +133,17 @@ def test_a_repeated_event_id_is_reported(tmp_path: Path) -> None:
 
 
 def test_an_entry_carries_timestamp_type_mode_figures_and_ids() -> None:
-    decision = DecisionMade(domain="canary", allow=False, reasons=["error rate 4.00% > 1.00%"],
-                            input={"error_rate": 0.04, "p99_latency_ms": 120.0, "requests": 80},
-                            engine="embedded", decision_id="d1", policy_revision="r1", duration_ms=1.5)
-    event = Event(payload=decision, source=SOURCE, timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    decision = DecisionMade(
+        domain="canary",
+        allow=False,
+        reasons=["error rate 4.00% > 1.00%"],
+        input={"error_rate": 0.04, "p99_latency_ms": 120.0, "requests": 80},
+        engine="embedded",
+        decision_id="d1",
+        policy_revision="r1",
+        duration_ms=1.5,
+    )
+    event = Event(payload=decision, source=SOURCE, timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
     entry = history_entry(event, "canary")
     assert entry["timestamp"] == "2026-01-02T03:04:05.000Z"
     assert (entry["type"], entry["mode"], entry["allow"]) == ("decision.made", "canary", False)
@@ -152,7 +167,7 @@ def test_a_deploy_keeps_the_manifest_digest_not_the_whole_manifest() -> None:
 def test_read_entries_filters_by_since(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
     write_history(path, 5)
-    since = datetime(2026, 1, 1, 0, 0, 3, tzinfo=timezone.utc)
+    since = datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC)
     assert [e["step"] for e in read_entries(path, since)] == ["s3", "s4"]
     assert iso_utc(since) == "2026-01-01T00:00:03.000Z"
 
@@ -165,13 +180,13 @@ def test_any_single_deletion_swap_or_edit_is_named_where_it_happened(tmp_path_fa
     kind = data.draw(st.sampled_from(["delete", "swap", "edit"]))
     at = data.draw(st.integers(0, count - 2))  # the last line's deletion needs the head: tested above
     if kind == "delete":
-        changed = lines[:at] + lines[at + 1:]
+        changed = lines[:at] + lines[at + 1 :]
     elif kind == "swap":
-        changed = lines[:at] + [lines[at + 1], lines[at]] + lines[at + 2:]
+        changed = [*lines[:at], lines[at + 1], lines[at], *lines[at + 2 :]]
     else:
         byte = data.draw(st.integers(1, len(lines[at]) - 80))  # inside the content, before prev/hash
         flipped = bytes([lines[at][byte] ^ 0x01])
-        changed = lines[:at] + [lines[at][:byte] + flipped + lines[at][byte + 1:]] + lines[at + 1:]
+        changed = [*lines[:at], lines[at][:byte] + flipped + lines[at][byte + 1 :], *lines[at + 1 :]]
     path.write_bytes(b"".join(changed))
     result = verify(path, head=line_digest(lines[-1]))
     assert not result.ok and result.first_bad_line == at + 1

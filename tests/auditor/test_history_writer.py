@@ -6,8 +6,7 @@ import asyncio
 import json
 import multiprocessing
 import os
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,16 @@ from services.auditor import history as history_module
 from services.auditor.chain import verify
 from services.auditor.history import HistoryWriteError, HistoryWriter, history_id
 from swiftdeploy_core.bus import streams
-from tests.servers import missing
 
 
 def entry(index: int) -> dict:
-    return {"timestamp": "2026-01-01T00:00:00.000Z", "type": "deploy.step", "mode": "stable",
-            "step": f"step {index}", "event_id": f"ev{index}"}
+    return {
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "type": "deploy.step",
+        "mode": "stable",
+        "step": f"step {index}",
+        "event_id": f"ev{index}",
+    }
 
 
 @pytest.fixture
@@ -101,18 +104,6 @@ async def test_an_unopenable_history_raises_a_clear_error(tmp_path: Path, redis_
         await writer.append("ev1", entry(1))
 
 
-@pytest.fixture
-def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 KiB tmpfs, so a write fails with the kernel's own ENOSPC."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        missing(f"a tmpfs mount (needs root: {done.stderr.decode().strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 async def test_a_full_disk_leaves_no_torn_line_and_the_event_pending(tiny_filesystem: Path, redis_client) -> None:
     writer = HistoryWriter(tiny_filesystem / "history.jsonl", redis_client, fsync=True)
     await writer.append("ev1", entry(1))
@@ -124,7 +115,7 @@ async def test_a_full_disk_leaves_no_torn_line_and_the_event_pending(tiny_filesy
     os.close(fd)
     big = {**entry(2), "reasons": ["x" * 20_000]}
     # The kernel fills the last page (a short write) or refuses (ENOSPC): either way, nothing stays.
-    with pytest.raises(HistoryWriteError, match="cannot append to the history .*(No space left|short write)"):
+    with pytest.raises(HistoryWriteError, match=r"cannot append to the history .*(No space left|short write)"):
         await writer.append("ev2", big)
     result = verify(writer.path)
     assert result.ok and result.lines == 1

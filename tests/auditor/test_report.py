@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.auditor.chain import GENESIS, encode_line, history_entry, line_digest, read_entries, verify
@@ -41,8 +41,9 @@ def denied_gates(lines: list[dict]) -> dict[str, dict]:
     status = {e["correlation_id"] for e in lines if e["type"] == "status.checked"}
     denied: dict[str, dict] = {}
     for e in lines:
-        if (e["type"] == "policy.violation" or (e["type"] == "decision.made" and not e["allow"])) \
-                and e["correlation_id"] not in status:
+        if (e["type"] == "policy.violation" or (e["type"] == "decision.made" and not e["allow"])) and e[
+            "correlation_id"
+        ] not in status:
             denied.setdefault(e["decision_id"], e)
     return denied
 
@@ -52,9 +53,14 @@ def history(path: Path) -> list[dict]:
 
 
 def render(path: Path, since: datetime | None = None) -> str:
-    report = build_report(read_entries(path, since), project="app", history_path=path,
-                          verification=verify(path), since=since,
-                          now=datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc))
+    report = build_report(
+        read_entries(path, since),
+        project="app",
+        history_path=path,
+        verification=verify(path),
+        since=since,
+        now=datetime(2026, 11, 26, 8, 0, tzinfo=UTC),
+    )
     return render_report(report)
 
 
@@ -62,8 +68,16 @@ def test_the_report_has_every_section(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
     write_scripted_history(path)
     markdown = render(path)
-    for heading in ("Summary", "Deployment timeline", "Mode changes", "Chaos injections", "Policy violations",
-                    "Policy decisions", "Policy revision", "Rollout picture"):
+    for heading in (
+        "Summary",
+        "Deployment timeline",
+        "Mode changes",
+        "Chaos injections",
+        "Policy violations",
+        "Policy decisions",
+        "Policy revision",
+        "Rollout picture",
+    ):
         assert f"\n## {heading}\n" in markdown
     assert "| Timestamp | Policy | Details |" in markdown
     assert "```mermaid\ngantt\n" in markdown
@@ -143,7 +157,7 @@ def test_a_broken_chain_is_named_in_the_summary(tmp_path: Path) -> None:
 def test_since_limits_the_report_to_later_entries(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
     write_scripted_history(path)
-    markdown = render(path, since=datetime(2026, 11, 26, 7, 0, 21, tzinfo=timezone.utc))
+    markdown = render(path, since=datetime(2026, 11, 26, 7, 0, 21, tzinfo=UTC))
     assert [r[1] for r in table(markdown, "Deployment timeline")] == ["rollback.completed", "mode.changed"]
     assert "entries since 2026-11-26T07:00:21.000Z" in markdown
 
@@ -155,9 +169,16 @@ def test_an_empty_history_renders_every_section_with_a_note(tmp_path: Path) -> N
 
 
 def test_a_pipe_in_a_reason_does_not_break_the_table(tmp_path: Path) -> None:
-    entry = {"timestamp": "2026-01-01T00:00:00.000Z", "type": "policy.violation", "mode": "stable",
-             "domain": "infra", "reasons": ["disk | full"], "decision_id": "d", "event_id": "e",
-             "correlation_id": "c"}
+    entry = {
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "type": "policy.violation",
+        "mode": "stable",
+        "domain": "infra",
+        "reasons": ["disk | full"],
+        "decision_id": "d",
+        "event_id": "e",
+        "correlation_id": "c",
+    }
     path = tmp_path / "history.jsonl"
     path.write_bytes(encode_line(entry, GENESIS))
     assert table(render(path), "Policy violations") == [["2026-01-01T00:00:00.000Z", "infra", "disk \\| full"]]

@@ -8,9 +8,9 @@ import pytest
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
+from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Pong, Source
 from swiftdeploy_core.bus.wire import matches
 from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
-from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Pong, Source
 from swiftdeploy_core.settings import Settings
 from tests.servers import free_port
 
@@ -82,7 +82,7 @@ async def test_a_request_gets_the_reply_with_its_correlation_id(bus: Bus) -> Non
 
 async def test_a_request_nobody_answers_times_out_with_a_clear_error(bus: Bus) -> None:
     request = Event(payload=PingRequested(service="nobody"), source=CLI)
-    with pytest.raises(RequestTimeout, match="no pong for ping.requested"):
+    with pytest.raises(RequestTimeout, match=r"no pong for ping\.requested"):
         await bus.request(streams.AUDITOR_INBOX, request, expect={"pong"}, timeout=0.2)
 
 

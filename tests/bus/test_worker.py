@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
 from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Source
-from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.bus.worker import Context, Reject, ServiceSpec
 from swiftdeploy_core.bus.runner import running
+from swiftdeploy_core.bus.worker import Context, Reject, ServiceSpec
+from swiftdeploy_core.settings import Settings
 
 CLI = Source(service="cli", instance="test")
 INBOX = streams.ORCHESTRATOR_INBOX
@@ -73,7 +73,9 @@ async def test_events_are_handled_and_acked_and_duplicates_apply_once(redis_url:
     assert await counts(bus.redis) == {f"e{i}": 1 for i in range(300)}
 
 
-async def test_a_side_effect_free_service_skips_the_lookup_and_its_commit_drops_the_repeats(redis_url: str, bus: Bus) -> None:
+async def test_a_side_effect_free_service_skips_the_lookup_and_its_commit_drops_the_repeats(
+    redis_url: str, bus: Bus
+) -> None:
     handled: list[str] = []
 
     async def pure(event: Event, ctx: Context) -> None:
@@ -131,7 +133,9 @@ async def test_reject_dead_letters_at_once(redis_url: str, bus: Bus) -> None:
 async def test_malformed_entries_are_dead_lettered_and_the_loop_keeps_going(redis_url: str, bus: Bus) -> None:
     await bus.redis.xadd(INBOX, {"event": "{not json"})
     await bus.redis.xadd(INBOX, {"something": "else"})
-    await bus.redis.xadd(INBOX, {"event": '{"source": {"service": "a", "instance": "b"}, "payload": {"type": "no.such"}}'})
+    await bus.redis.xadd(
+        INBOX, {"event": '{"source": {"service": "a", "instance": "b"}, "payload": {"type": "no.such"}}'}
+    )
     await bus.publish(INBOX, step("fine"))
     async with running(spec(), fast_settings(redis_url)):
         await wait_until(lambda: _acked_all(bus))
@@ -151,7 +155,9 @@ async def test_a_dead_consumers_entries_are_reclaimed_after_the_lease(redis_url:
     assert await counts(bus.redis) == {f"r{i}": 1 for i in range(20)}
 
 
-async def test_a_write_redis_refuses_is_dead_lettered_and_the_rest_of_the_batch_commits(redis_url: str, bus: Bus) -> None:
+async def test_a_write_redis_refuses_is_dead_lettered_and_the_rest_of_the_batch_commits(
+    redis_url: str, bus: Bus
+) -> None:
     async def sloppy(event: Event, ctx: Context) -> None:
         if event.payload.step == "typo":
             ctx.on_commit("HINCRBYY", COUNTS, "typo", 1)  # not a Redis command

@@ -11,9 +11,9 @@ import aiohttp
 from swiftdeploy_core.bus import logs, streams
 from swiftdeploy_core.bus.connection import Bus
 from swiftdeploy_core.bus.events import DeployStep, Event, Source
-from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.bus.runner import running
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
+from swiftdeploy_core.settings import Settings
 
 CLI = Source(service="cli", instance="test")
 
@@ -27,7 +27,9 @@ async def test_health_ready_and_metrics_describe_the_instance(redis_url: str) ->
     spec = ServiceSpec(name="orchestrator", streams=[streams.ORCHESTRATOR_INBOX],
                        handlers={"deploy.step": fail_once_per_event})  # fmt: skip
     bus = await Bus.connect(settings)
-    await bus.publish_many(streams.ORCHESTRATOR_INBOX, [Event(payload=DeployStep(step=s), source=CLI) for s in ("ok", "ok2", "bad")])
+    await bus.publish_many(
+        streams.ORCHESTRATOR_INBOX, [Event(payload=DeployStep(step=s), source=CLI) for s in ("ok", "ok2", "bad")]
+    )
     async with running(spec, settings) as worker, aiohttp.ClientSession() as http:
         deadline = time.monotonic() + 5
         while worker.metrics.dead.labels("orchestrator")._value.get() < 1:

@@ -19,11 +19,11 @@ import pytest
 import redis
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.wire import entry_fields
 from swiftdeploy_core.bus.events import DeployStep, Event, Source
-from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.bus.runner import run
+from swiftdeploy_core.bus.wire import entry_fields
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
+from swiftdeploy_core.settings import Settings
 
 INBOX = streams.ORCHESTRATOR_INBOX
 GROUP = streams.group("orchestrator")
@@ -56,7 +56,9 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
     """Start a service process (`module` under `python -m`); every one is killed at the end."""
     procs: list[subprocess.Popen] = []
 
-    def start(redis_url: str, instance: str, module: str = "tests.bus.test_worker_processes", *args: str, **extra: str) -> subprocess.Popen:
+    def start(
+        redis_url: str, instance: str, module: str = "tests.bus.test_worker_processes", *args: str, **extra: str
+    ) -> subprocess.Popen:
         log = open(tmp_path / f"{instance}.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, env=child_env(redis_url, instance, **extra))  # fmt: skip

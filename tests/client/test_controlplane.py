@@ -14,17 +14,19 @@ import pytest
 import redis
 
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Source
 from swiftdeploy_core.bus.wire import entry_fields
 from swiftdeploy_core.client.cli.events import since_to_id
 from swiftdeploy_core.client.controlplane import STATE_FILE, parse_scale
 from swiftdeploy_core.errors import ConfigError
-from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Source
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Source(service="cli", instance="test")
 
 
-def swiftdeploy(*args: str, cwd: Path, redis_url: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+def swiftdeploy(
+    *args: str, cwd: Path, redis_url: str | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SWIFTDEPLOY_")}
     env.update(PYTHONPATH=str(ROOT), PATH=str(cwd / "empty-bin"))  # no redis-server on PATH
     if redis_url:
@@ -44,7 +46,9 @@ def project(tmp_path: Path):
     swiftdeploy("down", cwd=tmp_path)  # whatever a failed test left running
 
 
-def test_up_without_redis_url_runs_embedded_redis_and_four_healthy_services_and_down_leaves_nothing(project: Path) -> None:
+def test_up_without_redis_url_runs_embedded_redis_and_four_healthy_services_and_down_leaves_nothing(
+    project: Path,
+) -> None:
     started = swiftdeploy("up", "--timeout", "60", cwd=project)
     assert started.returncode == 0, started.stderr
     assert "(embedded)" in started.stdout
@@ -96,7 +100,10 @@ def test_a_crashed_replica_is_restarted_and_scale_runs_more_replicas(project: Pa
     psutil.Process(collectors[0]["pid"]).kill()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        rows = [json.loads(line) for line in swiftdeploy("ps", "--json", cwd=project, redis_url=redis_url).stdout.splitlines()]
+        rows = [
+            json.loads(line)
+            for line in swiftdeploy("ps", "--json", cwd=project, redis_url=redis_url).stdout.splitlines()
+        ]
         restarted = [r for r in rows if r["instance"] == collectors[0]["instance"]]
         if restarted and restarted[0]["restarts"] == 1 and restarted[0]["status"] == "healthy":
             break

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.wire import entry_fields
 from swiftdeploy_core.bus.events import Event, PingRequested, Source
+from swiftdeploy_core.bus.wire import entry_fields
 from tests.servers import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +65,9 @@ def test_compose_runs_the_control_plane_and_scales_the_collector_to_two(compose)
     redis_cli(compose, "XADD", streams.COLLECTOR_INBOX, "*", *[x for kv in fields.items() for x in kv])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        out = compose("exec", "-T", "redis", "redis-cli", "--raw", "XRANGE", streams.EVENTS, "-", "+", timeout=30).stdout
+        out = compose(
+            "exec", "-T", "redis", "redis-cli", "--raw", "XRANGE", streams.EVENTS, "-", "+", timeout=30
+        ).stdout
         if ping.correlation_id in out and '"pong"' in out:
             break
         time.sleep(0.5)

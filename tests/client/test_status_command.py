@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.client.cli.common import connected
 from swiftdeploy_core.bus.events import DecisionMade, Event, HostStats, MetricsSnapshot, Source
+from swiftdeploy_core.client.cli.common import connected
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
+from tests.projects import ROOT, Project, wait_until
 from tests.servers import free_port, missing
-from tests.auditor.test_auditor_support import ROOT, Project, project, wait_until  # noqa: F401 - fixture
 
 GATEKEEPER = Source(service="gatekeeper", instance="stand-in")
 
@@ -33,7 +33,9 @@ def decide(domain: str, figures: dict) -> tuple[bool, list[str]]:
         reasons = [f"disk free {figures['disk_free_gb']} GB is below 10 GB"] if figures["disk_free_gb"] < 10 else []
         reasons += [f"CPU load {figures['cpu_load']} exceeds 2.0"] if figures["cpu_load"] > 2.0 else []
     else:
-        reasons = [f"error rate {figures['error_rate'] * 100:.2f}% exceeds 1.00%"] if figures["error_rate"] > 0.01 else []
+        reasons = (
+            [f"error rate {figures['error_rate'] * 100:.2f}% exceeds 1.00%"] if figures["error_rate"] > 0.01 else []
+        )
         reasons += [f"P99 {figures['p99_latency_ms']:.0f} ms exceeds 500 ms"] if figures["p99_latency_ms"] > 500 else []
     return not reasons, reasons
 
@@ -48,9 +50,16 @@ async def stand_in_gatekeeper(project: Project) -> AsyncIterator[list[Event]]:
             async for request in bus.follow(stream=streams.GATEKEEPER_INBOX, types={"decision.requested"}, since=since):
                 seen.append(request)
                 allow, reasons = decide(request.payload.domain, request.payload.input)
-                made = DecisionMade(domain=request.payload.domain, allow=allow, reasons=reasons,
-                                    input=request.payload.input, engine="stand-in",
-                                    decision_id=f"d-{len(seen)}", policy_revision="r1", duration_ms=0.1)
+                made = DecisionMade(
+                    domain=request.payload.domain,
+                    allow=allow,
+                    reasons=reasons,
+                    input=request.payload.input,
+                    engine="stand-in",
+                    decision_id=f"d-{len(seen)}",
+                    policy_revision="r1",
+                    duration_ms=0.1,
+                )
                 await bus.publish(streams.EVENTS, request.caused(made, GATEKEEPER))
 
     async with connected(project.settings()) as bus:
@@ -84,18 +93,47 @@ async def healthy_instance() -> AsyncIterator[str]:
 async def store_canary_rollout(project: Project, healthy_url: str, canary_error_rate: float) -> None:
     dead_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: unhealthy
     rollout = RolloutState(
-        project="app", phase=Phase.progressing, runtime="process", router_url="http://127.0.0.1:8080",
-        stable=TrackState(track="stable", version="1.0.0", image="app:1.0.0", weight=75, instances=[
-            Instance(id="1", name="app-stable-1", track="stable", version="1.0.0", url=healthy_url)]),
-        canary=TrackState(track="canary", version="1.1.0", image="app:1.1.0", weight=25, instances=[
-            Instance(id="2", name="app-canary-1", track="canary", version="1.1.0", url=dead_url)]),
+        project="app",
+        phase=Phase.progressing,
+        runtime="process",
+        router_url="http://127.0.0.1:8080",
+        stable=TrackState(
+            track="stable",
+            version="1.0.0",
+            image="app:1.0.0",
+            weight=75,
+            instances=[Instance(id="1", name="app-stable-1", track="stable", version="1.0.0", url=healthy_url)],
+        ),
+        canary=TrackState(
+            track="canary",
+            version="1.1.0",
+            image="app:1.1.0",
+            weight=25,
+            instances=[Instance(id="2", name="app-canary-1", track="canary", version="1.1.0", url=dead_url)],
+        ),
     )
     snapshots = {
-        "stable": MetricsSnapshot(project="app", track="stable", version="1.0.0", window_seconds=60,
-                                  request_rate=9.0, error_rate=0.0, p99_latency_ms=40.0, requests=540),
-        "canary": MetricsSnapshot(project="app", track="canary", version="1.1.0", window_seconds=60,
-                                  request_rate=3.0, error_rate=canary_error_rate, p99_latency_ms=120.0,
-                                  requests=180, chaos="error" if canary_error_rate else "none"),
+        "stable": MetricsSnapshot(
+            project="app",
+            track="stable",
+            version="1.0.0",
+            window_seconds=60,
+            request_rate=9.0,
+            error_rate=0.0,
+            p99_latency_ms=40.0,
+            requests=540,
+        ),
+        "canary": MetricsSnapshot(
+            project="app",
+            track="canary",
+            version="1.1.0",
+            window_seconds=60,
+            request_rate=3.0,
+            error_rate=canary_error_rate,
+            p99_latency_ms=120.0,
+            requests=180,
+            chaos="error" if canary_error_rate else "none",
+        ),
     }
     host = HostStats(disk_free_gb=55.5, cpu_load=0.4, cpu_count=2, memory_available_gb=2.0)
     async with connected(project.settings()) as bus:
@@ -108,8 +146,17 @@ async def store_canary_rollout(project: Project, healthy_url: str, canary_error_
 
 async def cli(project: Project, *args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swiftdeploy_core", *args, "--manifest", str(project.manifest),
-        cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "swiftdeploy_core",
+        *args,
+        "--manifest",
+        str(project.manifest),
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode, out.decode(), err.decode()
 
@@ -129,10 +176,17 @@ async def test_status_once_json_carries_mode_chaos_figures_tracks_and_decided_po
     assert canary["instances"][0]["healthy"] is False
     assert (canary["request_rate"], canary["error_rate"], canary["p99_latency_ms"]) == (3.0, 0.04, 120.0)
     assert data["policies"]["infra"]["allow"] is True and data["policies"]["infra"]["reasons"] == []
-    assert data["policies"]["canary"] == {**data["policies"]["canary"], "allow": False, "status": "FAILING",
-                                          "reasons": ["error rate 4.00% exceeds 1.00%"]}
+    assert data["policies"]["canary"] == {
+        **data["policies"]["canary"],
+        "allow": False,
+        "status": "FAILING",
+        "reasons": ["error rate 4.00% exceeds 1.00%"],
+    }
     assert {r.payload.domain for r in requests} == {"infra", "canary"}
-    assert requests[0].payload.input.keys() in ({"disk_free_gb", "cpu_load"}, {"error_rate", "p99_latency_ms", "requests"})
+    assert requests[0].payload.input.keys() in (
+        {"disk_free_gb", "cpu_load"},
+        {"error_rate", "p99_latency_ms", "requests"},
+    )
     # The refresh is in the history, with the decisions' correlation id.
     wait_until(lambda: "status.checked" in project.history.read_text() if project.history.exists() else False)
     checked = next(json.loads(line) for line in project.history.read_text().splitlines() if '"status.checked"' in line)
@@ -151,8 +205,12 @@ async def test_the_real_gatekeeper_decides_and_the_report_keeps_status_decisions
     assert (policies["canary"]["status"], policies["canary"]["allow"]) == ("FAILING", False)
     assert any("error rate" in reason for reason in policies["canary"]["reasons"])
     # The gatekeeper's decisions and violation for this refresh are in the history...
-    wait_until(lambda: sorted(history_types(project)) == ["decision.made", "decision.made", "policy.violation",
-                                                          "status.checked"], what="the refresh in the history")
+    wait_until(
+        lambda: (
+            sorted(history_types(project)) == ["decision.made", "decision.made", "policy.violation", "status.checked"]
+        ),
+        what="the refresh in the history",
+    )
     code, _, err = await cli(project, "audit", "--out", "report.md")
     assert code == 0, err
     markdown = (project.root / "report.md").read_text()
@@ -191,7 +249,9 @@ async def test_status_once_prints_one_frame(project: Project) -> None:
 def test_status_without_a_control_plane_says_what_to_do(project: Project) -> None:
     project.env["REDIS_URL"] = "redis://127.0.0.1:1/0"
     done = project.cli("status", "--once")
-    assert done.returncode == 1 and done.stderr.startswith("error: the control plane is not running: run swiftdeploy up")
+    assert done.returncode == 1 and done.stderr.startswith(
+        "error: the control plane is not running: run swiftdeploy up"
+    )
 
 
 def history_types(project: Project) -> list[str]:
@@ -210,8 +270,10 @@ async def test_the_live_dashboard_refreshes_in_a_real_terminal(project: Project)
     project.start_auditor("aud-1")
     session = f"swiftdeploy-auditor-test-{free_port()}"
     env = " ".join(f"{k}={v}" for k, v in project.env.items() if k in ("REDIS_URL", "PYTHONPATH", "PATH"))
-    command = (f"cd {ROOT} && env {env} TERM=xterm-256color {sys.executable} -m swiftdeploy_core status "
-               f"--interval 1 --manifest {project.manifest}")
+    command = (
+        f"cd {ROOT} && env {env} TERM=xterm-256color {sys.executable} -m swiftdeploy_core status "
+        f"--interval 1 --manifest {project.manifest}"
+    )
     async with healthy_instance() as url, stand_in_gatekeeper(project):
         await store_canary_rollout(project, url, canary_error_rate=0.0)
         tmux("new-session", "-d", "-s", session, "-x", "150", "-y", "50", command)

@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Console
 
-from swiftdeploy_core.client.dashboard import EventLine, PolicyView, build_view, render, sparkline
 from swiftdeploy_core.bus.events import HostStats, MetricsSnapshot
+from swiftdeploy_core.client.dashboard import EventLine, PolicyView, build_view, render, sparkline
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 
-NOW = datetime(2026, 11, 26, 7, 30, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 7, 30, 0, tzinfo=UTC)
 
 
 def canary_rollout() -> RolloutState:
-    stable = TrackState(track="stable", version="1.0.0", image="app:1.0.0", weight=90, instances=[
-        Instance(id="1", name="app-stable-1", track="stable", version="1.0.0", url="http://127.0.0.1:41001"),
-        Instance(id="2", name="app-stable-2", track="stable", version="1.0.0", url="http://127.0.0.1:41002")])
-    canary = TrackState(track="canary", version="1.1.0", image="app:1.1.0", weight=10, instances=[
-        Instance(id="3", name="app-canary-1", track="canary", version="1.1.0", url="http://127.0.0.1:41003")])
-    return RolloutState(project="app", phase=Phase.progressing, stable=stable, canary=canary,
-                        router_url="http://127.0.0.1:8080")
+    stable = TrackState(
+        track="stable",
+        version="1.0.0",
+        image="app:1.0.0",
+        weight=90,
+        instances=[
+            Instance(id="1", name="app-stable-1", track="stable", version="1.0.0", url="http://127.0.0.1:41001"),
+            Instance(id="2", name="app-stable-2", track="stable", version="1.0.0", url="http://127.0.0.1:41002"),
+        ],
+    )
+    canary = TrackState(
+        track="canary",
+        version="1.1.0",
+        image="app:1.1.0",
+        weight=10,
+        instances=[
+            Instance(id="3", name="app-canary-1", track="canary", version="1.1.0", url="http://127.0.0.1:41003")
+        ],
+    )
+    return RolloutState(
+        project="app", phase=Phase.progressing, stable=stable, canary=canary, router_url="http://127.0.0.1:8080"
+    )
 
 
 def snapshot(track: str, error_rate: float | None, p99: float | None, chaos: str = "none") -> MetricsSnapshot:
-    return MetricsSnapshot(project="app", track=track, window_seconds=60, request_rate=None if p99 is None else 12.5,
-                           error_rate=error_rate, p99_latency_ms=p99, requests=750, chaos=chaos)
+    return MetricsSnapshot(
+        project="app",
+        track=track,
+        window_seconds=60,
+        request_rate=None if p99 is None else 12.5,
+        error_rate=error_rate,
+        p99_latency_ms=p99,
+        requests=750,
+        chaos=chaos,
+    )
 
 
 def view_of_a_failing_canary():
@@ -35,11 +58,14 @@ def view_of_a_failing_canary():
     }
     history = [snapshot("canary", rate, 100 + 50 * i) for i, rate in enumerate([0.0, 0.0, 0.2, 0.5])]
     return build_view(
-        "app", canary_rollout(),
+        "app",
+        canary_rollout(),
         {"stable": snapshot("stable", 0.001, 120.0), "canary": snapshot("canary", 0.5, 850.0, chaos="error")},
         host=HostStats(disk_free_gb=40.0, cpu_load=0.3, cpu_count=2, memory_available_gb=3.0),
         health={"http://127.0.0.1:41001": True, "http://127.0.0.1:41002": True, "http://127.0.0.1:41003": False},
-        policies=policies, history=history, now=NOW,
+        policies=policies,
+        history=history,
+        now=NOW,
         events=[EventLine(timestamp=NOW, type="chaos.injected", summary="error, rate 0.5")],
     )
 
@@ -53,8 +79,13 @@ def test_the_json_carries_mode_chaos_tracks_figures_and_policies() -> None:
     assert (stable["track"], stable["version"], stable["weight"], stable["replicas"]) == ("stable", "1.0.0", 90, 2)
     assert canary["instances"] == [{"url": "http://127.0.0.1:41003", "name": "app-canary-1", "healthy": False}]
     assert (stable["error_rate"], stable["p99_latency_ms"]) == (0.001, 120.0)
-    assert data["policies"]["canary"] == {"status": "FAILING", "allow": False, "decision_id": "d2", "input": {},
-                                          "reasons": ["error rate 50.00% exceeds 1.00%"]}
+    assert data["policies"]["canary"] == {
+        "status": "FAILING",
+        "allow": False,
+        "decision_id": "d2",
+        "input": {},
+        "reasons": ["error rate 50.00% exceeds 1.00%"],
+    }
     assert data["policies"]["infra"]["allow"] is True
 
 
@@ -87,7 +118,13 @@ def test_a_frame_shows_tracks_health_policies_events_and_sparklines() -> None:
 
 
 def test_an_unanswered_policy_shows_unknown_never_passing() -> None:
-    view = build_view("app", None, {}, policies={"infra": PolicyView.unknown("infra", "the gatekeeper did not answer within 2s")}, now=NOW)
+    view = build_view(
+        "app",
+        None,
+        {},
+        policies={"infra": PolicyView.unknown("infra", "the gatekeeper did not answer within 2s")},
+        now=NOW,
+    )
     text = frame_text(view)
     assert "? UNKNOWN" in text and "PASSING" not in text
     assert view.to_json()["policies"]["infra"]["allow"] is None

@@ -31,9 +31,7 @@ WINDOW = 10  # seconds
 INTERVAL = 1.0
 APP = 'path!~"/metrics|/healthz|/chaos"'  # application traffic only, as the collector counts it
 P99 = f"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{APP}}}[{WINDOW}s])))"
-ERRORS = (
-    f'sum(rate(http_requests_total{{status_code=~"5..",{APP}}}[{WINDOW}s])) / sum(rate(http_requests_total{{{APP}}}[{WINDOW}s]))'
-)
+ERRORS = f'sum(rate(http_requests_total{{status_code=~"5..",{APP}}}[{WINDOW}s])) / sum(rate(http_requests_total{{{APP}}}[{WINDOW}s]))'
 RATE = f"sum(rate(http_requests_total{{{APP}}}[{WINDOW}s]))"
 
 
@@ -50,7 +48,7 @@ class PrometheusServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, targets: list[str]) -> "PrometheusServer":
+    def start(self, targets: list[str]) -> PrometheusServer:
         config = self.workdir / "prometheus.yml"
         hosts = ", ".join(f"'{t.removeprefix('http://')}'" for t in targets)
         config.write_text(
@@ -111,7 +109,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> None:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
             await response.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         pass  # the restarted workload refuses for a moment; that is part of the story
 
 
@@ -134,7 +132,7 @@ async def figures_from_prometheus_samples(prom, session, targets: list[Target], 
             for ts, value in series["values"]:
                 scrapes[series["metric"]["instance"]][ts][kind][key] = float(value)
     windows = []
-    for instance, by_time in scrapes.items():
+    for _instance, by_time in scrapes.items():
         window = TargetWindow()
         for ts in sorted(by_time):
             # Seconds since the evaluation time, as Prometheus counts in whole milliseconds: float
@@ -174,7 +172,10 @@ async def test_collector_matches_prometheus_on_live_workloads_through_a_restart(
     try:
         async with aiohttp.ClientSession() as session, Scraper(timeout=0.8) as scraper:
             await prom.scraping(session, len(targets))
-            for workload, chaos in ((failing, {"mode": "error", "rate": 1.0}), (slow, {"mode": "slow", "duration": 0.3})):
+            for workload, chaos in (
+                (failing, {"mode": "error", "rate": 1.0}),
+                (slow, {"mode": "slow", "duration": 0.3}),
+            ):
                 async with session.post(f"{workload.url}/chaos", json=chaos) as response:
                     assert response.status == 200
             traffic = [asyncio.create_task(paced(session, f"{w.url}/", rate, stop))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -29,26 +28,6 @@ class TinyApp:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    """Serve a handler at /metrics on a free loopback port; returns the base URL."""
-    runners: list[web.AppRunner] = []
-
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_get("/metrics", handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
 async def hang(request: web.Request) -> web.Response:
     await asyncio.sleep(3600)
     raise AssertionError("unreachable")
@@ -68,7 +47,7 @@ async def test_a_scrape_keeps_request_counters_latency_buckets_and_the_chaos_gau
 
     assert outcome.ok and before <= outcome.at <= time.time()
     route = (("method", "GET"), ("path", "/"))
-    assert outcome.scrape.requests == {route + (("status_code", "200"),): 7.0, route + (("status_code", "500"),): 2.0}
+    assert outcome.scrape.requests == {(*route, ("status_code", "200")): 7.0, (*route, ("status_code", "500")): 2.0}
     assert outcome.scrape.buckets[(route, 0.25)] == 0 and outcome.scrape.buckets[(route, 0.5)] == 1
     assert outcome.scrape.buckets[(route, float("inf"))] == 1
     assert outcome.scrape.chaos == 2
@@ -119,14 +98,16 @@ def test_parse_ignores_what_the_figures_do_not_need():
 
 
 def test_scrapes_health_probes_and_chaos_calls_are_not_application_traffic():
-    text = "\n".join([
-        'http_requests_total{method="GET",path="/",status_code="200"} 7',
-        'http_requests_total{method="GET",path="/metrics",status_code="200"} 90',
-        'http_requests_total{method="GET",path="/healthz",status_code="200"} 40',
-        'http_requests_total{method="POST",path="/chaos",status_code="400"} 2',
-        'http_request_duration_seconds_bucket{method="GET",path="/",status_code="200",le="+Inf"} 7',
-        'http_request_duration_seconds_bucket{method="GET",path="/metrics",status_code="200",le="+Inf"} 90',
-    ])
+    text = "\n".join(
+        [
+            'http_requests_total{method="GET",path="/",status_code="200"} 7',
+            'http_requests_total{method="GET",path="/metrics",status_code="200"} 90',
+            'http_requests_total{method="GET",path="/healthz",status_code="200"} 40',
+            'http_requests_total{method="POST",path="/chaos",status_code="400"} 2',
+            'http_request_duration_seconds_bucket{method="GET",path="/",status_code="200",le="+Inf"} 7',
+            'http_request_duration_seconds_bucket{method="GET",path="/metrics",status_code="200",le="+Inf"} 90',
+        ]
+    )
     scrape = parse(text, at=1.0)
     assert sum(scrape.requests.values()) == 7
     assert sum(scrape.buckets.values()) == 7

@@ -9,6 +9,7 @@ expire, reports a stopped workload once, its return once, and a chaos injected b
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import aiohttp
@@ -19,9 +20,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from services.collector.service import CollectorMetrics, build_spec, ticks
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event, HostStats, MetricsSnapshot
-from swiftdeploy_core.settings import Settings
-from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 from swiftdeploy_core.bus.runner import running
+from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
+from swiftdeploy_core.settings import Settings
 from tests.servers import free_port
 
 INTERVAL = 0.5
@@ -106,7 +107,7 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
     assert len(by_track["canary"]) >= 8 and len(by_track["stable"]) >= 8
     assert not any(e.type == "metrics.snapshot" for e in events)
     stamps = [e.timestamp.timestamp() for e in await _metric_events(redis_url) if e.payload.track == "canary"]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert sorted(gaps)[int(len(gaps) * 0.9)] < INTERVAL * 1.5, gaps  # a busy machine may delay a few
     assert latest.version == "2.0" and latest.request_rate is not None and latest.host is not None
     assert 0 < ttl <= 5000  # a few intervals (at least 5 s): stale figures expire

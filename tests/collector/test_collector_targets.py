@@ -3,14 +3,13 @@ manifest, and measures the host where the runtime keeps its data (real psutil, r
 
 from __future__ import annotations
 
-
 import psutil
 import redis.asyncio as aioredis
 
-from swiftdeploy_core.project.host import DataRoots, host_stats
 from services.collector.scrape import Target
 from services.collector.targets import Project, discover
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.project.host import DataRoots, host_stats
 from swiftdeploy_core.project.manifest import load_manifest
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 
@@ -26,7 +25,9 @@ collector:
 
 def rollout(project: str, root: str) -> RolloutState:
     def instance(n: int, track: str, version: str) -> Instance:
-        return Instance(id=str(n), name=f"{project}-{n}", track=track, version=version, url=f"http://127.0.0.1:{7000 + n}")
+        return Instance(
+            id=str(n), name=f"{project}-{n}", track=track, version=version, url=f"http://127.0.0.1:{7000 + n}"
+        )
 
     return RolloutState(
         project=project, phase=Phase.progressing, runtime="docker", root=root,

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from services.collector.scrape import Scraper, Target
 from services.collector.tracking import Tracker
-from tests.collector.test_collector_scrape import TinyApp, serve  # noqa: F401 - `serve` is a fixture
+from tests.collector.test_collector_scrape import TinyApp
 
 
 class Switchable(TinyApp):
@@ -77,7 +77,12 @@ async def test_snapshots_are_one_per_project_and_track(serve):
         tracker = Tracker(scraper, window=30)
         report = await tracker.cycle(targets)
         stable, canary = sorted(report.snapshots, key=lambda s: s.track, reverse=True)
-        assert (stable.track, stable.version, stable.targets_up, stable.targets) == ("stable", "1.0", 2, sorted(urls[:2]))
+        assert (stable.track, stable.version, stable.targets_up, stable.targets) == (
+            "stable",
+            "1.0",
+            2,
+            sorted(urls[:2]),
+        )
         assert (canary.track, canary.version, canary.targets_up) == ("canary", "2.0", 1)
         assert stable.request_rate is None and stable.p99_latency_ms is None  # one scrape: no data yet
 

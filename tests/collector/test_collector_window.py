@@ -119,7 +119,7 @@ def scrape(at: float, ok: float, failed: float, buckets: list[float]) -> Scrape:
     route = (("method", "GET"), ("path", "/"))
     return Scrape(
         at=at,
-        requests={route + (("status_code", "200"),): ok, route + (("status_code", "500"),): failed},
+        requests={(*route, ("status_code", "200")): ok, (*route, ("status_code", "500")): failed},
         buckets={(route, le): count for le, count in zip(BOUNDS, buckets)},
     )
 
@@ -205,7 +205,9 @@ def _observe(rng: random.Random, cumulative_counts: list[float], n: int) -> list
     return [count + new for count, new in zip(cumulative_counts, added)]
 
 
-def promql_values(promtool: str, tmp_path, instances: list[Instance], exprs: list[str], at: float) -> list[float | None]:
+def promql_values(
+    promtool: str, tmp_path, instances: list[Instance], exprs: list[str], at: float
+) -> list[float | None]:
     """Evaluate `exprs` at `at` with promtool on the instances' series; None where PromQL has no result."""
     # promtool loads samples as its clock advances by evaluation_interval: keep that fine.
     lines = ["evaluation_interval: 1s", "tests:", f"  - interval: {STEP}s", "    input_series:"]

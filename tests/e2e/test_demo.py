@@ -21,7 +21,9 @@ def test_the_originals_story_happens_end_to_end(tmp_path):
     workdir = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo"), "--workdir", str(workdir), "--cpu-load-max", "1000"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]

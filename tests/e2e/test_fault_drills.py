@@ -11,19 +11,17 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from services.orchestrator.drivers import make_driver
+from swiftdeploy_core.project.manifest import load_manifest
 from tests.orchestration import (
     ServiceProcess,
     cli,
     gatekeeper_process,
-    services,  # noqa: F401
-    stack,  # noqa: F401
     wait_ready,
     write_manifest,
     write_policies,
     write_snapshot,
 )
-from services.orchestrator.drivers import make_driver
-from swiftdeploy_core.project.manifest import load_manifest
 from tests.servers import free_port
 
 MANIFEST: dict = {}
@@ -69,8 +67,14 @@ async def test_opa_stopped_denies_every_decision_and_blocks_deploys_while_servic
         loaded = load_manifest(root / "manifest.yaml")
         assert await make_driver(loaded.manifest, loaded.root).list_objects() == []  # nothing created
         for _ in range(3):  # the gatekeeper keeps serving, and keeps denying
-            checked = await cli(server.url, "policy", "check", "canary",
-                                "--input", '{"error_rate": 0, "p99_latency_ms": 10, "requests": 500}')
+            checked = await cli(
+                server.url,
+                "policy",
+                "check",
+                "canary",
+                "--input",
+                '{"error_rate": 0, "p99_latency_ms": 10, "requests": 500}',
+            )
             assert checked.code == 3 and "policy engine unavailable" in checked.text, checked.text
         assert gatekeeper.process.poll() is None and orchestrator.process.poll() is None
     finally:

@@ -67,8 +67,10 @@ def test_the_nginx_image_passes_nginx_t(nginx_image):
 
 
 def test_the_controlplane_image_holds_redis_and_the_whole_package(controlplane_image):
-    script = ("redis-server --version && swiftdeploy --help >/dev/null && "
-              "python -c 'import services, workload, swiftdeploy_core as core; print(core.__version__)'")
+    script = (
+        "redis-server --version && swiftdeploy --help >/dev/null && "
+        "python -c 'import services, workload, swiftdeploy_core as core; print(core.__version__)'"
+    )
     result = docker("run", "--rm", "--network", "none", controlplane_image, "sh", "-c", script)
     assert result.returncode == 0, result.stderr
     assert "Redis server v=" in result.stdout and "0.1.0" in result.stdout

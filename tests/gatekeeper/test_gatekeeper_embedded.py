@@ -33,7 +33,9 @@ def set_threshold(folder, name, value):
 async def test_editing_data_json_changes_the_next_decision_without_a_restart(folder):
     engine = EmbeddedEngine(folder)
     set_threshold(folder, "cpu_load", 2)
-    assert await engine.evaluate("infra", SLIGHTLY_LOADED) == Verdict(False, ("CPU load 2.5 is above the maximum of 2",))
+    assert await engine.evaluate("infra", SLIGHTLY_LOADED) == Verdict(
+        False, ("CPU load 2.5 is above the maximum of 2",)
+    )
     before = engine.revision()
 
     set_threshold(folder, "cpu_load", 3)
@@ -41,7 +43,9 @@ async def test_editing_data_json_changes_the_next_decision_without_a_restart(fol
     assert engine.revision() != before
 
     set_threshold(folder, "cpu_load", 2)  # same size, likely the same mtime tick: caught by content
-    assert await engine.evaluate("infra", SLIGHTLY_LOADED) == Verdict(False, ("CPU load 2.5 is above the maximum of 2",))
+    assert await engine.evaluate("infra", SLIGHTLY_LOADED) == Verdict(
+        False, ("CPU load 2.5 is above the maximum of 2",)
+    )
     assert engine.revision() == before
 
 
@@ -84,13 +88,17 @@ async def test_a_threshold_removed_from_data_json_denies(folder):
     del data["thresholds"]["min_requests"]
     (folder / "data.json").write_text(json.dumps(data))
     verdict = await engine.evaluate("canary", {"error_rate": 0, "p99_latency_ms": 10, "requests": 400})
-    assert verdict == Verdict(False, ("threshold data.thresholds.min_requests is missing or not a usable number (fix policies/data.json)",))
+    assert verdict == Verdict(
+        False, ("threshold data.thresholds.min_requests is missing or not a usable number (fix policies/data.json)",)
+    )
 
 
 async def test_a_new_policy_file_adds_a_domain(folder):
     engine = EmbeddedEngine(folder)
     assert (await engine.evaluate("quota", {})).reasons == ("policy undefined: data.quota has no result",)
-    (folder / "quota.rego").write_text('package quota\n\ndefault allow := false\n\nallow if input.n < 3\n\ndeny contains "too many" if not allow\n')
+    (folder / "quota.rego").write_text(
+        'package quota\n\ndefault allow := false\n\nallow if input.n < 3\n\ndeny contains "too many" if not allow\n'
+    )
     assert (await engine.evaluate("quota", {"n": 1})).allow
     assert await engine.evaluate("quota", {"n": 5}) == Verdict(False, ("too many",))
 

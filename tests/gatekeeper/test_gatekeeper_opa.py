@@ -43,15 +43,33 @@ async def test_an_undefined_document_has_no_result_key(opa, opa_api):
 
 
 async def test_a_400_with_opas_error_body(opa, opa_api):
-    opa_api.respond = (400, json.dumps({"code": "invalid_parameter", "message": "body contains malformed input document: EOF"}))
+    opa_api.respond = (
+        400,
+        json.dumps({"code": "invalid_parameter", "message": "body contains malformed input document: EOF"}),
+    )
     verdict = await opa.evaluate("canary", {})
-    assert verdict == Verdict(False, (f"policy engine error: HTTP 400 invalid_parameter: body contains malformed input document: EOF ({opa_api.url})",))
+    assert verdict == Verdict(
+        False,
+        (
+            f"policy engine error: HTTP 400 invalid_parameter: body contains malformed input document: EOF ({opa_api.url})",
+        ),
+    )
 
 
 async def test_a_500_with_opas_error_body(opa, opa_api):
-    opa_api.respond = (500, json.dumps({"code": "internal_error", "message": "eval_conflict_error: complete rules must not produce multiple outputs"}))
+    opa_api.respond = (
+        500,
+        json.dumps(
+            {
+                "code": "internal_error",
+                "message": "eval_conflict_error: complete rules must not produce multiple outputs",
+            }
+        ),
+    )
     verdict = await opa.evaluate("canary", {})
-    assert verdict.reasons == (f"policy engine error: HTTP 500 internal_error: eval_conflict_error: complete rules must not produce multiple outputs ({opa_api.url})",)
+    assert verdict.reasons == (
+        f"policy engine error: HTTP 500 internal_error: eval_conflict_error: complete rules must not produce multiple outputs ({opa_api.url})",
+    )
     assert verdict.allow is False
 
 
@@ -70,7 +88,9 @@ async def test_malformed_json(opa, opa_api):
 
 async def test_json_that_is_not_an_object(opa, opa_api):
     opa_api.respond = (200, "[true]")
-    assert await opa.evaluate("infra", HEALTHY) == Verdict(False, (f"policy engine returned malformed JSON: not an object ({opa_api.url})",))
+    assert await opa.evaluate("infra", HEALTHY) == Verdict(
+        False, (f"policy engine returned malformed JSON: not an object ({opa_api.url})",)
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,8 @@ from services.gatekeeper.service import build_spec, decision_id, engine_for
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
 from swiftdeploy_core.bus.events import DecisionRequested, Event, Source
-from swiftdeploy_core.settings import Settings
 from swiftdeploy_core.bus.runner import running
+from swiftdeploy_core.settings import Settings
 from tests.servers import REPO_ROOT, free_port, run_swiftdeploy
 
 CLI = Source(service="cli", instance="test")
@@ -59,8 +59,16 @@ async def test_a_request_gets_a_decision_with_every_field(redis_url, bus, projec
     async with running(build_spec(fast_settings(redis_url), engine), fast_settings(redis_url)):
         reply = await ask(bus, "infra", HEALTHY_HOST)
     made = reply.payload
-    assert (made.domain, made.allow, made.reasons, made.input, made.engine) == ("infra", True, [], HEALTHY_HOST, "embedded")
-    assert made.policy_revision == policies.revision({p.name: p.read_bytes() for p in policies.policy_files(project / "policies")})
+    assert (made.domain, made.allow, made.reasons, made.input, made.engine) == (
+        "infra",
+        True,
+        [],
+        HEALTHY_HOST,
+        "embedded",
+    )
+    assert made.policy_revision == policies.revision(
+        {p.name: p.read_bytes() for p in policies.policy_files(project / "policies")}
+    )
     assert made.decision_id == decision_id(reply.causation_id)
     assert 0 < made.duration_ms < 1000
     assert reply.source.service == "gatekeeper"
@@ -70,7 +78,9 @@ async def test_a_denial_also_emits_a_policy_violation(redis_url, bus, project):
     engine = EmbeddedEngine(policies.project_dir(project))
     async with running(build_spec(fast_settings(redis_url), engine), fast_settings(redis_url)):
         reply = await ask(bus, "infra", BUSY_HOST)
-        violation = await anext(bus.follow(correlation_id=reply.correlation_id, types={"policy.violation"}, since="0-0"))
+        violation = await anext(
+            bus.follow(correlation_id=reply.correlation_id, types={"policy.violation"}, since="0-0")
+        )
     assert reply.payload.allow is False
     assert reply.payload.reasons == ["CPU load 2.5 is above the maximum of 2"]
     assert violation.payload.model_dump() == {
@@ -116,7 +126,9 @@ def test_the_manifest_chooses_the_engine_and_the_project_policies(project):
     engine = engine_for(settings)
     assert isinstance(engine, EmbeddedEngine) and engine.folder == project / "policies"
 
-    (project / "manifest.yaml").write_text(ORIGINAL + "policy:\n  engine: opa\n  opa_url: http://127.0.0.1:9/\n  timeout: 1.5\n")
+    (project / "manifest.yaml").write_text(
+        ORIGINAL + "policy:\n  engine: opa\n  opa_url: http://127.0.0.1:9/\n  timeout: 1.5\n"
+    )
     engine = engine_for(settings)
     assert isinstance(engine, OpaEngine) and (engine.url, engine.timeout) == ("http://127.0.0.1:9", 1.5)
 
@@ -137,7 +149,9 @@ async def test_an_unreadable_manifest_denies_every_decision_with_the_reason(tmp_
     engine = engine_for(Settings(manifest=tmp_path / "manifest.yaml"))
     assert isinstance(engine, UnavailableEngine)
     verdict = await engine.evaluate("infra", HEALTHY_HOST)
-    assert not verdict.allow and verdict.reasons[0].startswith("policy engine not configured: manifest.yaml: invalid YAML")
+    assert not verdict.allow and verdict.reasons[0].startswith(
+        "policy engine not configured: manifest.yaml: invalid YAML"
+    )
 
 
 def test_a_redelivered_request_keeps_its_decision_id():
@@ -151,8 +165,10 @@ def test_a_redelivered_request_keeps_its_decision_id():
 def gatekeeper_process(project, redis_url):
     env = {**os.environ, "REDIS_URL": redis_url, "SWIFTDEPLOY_MANIFEST": str(project / "manifest.yaml"),
            "SWIFTDEPLOY_BLOCK_MS": "100", "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
-    log = open(project / "gatekeeper.log", "w")  # noqa: SIM115
-    process = subprocess.Popen([sys.executable, "-m", "services.gatekeeper"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(project / "gatekeeper.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.gatekeeper"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     yield process
     process.terminate()
     assert process.wait(timeout=10) == 0, (project / "gatekeeper.log").read_text()[-2000:]
@@ -161,11 +177,18 @@ def gatekeeper_process(project, redis_url):
 
 async def check(project: Path, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
-        run_swiftdeploy, "policy", "check", *args, cwd=project, env={"REDIS_URL": redis_url, "SWIFTDEPLOY_REQUEST_TIMEOUT": "15"}
+        run_swiftdeploy,
+        "policy",
+        "check",
+        *args,
+        cwd=project,
+        env={"REDIS_URL": redis_url, "SWIFTDEPLOY_REQUEST_TIMEOUT": "15"},
     )
 
 
-async def test_editing_data_json_while_the_gatekeeper_runs_changes_the_next_decision(project, redis_url, gatekeeper_process):
+async def test_editing_data_json_while_the_gatekeeper_runs_changes_the_next_decision(
+    project, redis_url, gatekeeper_process
+):
     busy = json.dumps(BUSY_HOST)
     denied = await check(project, redis_url, "infra", "--input", busy)
     assert denied.returncode == 3, denied.stdout + denied.stderr
@@ -196,7 +219,10 @@ async def test_policy_check_prints_json_and_reads_a_file(project, redis_url, gat
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--input", "{oops"], "error: --input is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        (
+            ["--input", "{oops"],
+            "error: --input is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
         (["--input", "[1]"], "error: --input must be a JSON object such as '{\"cpu_load\": 1.5}' (got list)"),
         ([], "error: give the input as exactly one of --input '{...}' or --input-file FILE"),
         (["--input-file", "nowhere.json"], "error: nowhere.json: cannot be read (No such file or directory)"),
@@ -209,7 +235,14 @@ async def test_bad_input_is_one_line_and_exit_2(project, redis_url, args, messag
 
 async def test_policy_check_without_a_control_plane_says_so(project):
     result = await asyncio.to_thread(
-        run_swiftdeploy, "policy", "check", "infra", "--input", "{}", cwd=project, env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        run_swiftdeploy,
+        "policy",
+        "check",
+        "infra",
+        "--input",
+        "{}",
+        cwd=project,
+        env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: Redis at redis://127.0.0.1:") and "is not reachable" in result.stderr

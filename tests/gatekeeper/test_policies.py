@@ -27,7 +27,13 @@ def test_thresholds_live_only_in_data_json():
     import json
 
     thresholds = json.loads(policies.default_files()["data.json"])["thresholds"]
-    assert thresholds == {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+    assert thresholds == {
+        "disk_free_gb": 10,
+        "cpu_load": 2.0,
+        "error_rate": 0.01,
+        "p99_latency_ms": 500,
+        "min_requests": 20,
+    }
     for name in ("infra.rego", "canary.rego"):
         text = policies.default_files()[name].decode()
         for number in ("10", "2.0", "0.01", "500", "20"):

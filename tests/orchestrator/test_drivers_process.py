@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections import Counter
 from pathlib import Path
@@ -11,12 +10,12 @@ import aiohttp
 import psutil
 import pytest
 
-from swiftdeploy_core.errors import RuntimeDriverError
-from swiftdeploy_core.project.manifest import load_manifest
 from services.orchestrator import plans
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.drivers.base import InstanceFailed
 from services.orchestrator.drivers.process import ProcessDriver
+from swiftdeploy_core.errors import RuntimeDriverError
+from swiftdeploy_core.project.manifest import load_manifest
 from tests.orchestration import write_manifest
 from tests.servers import require_binary
 
@@ -95,6 +94,8 @@ async def test_a_taken_nginx_port_is_refused_before_anything_starts(project):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", manifest.nginx.port))
         squatter.listen()
-        with pytest.raises(RuntimeDriverError, match=f"nginx.port {manifest.nginx.port} on 127.0.0.1 is already in use"):
+        with pytest.raises(
+            RuntimeDriverError, match=f"nginx.port {manifest.nginx.port} on 127.0.0.1 is already in use"
+        ):
             await driver.preflight(manifest, router_running=False)
     assert await driver.list_objects() == []

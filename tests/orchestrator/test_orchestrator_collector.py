@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.orchestration import LoadLoop, services, stack  # noqa: F401
+from tests.orchestration import LoadLoop
 
 COLLECTOR = {"interval": 0.5, "window": 4}
 MANIFEST = {"canary": {"version": "2.0.0", "steps": [50], "interval": 1.0, "failure_limit": 2}}

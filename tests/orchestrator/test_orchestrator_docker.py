@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from services.orchestrator import plans
+from services.orchestrator.drivers.docker import DockerDriver, instance_config, router_config
 from swiftdeploy_core.errors import RuntimeUnavailable
 from swiftdeploy_core.project.manifest import load_manifest, validate_manifest
-from services.orchestrator.drivers.docker import DockerDriver, instance_config, router_config
-from services.orchestrator import plans
-from tests.orchestration import get_json, services, stack, write_manifest, write_policies, write_snapshot  # noqa: F401
+from tests.orchestration import get_json, write_manifest, write_policies, write_snapshot
 
 pytestmark = pytest.mark.docker
 MANIFEST: dict = {}  # filled with the built images' tags by `docker_images`
@@ -29,7 +29,13 @@ def docker_images(request: pytest.FixtureRequest, docker_daemon: str, workload_i
         "runtime": "docker",
         "services": {"image": workload_image},
         "nginx": {"image": nginx_image},
-        "canary": {"version": "2.0.0", "image": workload_image, "steps": [10, 50], "interval": INTERVAL, "failure_limit": 2},
+        "canary": {
+            "version": "2.0.0",
+            "image": workload_image,
+            "steps": [10, 50],
+            "interval": INTERVAL,
+            "failure_limit": 2,
+        },
     }
 
 
@@ -52,7 +58,9 @@ async def test_chaos_rolls_back_a_canary_then_a_healthy_one_is_promoted_and_tear
     assert deployed.code == 0, deployed.text
     assert f"deploy.step networks: {stack.project}-net" in deployed.err
     assert (await get_json(await stack.url()))["version"] == "1.0.0"
-    assert sorted(labelled("container", stack.project)) == sorted([f"{stack.project}-nginx", *(i.name for i in (await stack.record()).instances())])
+    assert sorted(labelled("container", stack.project)) == sorted(
+        [f"{stack.project}-nginx", *(i.name for i in (await stack.record()).instances())]
+    )
 
     follower = asyncio.create_task(stack.sd("promote", "canary", "--wait"))
     await stack.phase("progressing", timeout=60)
@@ -119,7 +127,12 @@ def test_container_configs_are_labelled_and_publish_nginx_on_loopback_only():
     )  # fmt: skip
     [spec] = plans.track_specs(manifest, "canary", "g")
     config = instance_config(spec)
-    assert config["Labels"] == {"swiftdeploy.project": "shop", "swiftdeploy.role": "instance", "swiftdeploy.track": "canary", "swiftdeploy.version": "1.0.0"}
+    assert config["Labels"] == {
+        "swiftdeploy.project": "shop",
+        "swiftdeploy.role": "instance",
+        "swiftdeploy.track": "canary",
+        "swiftdeploy.version": "1.0.0",
+    }
     assert set(config["Env"]) == {"HOST=0.0.0.0", "PORT=3000", "MODE=canary", "VERSION=1.0.0"}
     assert config["HostConfig"]["NetworkMode"] == "shop-net" and "PortBindings" not in config["HostConfig"]
     router = router_config(manifest, "shop")

@@ -9,9 +9,9 @@ import re
 import pytest
 import redis.asyncio as aioredis
 
+from services.orchestrator import lock
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.errors import OperationInProgress
-from services.orchestrator import lock
 
 
 @pytest.fixture
@@ -25,7 +25,9 @@ async def test_a_second_command_is_told_which_operation_holds_the_project_since_
     async with lock.holding(redis, "shop", "promote-canary", "orch-a"):
         with pytest.raises(OperationInProgress) as caught:
             await lock.acquire(redis, "shop", "deploy", "orch-b")
-    assert re.fullmatch(r"operation promote-canary in progress since \d\d:\d\d:\d\d \(owner orch-a\)", str(caught.value))
+    assert re.fullmatch(
+        r"operation promote-canary in progress since \d\d:\d\d:\d\d \(owner orch-a\)", str(caught.value)
+    )
 
 
 async def test_the_lock_is_released_after_the_operation_and_other_projects_are_independent(redis):

@@ -12,10 +12,10 @@ import time
 import psutil
 import pytest
 
+from services.orchestrator import lock
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.project.state import Phase
-from services.orchestrator import lock
-from tests.orchestration import LoadLoop, get_json, services, stack, write_policies, write_snapshot  # noqa: F401
+from tests.orchestration import LoadLoop, get_json, write_policies, write_snapshot
 
 MANIFEST: dict = {}  # the process runtime with the defaults of tests.orchestration.write_manifest
 
@@ -42,7 +42,7 @@ async def test_error_chaos_on_the_canary_rolls_back_automatically_within_three_i
     await stack.phase("progressing")
     chaos = await stack.sd("chaos", "error", "--rate", "0.5")
     assert chaos.code == 0 and "error, rate 0.5, on 1 instance" in chaos.out
-    statuses = [await _status(await stack.url() , {"X-Canary": "always"}) for _ in range(20)]
+    statuses = [await _status(await stack.url(), {"X-Canary": "always"}) for _ in range(20)]
     assert 500 in statuses  # the real canary now fails about half its requests
 
     started = time.monotonic()
@@ -89,7 +89,9 @@ async def test_promote_stable_is_blocked_by_an_unhealthy_canary_and_nothing_chan
     await write_snapshot(stack.redis, stack.project, "2.0.0", error_rate=0.3, p99=900)
     before = await stack.record()
     blocked = await stack.sd("promote", "stable")
-    assert blocked.code == 3 and blocked.line.startswith("error: denied: P99 latency 900 ms is above the maximum of 500 ms")
+    assert blocked.code == 3 and blocked.line.startswith(
+        "error: denied: P99 latency 900 ms is above the maximum of 500 ms"
+    )
     after = await stack.record()
     assert after.stable == before.stable and after.canary.instances == before.canary.instances
 
@@ -126,7 +128,10 @@ async def test_a_second_command_is_rejected_while_an_operation_holds_the_project
     async with lock.holding(stack.redis, stack.project, "promote-canary", "orchestrator-7"):
         rejected = await stack.sd("deploy")
     assert rejected.code == 1
-    assert re.fullmatch(r"error: failed: deploy: operation promote-canary in progress since \d\d:\d\d:\d\d \(owner orchestrator-7\)", rejected.line)
+    assert re.fullmatch(
+        r"error: failed: deploy: operation promote-canary in progress since \d\d:\d\d:\d\d \(owner orchestrator-7\)",
+        rejected.line,
+    )
 
 
 @pytest.mark.slow
@@ -144,7 +149,9 @@ async def test_no_request_fails_at_200_per_second_across_a_whole_canary_and_prom
     load.stop()
     await runner
     seconds = time.monotonic() - started
-    print(f"{load.sent} requests in {seconds:.1f}s ({load.sent / seconds:.0f}/s): {dict(load.statuses)} {dict(load.versions)}")
+    print(
+        f"{load.sent} requests in {seconds:.1f}s ({load.sent / seconds:.0f}/s): {dict(load.statuses)} {dict(load.versions)}"
+    )
     assert load.failed == 0, load.errors[:5]
     assert load.sent >= 0.8 * 200 * seconds
     assert load.versions["1.0.0"] > 0 and load.versions["2.0.0"] > 0

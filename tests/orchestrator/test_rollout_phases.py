@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from swiftdeploy_core.project.manifest import load_manifest
-from swiftdeploy_core.project.state import Phase, RolloutState
 from services.orchestrator import operations, phases
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.rollout import Decision, RecordStore, Rollout
+from swiftdeploy_core.project.manifest import load_manifest
+from swiftdeploy_core.project.state import Phase, RolloutState
 from tests.orchestration import get_json, write_manifest, write_snapshot
 from tests.servers import require_binary
 
@@ -43,7 +43,9 @@ async def rollout(tmp_path: Path, redis_url: str):
     async def emit(payload) -> None:
         events.append(payload)
 
-    record = RolloutState(project="sdo-phase", runtime="process", root=str(loaded.root), manifest=loaded.manifest.model_dump(mode="json"))
+    record = RolloutState(
+        project="sdo-phase", runtime="process", root=str(loaded.root), manifest=loaded.manifest.model_dump(mode="json")
+    )
     r = Rollout(record, make_driver(loaded.manifest, loaded.root), RecordStore(redis), ScriptedGate(), emit)
     r.events = events  # type: ignore[attr-defined]
     yield r

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.orchestrator import plans
+from services.orchestrator.drivers.base import InstanceSpec, NetworkSpec, RuntimeObject
 from swiftdeploy_core.bus.events import MetricsSnapshot
 from swiftdeploy_core.project.manifest import validate_manifest
 from swiftdeploy_core.project.router import Upstream
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
-from services.orchestrator import plans
-from services.orchestrator.drivers.base import InstanceSpec, NetworkSpec, RuntimeObject
 
 MANIFEST = validate_manifest(
     {
-        "services": {"name": "shop", "image": "swiftdeploy/workload:1.0.0", "port": 3000, "version": "1.0.0", "replicas": 2},
+        "services": {
+            "name": "shop",
+            "image": "swiftdeploy/workload:1.0.0",
+            "port": 3000,
+            "version": "1.0.0",
+            "replicas": 2,
+        },
         "nginx": {"image": "swiftdeploy/nginx", "port": 8080},
         "network": {"name": "shop-net"},
         "canary": {"version": "2.0.0", "image": "swiftdeploy/workload:2.0.0", "steps": [10, 25, 50]},
     }
 )
-LABELS_STABLE = {"swiftdeploy.project": "shop", "swiftdeploy.role": "instance", "swiftdeploy.track": "stable", "swiftdeploy.version": "1.0.0"}
+LABELS_STABLE = {
+    "swiftdeploy.project": "shop",
+    "swiftdeploy.role": "instance",
+    "swiftdeploy.track": "stable",
+    "swiftdeploy.version": "1.0.0",
+}
 
 
 def instance(name: str, track: str = "stable", version: str = "1.0.0", port: int = 4001) -> Instance:
@@ -29,10 +40,16 @@ def instance(name: str, track: str = "stable", version: str = "1.0.0", port: int
 def test_a_stable_track_is_one_labelled_spec_per_replica():
     assert plans.track_specs(MANIFEST, "stable", "abc123") == [
         InstanceSpec(
-            name=f"shop-stable-abc123-{i}", project="shop", track="stable", version="1.0.0",
-            image="swiftdeploy/workload:1.0.0", port=3000, network="shop-net", env={"MODE": "stable", "VERSION": "1.0.0"},
+            name=f"shop-stable-abc123-{i}",
+            project="shop",
+            track="stable",
+            version="1.0.0",
+            image="swiftdeploy/workload:1.0.0",
+            port=3000,
+            network="shop-net",
+            env={"MODE": "stable", "VERSION": "1.0.0"},
             labels=LABELS_STABLE,
-        )  # fmt: skip
+        )
         for i in (1, 2)
     ]
 
@@ -61,11 +78,16 @@ def test_the_internal_network_exists_only_for_opa_on_docker():
         NetworkSpec(name="shop-net", labels={"swiftdeploy.project": "shop", "swiftdeploy.role": "network"})
     ]
     with_opa = MANIFEST.model_copy(update={"policy": MANIFEST.policy.model_copy(update={"engine": "opa"})})
-    assert [(n.name, n.internal) for n in plans.network_specs(with_opa)] == [("shop-net", False), ("shop-net-internal", True)]
+    assert [(n.name, n.internal) for n in plans.network_specs(with_opa)] == [
+        ("shop-net", False),
+        ("shop-net-internal", True),
+    ]
 
 
 def test_process_router_plan_points_at_loopback_ports_with_the_weight(tmp_path: Path):
-    plan = plans.process_router_plan(MANIFEST, tmp_path, [instance("a", port=4001)], [instance("b", "canary", "2.0.0", 4002)], 25)
+    plan = plans.process_router_plan(
+        MANIFEST, tmp_path, [instance("a", port=4001)], [instance("b", "canary", "2.0.0", 4002)], 25
+    )
     assert (plan.stable, plan.canary, plan.canary_weight, plan.listen_port) == (
         [Upstream(host="127.0.0.1", port=4001)], [Upstream(host="127.0.0.1", port=4002)], 25, 8080,
     )  # fmt: skip
@@ -73,7 +95,9 @@ def test_process_router_plan_points_at_loopback_ports_with_the_weight(tmp_path: 
 
 
 def test_docker_router_plan_points_at_container_names_on_the_service_port():
-    plan = plans.docker_router_plan(MANIFEST, [instance("shop-stable-x-1")], [instance("shop-canary-y-1", "canary")], 10)
+    plan = plans.docker_router_plan(
+        MANIFEST, [instance("shop-stable-x-1")], [instance("shop-canary-y-1", "canary")], 10
+    )
     assert (plan.stable, plan.canary, plan.canary_weight, plan.listen_host) == (
         [Upstream(host="shop-stable-x-1", port=3000)], [Upstream(host="shop-canary-y-1", port=3000)], 10, "0.0.0.0",
     )  # fmt: skip
@@ -85,7 +109,9 @@ def _snapshot(**fields) -> MetricsSnapshot:
     return MetricsSnapshot(**{**base, **fields})
 
 
-CANARY = TrackState(track="canary", version="2.0.0", image="i", weight=10, instances=[instance("c", "canary", "2.0.0", 4002)])
+CANARY = TrackState(
+    track="canary", version="2.0.0", image="i", weight=10, instances=[instance("c", "canary", "2.0.0", 4002)]
+)
 
 
 def test_analysis_input_comes_from_a_fresh_snapshot_of_this_canary():
@@ -105,12 +131,19 @@ def test_the_promotion_gate_always_asks_even_without_figures():
 
 
 def _obj(name: str, track: str, version: str, role: str = "instance") -> RuntimeObject:
-    labels = {"swiftdeploy.project": "shop", "swiftdeploy.role": role, "swiftdeploy.track": track, "swiftdeploy.version": version}
+    labels = {
+        "swiftdeploy.project": "shop",
+        "swiftdeploy.role": role,
+        "swiftdeploy.track": track,
+        "swiftdeploy.version": version,
+    }
     return RuntimeObject(kind="process", name=name, id=name, labels=labels, url=f"http://x/{name}")
 
 
 def test_instances_the_record_does_not_know_are_orphans():
-    record = RolloutState(project="shop", stable=TrackState(track="stable", version="1.0.0", image="i", instances=[instance("a")]))
+    record = RolloutState(
+        project="shop", stable=TrackState(track="stable", version="1.0.0", image="i", instances=[instance("a")])
+    )
     objects = [_obj("a", "stable", "1.0.0"), _obj("b", "canary", "2.0.0"), _obj("shop-nginx", "", "", role="router")]
     assert [o.name for o in plans.orphans(record, objects)] == ["b"]
 

@@ -82,7 +82,9 @@ def test_real_nginx_accepts_the_generated_config(project, tmp_path_factory):
     for folder in conf_dirs(copy):
         folder.mkdir(parents=True, exist_ok=True)
     (prefix / "nginx.conf").write_text(copy)
-    result = subprocess.run([nginx, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")], capture_output=True, text=True)
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "server 127.0.0.1:3000" in copy and str(prefix) in copy
 
@@ -104,7 +106,7 @@ def compose_of(project: Path) -> dict:
 def test_the_compose_file_describes_the_stack(project):
     init(project)
     compose = compose_of(project)
-    app, nginx, opa = (compose["services"][n] for n in ("app-stable-1", "app-nginx", "app-opa"))
+    app, nginx, _opa = (compose["services"][n] for n in ("app-stable-1", "app-nginx", "app-opa"))
     assert app["environment"]["MODE"] == "stable" and app["environment"]["VERSION"] == "1.0.0"
     assert app["image"] == "swift-deploy-1-node:latest" and "healthcheck" in app
     assert nginx["ports"] == ["127.0.0.1:8080:8080"] and "healthcheck" in nginx

@@ -62,7 +62,9 @@ def test_random_edits_of_the_original_never_crash_the_loader(data):
         if data.draw(st.booleans()) and at < len(raw):
             del raw[at : at + data.draw(st.integers(1, 8))]
         else:
-            raw[at:at] = data.draw(st.binary(min_size=1, max_size=6) | st.sampled_from([b":", b"- ", b"\t", b"{", b"&a", b"*a", b"!!"]))
+            raw[at:at] = data.draw(
+                st.binary(min_size=1, max_size=6) | st.sampled_from([b":", b"- ", b"\t", b"{", b"&a", b"*a", b"!!"])
+            )
     load(bytes(raw))
 
 

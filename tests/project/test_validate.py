@@ -97,7 +97,9 @@ def test_missing_generated_files_fail_and_say_to_run_init(tmp_path, redis_url):
     assert checklist["generated files"].startswith("✗ ") and "run `swiftdeploy init`" in checklist["generated files"]
     assert checklist["nginx config (nginx -t)"].startswith("✗ ")
     assert checklist["manifest schema"].startswith("✓ ")
-    assert result.stdout.splitlines()[-1] == "5 of 10 checks failed"  # generated files, nginx, compose, and no policies yet
+    assert (
+        result.stdout.splitlines()[-1] == "5 of 10 checks failed"
+    )  # generated files, nginx, compose, and no policies yet
 
 
 def one_check(function, project: Path, redis_url: str = "redis://127.0.0.1:1/0") -> CheckResult:

@@ -212,20 +212,14 @@ async def test_every_chaos_change_is_logged(http, canary):
 
 def test_a_bad_setting_is_one_line_and_exit_code_two():
     env = {"PYTHONPATH": str(REPO_ROOT), "MODE": "blue", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "workload"], env=env, capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run([sys.executable, "-m", "workload"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "workload: MODE: Input should be 'stable' or 'canary' (got 'blue')"
-    ]
+    assert result.stderr.strip().splitlines() == ["workload: MODE: Input should be 'stable' or 'canary' (got 'blue')"]
 
 
 def test_a_taken_port_is_one_line_and_exit_code_one(canary):
     env = {"PYTHONPATH": str(REPO_ROOT), "PORT": str(canary.port), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "workload"], env=env, capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run([sys.executable, "-m", "workload"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"workload: cannot serve on 127.0.0.1:{canary.port}: Address already in use"

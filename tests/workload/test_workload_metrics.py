@@ -141,7 +141,11 @@ async def test_random_urls_and_methods_collapse_into_one_series(http, canary):
 async def test_gauges_report_mode_uptime_and_each_chaos_state(http, canary, make_workload):
     text = await scrape(http, canary)
     assert value(text, "app_mode") == 1 and value(text, "app_uptime_seconds") > 0
-    for body, code in (('{"mode":"slow","duration":0.01}', 1), ('{"mode":"error","rate":0.1}', 2), ('{"mode":"recover"}', 0)):
+    for body, code in (
+        ('{"mode":"slow","duration":0.01}', 1),
+        ('{"mode":"error","rate":0.1}', 2),
+        ('{"mode":"recover"}', 0),
+    ):
         await http.post(f"{canary.url}/chaos", data=body)
         assert value(await scrape(http, canary), "chaos_active") == code, body
     stable = make_workload(mode="stable")

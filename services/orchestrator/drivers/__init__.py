@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swiftdeploy_core.project.manifest import Manifest, Runtime
 from services.orchestrator.drivers.base import RuntimeDriver
+from swiftdeploy_core.project.manifest import Manifest, Runtime
 
 
 def state_dir(manifest: Manifest, root: str | Path) -> Path:

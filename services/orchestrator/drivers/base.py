@@ -154,7 +154,7 @@ class RuntimeDriver(ABC):
             await self.remove(obj)
         return [f"{obj.kind} {obj.name}" for obj in objects]
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook: the process driver holds nothing
         """Release the driver's connections."""
 
 

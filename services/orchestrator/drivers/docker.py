@@ -20,17 +20,13 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
-from swiftdeploy_core.project.manifest import Manifest
-from swiftdeploy_core.project.router import CONTAINER_CONF, OPA_PORT, render_nginx_conf
-from swiftdeploy_core.project.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
-    RELOAD_DRAIN,
     LABEL_PROJECT,
     LABEL_ROLE,
     LABEL_TRACK,
     LABEL_VERSION,
+    RELOAD_DRAIN,
     InstanceSpec,
     NetworkSpec,
     Role,
@@ -39,6 +35,10 @@ from services.orchestrator.drivers.base import (
     read_text,
 )
 from services.orchestrator.drivers.health import wait_http_ok
+from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
+from swiftdeploy_core.project.manifest import Manifest
+from swiftdeploy_core.project.router import CONTAINER_CONF, OPA_PORT, opa_container, render_nginx_conf, router_container
+from swiftdeploy_core.project.state import Instance
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
 UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker Engine"
@@ -109,13 +109,19 @@ class DockerDriver(RuntimeDriver):
             for net in networks:
                 if net.name not in existing:
                     await self.docker.networks.create(
-                        {"Name": net.name, "Driver": net.driver, "Internal": net.internal, "Labels": net.labels, "CheckDuplicate": True}
+                        {
+                            "Name": net.name,
+                            "Driver": net.driver,
+                            "Internal": net.internal,
+                            "Labels": net.labels,
+                            "CheckDuplicate": True,
+                        }
                     )
                     created.append(net.name)
         return created
 
     async def start_opa(self, manifest: Manifest, network: str) -> str | None:
-        name = plans.opa_container(self.project)
+        name = opa_container(self.project)
         config = {
             "Image": manifest.policy.opa_image,
             "Cmd": ["run", "--server", f"--addr=0.0.0.0:{OPA_PORT}", "/policies"],
@@ -167,7 +173,7 @@ class DockerDriver(RuntimeDriver):
         plan = plans.docker_router_plan(manifest, stable, canary, weight)
         conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
         url = f"http://127.0.0.1:{manifest.nginx.port}"
-        name = plans.router_container(self.project)
+        name = router_container(self.project)
         with docker_errors(f"configuring {name}"):
             container = await self._get(name)
             running = container is not None and container["State"]["Running"]
@@ -216,7 +222,7 @@ class DockerDriver(RuntimeDriver):
 
     async def router_running(self) -> bool:
         with docker_errors("inspecting the router"):
-            container = await self._get(plans.router_container(self.project))
+            container = await self._get(router_container(self.project))
         return container is not None and bool(container["State"]["Running"])
 
     # --- labelled objects ----------------------------------------------------------------------
@@ -228,10 +234,14 @@ class DockerDriver(RuntimeDriver):
             for container in await self.docker.containers.list(all=True, filters=label):
                 found.append(_container_object(await container.show()))
             for net in await self.docker.networks.list(filters=label):
-                found.append(RuntimeObject(kind="network", name=net["Name"], id=net["Id"], labels=net.get("Labels") or {}))
+                found.append(
+                    RuntimeObject(kind="network", name=net["Name"], id=net["Id"], labels=net.get("Labels") or {})
+                )
             volumes = (await self.docker.volumes.list(filters=label)).get("Volumes") or []
             for vol in volumes:
-                found.append(RuntimeObject(kind="volume", name=vol["Name"], id=vol["Name"], labels=vol.get("Labels") or {}))
+                found.append(
+                    RuntimeObject(kind="volume", name=vol["Name"], id=vol["Name"], labels=vol.get("Labels") or {})
+                )
         return found
 
     async def remove(self, obj: RuntimeObject) -> None:
@@ -357,7 +367,9 @@ async def _wait_router(container: Any, port: int, timeout: float = 10.0) -> None
         info = await container.show()
         if not info["State"]["Running"]:
             logs = await container.log(stdout=True, stderr=True, tail=3)
-            raise RuntimeDriverError(f"nginx exited with code {info['State']['ExitCode']}: {''.join(logs).strip()[-300:]}")
+            raise RuntimeDriverError(
+                f"nginx exited with code {info['State']['ExitCode']}: {''.join(logs).strip()[-300:]}"
+            )
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection(_ip(info), port)
             writer.close()

@@ -20,16 +20,11 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
-from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
-from swiftdeploy_core.project.manifest import Manifest
-from swiftdeploy_core.project import router
-from swiftdeploy_core.project.router import conf_dirs, render_nginx_conf
-from swiftdeploy_core.project.state import Instance
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
-    RELOAD_DRAIN,
     LABEL_TRACK,
     LABEL_VERSION,
+    RELOAD_DRAIN,
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
@@ -39,6 +34,11 @@ from services.orchestrator.drivers.base import (
     read_text,
 )
 from services.orchestrator.drivers.health import wait_http_ok
+from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
+from swiftdeploy_core.project import router
+from swiftdeploy_core.project.manifest import Manifest
+from swiftdeploy_core.project.router import conf_dirs, render_nginx_conf, router_container
+from swiftdeploy_core.project.state import Instance
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # where the bundled `workload` package lives
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -172,7 +172,7 @@ class ProcessDriver(RuntimeDriver):
             )  # fmt: skip
         _children[proc.pid] = proc
         record = ProcessRecord(
-            name=plans.router_container(self.project), pid=proc.pid, started=_create_time(proc.pid),
+            name=router_container(self.project), pid=proc.pid, started=_create_time(proc.pid),
             port=port, labels=labels, image="nginx", log=str(stderr_path),
         )  # fmt: skip
         self._write(record, ROUTER)
@@ -205,7 +205,7 @@ class ProcessDriver(RuntimeDriver):
             await self.stop_instance(obj.name)
 
     async def logs_tail(self, name: str, lines: int = 20) -> list[str]:
-        record = self._router() if name in (ROUTER, plans.router_container(self.project)) else self._read(name)
+        record = self._router() if name in (ROUTER, router_container(self.project)) else self._read(name)
         path = Path(record.log) if record else self.dir / "logs" / f"{name}.log"
         return tail(path, lines)
 
@@ -236,7 +236,9 @@ class ProcessDriver(RuntimeDriver):
 def nginx_binary() -> str:
     found = router.nginx_binary()
     if found is None:
-        raise RuntimeUnavailable("nginx is not installed; the process runtime runs it as a subprocess (apt-get install nginx)")
+        raise RuntimeUnavailable(
+            "nginx is not installed; the process runtime runs it as a subprocess (apt-get install nginx)"
+        )
     return found
 
 

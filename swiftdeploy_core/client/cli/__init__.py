@@ -33,7 +33,6 @@ app = typer.Typer(
 )
 
 
-
 @app.command()
 def version() -> None:
     """Print SwiftDeploy's version.

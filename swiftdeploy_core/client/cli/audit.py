@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import AuditRendered, AuditRequested, Event
 from swiftdeploy_core.client.cli.common import (
     JsonOption,
     ManifestOption,
@@ -19,8 +20,8 @@ from swiftdeploy_core.client.cli.common import (
     run,
 )
 from swiftdeploy_core.client.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
-from swiftdeploy_core.bus.events import AuditRendered, AuditRequested, Event
 from swiftdeploy_core.settings import Settings
+
 
 async def ask_auditor(settings: Settings, request: AuditRequested, timeout: float) -> AuditRendered:
     async with connected(settings) as bus:
@@ -31,9 +32,22 @@ async def ask_auditor(settings: Settings, request: AuditRequested, timeout: floa
 
 def audit(
     manifest: ManifestOption = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the report (default: the manifest's paths.report, audit_report.md).")] = None,
-    since: Annotated[Optional[str], typer.Option("--since", help="Only history from this time: ISO-8601 (2026-01-02T03:04:05Z) or a duration back (30m, 2h, 1d).")] = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Check the history's hash chain; exit 1 naming the first bad line.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Where to write the report (default: the manifest's paths.report, audit_report.md)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only history from this time: ISO-8601 (2026-01-02T03:04:05Z) or a duration back (30m, 2h, 1d).",
+        ),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the history's hash chain; exit 1 naming the first bad line.")
+    ] = False,
     as_json: JsonOption = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the auditor.")] = 30.0,
 ) -> None:

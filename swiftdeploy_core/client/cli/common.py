@@ -28,17 +28,17 @@ import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
-from swiftdeploy_core.client.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
 from swiftdeploy_core.bus.describe import describe_event
-from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
 from swiftdeploy_core.bus.events import Event, Payload, Source
+from swiftdeploy_core.client.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
+from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
 from swiftdeploy_core.settings import Settings, load_settings
 
@@ -51,7 +51,7 @@ NEXT_STEP_UP = "the control plane is not running: run swiftdeploy up"
 ALWAYS_FAIL = {"command.rejected": EXIT_ERROR, "operation.failed": EXIT_ERROR}
 
 ManifestOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--manifest",
         "-m",
@@ -89,14 +89,14 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if match:
         seconds = float(match.group(1)) * SINCE_UNITS[match.group(2)]
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(
             f"--since {text!r} is neither an ISO-8601 time (2026-01-02T03:04:05Z) nor a duration (30m, 2h, 1d)"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def client_source(settings: Settings) -> Source:
@@ -109,7 +109,7 @@ def run(coroutine: Awaitable[T]) -> T:
 
 
 @contextlib.asynccontextmanager
-async def connected(settings: Settings) -> AsyncIterator["Bus"]:
+async def connected(settings: Settings) -> AsyncIterator[Bus]:
     """The bus, or `ControlPlaneDown` whose message names the next step."""
     from swiftdeploy_core.bus.connection import UP_HINT, Bus
 

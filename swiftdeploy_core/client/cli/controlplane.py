@@ -79,7 +79,9 @@ def _print_rows(rows: list) -> None:
         return
     typer.echo(f"{'SERVICE':<13} {'INSTANCE':<34} {'PID':>7} {'STATUS':<9} {'RESTARTS':>8}  HEALTH")
     for r in rows:
-        typer.echo(f"{r.service:<13} {r.instance:<34} {r.pid or '-':>7} {r.status:<9} {r.restarts:>8}  {r.health_url or '-'}")
+        typer.echo(
+            f"{r.service:<13} {r.instance:<34} {r.pid or '-':>7} {r.status:<9} {r.restarts:>8}  {r.health_url or '-'}"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -87,5 +89,3 @@ def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(ps)
     app.command()(down)
-
-

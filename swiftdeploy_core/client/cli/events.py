@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import datetime, timezone
-from typing import Annotated, Optional
+from datetime import UTC, datetime
+from typing import Annotated
 
 import typer
 
+from swiftdeploy_core.bus.events import Event
 from swiftdeploy_core.client.cli.common import parse_since
 from swiftdeploy_core.errors import ConfigError
-from swiftdeploy_core.bus.events import Event
-
 
 
 def since_to_id(value: str, now: float | None = None) -> str:
@@ -24,7 +23,7 @@ def since_to_id(value: str, now: float | None = None) -> str:
     if re.fullmatch(r"\d{10,}", value):
         return f"{value}-0"
     try:
-        moment = parse_since(value, None if now is None else datetime.fromtimestamp(now, timezone.utc))
+        moment = parse_since(value, None if now is None else datetime.fromtimestamp(now, UTC))
     except ValueError:
         raise ConfigError(f"--since {value!r}: expected an entry id, an ISO-8601 time or an age like 10m") from None
     return f"{int(moment.timestamp() * 1000)}-0"
@@ -36,7 +35,7 @@ def describe(event: Event) -> str:
     details = " ".join(f"{k}={json.dumps(v, default=str) if not isinstance(v, str) else v}" for k, v in fields.items())
     if len(details) > 160:
         details = details[:157] + "..."
-    stamp = event.timestamp.astimezone(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    stamp = event.timestamp.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
     source = f"{event.source.service}/{event.source.instance}"
     return f"{stamp}  {event.type:<22} {source:<28} [{event.correlation_id[:8]}]  {details}".rstrip()
 
@@ -61,9 +60,15 @@ async def _print_events(follow: bool, types: list[str] | None, since: str | None
 
 def events(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
-    type_: Annotated[Optional[list[str]], typer.Option("--type", "-t", help="Only these types; globs like 'deploy.*' (repeatable).")] = None,
-    since: Annotated[Optional[str], typer.Option(help="Start after an entry id, an ISO-8601 time, or an age (10m, 2h).")] = None,
-    correlation_id: Annotated[Optional[str], typer.Option("--correlation-id", "-c", help="Only one operation's events.")] = None,
+    type_: Annotated[
+        list[str] | None, typer.Option("--type", "-t", help="Only these types; globs like 'deploy.*' (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Start after an entry id, an ISO-8601 time, or an age (10m, 2h).")
+    ] = None,
+    correlation_id: Annotated[
+        str | None, typer.Option("--correlation-id", "-c", help="Only one operation's events.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event a line.")] = False,
 ) -> None:
     """Print the events on the bus: everything retained, or with --follow new ones as they come.

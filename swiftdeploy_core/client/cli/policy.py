@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -21,10 +21,12 @@ policy_app = typer.Typer(help="Ask the gatekeeper about policies.", no_args_is_h
 @policy_app.command("check")
 def check(
     domain: Annotated[str, typer.Argument(help="The policy domain: infra or canary.")],
-    input_text: Annotated[Optional[str], typer.Option("--input", "-i", help="The input document as JSON.")] = None,
-    input_file: Annotated[Optional[Path], typer.Option("--input-file", "-f", help="A file holding the input JSON.")] = None,
+    input_text: Annotated[str | None, typer.Option("--input", "-i", help="The input document as JSON.")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input-file", "-f", help="A file holding the input JSON.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision.made payload as JSON.")] = False,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for the decision.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the decision.")] = None,
 ) -> None:
     """Ask the gatekeeper whether an input passes a policy; print ALLOW or DENY with every reason.
 
@@ -63,7 +65,9 @@ def read_input(text: str | None, file: Path | None) -> dict[str, Any]:
     except ValueError as exc:
         fail(f"{where} is not valid JSON: {exc}", EXIT_USAGE)
     if not isinstance(document, dict):
-        fail(f"{where} must be a JSON object such as '{{\"cpu_load\": 1.5}}' (got {type(document).__name__})", EXIT_USAGE)
+        fail(
+            f"{where} must be a JSON object such as '{{\"cpu_load\": 1.5}}' (got {type(document).__name__})", EXIT_USAGE
+        )
     return json_safe(document)  # NaN reaches the gatekeeper as "NaN", not as null
 
 
@@ -71,8 +75,8 @@ async def ask(settings: Any, domain: str, document: dict[str, Any], timeout: flo
     """Send decision.requested to the gatekeeper and wait for its decision.made payload."""
     from swiftdeploy_core.bus import streams
     from swiftdeploy_core.bus.connection import Bus
-    from swiftdeploy_core.client.cli.common import client_source
     from swiftdeploy_core.bus.events import DecisionRequested, Event
+    from swiftdeploy_core.client.cli.common import client_source
 
     bus = await Bus.connect(settings)  # its ControlPlaneDown names the URL tried and the next step
     try:

@@ -13,7 +13,6 @@ from swiftdeploy_core.client.cli.common import ManifestOption, manifest_path
 from swiftdeploy_core.settings import load_settings
 
 
-
 def init(manifest: ManifestOption = None) -> None:
     """Generate nginx.conf, docker-compose.yml and opa-config.yaml under generated/, and the default policies under policies/ when that folder has none.
 

@@ -8,14 +8,10 @@ carry its correlation id with a line of progress each (`cli.common.send_command`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.client.cli.common import ManifestOption, client_settings, connected, finish, load_project, run, send_command
-from swiftdeploy_core.client.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
-from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.bus.events import (
     CanaryRequested,
     ChaosRequested,
@@ -26,6 +22,17 @@ from swiftdeploy_core.bus.events import (
     RollbackRequested,
     TeardownRequested,
 )
+from swiftdeploy_core.client.cli.common import (
+    ManifestOption,
+    client_settings,
+    connected,
+    finish,
+    load_project,
+    run,
+    send_command,
+)
+from swiftdeploy_core.client.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
+from swiftdeploy_core.errors import ControlPlaneDown
 from swiftdeploy_core.project.manifest import LoadedManifest
 from swiftdeploy_core.settings import Settings
 
@@ -96,13 +103,18 @@ def rollback(
 
     Example: swiftdeploy rollback --reason "latency looks off"
     """
-    _send(RollbackRequested(project=load_project(manifest).manifest.project, reason=reason), ROLLBACK_END, timeout, manifest)
+    _send(
+        RollbackRequested(project=load_project(manifest).manifest.project, reason=reason),
+        ROLLBACK_END,
+        timeout,
+        manifest,
+    )
 
 
 def chaos(
     mode: str = typer.Argument(..., help="slow, error or recover."),
-    rate: Optional[float] = typer.Option(None, "--rate", min=0.0, max=1.0, help="error: share of requests that fail."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="slow: seconds each request sleeps."),
+    rate: float | None = typer.Option(None, "--rate", min=0.0, max=1.0, help="error: share of requests that fail."),
+    duration: float | None = typer.Option(None, "--duration", min=0.0, help="slow: seconds each request sleeps."),
     manifest: ManifestOption = None,
     timeout: float = TimeoutOption,
 ) -> None:
@@ -133,7 +145,7 @@ def _as_data(loaded: LoadedManifest) -> dict:
     return loaded.manifest.model_dump(mode="json")
 
 
-def _send(payload: Payload, ends: dict[str, int], timeout: float, manifest: Optional[Path] = None) -> None:
+def _send(payload: Payload, ends: dict[str, int], timeout: float, manifest: Path | None = None) -> None:
     settings = client_settings(manifest)
     run(_require_orchestrator(settings))
     outcome = run(send_command(

@@ -20,12 +20,13 @@ from swiftdeploy_core.client.cli.common import (
     run,
 )
 from swiftdeploy_core.client.dashboard import render
-from swiftdeploy_core.settings import Settings
 from swiftdeploy_core.client.status_probe import gather_status
+from swiftdeploy_core.settings import Settings
 
 
-async def show(settings: Settings, project: str, *, interval: float, once: bool, as_json: bool,
-               policy_timeout: float) -> None:
+async def show(
+    settings: Settings, project: str, *, interval: float, once: bool, as_json: bool, policy_timeout: float
+) -> None:
     source = client_source(settings)
     loop = asyncio.get_running_loop()
     async with connected(settings) as bus:
@@ -46,7 +47,12 @@ def status(
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes.")] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
     as_json: JsonOption = False,
-    policy_timeout: Annotated[float, typer.Option("--policy-timeout", min=0.1, help="Seconds to wait for each gatekeeper decision before showing UNKNOWN.")] = 2.0,
+    policy_timeout: Annotated[
+        float,
+        typer.Option(
+            "--policy-timeout", min=0.1, help="Seconds to wait for each gatekeeper decision before showing UNKNOWN."
+        ),
+    ] = 2.0,
 ) -> None:
     """Show the deployment live: mode, chaos, tracks, traffic, policy compliance, last events.
 

@@ -51,8 +51,9 @@ class Project:
         """`python -m services.<service>` as instance `name`, logging to `<root>/<name>.log`."""
         env = {**self.env, "SWIFTDEPLOY_INSTANCE": name, **extra}
         log = (self.root / f"{name}.log").open("ab")
-        process = subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         self.processes.append(process)
         return process
 
@@ -61,8 +62,14 @@ class Project:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "swiftdeploy_core", *args, "--manifest", str(self.manifest)],
-                              cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "swiftdeploy_core", *args, "--manifest", str(self.manifest)],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def history_lines(self) -> int:
         return len(self.history.read_bytes().splitlines()) if self.history.exists() else 0
@@ -90,9 +97,14 @@ def project(tmp_path: Path, redis_url: str) -> Iterator[Project]:
     """A project folder with a manifest; auditors started through it are stopped afterwards."""
     (tmp_path / "manifest.yaml").write_text(MANIFEST)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTDEPLOY_") and k != "REDIS_URL"}
-    env.update(REDIS_URL=redis_url, SWIFTDEPLOY_MANIFEST=str(tmp_path / "manifest.yaml"),
-               SWIFTDEPLOY_LOG_JSON="false", SWIFTDEPLOY_AUDIT_FSYNC="false", PYTHONPATH=str(ROOT),
-               SWIFTDEPLOY_SHUTDOWN_GRACE="2")
+    env.update(
+        REDIS_URL=redis_url,
+        SWIFTDEPLOY_MANIFEST=str(tmp_path / "manifest.yaml"),
+        SWIFTDEPLOY_LOG_JSON="false",
+        SWIFTDEPLOY_AUDIT_FSYNC="false",
+        PYTHONPATH=str(ROOT),
+        SWIFTDEPLOY_SHUTDOWN_GRACE="2",
+    )
     project = Project(tmp_path, redis_url, env)
     yield project
     project.stop_all()
