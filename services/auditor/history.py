@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 
 from services.auditor.chain import GENESIS, encode_line, line_digest, tail_digest
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.wire import decode
 from swiftdeploy_core.errors import SwiftDeployError
 
 log = logging.getLogger("swiftdeploy.auditor.history")
@@ -76,7 +77,7 @@ class HistoryWriter:
         self.path = Path(self.path)
         self._id = history_id(self.path)
         self._lock = asyncio.Lock()
-        self._inflight: set[asyncio.Task] = set()
+        self._inflight: set[asyncio.Task[bool]] = set()
         self._claim = self.redis.register_script(CLAIM_SCRIPT)
 
     @property
@@ -86,7 +87,7 @@ class HistoryWriter:
     async def head(self) -> str | None:
         """The digest of the last line this history's writers appended, if Redis remembers it."""
         value = await self.redis.get(self.head_key)
-        return value.decode() if value else None
+        return decode(value) if value else None
 
     async def append(self, event_id: str, entry: dict[str, Any]) -> bool:
         """Append one line for `event_id` unless it is already there. True when a line was written.

@@ -23,6 +23,7 @@ from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
+from swiftdeploy_core.bus.wire import decode
 from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
@@ -91,7 +92,7 @@ class Auditor:
             return event.payload.mode
         known = await ctx.bus.redis.get(key)
         if known:
-            return known.decode()
+            return decode(known)
         raw = await ctx.bus.redis.get(streams.rollout_key(self.place.project))
         try:
             return RolloutState.model_validate_json(raw).mode if raw else "stable"

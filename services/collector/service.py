@@ -15,10 +15,11 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
 from services.collector.scrape import Scraper
@@ -90,7 +91,7 @@ class CollectorMetrics:
             registry=r,
         )  # fmt: skip
 
-    def collect(self):
+    def collect(self) -> Iterable[Metric]:
         return self.registry.collect()
 
     def observe(self, report: CycleReport, cycle_seconds: float) -> None:
@@ -168,7 +169,7 @@ async def ticks(interval: float, stopping: asyncio.Event | None = None) -> Async
             await asyncio.wait_for(stopping.wait(), max(0.0, start + n * interval - time.monotonic()))
 
 
-def scrape_loop(config: Config, metrics: CollectorMetrics):
+def scrape_loop(config: Config, metrics: CollectorMetrics) -> Callable[[Context], Awaitable[None]]:
     async def loop(ctx: Context) -> None:
         async with Scraper(timeout=config.timeout) as scraper:
             collector = Collector(ctx, config, scraper, metrics)

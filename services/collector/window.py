@@ -22,6 +22,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 Labels = tuple[tuple[str, str], ...]  # sorted (name, value) pairs, without `le`
 BucketKey = tuple[Labels, float]  # (labels, le)
@@ -223,15 +224,22 @@ class TargetWindow:
 
     def prune(self, start: float) -> None:
         """Forget what left the window; series with no sample left are dropped."""
-        for table in (self.requests, self.buckets):
-            empty = []
-            for key, series in table.items():
-                series.prune(start)
-                if not series:
-                    empty.append(key)
-            for key in empty:
-                del table[key]
+        _prune(self.requests, start)
+        _prune(self.buckets, start)
         self.errors &= self.requests.keys()
+
+
+Key = TypeVar("Key")
+
+
+def _prune(table: dict[Key, CounterSeries], start: float) -> None:
+    empty = []
+    for key, series in table.items():
+        series.prune(start)
+        if not series:
+            empty.append(key)
+    for key in empty:
+        del table[key]
 
 
 def figures(targets: Iterable[TargetWindow], end: float, window: float, q: float = 0.99) -> Figures:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 
@@ -21,15 +22,16 @@ from services.orchestrator.drivers import make_driver
 from services.orchestrator.rollout import Decision, RecordStore, Rollout
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import (
+    AnyPayload,
     CanaryRequested,
     ChaosRequested,
     CommandRejected,
+    DecisionMade,
     DecisionRequested,
     DeployFailed,
     DeployRequested,
     Event,
     OperationFailed,
-    Payload,
     RollbackRequested,
     TeardownRequested,
 )
@@ -55,7 +57,7 @@ class BusGate:
     ctx: Context
     timeout: float
 
-    async def decide(self, domain: str, data: dict) -> Decision | None:
+    async def decide(self, domain: str, data: dict[str, Any]) -> Decision | None:
         try:
             reply = await self.ctx.request(
                 streams.GATEKEEPER_INBOX, DecisionRequested(domain=domain, input=data),
@@ -65,22 +67,24 @@ class BusGate:
             log.warning("no %s decision from the gatekeeper within %.1fs", domain, self.timeout)
             return None
         made = reply.payload
-        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)  # type: ignore[attr-defined]
+        if not isinstance(made, DecisionMade):  # `expect` lets only decision.made through
+            return None
+        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)
 
 
 def emitter(
     ctx: Context, cause: Event | None, correlation_id: str | None = None
-) -> Callable[[Payload], Awaitable[None]]:
+) -> Callable[[AnyPayload], Awaitable[None]]:
     """Events of a command carry its correlation id; a tick continues the stored command's."""
 
-    async def emit(payload: Payload) -> None:
+    async def emit(payload: AnyPayload) -> None:
         await ctx.emit(payload, cause=cause, correlation_id=correlation_id)
 
     return emit
 
 
 async def open_rollout(
-    ctx: Context, project: str, emit: Callable[[Payload], Awaitable[None]],
+    ctx: Context, project: str, emit: Callable[[AnyPayload], Awaitable[None]],
     manifest: Manifest | None = None, root: str | None = None,
 ) -> Rollout:  # fmt: skip
     """The project's rollout: its record (rebuilt from runtime labels if Redis lost it)."""
@@ -138,7 +142,7 @@ async def run_command(
         await emit(_failed(command, f"{type(exc).__name__}: {exc}"))
 
 
-def _failed(command: str, error: str) -> Payload:
+def _failed(command: str, error: str) -> AnyPayload:
     return DeployFailed(error=error) if command == "deploy" else OperationFailed(command=command, error=error)
 
 
@@ -183,7 +187,7 @@ async def on_rollback(event: Event, ctx: Context) -> None:
 async def on_teardown(event: Event, ctx: Context) -> None:
     payload: TeardownRequested = event.payload  # type: ignore[assignment]
     lost = payload.manifest is not None and await RecordStore(ctx.bus.redis).load(payload.project) is None
-    manifest = validate_manifest(payload.manifest) if lost else None
+    manifest = validate_manifest(payload.manifest) if lost and payload.manifest is not None else None
     run = lambda r: operations.Teardown(r).run()  # noqa: E731
     await run_command(event, ctx, "teardown", payload.project, run, manifest, payload.root if lost else None)
 
@@ -197,7 +201,7 @@ async def on_chaos(event: Event, ctx: Context) -> None:
 
 async def _project(event: Event, ctx: Context, command: str) -> str | None:
     """The project a command names, or the only deployed one; else reject the command."""
-    named = getattr(event.payload, "project", None)
+    named: str | None = getattr(event.payload, "project", None)
     if named:
         return named
     projects = await RecordStore(ctx.bus.redis).projects()

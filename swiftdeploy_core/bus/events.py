@@ -21,6 +21,8 @@ ChaosMode = Literal["none", "slow", "error"]
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    type: str  # each payload narrows it to its own Literal event type
+
 
 # --- control plane -----------------------------------------------------------------------------
 
@@ -462,13 +464,11 @@ class Event(BaseModel):
                 raise ValueError(f"envelope type {data['type']!r} does not match payload {ptype!r}")
         return data
 
-    def caused(self, payload: Payload, source: Source, id: str | None = None) -> Event:
+    def caused(self, payload: AnyPayload, source: Source, id: str | None = None) -> Event:
         """A new event that follows from this one: same correlation id, causation = this id
         (and the given `id`, when the new event's id must be stable)."""
-        return Event(
-            payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id,
-            **({"id": id} if id else {}),
-        )  # fmt: skip
+        stable: dict[str, Any] = {"id": id} if id else {}
+        return Event(payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id, **stable)
 
     def to_json(self) -> str:
         return self.model_dump_json()

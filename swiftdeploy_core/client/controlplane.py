@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import BaseModel
@@ -112,7 +113,7 @@ def up(settings: Settings, scale: dict[str, int], timeout: float = 30.0) -> tupl
         raise
 
 
-def _wait_healthy(settings: Settings, proc: subprocess.Popen, replicas: int, timeout: float) -> PlaneState:
+def _wait_healthy(settings: Settings, proc: subprocess.Popen[bytes], replicas: int, timeout: float) -> PlaneState:
     deadline = time.monotonic() + timeout
     where = state_dir(settings) / "logs"
     while time.monotonic() < deadline:
@@ -141,7 +142,7 @@ def status(state: PlaneState | None, redis_url: str | None = None) -> list[Repli
     import redis
 
     url = redis_url or (state.redis_url if state else None)
-    beats: dict[str, dict] = {}
+    beats: dict[str, dict[str, Any]] = {}
     if url:
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         with contextlib.suppress(redis.RedisError), contextlib.closing(client):
@@ -218,7 +219,8 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 def _free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _wait_port(port: int, timeout: float) -> None:
@@ -237,8 +239,8 @@ class Supervisor:
         self.settings, self.scale = settings, scale
         self.dir = state_dir(settings)
         self.logs = self.dir / "logs"
-        self.redis: subprocess.Popen | None = None
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.crashes: dict[str, list[float]] = {}
         self.stopping = False
         host = socket.gethostname()
@@ -328,7 +330,7 @@ class Supervisor:
             (self.dir / STATE_FILE).unlink()
 
 
-def _wait_or_kill(procs: list[subprocess.Popen], timeout: float) -> None:
+def _wait_or_kill(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for proc in procs:
         try:

@@ -57,7 +57,9 @@ class PolicyView(BaseModel):
         return cls(domain=domain, status="UNKNOWN", reasons=[reason], input=input or {})
 
     @classmethod
-    def decided(cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict) -> PolicyView:
+    def decided(
+        cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict[str, Any]
+    ) -> PolicyView:
         verdict: Verdict = "PASSING" if allow else "FAILING"
         return cls(domain=domain, status=verdict, allow=allow, reasons=reasons, decision_id=decision_id, input=input)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.describe import describe_event
@@ -43,7 +43,10 @@ HISTORY_SCANNED = 400
 QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot", "audit.rendered"}
 
 
-async def _get_model(bus: Bus, key: str, model: type) -> Any:
+Record = TypeVar("Record", bound=BaseModel)
+
+
+async def _get_model(bus: Bus, key: str, model: type[Record]) -> Record | None:
     raw = await bus.redis.get(key)
     if raw is None:
         return None
@@ -70,9 +73,9 @@ async def probe_health(urls: list[str]) -> dict[str, bool | None]:
     return dict(zip(urls, answers))
 
 
-def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> dict[str, dict | str]:
+def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> dict[str, dict[str, Any] | str]:
     """Each domain's decision input, or the reason there is none yet."""
-    inputs: dict[str, dict | str] = {}
+    inputs: dict[str, dict[str, Any] | str] = {}
     if host is None:
         inputs["infra"] = "no host stats from the collector yet"
     else:
@@ -89,7 +92,7 @@ def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> di
 
 
 async def _ask(
-    bus: Bus, source: Source, correlation: str, domain: str, figures: dict, timeout: float
+    bus: Bus, source: Source, correlation: str, domain: str, figures: dict[str, Any], timeout: float
 ) -> DecisionMade | None:
     request = Event(payload=DecisionRequested(domain=domain, input=figures), source=source, correlation_id=correlation)
     try:
@@ -100,7 +103,7 @@ async def _ask(
 
 
 async def ask_policies(
-    bus: Bus, source: Source, correlation: str, inputs: dict[str, dict | str], timeout: float
+    bus: Bus, source: Source, correlation: str, inputs: dict[str, dict[str, Any] | str], timeout: float
 ) -> dict[str, PolicyView]:
     """Ask the gatekeeper for every domain at once. Replies share one correlation id, so a reply
     may reach the other domain's waiter: they are matched to domains by their own `domain`."""
@@ -121,7 +124,7 @@ async def ask_policies(
 
 async def recent_events(bus: Bus) -> list[EventLine]:
     lines: list[EventLine] = []
-    for _, fields in await bus.redis.xrevrange(streams.EVENTS, count=EVENTS_SCANNED):
+    for _, fields in await bus.redis.xrevrange(streams.EVENTS, count=EVENTS_SCANNED) or []:
         event = _decode(fields)
         if event is None or event.type in QUIET_TYPES:
             continue
@@ -131,8 +134,8 @@ async def recent_events(bus: Bus) -> list[EventLine]:
     return lines
 
 
-def _decode(fields: dict) -> Event | None:
-    raw = fields.get(B_EVENT)
+def _decode(fields: dict[bytes | str, bytes | str] | None) -> Event | None:
+    raw = fields.get(B_EVENT) if fields else None
     try:
         return Event.from_json(raw) if raw is not None else None
     except (ValidationError, ValueError):
@@ -141,7 +144,7 @@ def _decode(fields: dict) -> Event | None:
 
 async def metrics_history(bus: Bus, project: str, track: str) -> list[MetricsSnapshot]:
     found: list[MetricsSnapshot] = []
-    for _, fields in await bus.redis.xrevrange(streams.METRICS, count=HISTORY_SCANNED):
+    for _, fields in await bus.redis.xrevrange(streams.METRICS, count=HISTORY_SCANNED) or []:
         event = _decode(fields)
         snapshot = event.payload if event is not None else None
         if isinstance(snapshot, MetricsSnapshot) and snapshot.project == project and snapshot.track == track:

@@ -58,6 +58,13 @@ class CheckContext:
     settings: Settings
     loaded: LoadedManifest | None = None
 
+    @property
+    def loaded_manifest(self) -> LoadedManifest:
+        """The loaded manifest, for a check that returned `needs_manifest`'s line first."""
+        if self.loaded is None:
+            raise RuntimeError("the manifest is not loaded: return needs_manifest(name, context) first")
+        return self.loaded
+
 
 Check = Callable[[CheckContext], CheckResult]
 CHECKS: list[Check] = []
@@ -112,15 +119,17 @@ def generated_files(context: CheckContext) -> CheckResult:
     name = "generated files"
     if blocked := needs_manifest(name, context):
         return blocked
-    folder = generated_dir(context.loaded)
-    expected = render_all(context.loaded)
-    problems = [p for p in (_compare(folder / n, expected[n], context.loaded.sha256) for n in GENERATED_FILES) if p]
+    folder = generated_dir(context.loaded_manifest)
+    expected = render_all(context.loaded_manifest)
+    problems = [
+        p for p in (_compare(folder / n, expected[n], context.loaded_manifest.sha256) for n in GENERATED_FILES) if p
+    ]
     if problems:
         return CheckResult(name=name, ok=False, reason=f"{'; '.join(problems)}; run `swiftdeploy init`")
     return CheckResult(
         name=name,
         ok=True,
-        reason=f"{len(expected)} files in {folder} match the manifest (sha256 {context.loaded.sha256[:12]})",
+        reason=f"{len(expected)} files in {folder} match the manifest (sha256 {context.loaded_manifest.sha256[:12]})",
     )
 
 
@@ -141,7 +150,7 @@ def nginx_config(context: CheckContext) -> CheckResult:
     name = "nginx config (nginx -t)"
     if blocked := needs_manifest(name, context):
         return blocked
-    conf = generated_dir(context.loaded) / NGINX_CONF
+    conf = generated_dir(context.loaded_manifest) / NGINX_CONF
     binary = nginx_binary()
     if not conf.is_file():
         return CheckResult(name=name, ok=False, reason=f"{conf} is missing; run `swiftdeploy init`")
@@ -163,7 +172,7 @@ def compose_file(context: CheckContext) -> CheckResult:
     name = "compose file (docker-compose config)"
     if blocked := needs_manifest(name, context):
         return blocked
-    compose = generated_dir(context.loaded) / COMPOSE_FILE
+    compose = generated_dir(context.loaded_manifest) / COMPOSE_FILE
     if not compose.is_file():
         return CheckResult(name=name, ok=False, reason=f"{compose} is missing; run `swiftdeploy init`")
     ok, output = _run(["docker-compose", "-f", str(compose), "config", "-q"], cwd=compose.parent)
@@ -177,7 +186,7 @@ def nginx_port_free(context: CheckContext) -> CheckResult:
     name = "nginx port free"
     if blocked := needs_manifest(name, context):
         return blocked
-    port = context.loaded.manifest.nginx.port
+    port = context.loaded_manifest.manifest.nginx.port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -192,7 +201,7 @@ def runtime_reachable(context: CheckContext) -> CheckResult:
     name = "runtime reachable"
     if blocked := needs_manifest(name, context):
         return blocked
-    if context.loaded.manifest.runtime is Runtime.process:
+    if context.loaded_manifest.manifest.runtime is Runtime.process:
         binary = nginx_binary()
         if binary is None:
             return CheckResult(
@@ -212,7 +221,7 @@ async def _docker_version() -> str:
 
     docker = aiodocker.Docker()
     try:
-        return (await docker.version()).get("Version", "?")
+        return str((await docker.version()).get("Version", "?"))
     finally:
         await docker.close()
 

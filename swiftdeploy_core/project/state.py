@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,7 +56,7 @@ class RolloutState(BaseModel):
     phase: Phase = Phase.empty
     runtime: str = "docker"
     root: str = ""  # the manifest's folder
-    manifest: dict = {}
+    manifest: dict[str, Any] = {}
     stable: TrackState | None = None
     canary: TrackState | None = None
     step: int = -1  # index into canary.steps; -1 before the first step

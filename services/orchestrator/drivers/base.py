@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from swiftdeploy_core.bus.events import Track
 from swiftdeploy_core.errors import RuntimeDriverError
 from swiftdeploy_core.project.manifest import Manifest
 from swiftdeploy_core.project.state import Instance
@@ -41,7 +42,7 @@ class InstanceSpec(BaseModel):
 
     name: str
     project: str
-    track: str
+    track: Track
     version: str
     image: str
     port: int  # the port the workload listens on inside its container (docker)

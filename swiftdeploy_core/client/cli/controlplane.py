@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from swiftdeploy_core.settings import load_settings
+
+if TYPE_CHECKING:
+    from swiftdeploy_core.client.controlplane import ReplicaStatus
 
 
 def up(
@@ -73,7 +76,7 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
     typer.echo(f"stopped {len(pids)} processes" if pids else "nothing was running")
 
 
-def _print_rows(rows: list) -> None:
+def _print_rows(rows: list[ReplicaStatus]) -> None:
     if not rows:
         typer.echo("no replicas")
         return

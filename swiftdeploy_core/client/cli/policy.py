@@ -68,7 +68,8 @@ def read_input(text: str | None, file: Path | None) -> dict[str, Any]:
         fail(
             f"{where} must be a JSON object such as '{{\"cpu_load\": 1.5}}' (got {type(document).__name__})", EXIT_USAGE
         )
-    return json_safe(document)  # NaN reaches the gatekeeper as "NaN", not as null
+    safe: dict[str, Any] = json_safe(document)
+    return safe  # NaN reaches the gatekeeper as "NaN", not as null
 
 
 async def ask(settings: Any, domain: str, document: dict[str, Any], timeout: float) -> dict[str, Any]:
