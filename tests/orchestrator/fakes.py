@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
@@ -198,9 +198,9 @@ class ScriptedGate:
 
     def __init__(self, *answers: bool) -> None:
         self.answers = list(answers)
-        self.asked: list[tuple[str, dict]] = []
+        self.asked: list[tuple[str, dict[str, Any]]] = []
 
-    async def decide(self, domain: str, data: dict) -> Decision | None:
+    async def decide(self, domain: str, data: dict[str, Any]) -> Decision | None:
         self.asked.append((domain, data))
         allow = self.answers.pop(0) if self.answers else True
         return Decision(allow, [] if allow else ["error_rate 50.0% exceeds 1.0%"], f"d{len(self.asked)}")
