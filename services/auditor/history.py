@@ -11,9 +11,13 @@ take turns. Under the lock the Redis claim key for the event says what happened 
   disk); the file from that offset is searched for the event id, and the line appended only if
   it is not there.
 
-A line is written with one `os.write` on an `O_APPEND` descriptor and flushed (fsync when
-configured). A failed or short write is truncated back to where the line began, so the file never
-holds a torn line; the error is raised as `HistoryWriteError` and the event stays pending.
+Lines are group-committed: those staged while a write is under way go to the file together, in
+staging order, with one `os.write` on an `O_APPEND` descriptor and one fsync (when configured),
+after one claim round trip for the whole batch. A failed or short write is truncated back to
+where the batch began, so the file never holds a torn line; the error is raised as
+`HistoryWriteError` to every line of the batch, and their events stay pending. A crash mid-write
+leaves at most a torn last line, cut before the next append; the batch's claims are all
+`pending:<offset>`, so a redelivery finds the complete lines and writes only the missing ones.
 """
 
 from __future__ import annotations
@@ -42,13 +46,28 @@ LOCK_POLL_SECONDS = 0.005
 TAIL_CHUNK = 8192
 WRITTEN = b"written"
 PENDING = b"pending:"
-# The claim in one round trip: returns the earlier claim (`written` or `pending:<offset>`), or
-# nil after claiming the event fresh with ARGV[1] (`pending:<file size>`) for ARGV[2] seconds.
+# A batch's claims in one round trip: for each key, the earlier claim (`written` or
+# `pending:<offset>`), or nil after claiming it fresh with ARGV[1] (`pending:<file size>`) for
+# ARGV[2] seconds.
 CLAIM_SCRIPT = """
-local earlier = redis.call('GET', KEYS[1])
-if earlier then return earlier end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return nil
+local out = {}
+for i, key in ipairs(KEYS) do
+  local earlier = redis.call('GET', key)
+  if earlier then
+    out[i] = earlier
+  else
+    redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
+    out[i] = false
+  end
+end
+return out
+"""
+# After the write: every written key becomes `written` (ARGV[1] seconds) and ARGV[2] the head.
+# KEYS[1] is the head key, the rest the claims.
+WRITTEN_SCRIPT = """
+for i = 2, #KEYS do redis.call('SET', KEYS[i], 'written', 'EX', ARGV[1]) end
+redis.call('SET', KEYS[1], ARGV[2])
+return #KEYS - 1
 """
 
 
@@ -62,6 +81,16 @@ def history_id(path: Path) -> str:
 
 
 CLAIM_TTL_S = 7 * 24 * 3600  # how long an event id's claim is remembered: redeliveries come far sooner
+MAX_BATCH = 256  # lines in one group commit: bounds one write, one claim round trip and one fsync
+
+
+@dataclass
+class Staged:
+    """A line waiting for the next group commit."""
+
+    event_id: str
+    entry: dict[str, Any]
+    future: asyncio.Future[bool]
 
 
 @dataclass
@@ -72,13 +101,16 @@ class HistoryWriter:
     redis: aioredis.Redis
     fsync: bool = True
     claim_ttl: int = CLAIM_TTL_S
+    max_batch: int = MAX_BATCH
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self._id = history_id(self.path)
         self._lock = asyncio.Lock()
-        self._inflight: set[asyncio.Task[bool]] = set()
+        self._staged: list[Staged] = []
+        self._flusher: asyncio.Future[None] | None = None
         self._claim = self.redis.register_script(CLAIM_SCRIPT)
+        self._written = self.redis.register_script(WRITTEN_SCRIPT)
 
     @property
     def head_key(self) -> str:
@@ -92,38 +124,74 @@ class HistoryWriter:
     async def append(self, event_id: str, entry: dict[str, Any]) -> bool:
         """Append one line for `event_id` unless it is already there. True when a line was written.
 
-        Shielded: a cancelled caller (shutdown) never interrupts a write halfway; the append
-        finishes in the background and the event is acknowledged on its redelivery.
+        Group commit: lines staged while a write is in progress go to the file together, with
+        one write and one fsync, in the order they were staged. The caller returns only once its
+        line is durable. Shielded: a cancelled caller (shutdown) never interrupts a write
+        halfway; the batch finishes in the background and the event is acknowledged on its
+        redelivery.
         """
-        task = asyncio.ensure_future(self._append(event_id, entry))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return await asyncio.shield(task)
+        return await asyncio.shield(self.stage(event_id, entry))
 
-    async def _append(self, event_id: str, entry: dict[str, Any]) -> bool:
-        key = streams.audit_claim_key(self._id, event_id)
+    def stage(self, event_id: str, entry: dict[str, Any]) -> asyncio.Future[bool]:
+        """Queue a line without waiting (callers that must keep an order stage in that order);
+        the future resolves once the batch holding it is durable, or fails with its error."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._staged.append(Staged(event_id, entry, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_staged())
+        return future
+
+    async def _flush_staged(self) -> None:
+        """Write what is staged, batch after batch, until nothing is left."""
+        while self._staged:
+            batch, self._staged = self._staged[: self.max_batch], self._staged[self.max_batch :]
+            try:
+                written = await self._append_batch(batch)
+            except BaseException as exc:  # every waiter learns what happened to its line
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for item, done in zip(batch, written):
+                if not item.future.done():
+                    item.future.set_result(done)
+
+    async def _append_batch(self, batch: list[Staged]) -> list[bool]:
+        """One claim round trip, one write and one fsync for the whole batch."""
+        keys = [streams.audit_claim_key(self._id, item.event_id) for item in batch]
         async with self._locked() as fd:
             pending = PENDING + str(os.fstat(fd).st_size).encode()
-            claim = await self._claim(keys=[key], args=[pending, self.claim_ttl])  # one round trip
-            if claim == WRITTEN:
-                log.info("= %s is already in the history (a redelivery); no new line", event_id)
-                return False
-            if claim is not None:  # pending from an attempt that stopped: is its line there?
-                offset = int(claim[len(PENDING) :] or 0)
-                if await asyncio.to_thread(_contains_event, fd, event_id, offset):
-                    log.info("= %s was written before its writer stopped; no new line", event_id)
-                    await self.redis.set(key, WRITTEN, ex=self.claim_ttl)
-                    return False
-                await self.redis.set(key, pending, ex=self.claim_ttl)
-            if self.fsync:  # an fsync can take milliseconds: keep it off the event loop
-                digest = await asyncio.to_thread(_append_line, fd, self.path, entry, True)
-            else:
-                digest = _append_line(fd, self.path, entry, False)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, WRITTEN, ex=self.claim_ttl)
-                pipe.set(self.head_key, digest)
-                await pipe.execute()
+            claims = await self._claim(keys=keys, args=[pending, self.claim_ttl])
+            todo: list[int] = []
+            seen: set[str] = set()
+            for n, (item, claim) in enumerate(zip(batch, claims)):
+                if item.event_id in seen or claim == WRITTEN:
+                    log.info("= %s is already in the history (a redelivery); no new line", item.event_id)
+                elif claim is not None and await self._written_before(fd, keys[n], item.event_id, claim, pending):
+                    log.info("= %s was written before its writer stopped; no new line", item.event_id)
+                else:
+                    todo.append(n)
+                seen.add(item.event_id)
+            if todo:
+                entries = [batch[n].entry for n in todo]
+                if self.fsync:  # an fsync can take milliseconds: keep it off the event loop
+                    digest = await asyncio.to_thread(_append_lines, fd, self.path, entries, True)
+                else:
+                    digest = _append_lines(fd, self.path, entries, False)
+                await self._written(keys=[self.head_key, *(keys[n] for n in todo)], args=[self.claim_ttl, digest])
+            wrote = set(todo)
+            return [n in wrote for n in range(len(batch))]
+
+    async def _written_before(self, fd: int, key: str, event_id: str, claim: bytes, pending: bytes) -> bool:
+        """A `pending:<offset>` claim from an attempt that stopped: is its line there?"""
+        offset = int(claim[len(PENDING) :] or 0)
+        if await asyncio.to_thread(_contains_event, fd, event_id, offset):
+            await self.redis.set(key, WRITTEN, ex=self.claim_ttl)
             return True
+        await self.redis.set(key, pending, ex=self.claim_ttl)
+        return False
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[int]:
@@ -149,22 +217,28 @@ def _open(path: Path) -> int:
         raise HistoryWriteError(f"cannot open the history {path}: {exc.strerror or exc}") from None
 
 
-def _append_line(fd: int, path: Path, entry: dict[str, Any], fsync: bool) -> str:
-    """Chain `entry` to the file's last line and append it whole, or leave the file as it was."""
+def _append_lines(fd: int, path: Path, entries: list[dict[str, Any]], fsync: bool) -> str:
+    """Chain `entries` to the file's last line and append them in one write, or leave the file as
+    it was; returns the digest of the last line written."""
     size = _drop_torn_tail(fd, path)
     prev = _last_digest(fd, size)
-    line = encode_line(entry, prev)
+    lines = []
+    for entry in entries:
+        line = encode_line(entry, prev)
+        lines.append(line)
+        prev = line_digest(line)
+    blob = b"".join(lines)
     try:
-        written = os.write(fd, line)
-        if written != len(line):
-            raise OSError(f"short write ({written} of {len(line)} bytes)")
+        written = os.write(fd, blob)
+        if written != len(blob):
+            raise OSError(f"short write ({written} of {len(blob)} bytes)")
         if fsync:
             os.fsync(fd)
     except OSError as exc:
         _truncate(fd, size, path)
         reason = exc.strerror or str(exc)
-        raise HistoryWriteError(f"cannot append to the history {path}: {reason}") from None
-    return line_digest(line)
+        raise HistoryWriteError(f"cannot append to the history {path}: {reason}") from exc
+    return prev
 
 
 def _truncate(fd: int, size: int, path: Path) -> None:

@@ -36,6 +36,9 @@ AUDITED = tuple(t for t in EVENT_TYPES if t not in NOT_AUDITED)
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 ERROR_EVERY_S = 30.0
+# The mode another replica set is read again after this long; this replica's own changes apply
+# at once. Without it, every line would wait for a Redis round trip in turn.
+MODE_FRESH_S = 0.05
 
 log = logging.getLogger("swiftdeploy.auditor")
 
@@ -71,6 +74,8 @@ class Auditor:
         self.settings = settings
         self.place = Place.from_settings(settings)
         self.writer: HistoryWriter | None = None
+        self._order = asyncio.Lock()
+        self._mode: tuple[str, float] | None = None  # (mode, when read): see mode_now
 
     async def start(self, ctx: Context) -> None:
         self.writer = HistoryWriter(
@@ -89,34 +94,47 @@ class Auditor:
         key = streams.audit_mode_key(self.place.project)
         if isinstance(event.payload, ModeChanged):
             await ctx.bus.redis.set(key, event.payload.mode)
+            self._mode = (event.payload.mode, time.monotonic())
             return event.payload.mode
+        if self._mode is not None and time.monotonic() - self._mode[1] < MODE_FRESH_S:
+            return self._mode[0]
         known = await ctx.bus.redis.get(key)
         if known:
-            return decode(known)
-        raw = await ctx.bus.redis.get(streams.rollout_key(self.place.project))
-        try:
-            return RolloutState.model_validate_json(raw).mode if raw else "stable"
-        except ValidationError:
-            return "stable"
+            mode = decode(known)
+        else:
+            raw = await ctx.bus.redis.get(streams.rollout_key(self.place.project))
+            try:
+                mode = RolloutState.model_validate_json(raw).mode if raw else "stable"
+            except ValidationError:
+                mode = "stable"
+        self._mode = (mode, time.monotonic())
+        return mode
 
     async def record(self, event: Event, ctx: Context) -> None:
-        """Append one line; while the file cannot take it, keep the entry pending and retry."""
+        """Append one line; while the file cannot take it, keep the entry pending and retry.
+
+        Handlers run side by side so their lines can share a group commit, but each takes its
+        mode and its place in the batch one at a time, in the order the worker started them
+        (stream order): the lock is fair."""
         assert self.writer is not None
-        entry = history_entry(event, await self.mode_now(event, ctx))
+        async with self._order:
+            entry = history_entry(event, await self.mode_now(event, ctx))
+            line = self.writer.stage(event.id, entry)
         deadline = time.monotonic() + self.settings.audit_write_patience
         delay, last_logged = RETRY_FIRST_S, 0.0
         while True:
             try:
-                await self.writer.append(event.id, entry)
+                await asyncio.shield(line)
                 return
             except HistoryWriteError as exc:
                 if time.monotonic() - last_logged >= ERROR_EVERY_S:
                     log.error("! %s; event %s (%s) stays pending and is retried", exc, event.id, event.type)
                     last_logged = time.monotonic()
                 if time.monotonic() + delay > deadline:
-                    raise Retry(str(exc)) from None
+                    raise Retry(str(exc)) from exc
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
+            line = self.writer.stage(event.id, entry)
 
     async def render(self, event: Event, ctx: Context) -> None:
         """`audit.requested`: verify the chain, render the report (unless only verifying), reply."""
@@ -162,7 +180,8 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def build_spec(settings: Settings) -> ServiceSpec:
     """The auditor as the worker runs it."""
-    auditor = Auditor(AuditorSettings.from_settings(settings))
+    auditor_settings = AuditorSettings.from_settings(settings)
+    auditor = Auditor(auditor_settings)
     handlers = {kind: auditor.record for kind in AUDITED}
     handlers["audit.requested"] = auditor.render
     return ServiceSpec(
@@ -170,4 +189,5 @@ def build_spec(settings: Settings) -> ServiceSpec:
         streams=[streams.EVENTS, streams.AUDITOR_INBOX],
         handlers=handlers,
         on_start=auditor.start,
+        concurrency=auditor_settings.audit_concurrency,
     )

@@ -55,7 +55,7 @@ class Outcome:
         return self.scrape is not None
 
 
-Entry = tuple[str, Labels, BucketKey | None, float]  # (sample name, labels, bucket key for a bucket, value)
+Entry = tuple[str, Labels, float | None, float]  # (sample name, labels without le, le, value)
 
 
 class LineCache:
@@ -103,8 +103,8 @@ def parse(text: str, at: float) -> Scrape:
 
 
 def _entry(name: str, labels: dict[str, str], value: float) -> Entry:
-    series = labels_of(labels)
-    return name, series, (series, float(labels["le"])) if name == BUCKETS else None, value
+    le = float(labels["le"]) if name == BUCKETS else None
+    return name, labels_of(labels), le, value
 
 
 # Requests the control plane itself makes (scrapes, health probes, chaos injections) are not
@@ -121,13 +121,13 @@ def _scrape(at: float, entries: Iterable[Entry]) -> Scrape:
     requests: dict[Labels, float] = {}
     buckets: dict[BucketKey, float] = {}
     chaos: int | None = None
-    for name, labels, bucket, value in entries:
+    for name, labels, le, value in entries:
         if name in (REQUESTS, BUCKETS) and _operational(labels):
             continue
         if name == REQUESTS:
             requests[labels] = value
-        elif bucket is not None:
-            buckets[bucket] = value
+        elif name == BUCKETS and le is not None:
+            buckets[(labels, le)] = value
         elif name == CHAOS:
             chaos = int(value)
     return Scrape(at=at, requests=requests, buckets=buckets, chaos=chaos)

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -144,11 +145,12 @@ class Collector:
 
     async def _publish(self, report: CycleReport, hosts: dict[str, HostStats]) -> None:
         redis, ttl = self.ctx.bus.redis, self.config.ttl_ms
+        taken = datetime.now(UTC)
         for event in report.events:
             await self.ctx.emit(event)
         async with redis.pipeline(transaction=False) as pipe:
             for snapshot in report.snapshots:
-                snapshot = snapshot.model_copy(update={"host": hosts.get(snapshot.project)})
+                snapshot = snapshot.model_copy(update={"host": hosts.get(snapshot.project), "at": taken})
                 await self.ctx.emit(snapshot, stream=streams.METRICS)
                 pipe.set(
                     streams.latest_snapshot_key(snapshot.project, snapshot.track), snapshot.model_dump_json(), px=ttl

@@ -218,28 +218,38 @@ async def _project(event: Event, ctx: Context, command: str) -> str | None:
 
 
 async def analysis_loop(ctx: Context) -> None:
-    """Tick every analysed rollout once per its `canary.interval`."""
+    """Tick every analysed rollout when a new canary snapshot lands, and at least once per its
+    `canary.interval`."""
     store = RecordStore(ctx.bus.redis)
     while True:
         with contextlib.suppress(*CONNECTION_ERRORS):
             for project in await store.projects():
                 record = await store.load(project)
-                if record is not None and record.phase in phases.ANALYSED and _due(record):
+                if record is not None and record.phase in phases.ANALYSED and await _due(store, record):
                     with contextlib.suppress(OperationInProgress):  # a command has it: next pass
                         await tick(ctx, project)
         await asyncio.sleep(LOOP_PAUSE)
 
 
-def _due(record: RolloutState) -> bool:
+async def _due(store: RecordStore, record: RolloutState) -> bool:
+    """An interval since the last tick, or new figures and half an interval since the last tick:
+    a bad canary is judged as soon as the collector has it (a timer alone can lag a whole
+    interval), while steps still never move faster than the figures do."""
     interval = validate_manifest(record.manifest).canary.interval
-    return (datetime.now(UTC) - record.updated_at).total_seconds() >= interval
+    since = (datetime.now(UTC) - record.updated_at).total_seconds()
+    if since >= interval:
+        return True
+    if since < interval / 2:
+        return False
+    snapshot = await store.snapshot(record.project, "canary")
+    return snapshot is not None and snapshot.at is not None and snapshot.at != record.analysed_at
 
 
 async def tick(ctx: Context, project: str) -> None:
     """One analysis tick under the lock (skipped when a command holds it)."""
     async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance):
         record = await RecordStore(ctx.bus.redis).load(project)
-        if record is None or record.phase not in phases.ANALYSED or not _due(record):
+        if record is None or record.phase not in phases.ANALYSED or not await _due(RecordStore(ctx.bus.redis), record):
             return
         rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id))
         try:

@@ -325,6 +325,7 @@ class MetricsSnapshot(Payload):
     targets: list[str] = []
     targets_up: int = 0
     host: HostStats | None = None
+    at: datetime | None = None  # when the collector published it: the orchestrator analyses each once
 
 
 class TargetDown(Payload):

@@ -61,6 +61,7 @@ class RolloutState(BaseModel):
     canary: TrackState | None = None
     step: int = -1  # index into canary.steps; -1 before the first step
     consecutive_failures: int = 0
+    analysed_at: datetime | None = None  # the `at` of the last canary snapshot analysed
     last_reasons: list[str] = []
     router_url: str | None = None  # the public entry (nginx), e.g. http://127.0.0.1:8080
     # The command whose events the rollout's later ticks continue (so `promote canary --wait`
