@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from swiftdeploy_core.limits import EVENT_MAX_DEPTH, check_json_text
+
 Track = Literal["stable", "canary"]
 ModeName = Literal["stable", "canary"]
 ChaosMode = Literal["none", "slow", "error"]
@@ -475,4 +477,6 @@ class Event(BaseModel):
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:
+        """Decode an envelope; a ValueError (`InputTooLarge` first, before parsing) if it is not one."""
+        check_json_text(raw, EVENT_MAX_DEPTH, None, what="the event")
         return cls.model_validate_json(raw)
