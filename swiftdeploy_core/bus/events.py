@@ -377,6 +377,7 @@ class AuditRendered(Payload):
     chain_ok: bool = True
     first_bad_line: int | None = None
     problem: str | None = None
+    repairs: list[str] = []  # torn tails the auditor recovered (the chain is valid, but not untouched)
 
 
 AnyPayload = Annotated[
