@@ -164,6 +164,8 @@ class HistoryWriter:
 
     async def _recover(self, fd: int) -> TornTail | None:
         """Under the lock: move a torn tail aside, record the repair, write its events again."""
+        if not _is_torn(fd):  # the common case, two syscalls: no thread hop on every append
+            return None
         torn = await asyncio.to_thread(_move_torn_tail, fd, self.path)
         if torn is None:
             return None
@@ -185,7 +187,7 @@ class HistoryWriter:
             if isinstance(event.payload, ModeChanged):
                 mode = event.payload.mode
             key = streams.audit_claim_key(self._id, event.id)
-            if await self.redis.get(key) is None:
+            if event.id not in torn.event_ids and await self.redis.get(key) is None:
                 continue  # nobody has taken it yet: its own delivery writes it
             await self._write(fd, key, history_entry(event, torn.mode_of.get(event.id, mode)))
             present.add(event.id)
@@ -268,11 +270,16 @@ class TornTail:
                 "event_ids": list(self.event_ids), "event_id": self.line_id}  # fmt: skip
 
 
+def _is_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
 def _move_torn_tail(fd: int, path: Path) -> TornTail | None:
     """Move an unterminated last line to a recovery file beside the history and cut it off."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+    if not _is_torn(fd):
         return None
+    size = os.fstat(fd).st_size
     tail = _read_tail(fd, size)
     keep = size - len(tail) + tail_digest(tail)[1]
     fragment = os.pread(fd, size - keep, keep)
@@ -316,7 +323,7 @@ def _drop_torn_tail(fd: int, path: Path) -> int:
     """The file's size, after cutting an unterminated tail that `_recover` did not see (it always
     runs first under the same lock, so this only guards the format); logged loudly."""
     size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+    if not _is_torn(fd):
         return size
     tail = _read_tail(fd, size)
     keep = size - len(tail) + tail_digest(tail)[1]
