@@ -133,8 +133,7 @@ def up(settings: Settings, scale: dict[str, int], timeout: float = 30.0) -> tupl
     started again on the same data folder."""
     existing = read_state(settings)
     if existing is not None:
-        rows = status(existing)
-        if rows and all(r.status == "healthy" for r in rows):
+        if _all_healthy(existing, status(existing)):
             return existing, "already running"
         with contextlib.suppress(ControlPlaneDown):
             return _wait_healthy(settings, None, len(existing.replicas), min(timeout, REPAIR_WAIT_S)), "repaired"
@@ -172,9 +171,7 @@ def _wait_healthy(settings: Settings, proc: subprocess.Popen | None, replicas: i
         if proc is not None and proc.poll() is not None:
             raise ControlPlaneDown(f"the control plane exited with {proc.returncode}; see {where}/supervisor.log")
         state = read_state(settings)
-        rows = status(state) if state is not None else []
-        served = [r for r in rows if r.service != REDIS_ROW]
-        if state is not None and all(r.status == "healthy" for r in rows) and len(served) == replicas:
+        if state is not None and len(state.replicas) == replicas and _all_healthy(state, status(state)):
             return state
         time.sleep(0.2)
     raise ControlPlaneDown(f"the services were not healthy within {timeout:g}s; see the logs in {where}")
@@ -192,6 +189,13 @@ class ReplicaStatus(BaseModel):
 
 
 REDIS_ROW = "redis"
+
+
+def _all_healthy(state: PlaneState, rows: list[ReplicaStatus]) -> bool:
+    """Whether everything this supervisor runs is healthy (replicas of other hosts do not count)."""
+    ours = {r.instance for r in state.replicas}
+    mine = [r for r in rows if r.instance in ours or r.service == REDIS_ROW]
+    return len(mine) == len(ours) + (1 if state.redis_pid else 0) and all(r.status == "healthy" for r in mine)
 
 
 def status(state: PlaneState | None, redis_url: str | None = None) -> list[ReplicaStatus]:
