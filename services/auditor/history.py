@@ -18,6 +18,12 @@ where the batch began, so the file never holds a torn line; the error is raised 
 `HistoryWriteError` to every line of the batch, and their events stay pending. A crash mid-write
 leaves at most a torn last line, cut before the next append; the batch's claims are all
 `pending:<offset>`, so a redelivery finds the complete lines and writes only the missing ones.
+
+A torn tail found anyway (power loss mid-write, a hand edit) is never just cut: under the lock its
+bytes are moved to a recovery file beside the history (`<name>.torn-<offset>-<time>`), a
+`history.recovered` line records the repair (offset, bytes, recovery file), and every event the
+history should hold but does not (claim `written` or `pending`, no line in the file) is read again
+from the events stream and written once more. See `recover_torn_tail`.
 """
 
 from __future__ import annotations
@@ -28,15 +34,28 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.auditor.chain import GENESIS, encode_line, line_digest, tail_digest
+from services.auditor.chain import (
+    GENESIS,
+    RECOVERED,
+    encode_line,
+    history_entry,
+    iso_utc,
+    line_digest,
+    parse_iso,
+    tail_digest,
+)
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import Event, ModeChanged
 from swiftdeploy_core.bus.wire import decode
 from swiftdeploy_core.errors import SwiftDeployError
 
@@ -70,6 +89,13 @@ redis.call('SET', KEYS[1], ARGV[2])
 return #KEYS - 1
 """
 
+RECOVERY_LOOKBACK_S = 600  # events this much older than the last good line are searched again
+_EVENT_ID = re.compile(rb'"event_id":"([^"\\]*)"')
+_FIELD = re.compile(rb'"(timestamp|mode)":"([^"\\]*)"')
+
+# Events on the bus from a time (ms since the epoch) on, the audited ones only, oldest first.
+Replay = Callable[[int], Awaitable[list[Event]]]
+
 
 class HistoryWriteError(SwiftDeployError):
     """A history line could not be appended (full disk, unwritable file); nothing was written."""
@@ -93,6 +119,7 @@ class Staged:
     future: asyncio.Future[bool]
 
 
+
 @dataclass
 class HistoryWriter:
     """Appends entries to one history file; safe across coroutines, processes and redeliveries."""
@@ -102,6 +129,7 @@ class HistoryWriter:
     fsync: bool = True
     claim_ttl: int = CLAIM_TTL_S
     max_batch: int = MAX_BATCH
+    replay: Replay | None = None  # where lost events are read again after a torn tail
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -162,6 +190,7 @@ class HistoryWriter:
         """One claim round trip, one write and one fsync for the whole batch."""
         keys = [streams.audit_claim_key(self._id, item.event_id) for item in batch]
         async with self._locked() as fd:
+            await self._recover(fd)
             pending = PENDING + str(os.fstat(fd).st_size).encode()
             claims = await self._claim(keys=keys, args=[pending, self.claim_ttl])
             todo: list[int] = []
@@ -192,6 +221,55 @@ class HistoryWriter:
             return True
         await self.redis.set(key, pending, ex=self.claim_ttl)
         return False
+
+    async def _write(self, fd: int, key: str, entry: dict[str, Any]) -> None:
+        """Append `entry` (under the lock) and confirm it: claim `written`, the head moved on."""
+        if self.fsync:  # an fsync can take milliseconds: keep it off the event loop
+            digest = await asyncio.to_thread(_append_lines, fd, self.path, [entry], True)
+        else:
+            digest = _append_lines(fd, self.path, [entry], False)
+        await self._written(keys=[self.head_key, key], args=[self.claim_ttl, digest])
+
+    async def recover_torn_tail(self) -> TornTail | None:
+        """Repair a torn last line now (the auditor does this at start); None when there was none."""
+        async with self._locked() as fd:
+            return await self._recover(fd)
+
+    async def _recover(self, fd: int) -> TornTail | None:
+        """Under the lock: move a torn tail aside, record the repair, write its events again."""
+        if not _is_torn(fd):  # the common case, two syscalls: no thread hop on every append
+            return None
+        torn = await asyncio.to_thread(_move_torn_tail, fd, self.path)
+        if torn is None:
+            return None
+        log.warning(
+            "! %s ended with a torn line (bytes %d..%d); moved it to %s and writing its events again from the bus",
+            self.path, torn.offset, torn.offset + torn.size, torn.recovery_file,
+        )  # fmt: skip
+        await self._write(fd, streams.audit_claim_key(self._id, torn.line_id), torn.entry())
+        if self.replay is None:
+            log.error("! no bus to replay from: the torn line's events are only in %s", torn.recovery_file)
+            return torn
+        since = torn.since_ms - RECOVERY_LOOKBACK_S * 1000
+        present = await asyncio.to_thread(_event_ids, fd)
+        rewritten: list[str] = []
+        mode = torn.mode_before
+        for event in await self.replay(since):
+            if event.id in present:  # at or before the last good line: its mode is mode_before's
+                continue
+            if isinstance(event.payload, ModeChanged):
+                mode = event.payload.mode
+            key = streams.audit_claim_key(self._id, event.id)
+            if event.id not in torn.event_ids and await self.redis.get(key) is None:
+                continue  # nobody has taken it yet: its own delivery writes it
+            await self._write(fd, key, history_entry(event, torn.mode_of.get(event.id, mode)))
+            present.add(event.id)
+            rewritten.append(event.id)
+        missing = [i for i in torn.event_ids if i not in present]
+        log.warning("! torn tail of %s recovered: %d event%s written again (%s)%s", self.path, len(rewritten),
+                    "" if len(rewritten) == 1 else "s", ", ".join(rewritten) or "none",
+                    f"; NOT on the bus any more: {', '.join(missing)} (see {torn.recovery_file})" if missing else "")  # fmt: skip
+        return torn
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[int]:
@@ -248,14 +326,87 @@ def _truncate(fd: int, size: int, path: Path) -> None:
         log.error("! could not cut a partial line from %s back to %d bytes: %s", path, size, exc)
 
 
-def _drop_torn_tail(fd: int, path: Path) -> int:
-    """Cut an unterminated last line (left by a crash mid-write, never acknowledged); new size."""
+@dataclass(frozen=True)
+class TornTail:
+    """A torn last line moved aside: where it began, how long it was, where its bytes are now."""
+
+    offset: int
+    size: int
+    recovery_file: Path
+    since_ms: int  # the last good line's (or the fragment's) time: replay from a while before it
+    mode_before: str  # the serving mode on the last good line
+    event_ids: tuple[str, ...]  # event ids legible in the fragment
+    mode_of: dict[str, str]  # their modes, when legible too
+
+    @property
+    def line_id(self) -> str:
+        return f"recovered:{self.offset}:{self.recovery_file.name}"
+
+    def entry(self) -> dict[str, Any]:
+        """The history line that records this repair."""
+        return {"timestamp": iso_utc(datetime.now(UTC)), "type": RECOVERED, "mode": self.mode_before,
+                "offset": self.offset, "bytes": self.size, "recovery_file": self.recovery_file.name,
+                "event_ids": list(self.event_ids), "event_id": self.line_id}  # fmt: skip
+
+
+def _is_torn(fd: int) -> bool:
     size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _move_torn_tail(fd: int, path: Path) -> TornTail | None:
+    """Move an unterminated last line to a recovery file beside the history and cut it off."""
+    if not _is_torn(fd):
+        return None
+    size = os.fstat(fd).st_size
+    tail = _read_tail(fd, size)
+    keep = size - len(tail) + tail_digest(tail)[1]
+    fragment = os.pread(fd, size - keep, keep)
+    good = tail[: len(tail) - len(fragment)].rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    recovery = path.with_name(f"{path.name}.torn-{keep}-{stamp}")
+    with open(recovery, "wb") as handle:  # the bytes are kept before they leave the history
+        handle.write(fragment)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _truncate(fd, keep, path)
+    fields = dict((k.decode(), v.decode()) for k, v in _FIELD.findall(good)) if good else {}
+    seen = dict((k.decode(), v.decode()) for k, v in _FIELD.findall(fragment))
+    times = [t for t in (fields.get("timestamp"), seen.get("timestamp")) if t]
+    since = min((_ms(t) for t in times), default=0)
+    ids = tuple(dict.fromkeys(i.decode() for i in _EVENT_ID.findall(fragment)))
+    modes = {i: seen["mode"] for i in ids if "mode" in seen}
+    return TornTail(keep, size - keep, recovery, since, fields.get("mode", "stable"), ids, modes)
+
+
+def _ms(text: str) -> int:
+    try:
+        return int(parse_iso(text).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+def _event_ids(fd: int) -> set[str]:
+    """The event id of every line in the file (the envelope's id is the line's last `event_id`)."""
+    ids = set()
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        handle.seek(0)
+        for line in handle:
+            found = _EVENT_ID.findall(line)
+            if found:
+                ids.add(found[-1].decode())
+    return ids
+
+
+def _drop_torn_tail(fd: int, path: Path) -> int:
+    """The file's size, after cutting an unterminated tail that `_recover` did not see (it always
+    runs first under the same lock, so this only guards the format); logged loudly."""
+    size = os.fstat(fd).st_size
+    if not _is_torn(fd):
         return size
     tail = _read_tail(fd, size)
     keep = size - len(tail) + tail_digest(tail)[1]
-    log.warning("! %s ended with a torn line; cutting it (bytes %d..%d)", path, keep, size)
+    log.error("! %s ended with a torn line after recovery ran; cutting it (bytes %d..%d)", path, keep, size)
     _truncate(fd, keep, path)
     return keep
 

@@ -9,11 +9,13 @@ themselves are acknowledged without a line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -23,7 +25,11 @@ from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
+<<<<<<< HEAD
 from swiftdeploy_core.bus.wire import decode
+=======
+from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE
+>>>>>>> robustness
 from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
@@ -78,9 +84,14 @@ class Auditor:
         self._mode: tuple[str, float] | None = None  # (mode, when read): see mode_now
 
     async def start(self, ctx: Context) -> None:
-        self.writer = HistoryWriter(
-            self.place.history, ctx.bus.redis, fsync=self.settings.audit_fsync, claim_ttl=self.settings.audit_claim_ttl
-        )
+        redis = ctx.bus.redis
+
+        async def replay(since_ms: int) -> list[Event]:
+            return await audited_events(redis, since_ms)
+
+        self.writer = HistoryWriter(self.place.history, redis, fsync=self.settings.audit_fsync,
+                                    claim_ttl=self.settings.audit_claim_ttl, replay=replay)  # fmt: skip
+        await self.writer.recover_torn_tail()  # a tail torn while no auditor ran
         log.info(
             "auditor writing %s (fsync %s) for project %s",
             self.place.history,
@@ -151,7 +162,8 @@ class Auditor:
             markdown = await asyncio.to_thread(self._markdown, since, verification)
             await asyncio.to_thread(_write_atomically, path, markdown)
         await ctx.emit(AuditRendered(path=str(path), lines=verification.lines, chain_ok=verification.ok,
-                                     first_bad_line=verification.first_bad_line, problem=verification.problem),
+                                     first_bad_line=verification.first_bad_line, problem=verification.problem,
+                                     repairs=list(verification.repairs)),
                        cause=event)  # fmt: skip
 
     def _out(self, out: str | None) -> Path:
@@ -166,6 +178,26 @@ class Auditor:
             entries, project=self.place.project, history_path=self.place.history, verification=verification, since=since
         )
         return render_report(report)
+
+
+REPLAY_PAGE = 1000
+
+
+async def audited_events(redis: Any, since_ms: int) -> list[Event]:
+    """The audited events still on the events stream from `since_ms` on, in stream order."""
+    found: list[Event] = []
+    start = f"{max(0, since_ms)}-0"
+    while True:
+        page = await redis.xrange(streams.EVENTS, min=start, max="+", count=REPLAY_PAGE)
+        for _, fields in page:
+            kind = fields.get(B_TYPE, b"").decode()
+            if kind in NOT_AUDITED or kind not in EVENT_TYPES:
+                continue
+            with contextlib.suppress(ValueError):
+                found.append(Event.from_json(fields[B_EVENT]))
+        if len(page) < REPLAY_PAGE:
+            return found
+        start = "(" + page[-1][0].decode()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from swiftdeploy_core.limits import EVENT_MAX_DEPTH, check_json_text
+
 Track = Literal["stable", "canary"]
 ModeName = Literal["stable", "canary"]
 ChaosMode = Literal["none", "slow", "error"]
@@ -378,6 +380,7 @@ class AuditRendered(Payload):
     chain_ok: bool = True
     first_bad_line: int | None = None
     problem: str | None = None
+    repairs: list[str] = []  # torn tails the auditor recovered (the chain is valid, but not untouched)
 
 
 AnyPayload = Annotated[
@@ -476,4 +479,6 @@ class Event(BaseModel):
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:
+        """Decode an envelope; a ValueError (`InputTooLarge` first, before parsing) if it is not one."""
+        check_json_text(raw, EVENT_MAX_DEPTH, None, what="the event")
         return cls.model_validate_json(raw)

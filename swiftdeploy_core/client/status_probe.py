@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.describe import describe_event
@@ -27,8 +28,16 @@ from swiftdeploy_core.bus.events import (
     Source,
     StatusChecked,
 )
-from swiftdeploy_core.bus.wire import B_EVENT
-from swiftdeploy_core.client.dashboard import EventLine, PolicyView, StatusView, build_view, serving_track
+from swiftdeploy_core.bus.wire import B_EVENT, decode
+from swiftdeploy_core.client.dashboard import (
+    BusView,
+    EventLine,
+    PolicyView,
+    ServiceQueue,
+    StatusView,
+    build_view,
+    serving_track,
+)
 from swiftdeploy_core.errors import BusError
 from swiftdeploy_core.project.host import INFRA_FIELDS
 from swiftdeploy_core.project.state import RolloutState
@@ -40,6 +49,8 @@ HEALTH_TIMEOUT = 1.0
 EVENTS_SHOWN = 8
 EVENTS_SCANNED = 200
 HISTORY_SCANNED = 400
+BACKLOG_CAP = 1000  # entries counted per stream for undelivered and dead-lettered figures
+GROUP_PREFIX = streams.group("")
 QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot", "audit.rendered"}
 
 
@@ -152,6 +163,46 @@ async def metrics_history(bus: Bus, project: str, track: str) -> list[MetricsSna
     return list(reversed(found))
 
 
+async def bus_backlog(bus: Bus) -> BusView:
+    """Each service group's pending and undelivered entries on every stream it reads, its
+    dead letters, and the auditor's lag on the events stream (see `BusView`)."""
+    queues: dict[str, ServiceQueue] = {}
+    capped, lag = False, None
+    for stream in (streams.EVENTS, *streams.INBOXES.values()):
+        try:
+            groups = await bus.redis.xinfo_groups(stream)
+        except RedisError:  # no such stream yet
+            continue
+        for info in groups:
+            name = decode(info["name"])
+            if not name.startswith(GROUP_PREFIX):
+                continue
+            service = name[len(GROUP_PREFIX) :]
+            undelivered = await _undelivered(bus, stream, info)
+            capped |= undelivered >= BACKLOG_CAP
+            queue = queues.setdefault(service, ServiceQueue(service=service))
+            queue.pending += int(info["pending"])
+            queue.undelivered += undelivered
+            if service == "auditor" and stream == streams.EVENTS:
+                lag = int(info["pending"]) + undelivered
+    dead = await bus.redis.xrevrange(streams.DEAD_LETTER, count=BACKLOG_CAP)
+    capped |= len(dead) >= BACKLOG_CAP
+    for _, fields in dead:
+        service = decode(fields.get(b"service", b"?"))
+        queues.setdefault(service, ServiceQueue(service=service)).dead_letters += 1
+    order = {name: i for i, name in enumerate(streams.INBOXES)}
+    ordered = sorted(queues.values(), key=lambda q: (order.get(q.service, 99), q.service))
+    return BusView(auditor_lag=lag, services=ordered, capped=capped)
+
+
+async def _undelivered(bus: Bus, stream: str, info: dict) -> int:
+    """Entries after the group's last delivered id: Redis 7's `lag` when it has one, else counted."""
+    if info.get("lag") is not None:
+        return int(info["lag"])
+    last = decode(info["last-delivered-id"])
+    return len(await bus.redis.xrange(stream, min=f"({last}", max="+", count=BACKLOG_CAP))
+
+
 async def gather_status(
     bus: Bus, project: str, source: Source, policy_timeout: float = 2.0, publish: bool = True
 ) -> StatusView:
@@ -177,6 +228,7 @@ async def gather_status(
         policies=policies,
         events=await recent_events(bus),
         history=await metrics_history(bus, project, serving_track(rollout)),
+        bus=await bus_backlog(bus),
     )
     if publish:
         await bus.publish(
