@@ -119,7 +119,6 @@ class Staged:
     future: asyncio.Future[bool]
 
 
-
 @dataclass
 class HistoryWriter:
     """Appends entries to one history file; safe across coroutines, processes and redeliveries."""

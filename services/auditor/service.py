@@ -25,11 +25,7 @@ from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
-<<<<<<< HEAD
-from swiftdeploy_core.bus.wire import decode
-=======
-from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE
->>>>>>> robustness
+from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, decode
 from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest

@@ -165,11 +165,9 @@ def _start(settings: Settings, scale: dict[str, int], timeout: float) -> PlaneSt
         raise
 
 
-<<<<<<< HEAD
-def _wait_healthy(settings: Settings, proc: subprocess.Popen[bytes], replicas: int, timeout: float) -> PlaneState:
-=======
-def _wait_healthy(settings: Settings, proc: subprocess.Popen | None, replicas: int, timeout: float) -> PlaneState:
->>>>>>> robustness
+def _wait_healthy(
+    settings: Settings, proc: subprocess.Popen[bytes] | None, replicas: int, timeout: float
+) -> PlaneState:
     deadline = time.monotonic() + timeout
     where = state_dir(settings) / "logs"
     while time.monotonic() < deadline:
@@ -209,12 +207,8 @@ def status(state: PlaneState | None, redis_url: str | None = None) -> list[Repli
     import redis
 
     url = redis_url or (state.redis_url if state else None)
-<<<<<<< HEAD
     beats: dict[str, dict[str, Any]] = {}
-=======
-    beats: dict[str, dict] = {}
     answered = False
->>>>>>> robustness
     if url:
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         with contextlib.suppress(redis.RedisError), contextlib.closing(client):
@@ -335,13 +329,8 @@ class Supervisor:
         self.settings, self.scale = settings, scale
         self.dir = state_dir(settings)
         self.logs = self.dir / "logs"
-<<<<<<< HEAD
-        self.redis: subprocess.Popen[bytes] | None = None
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-=======
         self.redis: SupervisedChild | None = None
-        self.procs: dict[str, subprocess.Popen] = {}
->>>>>>> robustness
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.crashes: dict[str, list[float]] = {}
         self.stopping = False
         host = socket.gethostname()
