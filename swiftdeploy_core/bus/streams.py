@@ -9,6 +9,7 @@ ORCHESTRATOR_INBOX = f"{PREFIX}:stream:orchestrator"
 GATEKEEPER_INBOX = f"{PREFIX}:stream:gatekeeper"
 COLLECTOR_INBOX = f"{PREFIX}:stream:collector"
 AUDITOR_INBOX = f"{PREFIX}:stream:auditor"
+NOTIFIER_INBOX = f"{PREFIX}:stream:notifier"
 EVENTS = f"{PREFIX}:stream:events"  # the audit stream: everything that happened
 METRICS = f"{PREFIX}:stream:metrics"  # metrics.snapshot, capped; never audited
 DEAD_LETTER = f"{PREFIX}:stream:dead-letter"
@@ -18,6 +19,7 @@ INBOXES = {
     "gatekeeper": GATEKEEPER_INBOX,
     "collector": COLLECTOR_INBOX,
     "auditor": AUDITOR_INBOX,
+    "notifier": NOTIFIER_INBOX,
 }
 
 
@@ -55,6 +57,11 @@ def latest_snapshot_key(project: str, track: str) -> str:
 def host_stats_key(project: str) -> str:
     """The collector's latest host stats."""
     return f"{PREFIX}:host:{project}"
+
+
+def notified_key(event_id: str) -> str:
+    """Hash of notification target -> HTTP status for one event the notifier delivered (no repeats)."""
+    return f"{PREFIX}:notified:{event_id}"
 
 
 def delivery_count_key(service: str) -> str:

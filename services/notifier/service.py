@@ -1,0 +1,141 @@
+"""The notifier service: every event on `streams.EVENTS` whose type matches a `notifications[]`
+entry of the manifest is POSTed to its URL, signed, retried with backoff.
+
+Replicas share the `swiftdeploy:group:notifier` consumer group, so each event is handled by one
+replica. Delivery is at-least-once: the event id travels as `X-SwiftDeploy-Event-Id` and
+`Idempotency-Key` so a receiver drops repeats; a target that answered 2xx for an event is marked
+(`streams.notified_key`) so a redelivered event is not sent there again. Every outcome is an
+event: `notification.sent` or, after the last attempt, `notification.failed`. The secret is read
+from this process's environment when signing (`${NAME}` in the manifest), never from the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+
+from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.describe import describe_event
+from swiftdeploy_core.bus.events import EVENT_TYPES, Event, NotificationFailed, NotificationSent
+from swiftdeploy_core.bus.wire import matches
+from swiftdeploy_core.bus.worker import Context, ServiceSpec
+from swiftdeploy_core.project.manifest import LoadedManifest, NotificationSpec, load_manifest
+from swiftdeploy_core.project.webhooks import encode, origin, signed_headers
+from swiftdeploy_core.settings import Settings, secret_from_env
+
+NAME = "notifier"
+ATTEMPTS = 5
+BACKOFF_FIRST_S = 0.2
+BACKOFF_MAX_S = 5.0
+POST_TIMEOUT_S = 10.0
+CONCURRENCY = 8  # one slow webhook must not hold every other event back
+NOTIFIED_TTL_S = 6 * 3600
+# Never notified: the bus's own chatter, and the notifier's own outcomes (that would loop).
+NOT_NOTIFIED = {"ping.requested", "pong", "notification.sent", "notification.failed"}
+
+log = logging.getLogger("swiftdeploy.notifier")
+
+
+def body_for(event: Event, fmt: str) -> bytes:
+    """The POST body: the event envelope plus a one-line summary, or a Slack message."""
+    summary = describe_event(event)
+    if fmt == "slack":
+        return encode({"text": f"*{event.type}* {summary}"})
+    return encode({**event.model_dump(mode="json"), "summary": summary})
+
+
+@dataclass
+class ManifestSource:
+    """The notifier's manifest (`settings.manifest`), read again when the file changes."""
+
+    settings: Settings
+    _loaded: LoadedManifest | None = None
+    _mtime: float | None = None
+
+    def targets(self) -> list[NotificationSpec]:
+        path = self.settings.manifest
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return []
+        if mtime != self._mtime:
+            self._loaded, self._mtime = load_manifest(path), mtime
+        return list(self._loaded.manifest.notifications) if self._loaded else []
+
+
+async def post(session: aiohttp.ClientSession, target: NotificationSpec, event: Event) -> tuple[int | None, str]:
+    """One attempt: (HTTP status, error text); status None when no answer came."""
+    secret = secret_from_env(target.secret) if target.secret else None
+    if target.secret and secret is None:
+        return None, f"secret {target.secret} is not set in the notifier's environment"
+    body = body_for(event, target.format)
+    try:
+        async with session.post(target.url, data=body, headers=signed_headers(body, secret, event.id)) as response:
+            return response.status, "" if response.status < 300 else f"HTTP {response.status}"
+    except TimeoutError:
+        return None, f"no answer within {POST_TIMEOUT_S:g}s"
+    except (aiohttp.ClientError, OSError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+async def deliver(session: aiohttp.ClientSession, target: NotificationSpec, event: Event) -> tuple[bool, int, str]:
+    """Attempts with backoff until a 2xx: (delivered, attempts, last status or error)."""
+    delay, last = BACKOFF_FIRST_S, ""
+    for attempt in range(1, ATTEMPTS + 1):
+        status, error = await post(session, target, event)
+        if status is not None and 200 <= status < 300:
+            return True, attempt, str(status)
+        last = error
+        if attempt < ATTEMPTS:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+    return False, ATTEMPTS, last
+
+
+def make_handler(source: ManifestSource):
+    async def notify(event: Event, ctx: Context) -> None:
+        targets = [(i, t) for i, t in enumerate(source.targets()) if matches(event.type, t.events)]
+        if not targets:
+            return
+        key = streams.notified_key(event.id)
+        done = {k.decode() if isinstance(k, bytes) else k for k in await ctx.bus.redis.hkeys(key)}
+        timeout = aiohttp.ClientTimeout(total=POST_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for index, target in targets:
+                if str(index) in done:
+                    continue  # delivered before a crash or redelivery: not sent twice
+                delivered, attempts, last = await deliver(session, target, event)
+                where = origin(target.url)
+                if delivered:
+                    await ctx.bus.redis.hset(key, str(index), last)
+                    await ctx.bus.redis.expire(key, NOTIFIED_TTL_S)
+                    await ctx.emit(
+                        NotificationSent(
+                            url=where, event_id=event.id, event_type=event.type, attempts=attempts, status=int(last)
+                        ),
+                        cause=event,
+                    )
+                else:
+                    log.warning("! %s of %s to %s: %s after %d attempts", event.type, event.id, where, last, attempts)
+                    await ctx.emit(
+                        NotificationFailed(
+                            url=where, event_id=event.id, event_type=event.type, attempts=attempts, error=last
+                        ),
+                        cause=event,
+                    )
+
+    return notify
+
+
+def build_spec(settings: Settings) -> ServiceSpec:
+    """The notifier as the worker runs it."""
+    notify = make_handler(ManifestSource(settings))
+    return ServiceSpec(
+        name=NAME,
+        streams=[streams.EVENTS],
+        handlers={kind: notify for kind in EVENT_TYPES if kind not in NOT_NOTIFIED},
+        concurrency=CONCURRENCY,
+    )
