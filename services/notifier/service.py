@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,6 +34,8 @@ BACKOFF_MAX_S = 5.0
 POST_TIMEOUT_S = 10.0
 CONCURRENCY = 8  # one slow webhook must not hold every other event back
 NOTIFIED_TTL_S = 6 * 3600
+CLAIM_MS = 120_000  # longer than a whole delivery (ATTEMPTS × POST_TIMEOUT_S + backoff)
+CLAIM_POLL_S = 0.1
 # Never notified: the bus's own chatter, and the notifier's own outcomes (that would loop).
 NOT_NOTIFIED = {"ping.requested", "pong", "notification.sent", "notification.failed"}
 
@@ -95,37 +98,53 @@ async def deliver(session: aiohttp.ClientSession, target: NotificationSpec, even
     return False, ATTEMPTS, last
 
 
-def make_handler(source: ManifestSource):
+async def claim(ctx: Context, event_id: str, index: int) -> bool:
+    """Wait for this replica's turn to deliver `event_id` to target `index`; False when it is
+    already done (sent or given up) by anyone. A claim expires, so a dead replica's is retaken."""
+    key = streams.notified_key(event_id)
+    while True:
+        if await ctx.bus.redis.hexists(key, str(index)):
+            return False
+        if await ctx.bus.redis.set(
+            streams.notify_claim_key(event_id, index), ctx.source.instance, nx=True, px=CLAIM_MS
+        ):
+            if not await ctx.bus.redis.hexists(key, str(index)):  # finished between the two reads
+                return True
+            await ctx.bus.redis.delete(streams.notify_claim_key(event_id, index))
+            return False
+        await asyncio.sleep(CLAIM_POLL_S)
+
+
+async def settle(ctx: Context, event_id: str, index: int, outcome: str) -> None:
+    key = streams.notified_key(event_id)
+    async with ctx.bus.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, str(index), outcome).expire(key, NOTIFIED_TTL_S)
+        pipe.delete(streams.notify_claim_key(event_id, index))
+        await pipe.execute()
+
+
+def make_handler(source: ManifestSource) -> Callable[[Event, Context], Awaitable[None]]:
     async def notify(event: Event, ctx: Context) -> None:
         targets = [(i, t) for i, t in enumerate(source.targets()) if matches(event.type, t.events)]
         if not targets:
             return
-        key = streams.notified_key(event.id)
-        done = {k.decode() if isinstance(k, bytes) else k for k in await ctx.bus.redis.hkeys(key)}
-        timeout = aiohttp.ClientTimeout(total=POST_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT_S)) as session:
             for index, target in targets:
-                if str(index) in done:
-                    continue  # delivered before a crash or redelivery: not sent twice
+                if not await claim(ctx, event.id, index):
+                    continue  # delivered (or given up) already, by this event's earlier delivery
                 delivered, attempts, last = await deliver(session, target, event)
                 where = origin(target.url)
                 if delivered:
-                    await ctx.bus.redis.hset(key, str(index), last)
-                    await ctx.bus.redis.expire(key, NOTIFIED_TTL_S)
-                    await ctx.emit(
-                        NotificationSent(
-                            url=where, event_id=event.id, event_type=event.type, attempts=attempts, status=int(last)
-                        ),
-                        cause=event,
+                    outcome: NotificationSent | NotificationFailed = NotificationSent(
+                        url=where, event_id=event.id, event_type=event.type, attempts=attempts, status=int(last)
                     )
                 else:
                     log.warning("! %s of %s to %s: %s after %d attempts", event.type, event.id, where, last, attempts)
-                    await ctx.emit(
-                        NotificationFailed(
-                            url=where, event_id=event.id, event_type=event.type, attempts=attempts, error=last
-                        ),
-                        cause=event,
+                    outcome = NotificationFailed(
+                        url=where, event_id=event.id, event_type=event.type, attempts=attempts, error=last
                     )
+                await ctx.emit(outcome, cause=event)
+                await settle(ctx, event.id, index, "sent" if delivered else "failed")
 
     return notify
 

@@ -60,8 +60,13 @@ def host_stats_key(project: str) -> str:
 
 
 def notified_key(event_id: str) -> str:
-    """Hash of notification target -> HTTP status for one event the notifier delivered (no repeats)."""
+    """Hash of notification target index -> outcome (`sent` / `failed`) for one event (no repeats)."""
     return f"{PREFIX}:notified:{event_id}"
+
+
+def notify_claim_key(event_id: str, target: int) -> str:
+    """A notifier replica's short lease on delivering one event to one target (no two at once)."""
+    return f"{PREFIX}:notify:claim:{event_id}:{target}"
 
 
 def delivery_count_key(service: str) -> str:
