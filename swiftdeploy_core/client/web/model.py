@@ -116,7 +116,7 @@ class LiveModel:
         decision = self._decision(event)
         line = event_line(event)
         self.events.append(line)
-        return {"kind": "event", "event": line, "decision": decision, **self.state_update()}
+        return {**self.state_update(), "kind": "event", "event": line, "decision": decision}
 
     def _metric(self, event: Event, snapshot: MetricsSnapshot) -> Update | None:
         if snapshot.project != self.project:
