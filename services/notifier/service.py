@@ -7,6 +7,8 @@ replica. Delivery is at-least-once: the event id travels as `X-SwiftDeploy-Event
 (`streams.notified_key`) so a redelivered event is not sent there again. Every outcome is an
 event: `notification.sent` or, after the last attempt, `notification.failed`. The secret is read
 from this process's environment when signing (`${NAME}` in the manifest), never from the bus.
+Events older than the first notifier's start (`streams.NOTIFIER_SINCE`) are not sent: the group
+reads the stream from its beginning, and the retained past is not news.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -123,10 +126,22 @@ async def settle(ctx: Context, event_id: str, index: int, outcome: str) -> None:
         await pipe.execute()
 
 
+async def mark_start(ctx: Context) -> None:
+    """The first replica ever records when notifying began. The group reads the events stream from
+    its start, and a webhook must not get the whole retained past when a notifier first joins."""
+    await ctx.bus.redis.set(streams.NOTIFIER_SINCE, datetime.now(UTC).isoformat(), nx=True)
+
+
+async def started_at(ctx: Context) -> datetime | None:
+    raw = await ctx.bus.redis.get(streams.NOTIFIER_SINCE)
+    return datetime.fromisoformat(raw.decode() if isinstance(raw, bytes) else raw) if raw else None
+
+
 def make_handler(source: ManifestSource) -> Callable[[Event, Context], Awaitable[None]]:
     async def notify(event: Event, ctx: Context) -> None:
         targets = [(i, t) for i, t in enumerate(source.targets()) if matches(event.type, t.events)]
-        if not targets:
+        since = await started_at(ctx) if targets else None
+        if not targets or (since is not None and event.timestamp < since):
             return
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT_S)) as session:
             for index, target in targets:
@@ -156,5 +171,6 @@ def build_spec(settings: Settings) -> ServiceSpec:
         name=NAME,
         streams=[streams.EVENTS],
         handlers={kind: notify for kind in EVENT_TYPES if kind not in NOT_NOTIFIED},
+        on_start=mark_start,
         concurrency=CONCURRENCY,
     )

@@ -108,6 +108,11 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "notification.failed": lambda e: (
         f"{e.get('event_type')} to {e.get('url')}: {e.get('error')} after {e.get('attempts')} attempt(s)"
     ),
+    "audit.rendered": lambda e: (
+        f"history verified ({e.get('lines')} lines)"
+        if e.get("chain_ok")
+        else f"history chain broken at line {e.get('first_bad_line')}: {e.get('problem')}"
+    ),
     "gate.checked": lambda e: (
         f"{e.get('on')} gate {e.get('url')}: {'allow' if e.get('allow') else 'hold'}: {e.get('reason')}"
     ),

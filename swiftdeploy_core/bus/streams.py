@@ -64,6 +64,9 @@ def notified_key(event_id: str) -> str:
     return f"{PREFIX}:notified:{event_id}"
 
 
+NOTIFIER_SINCE = f"{PREFIX}:notifier:since"  # when the first notifier started: older events are not sent
+
+
 def notify_claim_key(event_id: str, target: int) -> str:
     """A notifier replica's short lease on delivering one event to one target (no two at once)."""
     return f"{PREFIX}:notify:claim:{event_id}:{target}"

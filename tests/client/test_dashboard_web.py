@@ -20,6 +20,7 @@ from tests.orchestration import PYTHON, LoadLoop, env_for, write_manifest
 from tests.servers import REPO_ROOT, free_port, require_binary
 
 COLLECTOR = {"interval": 0.5, "window": 4}
+AUDITOR = True  # the page shows the history chain's verification
 MANIFEST = {"canary": {"version": "2.0.0", "steps": [20, 60], "interval": 1.5, "failure_limit": 2}}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = (
@@ -100,6 +101,7 @@ async def test_the_browser_sees_a_canary_progress_then_roll_back_after_error_cha
             points = lambda: int(browser.find_element("id", "chart-rate").get_attribute("data-points") or 0)  # noqa: E731
             await until(browser, lambda: points() >= MIN_POINTS, f"a chart with {MIN_POINTS} points")
             assert "rollback.completed" in text_of(browser, "events")
+            await until(browser, lambda: text_of(browser, "audit").startswith("chain verified"), "the audit state")
             assert "1.0.0" in text_of(browser, "track-list") and "healthy" in text_of(browser, "track-list")
             shot = tmp_path / "dashboard.png"
             assert await asyncio.to_thread(browser.save_screenshot, str(shot)) and shot.stat().st_size > 10_000
@@ -109,6 +111,20 @@ async def test_the_browser_sees_a_canary_progress_then_roll_back_after_error_cha
     finally:
         load.stop()
         await runner
+
+
+async def test_with_allow_actions_the_rollback_button_sends_the_command_like_the_cli(stack, browser):
+    assert (await stack.sd("deploy")).code == 0
+    assert (await stack.sd("promote", "canary")).code == 0  # no traffic: analysis holds at 20%
+    async with dashboard(stack.redis_url, stack.root / "manifest.yaml", "--allow-actions") as url:
+        await asyncio.to_thread(browser.get, url)
+        await until(browser, lambda: text_of(browser, "phase") == "progressing", "phase progressing")
+        await asyncio.to_thread(lambda: browser.find_element("css selector", "button[data-action=rollback]").click())
+        await until(browser, lambda: text_of(browser, "action-result").startswith("✓ back on 1.0.0"), "the outcome")
+        await until(browser, lambda: text_of(browser, "phase") == "stable (rolled back)", "rolled back")
+        assert "requested from the dashboard" in text_of(browser, "events")
+    current = await stack.record()
+    assert current.canary is None and current.phase.value == "stable"
 
 
 async def test_off_loopback_every_request_needs_the_token_and_actions_need_the_flag(redis_server, tmp_path):

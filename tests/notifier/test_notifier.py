@@ -1,6 +1,7 @@
 """The notifier as two real replicas on a real Redis, POSTing to a real receiver on loopback:
 every matching event arrives exactly once per event id even though the receiver answers 500
-twice first, every body is signed with the secret, and every outcome is on the bus."""
+twice first, every body is signed with the secret, every outcome is on the bus, and the past from
+before the first notifier joined is not sent."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ async def test_matching_events_arrive_once_each_signed_after_two_500s(redis_serv
             ],
         )  # fmt: skip
         env = {"SWIFTDEPLOY_MANIFEST": str(manifest), "NOTIFY_SECRET": SECRET}
+        await redis.delete(streams.NOTIFIER_SINCE)  # as on a bus no notifier ever joined
+        old = Event(payload=RollbackCompleted(version="0.9.0"), source=SOURCE)
+        await publish(redis_server.url, old)  # the retained past, before any notifier started
         replicas = [
             ServiceProcess("notifier", redis_server.url, tmp_path / f"notifier-{i}.log", {**env, "SWIFTDEPLOY_INSTANCE": f"nt-{i}"}).start()
             for i in (1, 2)
@@ -90,6 +94,7 @@ async def test_matching_events_arrive_once_each_signed_after_two_500s(redis_serv
     assert all(hooks.tries[i] == 3 for i in expected)  # 500, 500, 200
     assert all(r.signed for r in hooks.received) and all(r.path == "/hooks/ops" for r in hooks.received)
     assert other.id not in hooks.tries  # deploy.step matches no pattern
+    assert old.id not in hooks.tries  # older than the first notifier: not news
     assert {r.body["id"] for r in hooks.received} == expected and hooks.received[0].body["summary"]
 
     sent = await bus_events(redis, "notification.sent")

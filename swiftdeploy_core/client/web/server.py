@@ -28,12 +28,20 @@ import jinja2
 from aiohttp import web
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import CanaryRequested, Event, Payload, PromotionRequested, RollbackRequested
+from swiftdeploy_core.bus.events import (
+    AuditRequested,
+    CanaryRequested,
+    Event,
+    Payload,
+    PromotionRequested,
+    RollbackRequested,
+    Source,
+)
 from swiftdeploy_core.bus.wire import B_EVENT
-from swiftdeploy_core.client.cli.common import send_command
+from swiftdeploy_core.client.cli.common import client_source, send_command
 from swiftdeploy_core.client.cli.rollout import CANARY_END, PROMOTE_END, ROLLBACK_END, as_data
 from swiftdeploy_core.client.status_probe import probe_health
-from swiftdeploy_core.client.web.model import QUIET, LiveModel, Update, rollout_view
+from swiftdeploy_core.client.web.model import OUTCOMES, QUIET, LiveModel, Update, rollout_view
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.manifest import LoadedManifest
 from swiftdeploy_core.project.state import RolloutState
@@ -93,6 +101,7 @@ class Feed:
     bus: Bus
     model: LiveModel
     hub: Hub
+    source: Source
     moved: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def preload(self) -> tuple[str, str]:
@@ -113,6 +122,14 @@ class Feed:
             self.hub.publish(self.model.apply(event))
             if event.type not in NO_REFRESH:
                 self.moved.set()
+            if event.type in OUTCOMES:
+                await self.verify()
+
+    async def verify(self) -> None:
+        """Ask the auditor to verify the history's chain (no report is written); its
+        `audit.rendered` reaches the page through `follow`."""
+        request = Event(payload=AuditRequested(verify=True), source=self.source)
+        await self.bus.publish(streams.AUDITOR_INBOX, request)
 
     async def refresh(self) -> None:
         raw = await self.bus.redis.get(streams.rollout_key(self.model.project))
@@ -132,6 +149,7 @@ class Feed:
 
     async def run(self) -> None:
         events_from, metrics_from = await self.preload()
+        await self.verify()
         await asyncio.gather(
             self.follow(streams.EVENTS, events_from), self.follow(streams.METRICS, metrics_from), self.refresh_loop()
         )
@@ -164,7 +182,7 @@ class Dashboard:
 
     def __post_init__(self) -> None:
         self.model = LiveModel(self.loaded.manifest.project, self.allow_actions)
-        self.feed = Feed(self.bus, self.model, self.hub)
+        self.feed = Feed(self.bus, self.model, self.hub, client_source(self.settings))
         loader = jinja2.PackageLoader("swiftdeploy_core.client.web", "templates")
         self.templates = jinja2.Environment(loader=loader, autoescape=True)
 
