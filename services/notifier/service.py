@@ -121,7 +121,8 @@ async def claim(ctx: Context, event_id: str, index: int) -> bool:
 async def settle(ctx: Context, event_id: str, index: int, outcome: str) -> None:
     key = streams.notified_key(event_id)
     async with ctx.bus.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(key, str(index), outcome).expire(key, NOTIFIED_TTL_S)
+        pipe.hset(key, str(index), outcome)
+        pipe.expire(key, NOTIFIED_TTL_S)
         pipe.delete(streams.notify_claim_key(event_id, index))
         await pipe.execute()
 

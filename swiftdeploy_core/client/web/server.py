@@ -37,7 +37,7 @@ from swiftdeploy_core.bus.events import (
     RollbackRequested,
     Source,
 )
-from swiftdeploy_core.bus.wire import B_EVENT
+from swiftdeploy_core.bus.wire import B_EVENT, decode
 from swiftdeploy_core.client.cli.common import client_source, send_command
 from swiftdeploy_core.client.cli.rollout import CANARY_END, PROMOTE_END, ROLLBACK_END, as_data
 from swiftdeploy_core.client.status_probe import probe_health
@@ -108,12 +108,12 @@ class Feed:
         """The retained past (the charts' history, recent events); the cursors to follow from."""
         cursors = []
         for stream, count in ((streams.EVENTS, PRELOAD_EVENTS), (streams.METRICS, PRELOAD_METRICS)):
-            entries = await self.bus.redis.xrevrange(stream, count=count)
+            entries = await self.bus.redis.xrevrange(stream, count=count) or []
             for _entry_id, fields in reversed(entries):
-                event = _decode(fields)
+                event = _decode(fields or {})
                 if event is not None:
                     self.model.apply(event)
-            cursors.append(entries[0][0].decode() if entries else "0-0")
+            cursors.append(decode(entries[0][0]) if entries else "0-0")
         await self.refresh()
         return cursors[0], cursors[1]
 
