@@ -3,6 +3,7 @@ answers from a script (e.g. 500 twice per event id, then 200)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Receiver:
     fail_first: int = 0
     status: int = 200
     text: str = ""
+    delay: float = 0.0  # seconds before answering (a gate that times out)
     received: list[Received] = field(default_factory=list)
     tries: Counter = field(default_factory=Counter)
     port: int = field(default_factory=free_port)
@@ -43,6 +45,8 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         event_id = request.headers.get(EVENT_ID_HEADER)
         self.tries[event_id] += 1
         status = 500 if event_id and self.tries[event_id] <= self.fail_first else self.status

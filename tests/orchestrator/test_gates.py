@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+from services.orchestrator.gates import ask
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event
+from swiftdeploy_core.project.manifest import GateSpec
 from tests.orchestration import write_snapshot
+from tests.servers import free_port
 from tests.webhooks import Receiver
 
 SECRET = "gate-secret-for-the-tests"
@@ -45,12 +48,16 @@ async def test_a_gate_answering_403_holds_the_promotion_and_200_lets_it_through(
         assert asked.signed and asked.path == "/confirm"
         assert asked.body["on"] == "promotion" and asked.body["canary_version"] == "2.0.0"
 
-        gate.status, gate.text = 200, "ok"
+        gate.status, gate.text, gate.delay = 200, "ok", 3.0  # slower than the gate's timeout: fail closed
+        late = await stack.sd("promote", "stable")
+        assert late.code == 3 and late.line == f"error: denied: gate {gate.url} did not answer within 2s"
+
+        gate.delay = 0.0
         promoted = await stack.sd("promote", "stable")
         assert promoted.code == 0, promoted.text
         assert (await stack.record()).stable.version == "2.0.0"
     checked = [(g.on, g.allow, g.status) for g in await gate_events(stack.redis) if g.url == gate.url]
-    assert checked == [("promotion", False, 403), ("promotion", True, 200)]
+    assert checked == [("promotion", False, 403), ("promotion", False, None), ("promotion", True, 200)]
 
 
 async def test_a_step_gate_holds_the_weight_until_it_allows(stack):
@@ -68,3 +75,15 @@ async def test_a_step_gate_holds_the_weight_until_it_allows(stack):
         gate.status = 204
         moved = await stack.phase("canary_complete", timeout=10)
         assert moved.canary.weight == 50
+
+
+async def test_a_gate_fails_closed_when_its_secret_is_unset_or_it_is_unreachable():
+    unset = GateSpec(on="promotion", url="http://127.0.0.1:9/confirm", secret="${SWIFTDEPLOY_TEST_UNSET_GATE_SECRET}")
+    assert await ask(unset, {"on": "promotion"}) == (
+        False,
+        "gate http://127.0.0.1:9: secret ${SWIFTDEPLOY_TEST_UNSET_GATE_SECRET} is not set in the orchestrator's environment",
+        None,
+    )
+    port = free_port()  # nothing listens there
+    allow, reason, status = await ask(GateSpec(on="step", url=f"http://127.0.0.1:{port}/x", timeout=2), {"on": "step"})
+    assert (allow, status) == (False, None) and reason.startswith(f"gate http://127.0.0.1:{port} unreachable: ")

@@ -28,15 +28,14 @@ async def serve(settings: Settings, loaded: LoadedManifest, host: str, port: int
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(f"--host {host} --port {port}: cannot listen: {exc.strerror or exc}") from None
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         bound = runner.addresses[0][1] if runner.addresses else port
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         query = f"?token={dashboard.token}" if dashboard.token else ""
         mode = "actions allowed" if allow_actions else "read-only"
         sys.stdout.write(f"dashboard on http://{shown}:{bound}/{query} ({mode}; Ctrl-C stops it)\n")
         sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
         try:
             await stop.wait()
         finally:

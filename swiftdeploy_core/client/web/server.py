@@ -57,6 +57,7 @@ PRELOAD_EVENTS = 300
 PRELOAD_METRICS = 2000
 ACTION_TIMEOUT_S = 120.0
 ACTION_HEADER = "X-SwiftDeploy-Action"
+FEED_STOP_S = 1.0
 # Events after which the record is not re-read (they do not move the rollout).
 NO_REFRESH = QUIET | {"decision.made", "decision.requested", "status.checked", "notification.sent"}
 
@@ -200,8 +201,9 @@ class Dashboard:
         task = asyncio.create_task(self.feed.run(), name="dashboard-feed")
         yield
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # Bounded: a cancel can be swallowed by a blocking read; closing the bus (after the app)
+        # unblocks its readers, and the task ends then.
+        await asyncio.wait({task}, timeout=FEED_STOP_S)
 
     @web.middleware
     async def check_token(
