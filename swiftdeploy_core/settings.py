@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     request_timeout: float = 10.0
 
 
+def secret_from_env(reference: str) -> str | None:
+    """The value of a manifest secret reference `${NAME}` in this process's environment (None: unset).
+    Secrets are read here, at the moment of signing, so they never travel in a manifest or event."""
+    name = reference.strip().removeprefix("${").removesuffix("}")
+    return os.environ.get(name) or None
+
+
 def load_settings() -> Settings:
     """The settings from the environment; a bad variable is a one-line ConfigError."""
     try:

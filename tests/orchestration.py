@@ -297,18 +297,30 @@ class Stack:
 
 
 class Services:
-    """The real orchestrator and gatekeeper (and, when asked, collector), shared by a module's
-    stories (each has its own project). The collector reads `collector` from the shared manifest."""
+    """The real orchestrator and gatekeeper (and, when asked, collector and auditor), shared by a
+    module's stories (each has its own project). The collector reads `collector` from the shared
+    manifest; the auditor writes the shared root's history.jsonl."""
 
-    def __init__(self, redis_url: str, root: Path, collector: dict | None = None) -> None:
+    def __init__(
+        self, redis_url: str, root: Path, collector: dict | None = None, env: dict[str, str] | None = None,
+        auditor: bool = False,
+    ) -> None:  # fmt: skip
         self.root = root
         manifest = write_manifest(root, "sdo-policies", **({"collector": collector} if collector else {}))
         write_policies(root)  # where the gatekeeper finds policies/
-        self.orchestrator = ServiceProcess("orchestrator", redis_url, root / "orchestrator.log").start()
+        self.orchestrator = ServiceProcess(
+            "orchestrator", redis_url, root / "orchestrator.log", dict(env or {})
+        ).start()
         self.gatekeeper = gatekeeper_process(redis_url, root, root).start()
         self.others = [
             ServiceProcess("collector", redis_url, root / "collector.log", {"SWIFTDEPLOY_MANIFEST": str(manifest)}).start()
         ] if collector else []  # fmt: skip
+        if auditor:
+            self.others.append(
+                ServiceProcess(
+                    "auditor", redis_url, root / "auditor.log", {"SWIFTDEPLOY_MANIFEST": str(manifest)}
+                ).start()
+            )
         try:
             wait_ready_sync(redis_url, "orchestrator", "gatekeeper", *(p.name for p in self.others))
         except BaseException:
@@ -322,11 +334,14 @@ class Services:
 
 @pytest.fixture(scope="module")
 def services(redis_server, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    """Import into a test module (with `stack`) to run its stories on real services."""
+    """Import into a test module (with `stack`) to run its stories on real services (a module's
+    `COLLECTOR` adds the collector, `AUDITOR = True` the auditor, and its `ORCHESTRATOR_ENV` goes to
+    the orchestrator's environment)."""
     require_binary("nginx")
     s = Services(
-        redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"), getattr(request.module, "COLLECTOR", None)
-    )
+        redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"), getattr(request.module, "COLLECTOR", None),
+        getattr(request.module, "ORCHESTRATOR_ENV", None), getattr(request.module, "AUDITOR", False),
+    )  # fmt: skip
     yield s
     s.stop()
 

@@ -150,10 +150,15 @@ def summary_counts(entries: list[Entry]) -> dict[str, int]:
 
 
 def policy_violations(entries: list[Entry], status_ids: set[Any]) -> list[Row]:
-    """One row per denied gating decision: a `policy.violation`, or a denying `decision.made`."""
+    """One row per denied gating decision: a `policy.violation`, a denying `decision.made`, or an
+    external gate that held (`gate.checked`, policy `gate:<on>`)."""
     rows: dict[str, Row] = {}
     for entry in entries:
         kind = entry.get("type")
+        if kind == "gate.checked" and entry.get("allow") is False:
+            key = entry.get("event_id", "")
+            rows[key] = Row(entry["timestamp"], f"gate:{entry.get('on')}", str(entry.get("reason")), str(key))
+            continue
         denied = kind == "policy.violation" or (kind == "decision.made" and entry.get("allow") is False)
         if not denied or entry.get("correlation_id") in status_ids:
             continue

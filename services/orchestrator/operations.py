@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.orchestrator import phases, plans
+from services.orchestrator import gates, phases, plans
 from services.orchestrator.drivers.health import wait_http_ok
 from services.orchestrator.rollout import Decision, Rollout, failure_logs
 from swiftdeploy_core.bus.events import (
@@ -236,7 +236,11 @@ class PromoteStable:
         decision = await r.gate.decide("canary", data) or silent("canary")
         if not decision.allow:
             await r.emit(PromotionBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
-        return decision.allow
+            return False
+        held = await gates.hold(r, "promotion")
+        if held is not None:
+            await r.emit(PromotionBlocked(reasons=[held], decision_id=decision.decision_id))
+        return held is None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from services.orchestrator import plans
+from services.orchestrator import gates, plans
 from services.orchestrator.rollout import Decision, Rollout
 from swiftdeploy_core.bus.events import (
     CanaryAnalysis,
@@ -103,6 +103,8 @@ async def on_progressing(rollout: Rollout) -> None:
         await rollout.save(phase=Phase.canary_complete)
         await rollout.emit(CanaryCompleted(version=record.canary.version, weight=record.canary.weight))
         return
+    if await gates.hold(rollout, "step", record.step + 1) is not None:
+        return  # an external gate holds this step: asked again next interval
     await shift(rollout, record.step + 1)
 
 

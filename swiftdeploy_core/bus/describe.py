@@ -102,6 +102,20 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "policy.violation": lambda e: f"{e.get('domain')}: {_reasons(e)}",
     "target.down": lambda e: f"{e.get('url')} ({e.get('track')}): {e.get('error')}",
     "target.up": lambda e: f"{e.get('url')} ({e.get('track')})",
+    "notification.sent": lambda e: (
+        f"{e.get('event_type')} to {e.get('url')}: HTTP {e.get('status')} ({e.get('attempts')} attempt(s))"
+    ),
+    "notification.failed": lambda e: (
+        f"{e.get('event_type')} to {e.get('url')}: {e.get('error')} after {e.get('attempts')} attempt(s)"
+    ),
+    "audit.rendered": lambda e: (
+        f"history verified ({e.get('lines')} lines)"
+        if e.get("chain_ok")
+        else f"history chain broken at line {e.get('first_bad_line')}: {e.get('problem')}"
+    ),
+    "gate.checked": lambda e: (
+        f"{e.get('on')} gate {e.get('url')}: {'allow' if e.get('allow') else 'hold'}: {e.get('reason')}"
+    ),
 }
 
 

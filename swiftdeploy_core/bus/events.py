@@ -383,6 +383,44 @@ class AuditRendered(Payload):
     repairs: list[str] = []  # torn tails the auditor recovered (the chain is valid, but not untouched)
 
 
+# --- notifications and gates ------------------------------------------------------------------
+
+
+class NotificationSent(Payload):
+    """A webhook of `notifications` answered 2xx to one event (`url` is the target's origin only)."""
+
+    type: Literal["notification.sent"] = "notification.sent"
+    url: str
+    event_id: str
+    event_type: str
+    attempts: int
+    status: int
+
+
+class NotificationFailed(Payload):
+    """A webhook kept failing for one event; delivery was given up after `attempts`."""
+
+    type: Literal["notification.failed"] = "notification.failed"
+    url: str
+    event_id: str
+    event_type: str
+    attempts: int
+    error: str
+
+
+class GateChecked(Payload):
+    """An external gate of `canary.gates` answered (or not) before a promotion or a step; not 2xx holds."""
+
+    type: Literal["gate.checked"] = "gate.checked"
+    on: Literal["promotion", "step"]
+    url: str
+    allow: bool
+    reason: str
+    status: int | None = None
+    step: int = -1
+    duration_ms: float = 0.0
+
+
 AnyPayload = Annotated[
     PingRequested
     | Pong
@@ -418,7 +456,10 @@ AnyPayload = Annotated[
     | TargetUp
     | StatusChecked
     | AuditRequested
-    | AuditRendered,
+    | AuditRendered
+    | NotificationSent
+    | NotificationFailed
+    | GateChecked,
     Field(discriminator="type"),
 ]
 

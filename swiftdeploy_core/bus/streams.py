@@ -9,6 +9,7 @@ ORCHESTRATOR_INBOX = f"{PREFIX}:stream:orchestrator"
 GATEKEEPER_INBOX = f"{PREFIX}:stream:gatekeeper"
 COLLECTOR_INBOX = f"{PREFIX}:stream:collector"
 AUDITOR_INBOX = f"{PREFIX}:stream:auditor"
+NOTIFIER_INBOX = f"{PREFIX}:stream:notifier"
 EVENTS = f"{PREFIX}:stream:events"  # the audit stream: everything that happened
 METRICS = f"{PREFIX}:stream:metrics"  # metrics.snapshot, capped; never audited
 DEAD_LETTER = f"{PREFIX}:stream:dead-letter"
@@ -18,6 +19,7 @@ INBOXES = {
     "gatekeeper": GATEKEEPER_INBOX,
     "collector": COLLECTOR_INBOX,
     "auditor": AUDITOR_INBOX,
+    "notifier": NOTIFIER_INBOX,
 }
 
 
@@ -55,6 +57,19 @@ def latest_snapshot_key(project: str, track: str) -> str:
 def host_stats_key(project: str) -> str:
     """The collector's latest host stats."""
     return f"{PREFIX}:host:{project}"
+
+
+def notified_key(event_id: str) -> str:
+    """Hash of notification target index -> outcome (`sent` / `failed`) for one event (no repeats)."""
+    return f"{PREFIX}:notified:{event_id}"
+
+
+NOTIFIER_SINCE = f"{PREFIX}:notifier:since"  # when the first notifier started: older events are not sent
+
+
+def notify_claim_key(event_id: str, target: int) -> str:
+    """A notifier replica's short lease on delivering one event to one target (no two at once)."""
+    return f"{PREFIX}:notify:claim:{event_id}:{target}"
 
 
 def delivery_count_key(service: str) -> str:

@@ -30,7 +30,7 @@ from swiftdeploy_core.settings import Settings
 
 STATE_DIR = ".swiftdeploy"
 STATE_FILE = "controlplane.json"
-SERVICES = ("orchestrator", "collector", "gatekeeper", "auditor")
+SERVICES = ("orchestrator", "collector", "gatekeeper", "auditor", "notifier")
 ROOT = Path(__file__).resolve().parent.parent  # where `services` and `swiftdeploy_core` live
 POLL_S = 0.25
 MAX_REPLICAS = 16

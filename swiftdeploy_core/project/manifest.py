@@ -11,12 +11,13 @@ import errno
 import hashlib
 import itertools
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.limits import INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, InputTooLarge, check_value
@@ -85,6 +86,29 @@ class NetworkSpec(_Section):
     driver_type: Literal["bridge", "overlay", "macvlan", "ipvlan"] = "bridge"
 
 
+SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _secret_reference(value: str) -> str:
+    """A secret is named, never written: `${ENV_VAR}`, read by the process that signs, so the
+    secret itself never reaches the bus, a record or the history (the value is not echoed)."""
+    if not SECRET_REF.fullmatch(value):
+        raise ValueError("must be an environment reference like ${WEBHOOK_SECRET}, never the secret itself")
+    return value
+
+
+SecretRef = Annotated[str, AfterValidator(_secret_reference)]
+
+
+class GateSpec(_Section):
+    """`canary.gates[]`: a URL asked (signed POST of the rollout's state) before a transition; 2xx allows."""
+
+    on: Literal["promotion", "step"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Seconds = 5.0
+    secret: SecretRef | None = None
+
+
 class CanarySpec(_Section):
     """`canary`: how a canary is rolled out. version and image default to the service's."""
 
@@ -97,6 +121,7 @@ class CanarySpec(_Section):
     ]
     interval: Seconds = 10
     failure_limit: Annotated[int, Field(ge=1, le=100, strict=True)] = 2
+    gates: list[GateSpec] = []
 
     @field_validator("steps")
     @classmethod
@@ -104,6 +129,15 @@ class CanarySpec(_Section):
         if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(f"must be strictly increasing (got {steps})")
         return steps
+
+
+class NotificationSpec(_Section):
+    """`notifications[]`: POST each event whose type matches one of `events` (globs) to `url`, signed."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    events: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    secret: SecretRef | None = None
+    format: Literal["json", "slack"] = "json"
 
 
 class PolicySpec(_Section):
@@ -161,6 +195,7 @@ class Manifest(_Section):
     runtime: Runtime = Runtime.docker
     collector: CollectorSpec = CollectorSpec()
     paths: PathsSpec = PathsSpec()
+    notifications: list[NotificationSpec] = []
 
     @property
     def project(self) -> str:

@@ -182,3 +182,22 @@ def test_a_pipe_in_a_reason_does_not_break_the_table(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
     path.write_bytes(encode_line(entry, GENESIS))
     assert table(render(path), "Policy violations") == [["2026-01-01T00:00:00.000Z", "infra", "disk \\| full"]]
+
+
+def test_a_held_external_gate_is_a_violation_row_and_an_allowing_one_is_not(tmp_path: Path) -> None:
+    from swiftdeploy_core.bus.events import Event, GateChecked, Source
+
+    source = Source(service="orchestrator", instance="o-1")
+    reason = "gate http://127.0.0.1:9 held the promotion (HTTP 403): change freeze"
+    events = [
+        Event(payload=GateChecked(on="promotion", url="http://127.0.0.1:9", allow=False, reason=reason, status=403), source=source),
+        Event(payload=GateChecked(on="step", url="http://127.0.0.1:9", allow=True, reason="allowed", status=200), source=source),
+    ]  # fmt: skip
+    prev, lines = GENESIS, []
+    for event in events:
+        lines.append(encode_line(history_entry(event, "canary"), prev))
+        prev = line_digest(lines[-1])
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(lines))
+    rows = table(render(path), "Policy violations")
+    assert [row[1:] for row in rows] == [["gate:promotion", reason]]

@@ -158,7 +158,7 @@ def test_redis_restart_mid_stream_services_reconnect_and_finish(make_redis, spaw
     assert all(p.poll() is None for p in replicas), "a service crashed when Redis went away"
 
 
-@pytest.mark.parametrize("service", ["orchestrator", "collector", "gatekeeper", "auditor"])
+@pytest.mark.parametrize("service", ["orchestrator", "collector", "gatekeeper", "auditor", "notifier"])
 def test_sigterm_each_service_exits_0_within_5s(redis_url: str, spawn, service: str) -> None:
     client = redis.Redis.from_url(redis_url)
     proc = spawn(redis_url, f"{service}-1", f"services.{service}")

@@ -46,7 +46,7 @@ def project(tmp_path: Path):
     swiftdeploy("down", cwd=tmp_path)  # whatever a failed test left running
 
 
-def test_up_without_redis_url_runs_embedded_redis_and_four_healthy_services_and_down_leaves_nothing(
+def test_up_without_redis_url_runs_embedded_redis_and_five_healthy_services_and_down_leaves_nothing(
     project: Path,
 ) -> None:
     started = swiftdeploy("up", "--timeout", "60", cwd=project)
@@ -60,7 +60,9 @@ def test_up_without_redis_url_runs_embedded_redis_and_four_healthy_services_and_
     listed = swiftdeploy("ps", "--json", cwd=project)
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert listed.returncode == 0, listed.stdout + listed.stderr
-    assert sorted(r["service"] for r in rows) == ["auditor", "collector", "gatekeeper", "orchestrator", "redis"]
+    assert sorted(r["service"] for r in rows) == [
+        "auditor", "collector", "gatekeeper", "notifier", "orchestrator", "redis"
+    ]  # fmt: skip
     assert {r["status"] for r in rows} == {"healthy"}
 
     client = redis.Redis.from_url(state["redis_url"])

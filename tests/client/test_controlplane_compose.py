@@ -1,4 +1,4 @@
-"""compose.dev.yml on the real dockerd: Redis and the four services in containers, scaled."""
+"""compose.dev.yml on the real dockerd: Redis and the five services in containers, scaled."""
 
 from __future__ import annotations
 

@@ -174,3 +174,19 @@ def test_the_loader_names_the_problem_in_one_line(case: Case, tmp_path: Path):
     assert "\n" not in message and len(message) < 400
     for expected in case.expect:
         assert expected in message, (expected, message)
+
+
+def test_a_literal_webhook_secret_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text(
+        "services: {name: app, image: x, port: 3000, version: '1', mode: stable}\n"
+        "nginx: {image: nginx, port: 8080, proxy_timeout: 30}\nnetwork: {name: n, driver_type: bridge}\n"
+        "notifications: [{url: 'http://127.0.0.1:9/x', events: ['rollback.*'], secret: hunter2}]\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    message = str(caught.value)
+    assert "notifications.0.secret: must be an environment reference like ${WEBHOOK_SECRET}" in message
+    assert "hunter2" not in message
+    path.write_text(path.read_text().replace("hunter2", "'${HOOK_SECRET}'"))
+    assert load_manifest(path).manifest.notifications[0].secret == "${HOOK_SECRET}"

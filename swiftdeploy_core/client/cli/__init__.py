@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "policy",  # policy check
     "status",  # status
     "audit",  # audit
+    "dashboard",  # dashboard (web)
 )
 
 app = typer.Typer(

@@ -69,7 +69,7 @@ def deploy(manifest: ManifestOption = None, timeout: float = TimeoutOption) -> N
     Example: swiftdeploy deploy
     """
     loaded = load_project(manifest)
-    payload = DeployRequested(manifest=_as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
+    payload = DeployRequested(manifest=as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
     _send(payload, DEPLOY_END, timeout, manifest)
 
 
@@ -83,7 +83,7 @@ def promote_canary(
     Example: swiftdeploy promote canary --wait
     """
     loaded = load_project(manifest)
-    payload = CanaryRequested(manifest=_as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
+    payload = CanaryRequested(manifest=as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
     _send(payload, CANARY_WAIT_END if wait else CANARY_END, timeout, manifest)
 
 
@@ -135,14 +135,14 @@ def teardown(manifest: ManifestOption = None, timeout: float = TimeoutOption) ->
     Example: swiftdeploy teardown
     """
     loaded = load_project(manifest)
-    payload = TeardownRequested(project=loaded.manifest.project, root=str(loaded.root), manifest=_as_data(loaded))
+    payload = TeardownRequested(project=loaded.manifest.project, root=str(loaded.root), manifest=as_data(loaded))
     _send(payload, TEARDOWN_END, timeout, manifest)
 
 
 # --- sending and following ---------------------------------------------------------------------
 
 
-def _as_data(loaded: LoadedManifest) -> dict[str, Any]:
+def as_data(loaded: LoadedManifest) -> dict[str, Any]:
     return loaded.manifest.model_dump(mode="json")
 
 

@@ -1,0 +1,1 @@
+"""The notifier: POSTs matching events to the manifest's `notifications` webhooks, signed."""

@@ -1,0 +1,1 @@
+"""The notifier: signed webhook deliveries, retried, once per event id."""
