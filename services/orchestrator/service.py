@@ -163,7 +163,10 @@ async def on_canary(event: Event, ctx: Context) -> None:
     manifest = _manifest(payload)
     await run_command(
         event, ctx, "promote-canary", manifest.project,
-        lambda r: operations.StartCanary(r, event.correlation_id).run(), manifest, payload.root,
+        lambda r: (
+            operations.ResumeCanary(r) if payload.resume else operations.StartCanary(r, event.correlation_id, payload.replace)
+        ).run(),
+        None if payload.resume else manifest, None if payload.resume else payload.root,
     )  # fmt: skip
 
 
