@@ -76,7 +76,7 @@ async def analyse(rollout: Rollout) -> Decision | None:
     snapshot = await rollout.store.snapshot(record.project, "canary")
     data = plans.canary_input(snapshot, record.canary)
     if data is None:
-        if manifest.canary.no_data is NoData.hold:
+        if manifest.canary.no_data is NoData.hold or _warming_up(rollout):
             return None
         decision: Decision | None = Decision(allow=False, reasons=[no_traffic(manifest.canary.interval)])
     else:
@@ -100,6 +100,16 @@ async def analyse(rollout: Rollout) -> Decision | None:
     if failures >= manifest.canary.failure_limit:
         await rollout.save(phase=Phase.rolling_back, automatic=True)
     return decision
+
+
+def _warming_up(rollout: Rollout) -> bool:
+    """A canary that just started has no figures yet through no fault of its own: the collector
+    needs to find it and scrape it twice before a rate exists. Until then no data is no failure."""
+    record, manifest = rollout.record, rollout.manifest
+    if record.step != 0 or record.stepped_at is None:
+        return False
+    grace = manifest.canary.interval + 2 * manifest.collector.interval
+    return datetime.now(UTC) - record.stepped_at < timedelta(seconds=grace)
 
 
 def no_traffic(interval: float) -> str:
