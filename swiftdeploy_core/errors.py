@@ -49,5 +49,9 @@ class OperationInProgress(SwiftDeployError):
     """Another operation holds this deployment's lease lock."""
 
 
+class LeaseLost(SwiftDeployError):
+    """This operation's lease ran out or passed to another holder: it stops before its next effect."""
+
+
 class PolicyEngineError(SwiftDeployError):
     """The policy engine could not give an answer (used inside the gatekeeper, mapped to a deny)."""

@@ -42,6 +42,9 @@ def write_manifest(root: Path, project: str, **sections: Any) -> Path:
             "steps": [10, 50],
             "interval": 0.5,
             "failure_limit": 2,
+            # Most stories write the collector's figures themselves (write_snapshot), when they
+            # choose; those with the real collector say `no_data: fail`, the product's default.
+            "no_data": "hold",
         },
     }
     for key, value in sections.items():

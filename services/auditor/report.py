@@ -26,7 +26,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 TIMELINE_TYPES = (
     "deploy.requested", "deploy.started", "deploy.step", "deploy.blocked", "deploy.completed",
     "deploy.failed", "canary.requested", "canary.started", "canary.weight_changed",
-    "canary.analysis", "canary.completed", "promotion.requested", "promotion.blocked",
+    "canary.analysis", "canary.paused", "canary.resumed", "canary.replaced", "canary.completed", "promotion.requested", "promotion.blocked",
     "promotion.completed", "rollback.requested", "rollback.completed", "mode.changed",
     "chaos.injected", "teardown.requested", "teardown.completed", "operation.failed",
     "command.rejected",

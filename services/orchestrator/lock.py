@@ -2,6 +2,12 @@
 
 The lease expires on its own when its holder dies (so a killed orchestrator never wedges a
 project); a live holder renews it. Release and renewal only touch the lock if it is still ours.
+
+A holder whose renewal fails (Redis away, or the lease already another's) must not go on as if it
+still held it: the `Fence` it holds says so. Its operation checks the fence before each effect
+(`check`, local: the lease may have run out since the last successful renewal) and every record
+write is conditional on the lock still holding the lease's value (`fenced_set`, one script), so a
+replica that lost its lease cannot write even if it does not know yet.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -20,13 +27,18 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.errors import OperationInProgress
+from swiftdeploy_core.errors import LeaseLost, OperationInProgress
+
+log = logging.getLogger("swiftdeploy.orchestrator.lock")
 
 DEFAULT_LEASE = 30.0
 POLL = 0.05
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+# SET KEYS[2] to ARGV[2] only while the lock KEYS[1] still holds the lease's value ARGV[1].
+_FENCED_SET = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0"
+RENEW_SHARE = 1 / 3  # renew every third of the lease
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,50 @@ class Lease:
                 "pid": os.getpid(),
             }
         )
+
+
+class Fence:
+    """A held lease as its operation sees it: still ours, or lost (then every effect stops)."""
+
+    def __init__(self, lease: Lease, seconds: float) -> None:
+        self.lease = lease
+        self.seconds = seconds
+        self.valid_until = time.monotonic() + seconds  # the lease cannot have outlived this
+        self.lost_reason: str | None = None
+
+    @property
+    def operation(self) -> str:
+        return self.lease.operation
+
+    def renewed(self, at: float) -> None:
+        self.valid_until = at + self.seconds
+
+    def lose(self, reason: str) -> None:
+        self.lost_reason = self.lost_reason or reason
+
+    def check(self) -> None:
+        """LeaseLost unless the lease is certainly still ours (before any effect)."""
+        if self.lost_reason is None and time.monotonic() >= self.valid_until:
+            self.lose(f"it could not be renewed for {self.seconds:g} s")
+        if self.lost_reason is not None:
+            raise LeaseLost(
+                f"the lease on {self.lease.project} was lost ({self.lost_reason}); "
+                f"{self.lease.operation} stopped before its next step"
+            )
+
+    async def fenced_set(self, redis: aioredis.Redis, key: str, value: str) -> None:
+        """SET `key` only while the lock holds this lease; LeaseLost (and nothing written) if not."""
+        self.check()
+        if not await redis.eval(_FENCED_SET, 2, streams.lock_key(self.lease.project), key, self.lease.value(), value):
+            self.lose("another holder has it")
+            self.check()
+
+    async def verify(self, redis: aioredis.Redis) -> None:
+        """Before an effect outside Redis (the router, the runtime): the lock still holds this lease."""
+        self.check()
+        if await redis.get(streams.lock_key(self.lease.project)) != self.lease.value().encode():
+            self.lose("another holder has it")
+            self.check()
 
 
 async def acquire(
@@ -105,21 +161,31 @@ def describe(raw: bytes | str) -> str:
 async def holding(
     redis: aioredis.Redis, project: str, operation: str, owner: str, *, wait: float = 0.0,
     lease: float = DEFAULT_LEASE,
-) -> AsyncIterator[Lease]:  # fmt: skip
+) -> AsyncIterator[Fence]:  # fmt: skip
     """Hold the lock for the body, renewing it every third of the lease; always release."""
     held = await acquire(redis, project, operation, owner, wait=wait, lease=lease)
-    keeper = asyncio.create_task(_keep(redis, held, lease))
+    fence = Fence(held, lease)
+    keeper = asyncio.create_task(_keep(redis, fence))
     try:
-        yield held
+        yield fence
     finally:
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
-        await asyncio.shield(release(redis, held))
+        with contextlib.suppress(Exception):  # a lost lease is not ours to release; Redis may be away
+            await asyncio.shield(release(redis, held))
 
 
-async def _keep(redis: aioredis.Redis, held: Lease, lease: float) -> None:
-    while True:
-        await asyncio.sleep(lease / 3)
-        with contextlib.suppress(Exception):
-            await renew(redis, held, lease)
+async def _keep(redis: aioredis.Redis, fence: Fence) -> None:
+    """Renew every third of the lease; a refused renewal loses the lease for good, a failed one
+    leaves it valid only until the last renewal's lease runs out (`Fence.check`)."""
+    while fence.lost_reason is None:
+        await asyncio.sleep(fence.seconds * RENEW_SHARE)
+        started = time.monotonic()
+        try:
+            if await asyncio.wait_for(renew(redis, fence.lease, fence.seconds), fence.seconds * RENEW_SHARE):
+                fence.renewed(started)
+            else:
+                fence.lose("another holder has it")
+        except Exception as exc:  # Redis away: try again next time, while the lease lasts
+            log.warning("could not renew the lease on %s: %r", fence.lease.project, exc)

@@ -18,6 +18,8 @@ from services.orchestrator import gates, phases, plans
 from services.orchestrator.drivers.health import wait_http_ok
 from services.orchestrator.rollout import Decision, Rollout, failure_logs
 from swiftdeploy_core.bus.events import (
+    CanaryReplaced,
+    CanaryResumed,
     CanaryStarted,
     ChaosInjected,
     ChaosRequested,
@@ -172,12 +174,16 @@ class Deploy:
 
 @dataclass
 class StartCanary:
-    """`promote canary`: the canary track beside stable, then its first step's weight."""
+    """`promote canary`: the canary track beside stable, then its first step's weight. With
+    `replace`, a running canary is removed first and the new revision starts from the first step."""
 
     rollout: Rollout
     correlation_id: str
+    replace: bool = False
 
     async def run(self) -> None:
+        if self.replace and self.rollout.record.phase in (Phase.progressing, Phase.canary_complete):
+            await self.remove_running()
         self.check()
         try:
             instances = await self.start_track()
@@ -190,11 +196,26 @@ class StartCanary:
     def check(self) -> None:
         record = self.rollout.record
         if record.phase in BUSY_PHASES:
-            raise Refused(
-                f"a canary of {record.canary.version if record.canary else '?'} is already running ({record.phase.value})"
+            running = record.canary.version if record.canary else "?"
+            hint = (
+                "; `promote canary --replace` restarts the analysis with this revision, or `rollback` first"
+                if record.phase in (Phase.progressing, Phase.canary_complete)
+                else ""
             )
+            raise Refused(f"a canary of {running} is already running ({record.phase.value}){hint}")
         if record.phase != Phase.stable or record.stable is None:
             raise Refused("nothing is deployed to run a canary beside; run `swiftdeploy deploy` first")
+
+    async def remove_running(self) -> None:
+        """All traffic back to stable, the old canary removed; recorded as a replacement."""
+        r = self.rollout
+        record = r.record
+        assert record.canary is not None
+        new_version = r.manifest.canary.version or r.manifest.services.version
+        await r.route(record.model_copy(update={"canary": None}))
+        await r.stop([i.name for i in record.canary.instances])
+        await r.save(phase=Phase.stable, canary=None, step=-1, pause=None, consecutive_failures=0, last_reasons=[])
+        await r.emit(CanaryReplaced(previous_version=record.canary.version, version=new_version, step=record.step))
 
     async def start_track(self) -> list[Instance]:
         r = self.rollout
@@ -204,7 +225,9 @@ class StartCanary:
         specs = plans.track_specs(r.manifest, "canary", plans.generation(f"{self.correlation_id}:canary"))
         instances = await r.start(specs)
         await r.save(canary=plans.track_state(specs, instances, 0))
-        await r.emit(CanaryStarted(version=specs[0].version, image=specs[0].image, weight=r.manifest.canary.steps[0]))
+        await r.emit(
+            CanaryStarted(version=specs[0].version, image=specs[0].image, weight=r.manifest.canary.weight_at(0))
+        )
         return instances
 
     async def first_step(self, instances: list[Instance]) -> None:
@@ -212,6 +235,22 @@ class StartCanary:
         await r.save(phase=Phase.progressing)
         await phases.shift(r, 0)
         await r.emit(ModeChanged(mode="canary", previous="stable", version=instances[0].version))
+
+
+@dataclass
+class ResumeCanary:
+    """`promote canary --continue`: release the pause the canary waits at."""
+
+    rollout: Rollout
+
+    async def run(self) -> None:
+        r = self.rollout
+        pause = r.record.pause
+        if r.record.phase != Phase.progressing or pause is None or pause.released:
+            where = f"at step {r.record.step}" if r.record.phase == Phase.progressing else r.record.phase.value
+            raise Refused(f"the canary is not paused ({where}); nothing to continue")
+        await r.save(pause=pause.model_copy(update={"released": True}))
+        await r.emit(CanaryResumed(step=pause.step))
 
 
 @dataclass

@@ -8,12 +8,14 @@ first and save second: after a crash in between, `recover()` points nginx back a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 from services.orchestrator import gates, plans
 from services.orchestrator.rollout import Decision, Rollout
 from swiftdeploy_core.bus.events import (
     CanaryAnalysis,
     CanaryCompleted,
+    CanaryPaused,
     CanaryWeightChanged,
     DeployFailed,
     ModeChanged,
@@ -22,7 +24,8 @@ from swiftdeploy_core.bus.events import (
     RollbackCompleted,
 )
 from swiftdeploy_core.errors import SwiftDeployError
-from swiftdeploy_core.project.state import Phase
+from swiftdeploy_core.project.manifest import NoData
+from swiftdeploy_core.project.state import Pause, Phase
 
 Handler = Callable[[Rollout], Awaitable[None]]
 
@@ -65,13 +68,19 @@ async def recover(rollout: Rollout) -> Phase:
 
 
 async def analyse(rollout: Rollout) -> Decision | None:
-    """Ask the gatekeeper about the canary's window; None when there is nothing to decide on yet."""
+    """Ask the gatekeeper about the canary's window; None when there is nothing to decide on yet.
+
+    An interval with no usable figures is a failed check under `canary.no_data: fail` (the
+    default): a canary nobody can judge is not let through by silence."""
     record, manifest = rollout.record, rollout.manifest
     snapshot = await rollout.store.snapshot(record.project, "canary")
     data = plans.canary_input(snapshot, record.canary)
     if data is None:
-        return None
-    decision = await rollout.gate.decide("canary", data)
+        if manifest.canary.no_data is NoData.hold or _warming_up(rollout):
+            return None
+        decision: Decision | None = Decision(allow=False, reasons=[no_traffic(manifest.canary.interval)])
+    else:
+        decision = await rollout.gate.decide("canary", data)
     if decision is None:
         return None
     failures = 0 if decision.allow else record.consecutive_failures + 1
@@ -89,23 +98,72 @@ async def analyse(rollout: Rollout) -> Decision | None:
         )
     )
     if failures >= manifest.canary.failure_limit:
-        await rollout.save(phase=Phase.rolling_back)
+        await rollout.save(phase=Phase.rolling_back, automatic=True)
     return decision
 
 
+def _warming_up(rollout: Rollout) -> bool:
+    """A canary that just started has no figures yet through no fault of its own: the collector
+    needs to find it and scrape it twice before a rate exists. Until then no data is no failure."""
+    record, manifest = rollout.record, rollout.manifest
+    if record.step != 0 or record.stepped_at is None:
+        return False
+    grace = manifest.canary.interval + 2 * manifest.collector.interval
+    return datetime.now(UTC) - record.stepped_at < timedelta(seconds=grace)
+
+
+def no_traffic(interval: float) -> str:
+    return f"no traffic reached the canary in the last {interval:g} s"
+
+
 async def on_progressing(rollout: Rollout) -> None:
+    """Past its deadline: roll back. Else analyse; on allow, leave a pause that is over, or take
+    the next step (a weight, or a pause), or complete after the last."""
+    if await _missed_deadline(rollout):
+        return
     decision = await analyse(rollout)
     if decision is None or not decision.allow:
         return
-    record, steps = rollout.record, rollout.manifest.canary.steps
+    record, canary = rollout.record, rollout.manifest.canary
     assert record.canary is not None
-    if plans.is_last_step(steps, record.step):
-        await rollout.save(phase=Phase.canary_complete)
+    if record.pause is not None and not pause_over(record.pause):
+        return
+    if canary.is_last(record.step):
+        await rollout.save(phase=Phase.canary_complete, pause=None)
         await rollout.emit(CanaryCompleted(version=record.canary.version, weight=record.canary.weight))
         return
     if await gates.hold(rollout, "step", record.step + 1) is not None:
         return  # an external gate holds this step: asked again next interval
-    await shift(rollout, record.step + 1)
+    await step_to(rollout, record.step + 1)
+
+
+def pause_over(pause: Pause) -> bool:
+    return pause.released or (pause.until is not None and datetime.now(UTC) >= pause.until)
+
+
+async def _missed_deadline(rollout: Rollout) -> bool:
+    """`canary.progress_deadline`: a step (not a pause) that takes longer rolls the canary back."""
+    record, deadline = rollout.record, rollout.manifest.canary.progress_deadline
+    if deadline is None or record.pause is not None or record.stepped_at is None:
+        return False
+    if datetime.now(UTC) - record.stepped_at < timedelta(seconds=deadline):
+        return False
+    reason = f"the canary did not advance within its progress deadline of {deadline:g} s (step {record.step})"
+    await rollout.save(phase=Phase.rolling_back, automatic=True, last_reasons=[reason])
+    return True
+
+
+async def step_to(rollout: Rollout, step: int) -> None:
+    """Take `step`: shift to its weight, or start waiting at it when it is a pause."""
+    canary = rollout.manifest.canary
+    pause = canary.pause_at(step)
+    if pause is None:
+        await shift(rollout, step)
+        return
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=pause.seconds) if pause.seconds is not None else None
+    await rollout.save(step=step, stepped_at=now, pause=Pause(step=step, until=until))
+    await rollout.emit(CanaryPaused(step=step, weight=canary.weight_at(step), until=until))
 
 
 async def shift(rollout: Rollout, step: int) -> None:
@@ -113,10 +171,10 @@ async def shift(rollout: Rollout, step: int) -> None:
     record = rollout.record
     assert record.canary is not None
     previous = record.canary.weight
-    weight = plans.step_weight(rollout.manifest.canary.steps, step)
+    weight = rollout.manifest.canary.weight_at(step)
     moved = record.model_copy(update={"step": step, "canary": record.canary.model_copy(update={"weight": weight})})
     await rollout.route(moved)
-    await rollout.save(step=step, canary=moved.canary)
+    await rollout.save(step=step, canary=moved.canary, stepped_at=datetime.now(UTC), pause=None)
     await rollout.emit(CanaryWeightChanged(step=step, weight=weight, previous=previous))
 
 
@@ -130,14 +188,14 @@ async def on_canary_complete(rollout: Rollout) -> None:
 async def on_rolling_back(rollout: Rollout) -> None:
     """All traffic to stable, then remove the canary."""
     record = rollout.record
-    automatic = record.consecutive_failures >= rollout.manifest.canary.failure_limit
+    automatic = record.automatic or record.consecutive_failures >= rollout.manifest.canary.failure_limit
     served = record.mode
     if record.canary is not None:
         back = record.model_copy(update={"canary": record.canary.model_copy(update={"weight": 0, "instances": []})})
         await rollout.route(back)
         await rollout.stop([i.name for i in record.canary.instances])
     stable_version = record.stable.version if record.stable else ""
-    await rollout.save(phase=Phase.stable, canary=None, step=-1, consecutive_failures=0)
+    await rollout.save(phase=Phase.stable, canary=None, step=-1, consecutive_failures=0, pause=None, automatic=False)
     await rollout.emit(RollbackCompleted(version=stable_version, reasons=record.last_reasons, automatic=automatic))
     if served == "canary":
         await rollout.emit(ModeChanged(mode="stable", previous="canary", version=stable_version))
@@ -159,7 +217,7 @@ async def on_promoting(rollout: Rollout) -> None:
     old = [i.name for i in record.instances()]
     await rollout.stop(old)
     previous = record.stable.version if record.stable else ""
-    await rollout.save(phase=Phase.stable, stable=new_stable, canary=None, step=-1, consecutive_failures=0)
+    await rollout.save(phase=Phase.stable, stable=new_stable, canary=None, step=-1, consecutive_failures=0, pause=None)
     await rollout.emit(PromotionCompleted(version=new_stable.version, previous_version=previous))
     await rollout.emit(ModeChanged(mode="stable", previous="canary", version=new_stable.version))
 

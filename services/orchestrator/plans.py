@@ -106,15 +106,6 @@ def needs_opa(manifest: Manifest) -> bool:
 # --- canary steps ------------------------------------------------------------------------------
 
 
-def step_weight(steps: list[int], step: int) -> int:
-    """The canary's percent of traffic at `step` (0 before the first step)."""
-    return steps[step] if 0 <= step < len(steps) else 0
-
-
-def is_last_step(steps: list[int], step: int) -> bool:
-    return step >= len(steps) - 1
-
-
 # --- router ------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from services.orchestrator.drivers.base import InstanceFailed, InstanceSpec, RuntimeDriver
+from services.orchestrator.lock import Fence
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import AnyPayload, MetricsSnapshot
 from swiftdeploy_core.project.manifest import Manifest, validate_manifest
@@ -37,9 +38,14 @@ class RecordStore:
         raw = await self.redis.get(streams.rollout_key(project))
         return RolloutState.model_validate_json(raw) if raw else None
 
-    async def save(self, record: RolloutState) -> RolloutState:
+    async def save(self, record: RolloutState, fence: Fence | None = None) -> RolloutState:
+        """Write the record; with a fence, only while its lease is still held (else LeaseLost)."""
         record = record.model_copy(update={"updated_at": datetime.now(UTC)})
-        await self.redis.set(streams.rollout_key(record.project), record.model_dump_json())
+        key, value = streams.rollout_key(record.project), record.model_dump_json()
+        if fence is None:
+            await self.redis.set(key, value)
+        else:
+            await fence.fenced_set(self.redis, key, value)
         return record
 
     async def delete(self, project: str) -> None:
@@ -86,6 +92,7 @@ class Rollout:
     emit: Emit
     health_timeout: float = HEALTH_TIMEOUT
     _manifest: Manifest | None = field(default=None, repr=False)
+    fence: Fence | None = None  # the lease this rollout's operation holds: every effect checks it
 
     @property
     def manifest(self) -> Manifest:
@@ -94,8 +101,13 @@ class Rollout:
         return self._manifest
 
     async def save(self, **changes: object) -> RolloutState:
-        self.record = await self.store.save(self.record.model_copy(update=changes))
+        self.record = await self.store.save(self.record.model_copy(update=changes), self.fence)
         return self.record
+
+    async def fenced(self) -> None:
+        """Before an effect on the runtime or the router: LeaseLost if the lease is not ours."""
+        if self.fence is not None:
+            await self.fence.verify(self.store.redis)
 
     async def route(self, record: RolloutState | None = None) -> str:
         """Make nginx serve exactly what `record` (default: the current one) says."""
@@ -103,6 +115,7 @@ class Rollout:
         stable = record.stable.instances if record.stable else []
         canary = record.canary.instances if record.canary else []
         weight = record.canary.weight if record.canary else 0
+        await self.fenced()
         return await self.driver.apply_router(self.manifest, stable, canary, weight)
 
     async def start(self, specs: list[InstanceSpec]) -> list[Instance]:
@@ -112,6 +125,7 @@ class Rollout:
     async def launch(self, specs: list[InstanceSpec]) -> list[Instance]:
         """Start instances without waiting for them; on failure stop what was started."""
         started: list[Instance] = []
+        await self.fenced()
         try:
             for spec in specs:
                 started.append(await self.driver.start_instance(spec))
@@ -133,6 +147,7 @@ class Rollout:
         return instances
 
     async def stop(self, names: list[str]) -> None:
+        await self.fenced()
         await asyncio.gather(*(self.driver.stop_instance(name) for name in names))
 
 

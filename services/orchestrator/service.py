@@ -85,7 +85,7 @@ def emitter(
 
 async def open_rollout(
     ctx: Context, project: str, emit: Callable[[AnyPayload], Awaitable[None]],
-    manifest: Manifest | None = None, root: str | None = None,
+    manifest: Manifest | None = None, root: str | None = None, fence: lock.Fence | None = None,
 ) -> Rollout:  # fmt: skip
     """The project's rollout: its record (rebuilt from runtime labels if Redis lost it)."""
     store = RecordStore(ctx.bus.redis)
@@ -108,13 +108,13 @@ async def open_rollout(
     gate = BusGate(ctx, ctx.settings.request_timeout)
     validated = validate_manifest(record.manifest)
     rollout = Rollout(
-        record, make_driver(validated, record.root, record.runtime), store, gate, emit, _manifest=validated
+        record, make_driver(validated, record.root, record.runtime), store, gate, emit, _manifest=validated, fence=fence
     )
     if stored is None:  # Redis lost the record (the command brought its manifest): the runtime's labels say the rest
         rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
         if rebuilt is not None:
             rollout.record = await store.save(
-                rebuilt.model_copy(update={"manifest": record.manifest, "root": record.root})
+                rebuilt.model_copy(update={"manifest": record.manifest, "root": record.root}), fence
             )
             await phases.recover(rollout)
     return rollout
@@ -127,8 +127,8 @@ async def run_command(
     """Lock, open, run, close; every refusal or failure becomes one event the client shows."""
     emit = emitter(ctx, event)
     try:
-        async with lock.holding(ctx.bus.redis, project, command, ctx.source.instance, wait=LOCK_WAIT):
-            rollout = await open_rollout(ctx, project, emit, manifest, root)
+        async with lock.holding(ctx.bus.redis, project, command, ctx.source.instance, wait=LOCK_WAIT) as fence:
+            rollout = await open_rollout(ctx, project, emit, manifest, root, fence)
             try:
                 await operation(rollout)
             finally:
@@ -167,7 +167,10 @@ async def on_canary(event: Event, ctx: Context) -> None:
     manifest = _manifest(payload)
     await run_command(
         event, ctx, "promote-canary", manifest.project,
-        lambda r: operations.StartCanary(r, event.correlation_id).run(), manifest, payload.root,
+        lambda r: (
+            operations.ResumeCanary(r) if payload.resume else operations.StartCanary(r, event.correlation_id, payload.replace)
+        ).run(),
+        None if payload.resume else manifest, None if payload.resume else payload.root,
     )  # fmt: skip
 
 
@@ -247,11 +250,11 @@ async def _due(store: RecordStore, record: RolloutState) -> bool:
 
 async def tick(ctx: Context, project: str) -> None:
     """One analysis tick under the lock (skipped when a command holds it)."""
-    async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance):
+    async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance) as fence:
         record = await RecordStore(ctx.bus.redis).load(project)
         if record is None or record.phase not in phases.ANALYSED or not await _due(RecordStore(ctx.bus.redis), record):
             return
-        rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id))
+        rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id), fence=fence)
         try:
             await phases.advance(rollout)
             await phases.settle(rollout)
@@ -266,11 +269,11 @@ async def recover_all(ctx: Context) -> None:
     store = RecordStore(ctx.bus.redis)
     for project in await store.projects():
         try:
-            async with lock.holding(ctx.bus.redis, project, "recover", ctx.source.instance):
+            async with lock.holding(ctx.bus.redis, project, "recover", ctx.source.instance) as fence:
                 record = await store.load(project)
                 if record is None or not record.manifest:
                     continue
-                rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id))
+                rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id), fence=fence)
                 try:
                     phase = await phases.recover(rollout)
                     log.info("recovered %s: %s", project, phase.value)

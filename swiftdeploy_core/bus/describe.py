@@ -84,6 +84,14 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "canary.started": lambda e: f"{e.get('version')} ({e.get('image')}) at {_pct(e.get('weight'))}",
     "canary.weight_changed": lambda e: f"step {e.get('step')}: {_pct(e.get('previous'))} → {_pct(e.get('weight'))}",
     "canary.analysis": _analysis,
+    "canary.paused": lambda e: (
+        f"step {e.get('step')} at {_pct(e.get('weight'))}: "
+        + (f"paused until {e['until']}" if e.get("until") else "paused until `promote canary --continue`")
+    ),
+    "canary.resumed": lambda e: f"step {e.get('step')}: pause released",
+    "canary.replaced": lambda e: (
+        f"{e.get('previous_version')} (at step {e.get('step')}) → {e.get('version')}, from the first step"
+    ),
     "canary.completed": lambda e: f"{e.get('version')} at {_pct(e.get('weight'))}, awaiting promote stable",
     "rollback.requested": lambda e: str(e.get("reason", "")),
     "rollback.completed": _rollback,

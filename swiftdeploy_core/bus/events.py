@@ -117,6 +117,8 @@ class CanaryRequested(Payload):
     manifest: dict[str, Any]
     manifest_sha256: str
     root: str
+    resume: bool = False  # `--continue`: release the pause the running canary waits at
+    replace: bool = False  # `--replace`: a new revision replaces a running canary from the first step
 
 
 class CanaryStarted(Payload):
@@ -147,6 +149,33 @@ class CanaryAnalysis(Payload):
     reasons: list[str] = []
     decision_id: str | None = None
     consecutive_failures: int = 0
+
+
+class CanaryPaused(Payload):
+    """The rollout waits at a pause step, still analysed: until `until`, or (None) until
+    `promote canary --continue`."""
+
+    type: Literal["canary.paused"] = "canary.paused"
+    step: int
+    weight: int
+    until: datetime | None = None
+
+
+class CanaryResumed(Payload):
+    """`promote canary --continue` released the pause; the next passing analysis moves on."""
+
+    type: Literal["canary.resumed"] = "canary.resumed"
+    step: int
+
+
+class CanaryReplaced(Payload):
+    """A new revision replaced the running canary (`promote canary --replace`): the old canary
+    is removed and the analysis starts again at the first step."""
+
+    type: Literal["canary.replaced"] = "canary.replaced"
+    previous_version: str
+    version: str
+    step: int  # where the replaced canary was
 
 
 class CanaryCompleted(Payload):
@@ -435,6 +464,9 @@ AnyPayload = Annotated[
     | CanaryStarted
     | CanaryWeightChanged
     | CanaryAnalysis
+    | CanaryPaused
+    | CanaryResumed
+    | CanaryReplaced
     | CanaryCompleted
     | RollbackRequested
     | RollbackCompleted

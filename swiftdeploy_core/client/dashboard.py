@@ -98,6 +98,7 @@ class StatusView(BaseModel):
     mode: str
     chaos: str
     router_url: str | None = None
+    step: str | None = None  # "2 of 5", with the pause and its deadline when waiting at one
     tracks: list[TrackView]
     request_rate: float | None
     error_rate: float | None
@@ -160,6 +161,7 @@ def build_view(
         mode=rollout.mode if rollout else "stable",
         chaos=chaos or next((v.chaos for v in views if v.chaos != "none"), "none"),
         router_url=rollout.router_url if rollout else None,
+        step=step_line(rollout),
         tracks=views,
         request_rate=serving.request_rate if serving else None,
         error_rate=serving.error_rate if serving else None,
@@ -207,11 +209,29 @@ def _health(track: TrackView) -> Text:
     return Text(f"{mark} {up}/{track.replicas} healthy", style=style)
 
 
+def step_line(rollout: RolloutState | None) -> str | None:
+    """`step 2 of 5`, `step 2 of 5, paused until 12:03:01 UTC`, `... paused until promote canary --continue`."""
+    if rollout is None or rollout.canary is None or rollout.step < 0:
+        return None
+    steps = len(rollout.manifest.get("canary", {}).get("steps", [])) or rollout.step + 1
+    line = f"step {rollout.step + 1} of {steps}"
+    pause = rollout.pause
+    if pause is None:
+        return line
+    if pause.released:
+        return f"{line}, pause released"
+    if pause.until is None:
+        return f"{line}, paused until `promote canary --continue`"
+    return f"{line}, paused until {pause.until:%H:%M:%S} UTC"
+
+
 def _header(view: StatusView) -> Text:
     text = Text.assemble(("SwiftDeploy ", "bold"), (view.project, "bold cyan"), f" · phase {view.phase} · mode ")
     text.append(view.mode.upper(), style="bold magenta" if view.mode == "canary" else "bold green")
     text.append(" · chaos ")
     text.append(view.chaos, style="bold red" if view.chaos != "none" else "green")
+    if view.step:
+        text.append(f" · {view.step}")
     text.append(f" · checked {view.checked_at:%H:%M:%S} UTC", style="dim")
     return text
 

@@ -109,26 +109,65 @@ class GateSpec(_Section):
     secret: SecretRef | None = None
 
 
+class OpenPause(_Section):
+    """`{pause: {}}`: wait for `swiftdeploy promote canary --continue`."""
+
+
+class PauseStep(_Section):
+    """A step that holds the weight reached so far: `{pause: 60}` for that many seconds,
+    `{pause: {}}` until `promote canary --continue`. Analysis goes on while it waits."""
+
+    pause: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | OpenPause
+
+    @property
+    def seconds(self) -> float | None:
+        """How long it waits; None for an open pause."""
+        return None if isinstance(self.pause, OpenPause) else self.pause
+
+
+Weight = Annotated[int, Field(ge=1, le=100, strict=True)]
+Step = Weight | PauseStep
+
+
+class NoData(str, Enum):
+    fail = "fail"  # an interval without usable figures counts as a failed check
+    hold = "hold"  # it counts as nothing: the rollout waits (a progress deadline still applies)
+
+
 class CanarySpec(_Section):
     """`canary`: how a canary is rolled out. version and image default to the service's."""
 
     version: Annotated[str, Field(min_length=1, strict=True)] | None = None
     image: Annotated[str, Field(min_length=1)] | None = None
-    steps: Annotated[list[Annotated[int, Field(ge=1, le=100, strict=True)]], Field(min_length=1)] = [
-        10,
-        25,
-        50,
-    ]
+    steps: Annotated[list[Step], Field(min_length=1)] = [10, 25, 50]
     interval: Seconds = 10
     failure_limit: Annotated[int, Field(ge=1, le=100, strict=True)] = 2
     gates: list[GateSpec] = []
+    no_data: NoData = NoData.fail
+    # Seconds a step (not an open pause) may take before the rollout rolls back; None: no limit.
+    progress_deadline: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
 
     @field_validator("steps")
     @classmethod
-    def _increasing(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError(f"must be strictly increasing (got {steps})")
+    def _increasing(cls, steps: list[Step]) -> list[Step]:
+        if isinstance(steps[0], PauseStep):
+            raise ValueError("must start with a weight (a pause holds the weight reached before it)")
+        weights = [s for s in steps if isinstance(s, int)]
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError(f"weights must be strictly increasing (got {weights})")
         return steps
+
+    def weight_at(self, step: int) -> int:
+        """The canary's percent of traffic at `step`: the last weight at or before it (0 before the first)."""
+        weights = [s for s in self.steps[: step + 1] if isinstance(s, int)] if 0 <= step < len(self.steps) else []
+        return weights[-1] if weights else 0
+
+    def pause_at(self, step: int) -> PauseStep | None:
+        found = self.steps[step] if 0 <= step < len(self.steps) else None
+        return found if isinstance(found, PauseStep) else None
+
+    def is_last(self, step: int) -> bool:
+        return step >= len(self.steps) - 1
 
 
 class NotificationSpec(_Section):

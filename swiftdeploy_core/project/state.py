@@ -49,6 +49,15 @@ class TrackState(BaseModel):
     instances: list[Instance] = []
 
 
+class Pause(BaseModel):
+    """The rollout waits at a pause step: until `until` (a timed pause) or until released by
+    `promote canary --continue` (an open pause, `until` None)."""
+
+    step: int
+    until: datetime | None = None
+    released: bool = False
+
+
 class RolloutState(BaseModel):
     """Everything needed to continue, or roll back, after a restart."""
 
@@ -60,7 +69,10 @@ class RolloutState(BaseModel):
     stable: TrackState | None = None
     canary: TrackState | None = None
     step: int = -1  # index into canary.steps; -1 before the first step
+    stepped_at: datetime | None = None  # when `step` was reached: the progress deadline counts from it
+    pause: Pause | None = None  # set while the rollout waits at a pause step
     consecutive_failures: int = 0
+    automatic: bool = False  # the rollback under way was decided by the rollout itself (not an operator)
     analysed_at: datetime | None = None  # the `at` of the last canary snapshot analysed
     last_reasons: list[str] = []
     router_url: str | None = None  # the public entry (nginx), e.g. http://127.0.0.1:8080

@@ -135,3 +135,19 @@ def test_sparkline_scales_between_min_and_max() -> None:
     assert sparkline([1.0, 1.0]) == "▁▁"
     assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
     assert len(sparkline([float(i) for i in range(100)], width=30)) == 30
+
+
+def test_the_view_says_which_step_and_the_pause_it_waits_at() -> None:
+    from swiftdeploy_core.project.state import Pause
+
+    steps = {"canary": {"steps": [10, {"pause": 60}, 25, {"pause": {}}, 50]}}
+    rollout = canary_rollout().model_copy(update={"manifest": steps, "step": 1})
+    assert build_view("app", rollout, {}, now=NOW).step == "step 2 of 5"
+    timed = rollout.model_copy(update={"pause": Pause(step=1, until=datetime(2026, 11, 26, 7, 31, 0, tzinfo=UTC))})
+    view = build_view("app", timed, {}, now=NOW)
+    assert view.step == "step 2 of 5, paused until 07:31:00 UTC" and view.to_json()["step"] == view.step
+    opened = rollout.model_copy(update={"step": 3, "pause": Pause(step=3)})
+    assert build_view("app", opened, {}, now=NOW).step == "step 4 of 5, paused until `promote canary --continue`"
+    console = Console(width=140, record=True)
+    console.print(render(view))
+    assert "paused until 07:31:00 UTC" in console.export_text()

@@ -9,53 +9,14 @@ takes milliseconds. The same flows on real processes and nginx are in `test_driv
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import redis.asyncio as aioredis
 
 from services.orchestrator import operations, phases, plans
-from services.orchestrator.rollout import RecordStore
 from swiftdeploy_core.errors import RuntimeDriverError
-from swiftdeploy_core.project.manifest import load_manifest
 from swiftdeploy_core.project.state import Phase, RolloutState
-from tests.orchestration import write_manifest, write_snapshot
-from tests.orchestrator.fakes import FakeDriver, FakeHarness, Split, harness
-
-PROJECT = "sdo-phase"
-STEPS = [10, 25, 50]
-
-
-@pytest.fixture
-async def rollout(tmp_path: Path, redis_url: str):
-    loaded = load_manifest(write_manifest(tmp_path, PROJECT, canary={"steps": STEPS}))
-    redis = aioredis.Redis.from_url(redis_url)
-    yield harness(loaded, FakeDriver(PROJECT, tmp_path / "state"), RecordStore(redis), FakeHarness)
-    await redis.aclose()
-
-
-async def given(r: FakeHarness, phase: Phase, step: int = 0, *, canary: bool = True) -> None:
-    """The stored record in `phase` (the canary at `step`'s weight), the runtime matching it."""
-    stable_specs = plans.track_specs(r.manifest, "stable", "s1")
-    stable = plans.track_state(stable_specs, [await r.driver.start_instance(s) for s in stable_specs], 100)
-    track = None
-    if canary:
-        specs = plans.track_specs(r.manifest, "canary", "c1")
-        track = plans.track_state(specs, [await r.driver.start_instance(s) for s in specs], STEPS[step])
-    record = r.record.model_copy(
-        update={
-            "phase": phase, "stable": stable, "canary": track, "step": step if canary else -1,
-            "correlation_id": "cmd-canary" if canary else "cmd-deploy",
-        }
-    )  # fmt: skip
-    url = await r.route(record)
-    r.record = await r.store.save(record.model_copy(update={"router_url": url}))
-    r.driver.calls.clear()
-
-
-def names(r: FakeHarness, track: str) -> tuple[str, ...]:
-    found = r.record.stable if track == "stable" else r.record.canary
-    return tuple(i.name for i in found.instances) if found else ()
+from tests.orchestration import write_snapshot
+from tests.orchestrator.conftest import PROJECT, given, hold, names
+from tests.orchestrator.fakes import FakeHarness, Split
 
 
 async def stored(r: FakeHarness) -> RolloutState:
@@ -92,7 +53,8 @@ async def test_one_allowed_tick_moves_the_router_then_the_record_then_says_so(ro
     assert (moved.type, moved.step, moved.previous, moved.weight) == ("canary.weight_changed", 1, 10, 25)
 
 
-async def test_a_tick_without_fresh_metrics_holds_the_step_and_asks_nobody(rollout):
+async def test_a_tick_without_fresh_metrics_holds_the_step_and_asks_nobody_under_no_data_hold(rollout):
+    hold(rollout)
     await given(rollout, Phase.progressing, step=0)
     await phases.advance(rollout)
     canary_questions = [q for q in rollout.gate.asked if q[0] == "canary"]
@@ -101,6 +63,7 @@ async def test_a_tick_without_fresh_metrics_holds_the_step_and_asks_nobody(rollo
 
 
 async def test_a_snapshot_of_another_version_is_not_fresh_metrics(rollout):
+    hold(rollout)
     await given(rollout, Phase.progressing, step=0)
     await write_snapshot(rollout.store.redis, PROJECT, "1.9.0")
     await phases.advance(rollout)

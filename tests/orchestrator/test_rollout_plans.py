@@ -7,7 +7,7 @@ from pathlib import Path
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import InstanceSpec, NetworkSpec, RuntimeObject
 from swiftdeploy_core.bus.events import MetricsSnapshot
-from swiftdeploy_core.project.manifest import validate_manifest
+from swiftdeploy_core.project.manifest import CanarySpec, validate_manifest
 from swiftdeploy_core.project.router import Upstream
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 
@@ -68,9 +68,16 @@ def test_generations_are_stable_per_seed_and_differ_between_commands():
 
 
 def test_weights_follow_the_steps():
-    steps = [10, 25, 50]
-    assert [plans.step_weight(steps, s) for s in (-1, 0, 1, 2, 3)] == [0, 10, 25, 50, 0]
-    assert [plans.is_last_step(steps, s) for s in (0, 1, 2)] == [False, False, True]
+    canary = CanarySpec(steps=[10, 25, 50])
+    assert [canary.weight_at(s) for s in (-1, 0, 1, 2, 3)] == [0, 10, 25, 50, 0]
+    assert [canary.is_last(s) for s in (0, 1, 2)] == [False, False, True]
+
+
+def test_a_pause_holds_the_weight_reached_before_it():
+    canary = CanarySpec.model_validate({"steps": [10, {"pause": 60}, 25, {"pause": {}}, 50]})
+    assert [canary.weight_at(s) for s in range(5)] == [10, 10, 25, 25, 50]
+    assert [p.seconds if (p := canary.pause_at(s)) else "-" for s in range(5)] == ["-", 60, "-", None, "-"]
+    assert canary.is_last(4) and not canary.is_last(3)
 
 
 def test_the_internal_network_exists_only_for_opa_on_docker():

@@ -45,6 +45,7 @@ TimeoutOption = typer.Option(DEFAULT_TIMEOUT, "--timeout", help="Give up waiting
 DEPLOY_END = {"deploy.completed": EXIT_OK, "deploy.blocked": EXIT_DENIED, "deploy.failed": EXIT_ERROR}
 CANARY_END = {"canary.weight_changed": EXIT_OK, "rollback.completed": EXIT_DENIED}
 CANARY_WAIT_END = {"canary.completed": EXIT_OK, "rollback.completed": EXIT_DENIED}
+CONTINUE_END = {"canary.resumed": EXIT_OK}
 PROMOTE_END = {"mode.changed": EXIT_OK, "promotion.blocked": EXIT_DENIED}
 ROLLBACK_END = {"rollback.completed": EXIT_OK}
 TEARDOWN_END = {"teardown.completed": EXIT_OK}
@@ -76,15 +77,24 @@ def deploy(manifest: ManifestOption = None, timeout: float = TimeoutOption) -> N
 def promote_canary(
     manifest: ManifestOption = None,
     wait: bool = typer.Option(False, "--wait", help="Follow the canary until its last step or a rollback."),
+    resume: bool = typer.Option(False, "--continue", help="Release the pause the running canary waits at."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Replace a running canary with this revision, from the first step."
+    ),
     timeout: float = TimeoutOption,
 ) -> None:
-    """Start the canary beside stable and shift traffic through canary.steps.
+    """Start the canary beside stable and shift traffic through canary.steps (weights and pauses).
 
     Example: swiftdeploy promote canary --wait
     """
+    if resume and replace:
+        raise typer.BadParameter("--continue and --replace do not go together", param_hint="--continue")
     loaded = load_project(manifest)
-    payload = CanaryRequested(manifest=as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root))
-    _send(payload, CANARY_WAIT_END if wait else CANARY_END, timeout, manifest)
+    payload = CanaryRequested(
+        manifest=as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root), resume=resume, replace=replace
+    )
+    ends = CONTINUE_END if resume else CANARY_WAIT_END if wait else CANARY_END
+    _send(payload, ends, timeout, manifest)
 
 
 def promote_stable(manifest: ManifestOption = None, timeout: float = TimeoutOption) -> None:
