@@ -55,12 +55,11 @@ DATA_ROOTS = DataRoots()
 
 @dataclass
 class Deploy:
-    """Infra gate, networks, OPA, the stable track, nginx, health; undone entirely if any step fails."""
+    """Infra gate, networks, the stable track, nginx, health; undone entirely if any step fails."""
 
     rollout: Rollout
     correlation_id: str
     created_networks: list[str] = field(default_factory=list)
-    created_opa: str | None = None
     started: list[Instance] = field(default_factory=list)
     router_was_running: bool = False
     track: TrackState | None = None
@@ -71,7 +70,6 @@ class Deploy:
             return
         try:
             await self.networks()
-            await self.policy_server()
             await self.stable_track()
             await self.router()
             await self.healthy()
@@ -106,12 +104,6 @@ class Deploy:
         await self.step(
             "networks", ", ".join(s.name for s in specs) if self.rollout.driver.name == "docker" else "loopback"
         )
-
-    async def policy_server(self) -> None:
-        manifest = self.rollout.manifest
-        if plans.needs_opa(manifest):
-            self.created_opa = await self.rollout.driver.start_opa(manifest, plans.internal_network(manifest))
-            await self.step("opa", f"{self.created_opa} on {plans.internal_network(manifest)} (no published port)")
 
     async def stable_track(self) -> None:
         """Start the stable instances. A first deploy routes to them while they boot (nothing
@@ -161,7 +153,7 @@ class Deploy:
             await r.route(r.record)
         else:
             for obj in objects:
-                if obj.role in ("router", "opa") or obj.name == self.created_opa:
+                if obj.role == "router":
                     await r.driver.remove(obj)
         for obj in objects:
             if obj.kind == "network" and obj.name in self.created_networks:

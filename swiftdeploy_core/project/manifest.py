@@ -103,13 +103,29 @@ class CanarySpec(_Section):
         return steps
 
 
+class OpaRun(str, Enum):
+    """Who runs OPA when `policy.engine` is `opa`."""
+
+    external = "external"  # the user does; the gatekeeper asks `opa_url`
+    process = "process"  # `swiftdeploy up` runs `opa_binary`, on a unix socket in a private folder
+    container = "container"  # `swiftdeploy up` runs `opa_image` on an internal Docker network
+
+
 class PolicySpec(_Section):
-    """`policy`: which engine decides."""
+    """`policy`: which engine decides, and with `engine: opa`, which OPA."""
 
     engine: PolicyEngine = PolicyEngine.embedded
-    opa_url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8181"
+    opa: OpaRun = OpaRun.external
+    opa_url: Annotated[str, Field(pattern=r"^(https?://|unix:///)")] = "http://127.0.0.1:8181"
+    opa_binary: Annotated[str, Field(min_length=1)] = "opa"
     opa_image: Annotated[str, Field(min_length=1)] = "openpolicyagent/opa:latest"
     timeout: Seconds = 2.0
+
+    @model_validator(mode="after")
+    def _one_opa(self) -> PolicySpec:
+        if self.opa is not OpaRun.external and "opa_url" in self.model_fields_set:
+            raise ValueError(f"opa_url is for an OPA you run (opa: external); with opa: {self.opa.value} the control plane chooses where OPA listens")
+        return self
 
 
 class CollectorSpec(_Section):
