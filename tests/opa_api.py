@@ -94,7 +94,8 @@ class OpaApiServer:
 
         contents = embedded.read_folder(self.folder, include_tests=True)
         modules, data = embedded.split_files(contents)
-        self._policies = rego.compile_policies(modules, data)
+        # OPA starts on an empty folder and serves nothing; regopy cannot compile nothing.
+        self._policies = rego.compile_policies(modules, data) if modules else None
         self._modules_loaded = {str(self.folder / name): text for name, text in modules.items()}
         self._data_loaded: Any = json.loads(data) if data else {}
 
@@ -160,6 +161,8 @@ class OpaApiServer:
             document: Any = self._data_loaded
             for key in path:
                 document = document.get(key, UNDEFINED) if isinstance(document, dict) else UNDEFINED
+        elif self._policies is None:
+            document = UNDEFINED
         else:
             document = self._policies.query(".".join(path), body.get("input", {}))
         return web.json_response({} if document is UNDEFINED else {"result": document})

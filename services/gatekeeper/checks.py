@@ -117,7 +117,7 @@ def _test_inputs_problem(folder: Path, properties: dict[str, set[str]]) -> str |
         if domain not in properties:
             continue
         for number, line in enumerate(text.splitlines(), start=1):
-            for field in _WITH_INPUT.findall(line):
+            for field in _WITH_INPUT.findall(line.split("#", 1)[0]):  # comments may show examples
                 if field not in properties[domain]:
                     return f"{path.name}:{number}: input.{field} is not in the {domain} schema ({', '.join(sorted(properties[domain]))})"
     return None

@@ -68,6 +68,9 @@ class PolicyEngine(abc.ABC):
         """One line when the policies this engine decides with are not the project's files, else ""."""
         return ""
 
+    async def refresh(self) -> None:  # noqa: B027 - an optional hook: only OPA has to ask
+        """Bring `revision()` and `drift()` up to date (cheap when they are)."""
+
     async def close(self) -> None:  # noqa: B027 - an optional hook: most engines hold nothing
         """Release connections; the engine is not used afterwards."""
 

@@ -90,6 +90,9 @@ class OpaEngine(PolicyEngine):
     def drift(self) -> str:
         return self._drift
 
+    async def refresh(self) -> None:
+        await self.refresh_served()
+
     async def refresh_served(self, force: bool = False) -> str:
         """Ask OPA what it serves when the last answer is older than SERVED_TTL_S or the project's
         files changed; returns the drift line ("" when OPA serves the project's files)."""

@@ -50,7 +50,7 @@ class Gatekeeper:
 
     async def decide(self, request: DecisionRequested, request_id: str) -> DecisionMade:
         started = time.perf_counter()
-        verdict = self.check_schema(request.domain, request.input) or await self.engine.evaluate(
+        verdict = await self.check_schema(request.domain, request.input) or await self.engine.evaluate(
             request.domain, request.input
         )
         return DecisionMade(
@@ -65,7 +65,7 @@ class Gatekeeper:
             policy_drift=verdict.drift or None,
         )
 
-    def check_schema(self, domain: str, input: object) -> Verdict | None:
+    async def check_schema(self, domain: str, input: object) -> Verdict | None:
         """A deny naming every absent, extra or mistyped field; None when the input fits (or when
         the domain or input is not even well formed: the engine's own checks say so)."""
         if decide.domain_problem(domain) or decide.input_problem(input) or not isinstance(input, dict):
@@ -73,6 +73,7 @@ class Gatekeeper:
         problems = self.schemas.problems(domain, decide.engine_input(input))
         if not problems:
             return None
+        await self.engine.refresh()  # the revision and drift the engine has now (OPA: what it serves)
         return self.engine.stamp(Verdict.deny(*problems))
 
     async def handle(self, event: Event, ctx: Context) -> None:
@@ -96,6 +97,7 @@ class Gatekeeper:
         if problem:
             log.warning("policy engine %s is not ready (decisions deny until it is): %s", self.engine.name, problem)
         else:
+            await self.engine.refresh()
             log.info("policy engine %s ready, policy revision %s", self.engine.name, self.engine.revision())
 
     async def on_stop(self, ctx: Context) -> None:

@@ -10,10 +10,11 @@ files, so the two are equal exactly when OPA serves the project's files.
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiohttp
+from pydantic import BaseModel
 
 import policies
 
@@ -90,3 +91,38 @@ def drift_line(served: str, files: str, managed: bool) -> str:
         return ""
     action = "the control plane reloads it" if managed else "restart it, or run it with --watch"
     return f"OPA serves policy revision {served}, but the project's policies/ is revision {files}: {action}"
+
+
+async def health(url: str, timeout: float) -> str | None:
+    """None when the OPA at `url` answers `GET /health` with 200; otherwise one line saying why."""
+    try:
+        async with session(url, timeout) as http, http.get(f"{base_url(url)}/health") as resp:
+            return None if resp.status == 200 else f"GET /health answered HTTP {resp.status}"
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except (aiohttp.ClientError, OSError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+# --- an OPA the control plane runs: its record ---------------------------------------------------
+
+MANAGED_RECORD = Path(".swiftdeploy") / "opa.json"  # beside the manifest, written by the supervisor
+
+
+class ManagedOpa(BaseModel):
+    """The OPA `swiftdeploy up` runs (policy.opa: process or container): what and where."""
+
+    mode: str  # "process" or "container"
+    url: str  # unix:///.../opa.sock, or http://<bridge ip>:8181
+    pid: int | None = None  # process
+    container: str | None = None  # container: its name
+    network: str | None = None  # container: the internal network only it and the gatekeeper use
+    restarts: int = 0
+    reloads: int = 0  # restarts because OPA served other policies than the project's files
+
+
+def read_managed(root: Path) -> ManagedOpa | None:
+    try:
+        return ManagedOpa.model_validate_json((root / MANAGED_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
