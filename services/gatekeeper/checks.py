@@ -93,7 +93,11 @@ def input_schemas(context: CheckContext) -> CheckResult:
     for domain in REQUIRED_DOMAINS:
         path = policies.schema_path(folder, domain)
         if not path.exists():
-            return CheckResult(name=name, ok=False, reason=f"{path} is missing: every domain declares its input (see docs/gatekeeper.md)")
+            return CheckResult(
+                name=name,
+                ok=False,
+                reason=f"{path} is missing: every domain declares its input (see docs/gatekeeper.md)",
+            )
         try:
             validator = load_validator(path)
         except ValueError as exc:
@@ -103,7 +107,9 @@ def input_schemas(context: CheckContext) -> CheckResult:
     if problem:
         return CheckResult(name=name, ok=False, reason=problem)
     return CheckResult(
-        name=name, ok=True, reason=f"{', '.join(REQUIRED_DOMAINS)} declared in {folder / policies.SCHEMA_DIR}; every Rego test's input fits"
+        name=name,
+        ok=True,
+        reason=f"{', '.join(REQUIRED_DOMAINS)} declared in {folder / policies.SCHEMA_DIR}; every Rego test's input fits",
     )
 
 
@@ -135,16 +141,30 @@ def policy_engine(context: CheckContext) -> CheckResult:
     if spec.opa is not OpaRun.external:
         managed = opa_api.read_managed(context.loaded.root)
         if managed is None:
-            return CheckResult(name=name, ok=False, reason=f"OPA ({spec.opa.value}) is run by the control plane: `swiftdeploy up` starts it")
+            return CheckResult(
+                name=name,
+                ok=False,
+                reason=f"OPA ({spec.opa.value}) is run by the control plane: `swiftdeploy up` starts it",
+            )
         url = managed.url
-    problem, drift = asyncio.run(_opa_state(url, spec.timeout, policies.project_dir(context.loaded.root), spec.opa is not OpaRun.external))
+    problem, drift = asyncio.run(
+        _opa_state(url, spec.timeout, policies.project_dir(context.loaded.root), spec.opa is not OpaRun.external)
+    )
     if problem:
         return CheckResult(name=name, ok=False, reason=f"OPA does not answer GET /health: {problem}")
-    where = f"OPA at {url}" if spec.opa is OpaRun.external else f"OPA run by the control plane ({spec.opa.value}, {url})"
+    where = (
+        f"OPA at {url}" if spec.opa is OpaRun.external else f"OPA run by the control plane ({spec.opa.value}, {url})"
+    )
     if drift:
         # An external OPA is the user's to reload: a warning. A managed one is reloaded by the control plane.
-        return CheckResult(name=name, ok=spec.opa is OpaRun.external, reason=f"{where} answers GET /health; warning: {drift}")
-    return CheckResult(name=name, ok=True, reason=f"{where} answers GET /health and serves the project's policies (revision {policies.revision(read_folder(policies.project_dir(context.loaded.root), include_tests=False))})")
+        return CheckResult(
+            name=name, ok=spec.opa is OpaRun.external, reason=f"{where} answers GET /health; warning: {drift}"
+        )
+    return CheckResult(
+        name=name,
+        ok=True,
+        reason=f"{where} answers GET /health and serves the project's policies (revision {policies.revision(read_folder(policies.project_dir(context.loaded.root), include_tests=False))})",
+    )
 
 
 async def _opa_state(url: str, timeout: float, folder: Path, managed: bool) -> tuple[str | None, str]:

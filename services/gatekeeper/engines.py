@@ -49,7 +49,9 @@ class PolicyEngine(abc.ABC):
     def stamp(self, verdict: Verdict, revision: str | None = None) -> Verdict:
         """`verdict` labelled with the revision it was made with (the engine's current one unless
         given) and the engine's drift note."""
-        return dataclasses.replace(verdict, revision=self.revision() if revision is None else revision, drift=self.drift())
+        return dataclasses.replace(
+            verdict, revision=self.revision() if revision is None else revision, drift=self.drift()
+        )
 
     @abc.abstractmethod
     async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:

@@ -105,7 +105,9 @@ class OpaEngine(PolicyEngine):
                 self._served = await opa_api.served_revision(self._pool(), self.url, self._data_keys)
         except (opa_api.ServedError, aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._served = ""
-            self._drift = f"cannot tell which policies OPA serves: {_first_line(exc) or type(exc).__name__} ({self.url})"
+            self._drift = (
+                f"cannot tell which policies OPA serves: {_first_line(exc) or type(exc).__name__} ({self.url})"
+            )
             return self._drift
         drift = opa_api.drift_line(self._served, self._files_revision, self.managed)
         if drift and drift != self._drift:

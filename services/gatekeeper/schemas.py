@@ -69,7 +69,11 @@ class InputSchemas:
             st = os.stat(path)
         except FileNotFoundError:
             shown = _shown(path)
-            return _Loaded((0, 0, 0), None, f"no input schema for this domain: {shown} is missing (the packaged defaults are in policies/schemas/ of the swiftdeploy package)")
+            return _Loaded(
+                (0, 0, 0),
+                None,
+                f"no input schema for this domain: {shown} is missing (the packaged defaults are in policies/schemas/ of the swiftdeploy package)",
+            )
         except OSError as exc:
             return _Loaded((0, 0, 0), None, f"input schema {_shown(path)} unreadable: {exc.strerror}")
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -112,7 +116,9 @@ def _reasons(error: ValidationError, domain: str, schema: dict[str, Any]) -> lis
     where = ".".join(str(part) for part in error.absolute_path)
     instance = error.instance
     if error.validator == "required" and isinstance(instance, dict):
-        return [f"{_field(where, name)} is missing from the input" for name in error.validator_value if name not in instance]
+        return [
+            f"{_field(where, name)} is missing from the input" for name in error.validator_value if name not in instance
+        ]
     if error.validator == "additionalProperties" and isinstance(instance, dict):
         known = set(error.schema.get("properties", {}))
         extra = sorted(name for name in instance if name not in known)

@@ -88,7 +88,9 @@ async def ensure_image(image: str) -> None:
             await docker.images.inspect(image)
     except aiodocker.DockerError as exc:
         if exc.status == 404:
-            raise ConfigError(f"policy.opa: container needs the image {image!r}, which is not on this docker host") from None
+            raise ConfigError(
+                f"policy.opa: container needs the image {image!r}, which is not on this docker host"
+            ) from None
         raise ConfigError(f"policy.opa: container: dockerd: {exc.message}") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"policy.opa: container needs dockerd, which does not answer: {exc}") from None
@@ -334,4 +336,3 @@ def cleanup(settings: Settings) -> None:
 def runner_for(settings: Settings, state_dir: Path) -> ManagedOpaRunner | None:
     loaded = wanted(settings)
     return ManagedOpaRunner(settings, loaded, state_dir) if loaded is not None else None
-

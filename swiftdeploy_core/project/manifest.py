@@ -124,7 +124,9 @@ class PolicySpec(_Section):
     @model_validator(mode="after")
     def _one_opa(self) -> PolicySpec:
         if self.opa is not OpaRun.external and "opa_url" in self.model_fields_set:
-            raise ValueError(f"opa_url is for an OPA you run (opa: external); with opa: {self.opa.value} the control plane chooses where OPA listens")
+            raise ValueError(
+                f"opa_url is for an OPA you run (opa: external); with opa: {self.opa.value} the control plane chooses where OPA listens"
+            )
         return self
 
 

@@ -67,7 +67,8 @@ def events(
         list[str] | None, typer.Option("--type", "-t", help="Only these types; globs like 'deploy.*' (repeatable).")
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="Start after an entry id, an ISO-8601 time, or an age (10m, 2h); 0 for the start.")
+        str | None,
+        typer.Option(help="Start after an entry id, an ISO-8601 time, or an age (10m, 2h); 0 for the start."),
     ] = None,
     correlation_id: Annotated[
         str | None, typer.Option("--correlation-id", "-c", help="Only one operation's events.")
