@@ -168,5 +168,18 @@ class OpaApiServer:
         return web.json_response({} if document is UNDEFINED else {"result": document})
 
 
+def write_opa_executable(folder: Path) -> Path:
+    """An `opa` in `folder` that runs the stand-in (tests/bin/opa) with this interpreter; put
+    `folder` first on PATH (or name the file as policy.opa_binary)."""
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().parent / "bin" / "opa"
+    target = folder / "opa"
+    target.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    target.chmod(0o755)
+    return target
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)

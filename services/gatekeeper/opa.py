@@ -69,6 +69,8 @@ class OpaEngine(PolicyEngine):
             raise PolicyEngineError(f"policy engine returned malformed JSON: {_first_line(exc)} ({self.url})") from None
         if not isinstance(answer, dict):
             raise PolicyEngineError(f"policy engine returned malformed JSON: not an object ({self.url})")
+        if not self._served and self._watch is not None:  # OPA answered, but not what it serves: ask again
+            await self.refresh_served(force=True)
         return answer.get("result", UNDEFINED), self._served
 
     async def health(self) -> str | None:
@@ -104,7 +106,7 @@ class OpaEngine(PolicyEngine):
             async with asyncio.timeout(self.timeout):
                 self._served = await opa_api.served_revision(self._pool(), self.url, self._data_keys)
         except (opa_api.ServedError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._served = ""
+            self._served, self._served_at = "", float("-inf")  # asked again on the next decision
             self._drift = (
                 f"cannot tell which policies OPA serves: {_first_line(exc) or type(exc).__name__} ({self.url})"
             )
