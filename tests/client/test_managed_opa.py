@@ -35,7 +35,9 @@ class Project:
         manifest = (REPO_ROOT / "manifest.yaml").read_text().replace("port: 8080", f"port: {free_port()}")
         (root / "manifest.yaml").write_text(f"{manifest}runtime: process\npolicy:\n  engine: opa\n{policy}")
         self.env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SWIFTDEPLOY_")}
-        self.env.update(PYTHONPATH=str(REPO_ROOT), PATH=f"{write_opa_executable(root / 'bin').parent}:{os.environ['PATH']}", **env)
+        self.env.update(
+            PYTHONPATH=str(REPO_ROOT), PATH=f"{write_opa_executable(root / 'bin').parent}:{os.environ['PATH']}", **env
+        )
 
     def sd(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "swiftdeploy_core", *args], cwd=self.root, env=self.env,

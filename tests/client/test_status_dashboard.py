@@ -85,6 +85,8 @@ def test_the_json_carries_mode_chaos_tracks_figures_and_policies() -> None:
         "decision_id": "d2",
         "input": {},
         "reasons": ["error rate 50.00% exceeds 1.00%"],
+        "policy_revision": None,
+        "policy_drift": None,
     }
     assert data["policies"]["infra"]["allow"] is True
 
@@ -135,3 +137,16 @@ def test_sparkline_scales_between_min_and_max() -> None:
     assert sparkline([1.0, 1.0]) == "▁▁"
     assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
     assert len(sparkline([float(i) for i in range(100)], width=30)) == 30
+
+
+def test_an_opa_serving_other_policies_is_a_warning_under_the_policies() -> None:
+    drift = "OPA serves policy revision aaaa, but the project's policies/ is revision bbbb: restart it, or run it with --watch"
+    view = build_view(
+        "app",
+        None,
+        {},
+        policies={"infra": PolicyView.decided("infra", True, [], "d1", {}, "aaaa", drift)},
+        now=NOW,
+    )
+    assert "warning: OPA serves policy revision aaaa, but the project's policies/ is revision bbbb" in frame_text(view)
+    assert view.to_json()["policies"]["infra"]["policy_drift"] == drift
