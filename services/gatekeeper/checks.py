@@ -137,7 +137,7 @@ def policy_engine(context: CheckContext) -> CheckResult:
     spec = context.loaded.manifest.policy
     if spec.engine is EngineName.embedded:
         return CheckResult(name=name, ok=True, reason="embedded (regopy in the gatekeeper): nothing to reach")
-    url = spec.opa_url
+    url = spec.external_url
     if spec.opa is not OpaRun.external:
         managed = opa_api.read_managed(context.loaded.root)
         if managed is None:

@@ -48,11 +48,10 @@ class InputSchemas:
         """Why `input` does not fit `domain`'s schema: one reason per field, [] when it fits.
 
         `domain` must already be a valid package name (see `decide.domain_problem`)."""
-        folder = self.folder
-        if self.fallback is not None and not policies.has_policies(folder):
-            folder = self.fallback
-        path = policies.schema_path(folder, domain)
+        path = policies.schema_path(self.folder, domain)
         loaded = self._load(path)
+        if loaded.validator is None and self.fallback is not None and not policies.has_policies(self.folder):
+            loaded = self._load(policies.schema_path(self.fallback, domain))  # a project without policies yet
         if loaded.validator is None:
             return [loaded.problem or f"no input schema for domain {domain}"]
         if loaded.validator.is_valid(input):  # the common case: one pass, no error objects

@@ -120,7 +120,7 @@ def engine_for(settings: Settings) -> PolicyEngine:
     spec = loaded.manifest.policy
     if spec.engine is EngineName.opa:
         # A control plane that runs OPA itself says where it listens; otherwise the manifest does.
-        return OpaEngine(settings.opa_url or spec.opa_url, spec.timeout, folder, managed=settings.opa_managed)
+        return OpaEngine(settings.opa_url or spec.external_url, spec.timeout, folder, managed=settings.opa_managed)
     return EmbeddedEngine(folder, fallback=policies.default_dir())
 
 

@@ -103,6 +103,9 @@ class CanarySpec(_Section):
         return steps
 
 
+DEFAULT_OPA_URL = "http://127.0.0.1:8181"
+
+
 class OpaRun(str, Enum):
     """Who runs OPA when `policy.engine` is `opa`."""
 
@@ -116,18 +119,25 @@ class PolicySpec(_Section):
 
     engine: PolicyEngine = PolicyEngine.embedded
     opa: OpaRun = OpaRun.external
-    opa_url: Annotated[str, Field(pattern=r"^(https?://|unix:///)")] = "http://127.0.0.1:8181"
+    # opa: external only (None: DEFAULT_OPA_URL); unset, not defaulted, so that a manifest that
+    # went over the bus (every field dumped) validates again the same way.
+    opa_url: Annotated[str, Field(pattern=r"^(https?://|unix:///)")] | None = None
     opa_binary: Annotated[str, Field(min_length=1)] = "opa"
     opa_image: Annotated[str, Field(min_length=1)] = "openpolicyagent/opa:latest"
     timeout: Seconds = 2.0
 
     @model_validator(mode="after")
     def _one_opa(self) -> PolicySpec:
-        if self.opa is not OpaRun.external and "opa_url" in self.model_fields_set:
+        if self.opa is not OpaRun.external and self.opa_url is not None:
             raise ValueError(
                 f"opa_url is for an OPA you run (opa: external); with opa: {self.opa.value} the control plane chooses where OPA listens"
             )
         return self
+
+    @property
+    def external_url(self) -> str:
+        """Where the gatekeeper asks an OPA the user runs."""
+        return self.opa_url or DEFAULT_OPA_URL
 
 
 class CollectorSpec(_Section):

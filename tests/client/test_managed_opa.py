@@ -22,6 +22,7 @@ import pytest
 
 import policies
 from swiftdeploy_core.project import opa as opa_api
+from swiftdeploy_core.project.manifest import PolicySpec
 from tests.opa_api import write_opa_executable
 from tests.servers import REPO_ROOT, free_port
 
@@ -172,6 +173,10 @@ def test_opa_url_belongs_to_an_external_opa_only(tmp_path):
     project = Project(tmp_path, "  opa: process\n  opa_url: http://127.0.0.1:8181\n")
     result = project.sd("validate")
     assert result.returncode != 0 and "opa_url is for an OPA you run (opa: external)" in result.stdout + result.stderr
+    # A managed OPA's manifest survives the bus: a deploy request carries every field, dumped.
+    spec = PolicySpec(engine="opa", opa="process")
+    assert PolicySpec.model_validate(spec.model_dump(mode="json")) == spec
+    assert spec.external_url == PolicySpec().external_url == "http://127.0.0.1:8181"
 
 
 # --- container ------------------------------------------------------------------------------------
