@@ -27,6 +27,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -264,7 +265,7 @@ class ManagedOpaRunner:
             if network not in existing:
                 await docker.networks.create({"Name": network, "Driver": "bridge", "Internal": True,
                                               "Labels": labels, "CheckDuplicate": True})  # fmt: skip
-            config = {
+            config: dict[str, Any] = {
                 "Image": self.spec.opa_image,
                 "Cmd": opa_args(f"0.0.0.0:{OPA_PORT}", "/policies"),
                 "Labels": labels,
