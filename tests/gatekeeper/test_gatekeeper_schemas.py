@@ -64,6 +64,18 @@ def test_every_field_of_both_domains_is_covered():
     assert len(CASES) == 2 * 2 + 5 * 2  # per domain: {} and an extra field; per field: missing, mistyped
 
 
+def test_what_the_orchestrator_sends_fits_the_schemas():
+    from services.orchestrator import plans
+    from swiftdeploy_core.project.host import INFRA_FIELDS
+
+    schemas = InputSchemas(policies.default_dir())
+    assert schemas.problems("infra", dict.fromkeys(INFRA_FIELDS, 1.0)) == []
+    assert schemas.problems("canary", plans.promotion_input(None)) == [
+        "error_rate must be a number (got null)",  # no figures yet: denied, saying why
+        "p99_latency_ms must be a number (got null)",
+    ]
+
+
 @pytest.mark.parametrize(("case", "domain", "document", "reason"), CASES, ids=IDS)
 def test_the_schema_names_the_field(case, domain, document, reason):
     problems = InputSchemas(policies.default_dir()).problems(domain, document)
