@@ -16,13 +16,21 @@ allow if count(deny) == 0
 
 deny contains msg if {
 	some name in ["disk_free_gb", "cpu_load"]
-	not lib.usable(input[name])
-	msg := lib.unusable(name)
+	value := object.get(lib.fields, name, null)
+	not lib.usable(value)
+	name in object.keys(lib.fields)
+	msg := lib.unusable(name, value)
 }
 
 deny contains msg if {
 	some name in ["disk_free_gb", "cpu_load"]
-	not is_number(data.thresholds[name])
+	not name in object.keys(lib.fields)
+	msg := lib.missing(name)
+}
+
+deny contains msg if {
+	some name in ["disk_free_gb", "cpu_load"]
+	not lib.threshold_ok(name)
 	msg := lib.bad_threshold(name)
 }
 

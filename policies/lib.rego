@@ -10,6 +10,24 @@ package lib
 # Beyond this magnitude a reading is not plausible, and number formatting would overflow.
 largest := 1000000000000
 
+# The input document, or {} when there is none (a query without input, `opa test` without
+# `with input`). Defined in every case, so the policies never reach an undefined reference.
+default fields := {}
+
+fields := input if is_object(input)
+
+# The thresholds object from data.json, or {} when it is missing or not an object.
+default thresholds := {}
+
+thresholds := data.thresholds if is_object(data.thresholds)
+
+# Presence is always tested on a defined value, never through a negated call on a reference that
+# may be undefined: OPA (Go) evaluates `not f(input[name])` with `input[name]` undefined by
+# binding the reference outside the negation, so the rule body fails and no deny fires, while
+# regopy makes the negation succeed. `name in object.keys(fields)` and `object.get(...)` are
+# defined whatever the input holds, so both engines give the same answer.
+missing(name) := concat("", [name, " is missing from the input"])
+
 # Whether x is a usable reading: a number from 0 to largest. A policy tests this first, so a
 # healthy field costs one call, and works out why a field is unusable only when it is.
 usable(x) if {
@@ -18,15 +36,10 @@ usable(x) if {
 	x <= largest
 }
 
-# Why input field `name` is not a usable reading: not a number, or out of range.
-unusable(name) := not_a_number(name) if not is_number(input[name])
+# Why the value of input field `name`, which is present, is not a usable reading.
+unusable(name, value) := concat("", [name, " must be a number (got ", _describe(value), ")"]) if not is_number(value)
 
-unusable(name) := out_of_range(name, input[name]) if is_number(input[name])
-
-# Why input field `name` is not a number: missing, or some other type.
-not_a_number(name) := concat("", [name, " is missing from the input"]) if not _given(name)
-
-not_a_number(name) := concat("", [name, " must be a number (got ", _describe(input[name]), ")"]) if _given(name)
+unusable(name, value) := out_of_range(name, value) if is_number(value)
 
 # Why the number in input field `name` is unusable, if it is.
 out_of_range(name, value) := concat("", [name, " must not be negative (got -", up(abs(value)), ")"]) if {
@@ -38,9 +51,10 @@ out_of_range(name, value) := concat("", [name, " is out of range (magnitude abov
 	abs(value) > largest
 }
 
-bad_threshold(name) := concat("", ["threshold data.thresholds.", name, " is missing or not a usable number (fix policies/data.json)"])
+# Whether threshold `name` is usable: present in data.thresholds and a number.
+threshold_ok(name) if is_number(object.get(thresholds, name, null))
 
-_given(name) if _ = input[name]
+bad_threshold(name) := concat("", ["threshold data.thresholds.", name, " is missing or not a usable number (fix policies/data.json)"])
 
 _describe(value) := concat("", ["string \"", substring(value, 0, 40), "\""]) if is_string(value)
 

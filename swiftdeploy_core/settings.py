@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     max_deliveries: int = 5  # after this many failed tries an entry is dead-lettered
     shutdown_grace: float = 4.0
     request_timeout: float = 10.0
+    # Set by the control plane for the gatekeeper when it runs OPA itself (policy.opa: process or
+    # container): where that OPA listens (unix:///... or http://<bridge ip>:8181), and that it is
+    # managed (a drift is reloaded, not only reported).
+    opa_url: str | None = None
+    opa_managed: bool = False
 
 
 def secret_from_env(reference: str) -> str | None:

@@ -111,6 +111,14 @@ def controlplane_image(docker_daemon: str) -> str:
     return build_images("controlplane")["controlplane"]
 
 
+@pytest.fixture(scope="session")
+def opa_standin_image(docker_daemon: str) -> str:
+    """The stand-in OPA image: the controlplane image running tests/bin/opa (OPA's arguments)."""
+    from tests.servers import build_images
+
+    return build_images("opa-standin")["opa-standin"]
+
+
 @pytest.fixture
 async def opa_api(tmp_path):
     """A stand-in OPA server (tests/opa_api.py) serving a copy of the default policies."""

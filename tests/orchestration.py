@@ -235,7 +235,7 @@ TEST_THRESHOLDS = {"disk_free_gb": 0, "cpu_load": 1000}
 
 
 def write_policies(root: Path, **thresholds: float) -> Path:
-    """The packaged policies in `root/policies`, with data.json thresholds overridden."""
+    """The packaged policies and input schemas in `root/policies`, with data.json thresholds overridden."""
     import json
     import shutil
 
@@ -245,6 +245,9 @@ def write_policies(root: Path, **thresholds: float) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for path in policies.policy_files(policies.default_dir()):
         shutil.copyfile(path, folder / path.name)
+    policies.schema_dir(folder).mkdir(exist_ok=True)
+    for name, content in policies.default_schemas().items():
+        (policies.schema_dir(folder) / name).write_bytes(content)
     data = json.loads((policies.default_dir() / "data.json").read_text())
     data["thresholds"].update({**TEST_THRESHOLDS, **thresholds})
     (folder / "data.json").write_text(json.dumps(data, indent=2))

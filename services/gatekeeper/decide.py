@@ -26,12 +26,14 @@ UNDEFINED: Any = _Undefined()
 
 @dataclass(frozen=True)
 class Verdict:
-    """A decision: allow or not, and every reason why not (sorted, so engines compare equal), and
-    the revision of the policy files it was made with (not compared: engines hash alike files)."""
+    """A decision: allow or not, and every reason why not (sorted, so engines compare equal), the
+    revision of the policy files it was made with and, when the engine's policies differ from the
+    project's files, a line saying so (neither compared: engines hash alike files)."""
 
     allow: bool
     reasons: tuple[str, ...] = ()
     revision: str = field(default="", compare=False)
+    drift: str = field(default="", compare=False)
 
     @classmethod
     def deny(cls, *reasons: str) -> Verdict:

@@ -44,7 +44,14 @@ class PolicyEngine(abc.ABC):
                 verdict = Verdict.deny(f"policy engine error: {type(exc).__name__}: {exc}")
             else:
                 verdict = decide.verdict(domain, document)
-        return dataclasses.replace(verdict, revision=self.revision() if revision is None else revision)
+        return self.stamp(verdict, revision)
+
+    def stamp(self, verdict: Verdict, revision: str | None = None) -> Verdict:
+        """`verdict` labelled with the revision it was made with (the engine's current one unless
+        given) and the engine's drift note."""
+        return dataclasses.replace(
+            verdict, revision=self.revision() if revision is None else revision, drift=self.drift()
+        )
 
     @abc.abstractmethod
     async def answer(self, domain: str, input: dict[str, Any]) -> tuple[Any, str]:
@@ -58,6 +65,13 @@ class PolicyEngine(abc.ABC):
     @abc.abstractmethod
     def revision(self) -> str:
         """A hash naming the exact policy and data files decisions are made with."""
+
+    def drift(self) -> str:
+        """One line when the policies this engine decides with are not the project's files, else ""."""
+        return ""
+
+    async def refresh(self) -> None:  # noqa: B027 - an optional hook: only OPA has to ask
+        """Bring `revision()` and `drift()` up to date (cheap when they are)."""
 
     async def close(self) -> None:  # noqa: B027 - an optional hook: most engines hold nothing
         """Release connections; the engine is not used afterwards."""

@@ -1,7 +1,9 @@
 """The gatekeeper service: the only place where allow/deny is decided.
 
-It consumes `decision.requested` {domain, input} on its inbox, asks its policy engine (embedded
-regopy or OPA, as the manifest's `policy.engine` says), and emits `decision.made` with the verdict,
+It consumes `decision.requested` {domain, input} on its inbox, checks the input against the
+domain's JSON Schema (`policies/schemas/<domain>.json`: an absent, extra or mistyped field denies
+before any engine is asked), asks its policy engine (embedded regopy or OPA, as the manifest's
+`policy.engine` says), and emits `decision.made` with the verdict,
 the engine, a decision id, the policy revision and the time the engine took; a denial also emits
 `policy.violation`. The engine fails closed, so every request gets an answer.
 """
@@ -14,9 +16,11 @@ import uuid
 from pathlib import Path
 
 import policies
+from services.gatekeeper import decide
 from services.gatekeeper.embedded import EmbeddedEngine
-from services.gatekeeper.engines import PolicyEngine, UnavailableEngine
+from services.gatekeeper.engines import PolicyEngine, UnavailableEngine, Verdict
 from services.gatekeeper.opa import OpaEngine
+from services.gatekeeper.schemas import InputSchemas
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import CommandRejected, DecisionMade, DecisionRequested, Event, PolicyViolation
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
@@ -39,14 +43,17 @@ def decision_id(request_id: str) -> str:
 
 
 class Gatekeeper:
-    """Turns decision requests into decisions with one policy engine."""
+    """Turns decision requests into decisions: the input schemas first, then one policy engine."""
 
-    def __init__(self, engine: PolicyEngine) -> None:
+    def __init__(self, engine: PolicyEngine, schemas: InputSchemas) -> None:
         self.engine = engine
+        self.schemas = schemas
 
     async def decide(self, request: DecisionRequested, request_id: str) -> DecisionMade:
         started = time.perf_counter()
-        verdict = await self.engine.evaluate(request.domain, request.input)
+        verdict = await self.check_schema(request.domain, request.input) or await self.engine.evaluate(
+            request.domain, request.input
+        )
         return DecisionMade(
             domain=request.domain,
             allow=verdict.allow,
@@ -56,7 +63,19 @@ class Gatekeeper:
             decision_id=decision_id(request_id),
             policy_revision=verdict.revision,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            policy_drift=verdict.drift or None,
         )
+
+    async def check_schema(self, domain: str, input: object) -> Verdict | None:
+        """A deny naming every absent, extra or mistyped field; None when the input fits (or when
+        the domain or input is not even well formed: the engine's own checks say so)."""
+        if decide.domain_problem(domain) or decide.input_problem(input) or not isinstance(input, dict):
+            return None
+        problems = self.schemas.problems(domain, decide.engine_input(input))
+        if not problems:
+            return None
+        await self.engine.refresh()  # the revision and drift the engine has now (OPA: what it serves)
+        return self.engine.stamp(Verdict.deny(*problems))
 
     async def handle(self, event: Event, ctx: Context) -> None:
         """`decision.requested` → `decision.made` (and `policy.violation` when denied); an input
@@ -86,6 +105,7 @@ class Gatekeeper:
         if problem:
             log.warning("policy engine %s is not ready (decisions deny until it is): %s", self.engine.name, problem)
         else:
+            await self.engine.refresh()
             log.info("policy engine %s ready, policy revision %s", self.engine.name, self.engine.revision())
 
     async def on_stop(self, ctx: Context) -> None:
@@ -107,7 +127,8 @@ def engine_for(settings: Settings) -> PolicyEngine:
     folder = policy_folder(loaded.root)
     spec = loaded.manifest.policy
     if spec.engine is EngineName.opa:
-        return OpaEngine(spec.opa_url, spec.timeout, folder)
+        # A control plane that runs OPA itself says where it listens; otherwise the manifest does.
+        return OpaEngine(settings.opa_url or spec.external_url, spec.timeout, folder, managed=settings.opa_managed)
     return EmbeddedEngine(folder, fallback=policies.default_dir())
 
 
@@ -120,9 +141,15 @@ def policy_folder(root: Path) -> Path:
     return folder
 
 
+def schemas_for(settings: Settings) -> InputSchemas:
+    """The input schemas of the project's policies (the packaged ones while it has none)."""
+    root = Path(settings.manifest).resolve().parent
+    return InputSchemas(policies.project_dir(root), fallback=policies.default_dir())
+
+
 def build_spec(settings: Settings, engine: PolicyEngine | None = None) -> ServiceSpec:
     """The gatekeeper as the worker runs it."""
-    gatekeeper = Gatekeeper(engine or engine_for(settings))
+    gatekeeper = Gatekeeper(engine or engine_for(settings), schemas_for(settings))
     return ServiceSpec(
         name=NAME,
         streams=[streams.GATEKEEPER_INBOX],

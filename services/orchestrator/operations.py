@@ -35,7 +35,6 @@ from swiftdeploy_core.bus.events import (
 )
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.host import INFRA_FIELDS, DataRoots, host_stats
-from swiftdeploy_core.project.router import internal_network
 from swiftdeploy_core.project.state import Instance, Phase, TrackState
 
 CANARY_PHASES = frozenset({Phase.canary_starting, Phase.progressing, Phase.canary_complete})
@@ -58,12 +57,11 @@ DATA_ROOTS = DataRoots()
 
 @dataclass
 class Deploy:
-    """Infra gate, networks, OPA, the stable track, nginx, health; undone entirely if any step fails."""
+    """Infra gate, networks, the stable track, nginx, health; undone entirely if any step fails."""
 
     rollout: Rollout
     correlation_id: str
     created_networks: list[str] = field(default_factory=list)
-    created_opa: str | None = None
     started: list[Instance] = field(default_factory=list)
     router_was_running: bool = False
     track: TrackState | None = None
@@ -74,7 +72,6 @@ class Deploy:
             return
         try:
             await self.networks()
-            await self.policy_server()
             await self.stable_track()
             await self.router()
             await self.healthy()
@@ -109,12 +106,6 @@ class Deploy:
         await self.step(
             "networks", ", ".join(s.name for s in specs) if self.rollout.driver.name == "docker" else "loopback"
         )
-
-    async def policy_server(self) -> None:
-        manifest = self.rollout.manifest
-        if plans.needs_opa(manifest):
-            self.created_opa = await self.rollout.driver.start_opa(manifest, internal_network(manifest))
-            await self.step("opa", f"{self.created_opa} on {internal_network(manifest)} (no published port)")
 
     async def stable_track(self) -> None:
         """Start the stable instances. A first deploy routes to them while they boot (nothing
@@ -164,7 +155,7 @@ class Deploy:
             await r.route(r.record)
         else:
             for obj in objects:
-                if obj.role in ("router", "opa") or obj.name == self.created_opa:
+                if obj.role == "router":
                     await r.driver.remove(obj)
         for obj in objects:
             if obj.kind == "network" and obj.name in self.created_networks:

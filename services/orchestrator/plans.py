@@ -23,11 +23,10 @@ from services.orchestrator.drivers.base import (
     RuntimeObject,
 )
 from swiftdeploy_core.bus.events import MetricsSnapshot, Track
-from swiftdeploy_core.project.manifest import Manifest, PolicyEngine, Runtime
+from swiftdeploy_core.project.manifest import Manifest
 from swiftdeploy_core.project.router import (
     RouterPlan,
     Upstream,
-    internal_network,
     plan_for_compose,
     plan_for_process,
 )
@@ -85,22 +84,15 @@ def track_state(specs: list[InstanceSpec], instances: list[Instance], weight: in
 
 
 def network_specs(manifest: Manifest) -> list[NetworkSpec]:
-    """The public network; an internal one for OPA when the docker runtime asks OPA."""
-    public = NetworkSpec(
-        name=manifest.network.name,
-        driver=manifest.network.driver_type,
-        labels=labels(manifest.project, Role.network),
-    )
-    if not needs_opa(manifest):
-        return [public]
-    internal = NetworkSpec(
-        name=internal_network(manifest), internal=True, labels=labels(manifest.project, Role.network)
-    )
-    return [public, internal]
-
-
-def needs_opa(manifest: Manifest) -> bool:
-    return manifest.runtime == Runtime.docker and manifest.policy.engine == PolicyEngine.opa
+    """The public network. (OPA is not the app stack's: with `policy.opa: container` the control
+    plane runs it on a network of its own, see swiftdeploy_core/client/managed_opa.py.)"""
+    return [
+        NetworkSpec(
+            name=manifest.network.name,
+            driver=manifest.network.driver_type,
+            labels=labels(manifest.project, Role.network),
+        )
+    ]
 
 
 # --- canary steps ------------------------------------------------------------------------------

@@ -313,8 +313,11 @@ class DecisionMade(Payload):
     input: dict[str, Any]
     engine: str
     decision_id: str
-    policy_revision: str
+    policy_revision: str  # the policies the answer came from (with OPA: the ones OPA serves)
     duration_ms: float
+    # Set when the engine's policies are not the project's files (an OPA serving another
+    # revision): one line saying so, and what is done about it.
+    policy_drift: str | None = None
 
 
 class PolicyViolation(Payload):

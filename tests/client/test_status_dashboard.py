@@ -85,6 +85,8 @@ def test_the_json_carries_mode_chaos_tracks_figures_and_policies() -> None:
         "decision_id": "d2",
         "input": {},
         "reasons": ["error rate 50.00% exceeds 1.00%"],
+        "policy_revision": None,
+        "policy_drift": None,
     }
     assert data["policies"]["infra"]["allow"] is True
 
@@ -151,3 +153,16 @@ def test_the_view_says_which_step_and_the_pause_it_waits_at() -> None:
     console = Console(width=140, record=True)
     console.print(render(view))
     assert "paused until 07:31:00 UTC" in console.export_text()
+
+
+def test_an_opa_serving_other_policies_is_a_warning_under_the_policies() -> None:
+    drift = "OPA serves policy revision aaaa, but the project's policies/ is revision bbbb: restart it, or run it with --watch"
+    view = build_view(
+        "app",
+        None,
+        {},
+        policies={"infra": PolicyView.decided("infra", True, [], "d1", {}, "aaaa", drift)},
+        now=NOW,
+    )
+    assert "warning: OPA serves policy revision aaaa, but the project's policies/ is revision bbbb" in frame_text(view)
+    assert view.to_json()["policies"]["infra"]["policy_drift"] == drift

@@ -95,14 +95,35 @@ def test_tuning_thresholds_in_data_json_keeps_the_rego_tests_passing(tmp_path):
 async def test_a_configured_opa_must_answer_health(tmp_path, opa_api):
     (tmp_path / "up").mkdir()
     up = project(tmp_path / "up", f"policy:\n  engine: opa\n  opa_url: {opa_api.url}\n")
+    policies.write_default_policies(tmp_path / "up")  # the files the stand-in OPA serves
     result = await asyncio.to_thread(policy_engine, up)
-    assert result.ok and result.reason == f"OPA at {opa_api.url} answers GET /health"
+    revision = policies.revision({p.name: p.read_bytes() for p in policies.policy_files(tmp_path / "up" / "policies")})
+    assert result.ok, result.reason
+    assert (
+        result.reason
+        == f"OPA at {opa_api.url} answers GET /health and serves the project's policies (revision {revision})"
+    )
 
     url = f"http://127.0.0.1:{free_port()}"
     down = project(tmp_path, f"policy:\n  engine: opa\n  opa_url: {url}\n")
     result = await asyncio.to_thread(policy_engine, down)
     assert not result.ok
     assert result.reason == f"OPA does not answer GET /health: policy engine unavailable: connection refused ({url})"
+
+
+async def test_an_external_opa_serving_other_policies_is_a_warning_line(tmp_path, opa_api):
+    context = project(tmp_path, f"policy:\n  engine: opa\n  opa_url: {opa_api.url}\n")
+    policies.write_default_policies(tmp_path)
+    data = tmp_path / "policies" / "data.json"
+    data.write_text(data.read_text().replace('"cpu_load": 2.0', '"cpu_load": 5'))  # OPA still serves 2.0
+    result = await asyncio.to_thread(policy_engine, context)
+    files = policies.revision({p.name: p.read_bytes() for p in policies.policy_files(tmp_path / "policies")})
+    served = policies.revision({p.name: p.read_bytes() for p in policies.policy_files(opa_api.folder)})
+    assert result.ok  # an OPA the user runs is the user's to reload: a warning, not a failure
+    assert result.reason == (
+        f"OPA at {opa_api.url} answers GET /health; warning: OPA serves policy revision {served}, "
+        f"but the project's policies/ is revision {files}: restart it, or run it with --watch"
+    )
 
 
 @pytest.mark.parametrize("status", [500, 503])

@@ -266,5 +266,7 @@ async def test_both_engines_agree_on_every_row(engines, opa_api):
 
 async def test_both_engines_report_the_same_revision(engines):
     embedded, opa = engines
-    await embedded.evaluate("infra", {})
-    assert embedded.revision() == opa.revision() != ""
+    by_embedded = await embedded.evaluate("infra", {})
+    by_opa = await opa.evaluate("infra", {})  # the revision OPA says it serves
+    assert by_embedded.revision == by_opa.revision == embedded.revision() == opa.revision() != ""
+    assert by_opa.drift == ""

@@ -81,9 +81,13 @@ def test_a_policy_that_does_not_parse_is_named_with_its_line(tmp_path):
 
 def test_init_writes_the_defaults_into_an_empty_project(tmp_path):
     written = policies.write_default_policies(tmp_path)
-    assert sorted(path.name for path in written) == sorted(policies.DEFAULT_FILES)
+    folder = tmp_path / "policies"
+    expected = [*policies.DEFAULT_FILES, *(f"schemas/{name}" for name in policies.DEFAULT_SCHEMAS)]
+    assert sorted(path.relative_to(folder).as_posix() for path in written) == sorted(expected)
     for name, content in policies.default_files().items():
-        assert (tmp_path / "policies" / name).read_bytes() == content
+        assert (folder / name).read_bytes() == content
+    for name, content in policies.default_schemas().items():
+        assert (folder / "schemas" / name).read_bytes() == content
 
 
 def test_init_never_touches_a_folder_that_has_policies(tmp_path):
@@ -106,7 +110,8 @@ def test_a_folder_with_only_unrelated_files_gets_the_defaults_beside_them(tmp_pa
     folder = tmp_path / "policies"
     folder.mkdir()
     (folder / "README.md").write_text("mine")
-    assert len(policies.write_default_policies(tmp_path)) == len(policies.DEFAULT_FILES)
+    written = policies.write_default_policies(tmp_path)
+    assert len(written) == len(policies.DEFAULT_FILES) + len(policies.DEFAULT_SCHEMAS)
     assert (folder / "README.md").read_text() == "mine"
 
 

@@ -80,15 +80,11 @@ def test_a_pause_holds_the_weight_reached_before_it():
     assert canary.is_last(4) and not canary.is_last(3)
 
 
-def test_the_internal_network_exists_only_for_opa_on_docker():
-    assert plans.network_specs(MANIFEST) == [
-        NetworkSpec(name="shop-net", labels={"swiftdeploy.project": "shop", "swiftdeploy.role": "network"})
-    ]
+def test_the_deploy_creates_only_the_public_network_even_with_opa():
+    public = [NetworkSpec(name="shop-net", labels={"swiftdeploy.project": "shop", "swiftdeploy.role": "network"})]
+    assert plans.network_specs(MANIFEST) == public
     with_opa = MANIFEST.model_copy(update={"policy": MANIFEST.policy.model_copy(update={"engine": "opa"})})
-    assert [(n.name, n.internal) for n in plans.network_specs(with_opa)] == [
-        ("shop-net", False),
-        ("shop-net-internal", True),
-    ]
+    assert plans.network_specs(with_opa) == public  # OPA is the control plane's, not the app stack's
 
 
 def test_process_router_plan_points_at_loopback_ports_with_the_weight(tmp_path: Path):

@@ -27,6 +27,7 @@ CHECK_NAMES = [
     "redis reachable",
     "policies compile",
     "policy tests",
+    "input schemas",
     "policy engine",
 ]
 
@@ -70,7 +71,7 @@ def test_a_fresh_project_passes_every_check_and_exits_zero(project, redis_url):
     checklist = lines_of(result)
     assert list(checklist) == CHECK_NAMES
     assert all(mark.startswith("✓") for mark in checklist.values()), checklist
-    assert result.stdout.splitlines()[-1] == "all 10 checks passed"
+    assert result.stdout.splitlines()[-1] == "all 11 checks passed"
 
 
 def test_the_docker_runtime_is_checked_by_asking_dockerd(tmp_path, redis_url, docker_daemon):
@@ -98,8 +99,8 @@ def test_missing_generated_files_fail_and_say_to_run_init(tmp_path, redis_url):
     assert checklist["nginx config (nginx -t)"].startswith("✗ ")
     assert checklist["manifest schema"].startswith("✓ ")
     assert (
-        result.stdout.splitlines()[-1] == "5 of 10 checks failed"
-    )  # generated files, nginx, compose, and no policies yet
+        result.stdout.splitlines()[-1] == "6 of 11 checks failed"
+    )  # generated files, nginx, compose, and no policies (nor schemas) yet
 
 
 def one_check(function, project: Path, redis_url: str = "redis://127.0.0.1:1/0") -> CheckResult:

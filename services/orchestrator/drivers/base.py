@@ -104,10 +104,6 @@ class RuntimeDriver(ABC):
         """Create the networks that do not exist yet; return the names created now."""
 
     @abstractmethod
-    async def start_opa(self, manifest: Manifest, network: str) -> str | None:
-        """Start the policy server on the internal network; return its name (None: not needed)."""
-
-    @abstractmethod
     async def start_instance(self, spec: InstanceSpec) -> Instance:
         """Start one workload instance; returns as soon as it was started (not yet healthy)."""
 

@@ -19,7 +19,6 @@ from typing import Any
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
-from aiodocker.types import JSONObject
 
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
@@ -38,7 +37,7 @@ from services.orchestrator.drivers.base import (
 from services.orchestrator.drivers.health import wait_http_ok
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
 from swiftdeploy_core.project.manifest import Manifest
-from swiftdeploy_core.project.router import CONTAINER_CONF, OPA_PORT, opa_container, render_nginx_conf, router_container
+from swiftdeploy_core.project.router import CONTAINER_CONF, render_nginx_conf, router_container
 from swiftdeploy_core.project.state import Instance
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
@@ -87,8 +86,6 @@ class DockerDriver(RuntimeDriver):
         with docker_errors("asking dockerd"):
             await self.docker.version()
         images = {manifest.services.image, manifest.nginx.image}
-        if plans.needs_opa(manifest):
-            images.add(manifest.policy.opa_image)
         for image in sorted(images):
             await self.require_image(image)
 
@@ -120,19 +117,6 @@ class DockerDriver(RuntimeDriver):
                     )
                     created.append(net.name)
         return created
-
-    async def start_opa(self, manifest: Manifest, network: str) -> str | None:
-        name = opa_container(self.project)
-        config: JSONObject = {
-            "Image": manifest.policy.opa_image,
-            "Cmd": ["run", "--server", f"--addr=0.0.0.0:{OPA_PORT}", "/policies"],
-            "Labels": plans.labels(self.project, Role.opa),
-            "HostConfig": {"NetworkMode": network},
-        }
-        with docker_errors(f"starting {name}"):
-            container = await self.docker.containers.create_or_replace(name=name, config=config)
-            await container.start()
-        return name
 
     # --- instances -----------------------------------------------------------------------------
 

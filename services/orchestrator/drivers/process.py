@@ -81,9 +81,6 @@ class ProcessDriver(RuntimeDriver):
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         return []  # loopback needs no network
 
-    async def start_opa(self, manifest: Manifest, network: str) -> str | None:
-        return None  # the gatekeeper runs the embedded engine or reaches its own OPA
-
     # --- instances -----------------------------------------------------------------------------
 
     async def start_instance(self, spec: InstanceSpec) -> Instance:

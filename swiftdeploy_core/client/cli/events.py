@@ -16,8 +16,11 @@ from swiftdeploy_core.errors import ConfigError
 
 
 def since_to_id(value: str, now: float | None = None) -> str:
-    """`--since` as a stream id: an entry id ("1700000000000-0"), epoch ms, an ISO-8601 time, or
-    a relative time ("10m", "2h"); ConfigError otherwise."""
+    """`--since` as a stream id: "0" (from the start: Redis' minimal id), an entry id
+    ("1700000000000-0"), epoch ms, an ISO-8601 time, or a relative time ("10m", "2h"); ConfigError
+    otherwise."""
+    if value.strip() == "0":
+        return "0-0"
     if re.fullmatch(r"\d+-\d+", value):
         return value
     if re.fullmatch(r"\d{10,}", value):
@@ -64,7 +67,8 @@ def events(
         list[str] | None, typer.Option("--type", "-t", help="Only these types; globs like 'deploy.*' (repeatable).")
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="Start after an entry id, an ISO-8601 time, or an age (10m, 2h).")
+        str | None,
+        typer.Option(help="Start after an entry id, an ISO-8601 time, or an age (10m, 2h); 0 for the start."),
     ] = None,
     correlation_id: Annotated[
         str | None, typer.Option("--correlation-id", "-c", help="Only one operation's events.")

@@ -101,7 +101,8 @@ def describe(made: dict[str, Any]) -> str:
         f"{verdict} {made['domain']} (engine {made['engine']}, policy revision {made['policy_revision'] or '-'}, "
         f"decision {made['decision_id'][:12]}, {made['duration_ms']:.2f} ms)"
     )
-    return "\n".join([head, *(f"  - {reason}" for reason in made["reasons"])])
+    drift = [f"warning: {made['policy_drift']}"] if made.get("policy_drift") else []
+    return "\n".join([head, *(f"  - {reason}" for reason in made["reasons"]), *drift])
 
 
 def register(app: typer.Typer) -> None:
