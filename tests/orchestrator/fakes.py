@@ -98,13 +98,6 @@ class FakeDriver(RuntimeDriver):
         self.calls += [f"network {name}" for name in created]
         return created
 
-    async def start_opa(self, manifest: Manifest, network: str) -> str | None:
-        if not plans.needs_opa(manifest):
-            return None
-        self.opa = f"{self.project}-opa"
-        self.calls.append(f"opa {self.opa}")
-        return self.opa
-
     async def start_instance(self, spec: InstanceSpec) -> Instance:
         existing = self.instances.get(spec.name)
         if existing is not None:

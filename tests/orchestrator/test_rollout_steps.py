@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("redis_url")
 
 @pytest.fixture
 def canary_spec() -> dict[str, Any]:
-    return {"steps": [10, {"pause": 60}, 25, {"pause": {}}, 50], "progress_deadline": 30}
+    return {"steps": [10, {"pause": 60}, 25, {"pause": {}}, 50], "progress_deadline": 30, "no_data": "fail"}
 
 
 async def healthy(rollout) -> None:
