@@ -22,7 +22,7 @@ from services.auditor.config import AuditorSettings
 from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
+from swiftdeploy_core.bus.events import PAYLOADS, AuditRendered, AuditRequested, Event, ModeChanged, Payload
 from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
@@ -31,7 +31,7 @@ from swiftdeploy_core.settings import Settings
 
 NAME = "auditor"
 NOT_AUDITED = {"ping.requested", "pong", "audit.requested", "audit.rendered", "metrics.snapshot"}
-AUDITED = tuple(t for t in EVENT_TYPES if t not in NOT_AUDITED)
+AUDITED = tuple(model for kind, model in PAYLOADS.items() if kind not in NOT_AUDITED)
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 ERROR_EVERY_S = 30.0
@@ -98,7 +98,7 @@ class Auditor:
         except ValidationError:
             return "stable"
 
-    async def record(self, event: Event, ctx: Context) -> None:
+    async def record(self, payload: Payload, event: Event, ctx: Context) -> None:
         """Append one line; while the file cannot take it, keep the entry pending and retry."""
         assert self.writer is not None
         entry = history_entry(event, await self.mode_now(event, ctx))
@@ -117,9 +117,8 @@ class Auditor:
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
 
-    async def render(self, event: Event, ctx: Context) -> None:
+    async def render(self, request: AuditRequested, event: Event, ctx: Context) -> None:
         """`audit.requested`: verify the chain, render the report (unless only verifying), reply."""
-        request: AuditRequested = event.payload  # type: ignore[assignment]
         try:
             since = parse_iso(request.since) if request.since else None
         except ValueError:
@@ -162,11 +161,9 @@ def _write_atomically(path: Path, text: str) -> None:
 def build_spec(settings: Settings) -> ServiceSpec:
     """The auditor as the worker runs it."""
     auditor = Auditor(AuditorSettings.from_settings(settings))
-    handlers = {kind: auditor.record for kind in AUDITED}
-    handlers["audit.requested"] = auditor.render
     return ServiceSpec(
         name=NAME,
         streams=[streams.EVENTS, streams.AUDITOR_INBOX],
-        handlers=handlers,
+        handlers=[*((model, auditor.record) for model in AUDITED), (AuditRequested, auditor.render)],
         on_start=auditor.start,
     )

@@ -57,9 +57,9 @@ class Gatekeeper:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    async def handle(self, event: Event, ctx: Context) -> None:
+    async def handle(self, request: DecisionRequested, event: Event, ctx: Context) -> None:
         """`decision.requested` → `decision.made` (and `policy.violation` when denied)."""
-        made = await self.decide(event.payload, event.id)
+        made = await self.decide(request, event.id)
         ctx.emit_on_commit(made, cause=event)
         if not made.allow:
             violation = PolicyViolation(
@@ -118,7 +118,7 @@ def build_spec(settings: Settings, engine: PolicyEngine | None = None) -> Servic
     return ServiceSpec(
         name=NAME,
         streams=[streams.GATEKEEPER_INBOX],
-        handlers={"decision.requested": gatekeeper.handle},
+        handlers={DecisionRequested: gatekeeper.handle},
         on_start=gatekeeper.on_start,
         on_stop=gatekeeper.on_stop,
         concurrency=CONCURRENCY,

@@ -24,12 +24,14 @@ from swiftdeploy_core.bus.events import (
     CanaryRequested,
     ChaosRequested,
     CommandRejected,
+    DecisionMade,
     DecisionRequested,
     DeployFailed,
     DeployRequested,
     Event,
     OperationFailed,
     Payload,
+    PromotionRequested,
     RollbackRequested,
     TeardownRequested,
 )
@@ -65,7 +67,9 @@ class BusGate:
             log.warning("no %s decision from the gatekeeper within %.1fs", domain, self.timeout)
             return None
         made = reply.payload
-        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)  # type: ignore[attr-defined]
+        if not isinstance(made, DecisionMade):  # `expect` admits only decision.made
+            raise TypeError(f"expected decision.made, got {reply.type}")
+        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)
 
 
 def emitter(
@@ -149,8 +153,7 @@ def _manifest(payload: DeployRequested | CanaryRequested) -> Manifest:
 # --- handlers ----------------------------------------------------------------------------------
 
 
-async def on_deploy(event: Event, ctx: Context) -> None:
-    payload: DeployRequested = event.payload  # type: ignore[assignment]
+async def on_deploy(payload: DeployRequested, event: Event, ctx: Context) -> None:
     manifest = _manifest(payload)
     await run_command(
         event, ctx, "deploy", manifest.project,
@@ -158,8 +161,7 @@ async def on_deploy(event: Event, ctx: Context) -> None:
     )  # fmt: skip
 
 
-async def on_canary(event: Event, ctx: Context) -> None:
-    payload: CanaryRequested = event.payload  # type: ignore[assignment]
+async def on_canary(payload: CanaryRequested, event: Event, ctx: Context) -> None:
     manifest = _manifest(payload)
     await run_command(
         event, ctx, "promote-canary", manifest.project,
@@ -167,37 +169,33 @@ async def on_canary(event: Event, ctx: Context) -> None:
     )  # fmt: skip
 
 
-async def on_promotion(event: Event, ctx: Context) -> None:
-    project = await _project(event, ctx, "promote-stable")
+async def on_promotion(payload: PromotionRequested, event: Event, ctx: Context) -> None:
+    project = await _project(payload.project, event, ctx, "promote-stable")
     if project:
         await run_command(event, ctx, "promote-stable", project, lambda r: operations.PromoteStable(r).run())
 
 
-async def on_rollback(event: Event, ctx: Context) -> None:
-    payload: RollbackRequested = event.payload  # type: ignore[assignment]
-    project = await _project(event, ctx, "rollback")
+async def on_rollback(payload: RollbackRequested, event: Event, ctx: Context) -> None:
+    project = await _project(payload.project, event, ctx, "rollback")
     if project:
         await run_command(event, ctx, "rollback", project, lambda r: operations.Rollback(r, payload.reason).run())
 
 
-async def on_teardown(event: Event, ctx: Context) -> None:
-    payload: TeardownRequested = event.payload  # type: ignore[assignment]
+async def on_teardown(payload: TeardownRequested, event: Event, ctx: Context) -> None:
     lost = payload.manifest is not None and await RecordStore(ctx.bus.redis).load(payload.project) is None
     manifest = validate_manifest(payload.manifest) if lost else None
     run = lambda r: operations.Teardown(r).run()  # noqa: E731
     await run_command(event, ctx, "teardown", payload.project, run, manifest, payload.root if lost else None)
 
 
-async def on_chaos(event: Event, ctx: Context) -> None:
-    payload: ChaosRequested = event.payload  # type: ignore[assignment]
-    project = await _project(event, ctx, "chaos")
+async def on_chaos(payload: ChaosRequested, event: Event, ctx: Context) -> None:
+    project = await _project(payload.project, event, ctx, "chaos")
     if project:
         await run_command(event, ctx, "chaos", project, lambda r: operations.Chaos(r, payload).run())
 
 
-async def _project(event: Event, ctx: Context, command: str) -> str | None:
+async def _project(named: str | None, event: Event, ctx: Context, command: str) -> str | None:
     """The project a command names, or the only deployed one; else reject the command."""
-    named = getattr(event.payload, "project", None)
     if named:
         return named
     projects = await RecordStore(ctx.bus.redis).projects()
@@ -274,12 +272,12 @@ def build_spec(settings: Settings) -> ServiceSpec:
         name=NAME,
         streams=[streams.ORCHESTRATOR_INBOX],
         handlers={
-            "deploy.requested": on_deploy,
-            "canary.requested": on_canary,
-            "promotion.requested": on_promotion,
-            "rollback.requested": on_rollback,
-            "teardown.requested": on_teardown,
-            "chaos.requested": on_chaos,
+            DeployRequested: on_deploy,
+            CanaryRequested: on_canary,
+            PromotionRequested: on_promotion,
+            RollbackRequested: on_rollback,
+            TeardownRequested: on_teardown,
+            ChaosRequested: on_chaos,
         },
         background=[analysis_loop],
         on_start=recover_all,

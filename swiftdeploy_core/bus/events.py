@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -416,10 +416,18 @@ AnyPayload = Annotated[
     Field(discriminator="type"),
 ]
 
-EVENT_TYPES: tuple[str, ...] = tuple(
-    model.model_fields["type"].default
-    for model in AnyPayload.__origin__.__args__  # type: ignore[attr-defined]
-)
+
+def type_of(model: type[Payload]) -> str:
+    """The event type a payload class carries (its `type` literal's default)."""
+    default = model.model_fields["type"].default if "type" in model.model_fields else None
+    if not isinstance(default, str):
+        raise TypeError(f"{model.__name__} has no `type` literal: not an event payload")
+    return default
+
+
+# The catalogue as data: event type -> payload class, in declaration order.
+PAYLOADS: dict[str, type[Payload]] = {type_of(model): model for model in get_args(get_args(AnyPayload)[0])}
+EVENT_TYPES: tuple[str, ...] = tuple(PAYLOADS)
 
 
 class Source(BaseModel):

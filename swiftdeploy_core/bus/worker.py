@@ -1,6 +1,6 @@
 """The service base: a worker that consumes a service's streams through its consumer group.
 
-A service is a `ServiceSpec` (name, streams, a handler table keyed by event type) run by
+A service is a `ServiceSpec` (name, streams, a handler table keyed by payload class) run by
 `run(spec)`. The worker reads in batches (XREADGROUP), skips event ids already processed, runs
 the handler, and acks only after it succeeded, atomically with the id's "processed" mark and the
 handler's queued writes (`ctx.on_commit`). A failing entry is retried in-process with backoff and
@@ -28,7 +28,7 @@ from swiftdeploy_core.bus import logs, streams
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
 from swiftdeploy_core.bus.events import Event, Source
 from swiftdeploy_core.bus.group import Commit, Entry, Group
-from swiftdeploy_core.bus.handlers import Context, Handler, Reject, Retry, ServiceSpec, answer_ping
+from swiftdeploy_core.bus.handlers import AnyHandler, Context, Handler, Reject, Retry, ServiceSpec, answer_ping
 from swiftdeploy_core.bus.health import HealthServer, WorkerMetrics
 from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
 from swiftdeploy_core.bus.wire import B_EVENT
@@ -59,7 +59,7 @@ class Worker:
         self.source = Source(service=spec.name, instance=settings.instance)
         self.group = Group(bus, spec.name, settings.instance)
         self.streams = spec.all_streams()
-        self.handlers: dict[str, Handler] = {"ping.requested": answer_ping, **spec.handlers}
+        self.handlers: dict[str, AnyHandler] = spec.handler_table()
         self.metrics = WorkerMetrics(spec.name)
         for collector in spec.metrics:  # a service's own metrics, beside the worker's
             self.metrics.registry.register(collector)
@@ -289,7 +289,7 @@ class Worker:
             if log.isEnabledFor(logging.DEBUG):
                 logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
             try:
-                await handler(event, ctx)
+                await handler(event.payload, event, ctx)
             except Reject as exc:
                 return self._observe(event, started, _Outcome(error=f"rejected: {exc}", reject=True))
             except Retry as exc:

@@ -13,7 +13,7 @@ from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
 from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Source
 from swiftdeploy_core.bus.runner import running
-from swiftdeploy_core.bus.worker import Context, Reject, ServiceSpec
+from swiftdeploy_core.bus.worker import Context, Handler, Reject, ServiceSpec
 from swiftdeploy_core.settings import Settings
 
 CLI = Source(service="cli", instance="test")
@@ -30,12 +30,12 @@ def step(name: str) -> Event:
     return Event(payload=DeployStep(step=name), source=CLI)
 
 
-async def count_once(event: Event, ctx: Context) -> None:
-    ctx.on_commit("HINCRBY", COUNTS, event.payload.step, 1)
+async def count_once(payload: DeployStep, event: Event, ctx: Context) -> None:
+    ctx.on_commit("HINCRBY", COUNTS, payload.step, 1)
 
 
-def spec(handler: Callable[[Event, Context], Awaitable[None]] = count_once) -> ServiceSpec:
-    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": handler})
+def spec(handler: Handler[DeployStep] = count_once) -> ServiceSpec:
+    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={DeployStep: handler})
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -78,14 +78,14 @@ async def test_a_side_effect_free_service_skips_the_lookup_and_its_commit_drops_
 ) -> None:
     handled: list[str] = []
 
-    async def pure(event: Event, ctx: Context) -> None:
+    async def pure(payload: DeployStep, event: Event, ctx: Context) -> None:
         handled.append(event.id)
-        await count_once(event, ctx)
+        await count_once(payload, event, ctx)
 
     events = [step(f"e{i}") for i in range(200)]
     await bus.publish_many(INBOX, events)
     await bus.publish_many(INBOX, events[:30])  # the same event ids delivered a second time
-    service = ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": pure}, side_effect_free=True)
+    service = ServiceSpec(name="orchestrator", streams=[INBOX], handlers={DeployStep: pure}, side_effect_free=True)
     async with running(service, fast_settings(redis_url)) as worker:
         await wait_until(lambda: _acked_all(bus))
         duplicates = worker.metrics.duplicates.labels("orchestrator")._value.get()
@@ -102,11 +102,11 @@ async def _acked_all(bus: Bus) -> bool:
 async def test_a_handler_that_always_fails_is_dead_lettered_while_others_flow(redis_url: str, bus: Bus) -> None:
     tries: list[str] = []
 
-    async def fragile(event: Event, ctx: Context) -> None:
-        if event.payload.step == "poison":
+    async def fragile(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if payload.step == "poison":
             tries.append(event.id)
             raise ValueError("disk on fire")
-        await count_once(event, ctx)
+        await count_once(payload, event, ctx)
 
     await bus.publish(INBOX, step("poison"))
     await bus.publish_many(INBOX, [step(f"ok{i}") for i in range(100)])
@@ -120,7 +120,7 @@ async def test_a_handler_that_always_fails_is_dead_lettered_while_others_flow(re
 
 
 async def test_reject_dead_letters_at_once(redis_url: str, bus: Bus) -> None:
-    async def refuse(event: Event, ctx: Context) -> None:
+    async def refuse(payload: DeployStep, event: Event, ctx: Context) -> None:
         raise Reject("bad manifest")
 
     await bus.publish(INBOX, step("x"))
@@ -158,11 +158,11 @@ async def test_a_dead_consumers_entries_are_reclaimed_after_the_lease(redis_url:
 async def test_a_write_redis_refuses_is_dead_lettered_and_the_rest_of_the_batch_commits(
     redis_url: str, bus: Bus
 ) -> None:
-    async def sloppy(event: Event, ctx: Context) -> None:
-        if event.payload.step == "typo":
+    async def sloppy(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if payload.step == "typo":
             ctx.on_commit("HINCRBYY", COUNTS, "typo", 1)  # not a Redis command
         else:
-            await count_once(event, ctx)
+            await count_once(payload, event, ctx)
 
     await bus.publish_many(INBOX, [step("a"), step("typo"), step("b")])
     async with running(spec(sloppy), fast_settings(redis_url)):

@@ -19,13 +19,13 @@ CLI = Source(service="cli", instance="test")
 
 
 async def test_health_ready_and_metrics_describe_the_instance(redis_url: str) -> None:
-    async def fail_once_per_event(event: Event, ctx: Context) -> None:
-        if event.payload.step == "bad":
+    async def fail_once_per_event(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if payload.step == "bad":
             raise RuntimeError("no")
 
     settings = Settings(redis_url=redis_url, block_ms=100, max_deliveries=1, instance="orch-h")
     spec = ServiceSpec(name="orchestrator", streams=[streams.ORCHESTRATOR_INBOX],
-                       handlers={"deploy.step": fail_once_per_event})  # fmt: skip
+                       handlers={DeployStep: fail_once_per_event})  # fmt: skip
     bus = await Bus.connect(settings)
     await bus.publish_many(
         streams.ORCHESTRATOR_INBOX, [Event(payload=DeployStep(step=s), source=CLI) for s in ("ok", "ok2", "bad")]

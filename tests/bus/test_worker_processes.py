@@ -33,12 +33,12 @@ CLI = Source(service="cli", instance="test")
 
 
 def probe_spec(delay: float) -> ServiceSpec:
-    async def count_once(event: Event, ctx: Context) -> None:
+    async def count_once(payload: DeployStep, event: Event, ctx: Context) -> None:
         if delay:
             await asyncio.sleep(delay)
         ctx.on_commit("HINCRBY", COUNTS, event.id, 1)
 
-    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": count_once})
+    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={DeployStep: count_once})
 
 
 # --- helpers -------------------------------------------------------------------------------------
