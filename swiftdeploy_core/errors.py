@@ -37,6 +37,11 @@ class RequestTimeout(BusError):
     """A request on the bus got no reply within its deadline."""
 
 
+class RequestRejected(BusError):
+    """The service a request went to refused it before any effect (`command.rejected`: it has no
+    handler for the type, cannot decode it, or the command is not possible now)."""
+
+
 class RuntimeDriverError(SwiftDeployError):
     """The runtime (dockerd or local processes) refused or failed an operation."""
 

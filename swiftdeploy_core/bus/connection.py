@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import Event
+from swiftdeploy_core.bus.events import CommandRejected, Event, type_of
 from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
 from swiftdeploy_core.bus.wire import (
     B_CORRELATION,
@@ -31,13 +31,14 @@ from swiftdeploy_core.bus.wire import (
     maxlen_for,
     xadd_head,
 )
-from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
+from swiftdeploy_core.errors import ControlPlaneDown, RequestRejected, RequestTimeout
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.bus")
 
 FOLLOW_BLOCK_MS = 1_000
 FOLLOW_BATCH = 500
+REJECTED = type_of(CommandRejected)
 UP_HINT = "; run `swiftdeploy up`"  # the next step, ending every ControlPlaneDown raised here
 
 
@@ -178,7 +179,8 @@ class Bus:
 
     async def request(self, stream: str, event: Event, expect: Collection[str], timeout: float) -> Event:
         """Publish `event`, then wait for an event on EVENTS with its correlation id and a type
-        in `expect`; RequestTimeout after `timeout` seconds."""
+        in `expect`; RequestTimeout after `timeout` seconds, RequestRejected as soon as the
+        service answers `command.rejected` (unless `expect` names it)."""
         await self._ensure_reader()
         loop = asyncio.get_running_loop()
         waiter = _Waiter(frozenset(expect), 0, loop.create_future())
@@ -230,9 +232,15 @@ class Bus:
         event_type = decode(fields.get(B_TYPE, b""))
         ms = id_ms(entry_id)
         for waiter in waiters:
-            if event_type in waiter.expect and ms >= waiter.after_ms and not waiter.future.done():
+            if ms < waiter.after_ms or waiter.future.done():
+                continue
+            if event_type in waiter.expect:
                 with contextlib.suppress(Exception):
                     waiter.future.set_result(Event.from_json(fields[B_EVENT]))
+                return
+            if event_type == REJECTED:  # the service refused the request: no reply will come
+                with contextlib.suppress(Exception):
+                    waiter.future.set_exception(_rejected(Event.from_json(fields[B_EVENT])))
                 return
 
     # --- following ---------------------------------------------------------------------------
@@ -309,6 +317,13 @@ async def history(
         if len(page) < FOLLOW_BATCH:
             return
         start = f"({decode(page[-1][0])}"
+
+
+def _rejected(reply: Event) -> RequestRejected:
+    payload = reply.payload
+    if not isinstance(payload, CommandRejected):
+        return RequestRejected(f"{reply.source.service} refused the request")
+    return RequestRejected(f"{reply.source.service} refused {payload.command}: {payload.reason}")
 
 
 def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Collection[str] | None) -> Event | None:

@@ -15,10 +15,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import streams
-
-# Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
-from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, FIELD_EVENT, FIELD_TYPE, decode, maxlen_for
+from swiftdeploy_core.bus.events import Event
+from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, FIELD_EVENT, FIELD_TYPE, decode, entry_fields, maxlen_for
 
 # Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 # atomically, and only for event ids not processed before (a reclaimed duplicate is acked without
@@ -173,8 +172,9 @@ class Group:
         """Count one failed attempt at `entry`; returns the attempts so far."""
         return int(await self.bus.redis.hincrby(self.failures, entry.key, 1))
 
-    async def dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
-        """Move `entry` to the dead-letter stream with `error`, then ack it (one transaction)."""
+    async def dead_letter(self, entry: Entry, error: str, attempts: int, reply: Event | None = None) -> None:
+        """Move `entry` to the dead-letter stream with `error`, then ack it, and publish `reply`
+        (the sender's answer) on EVENTS: one transaction."""
         fields = {
             "service": self.service, "stream": entry.stream, "entry_id": entry.entry_id,
             "error": error, "attempts": str(attempts), "consumer": self.consumer,
@@ -185,6 +185,11 @@ class Group:
             pipe.xadd(
                 streams.DEAD_LETTER, fields, maxlen=maxlen_for(self.bus.settings, streams.DEAD_LETTER), approximate=True
             )
+            if reply is not None:
+                pipe.xadd(
+                    streams.EVENTS, entry_fields(reply), maxlen=maxlen_for(self.bus.settings, streams.EVENTS),
+                    approximate=True,
+                )  # fmt: skip
             pipe.xack(entry.stream, self.name, entry.entry_id)
             pipe.hdel(self.failures, entry.key)
             await pipe.execute()

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,21 @@ from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import logs, streams
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
-from swiftdeploy_core.bus.events import Event, Source
+from swiftdeploy_core.bus.events import PAYLOADS, CommandRejected, Event, Source
 from swiftdeploy_core.bus.group import Commit, Entry, Group
-from swiftdeploy_core.bus.handlers import AnyHandler, Context, Handler, Reject, Retry, ServiceSpec, answer_ping
+from swiftdeploy_core.bus.handlers import (
+    EMIT_NAMESPACE,
+    AnyHandler,
+    Context,
+    Handler,
+    Reject,
+    Retry,
+    ServiceSpec,
+    answer_ping,
+)
 from swiftdeploy_core.bus.health import HealthServer, WorkerMetrics
 from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
-from swiftdeploy_core.bus.wire import B_EVENT
+from swiftdeploy_core.bus.wire import B_CORRELATION, B_EVENT, B_TYPE, decode
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.worker")
@@ -220,11 +230,16 @@ class Worker:
                 await self._release(batch[n:])  # taken, not started: hand over to a live replica
                 break
             if isinstance(event, str):
-                await self._dead_letter(entry, event, 1)
-            elif event.id in seen or event.type not in self.handlers:
-                if event.id in seen:
-                    self.metrics.duplicates.labels(self.spec.name).inc()
+                await self._dead_letter(entry, event, 1, self._refusal(entry, event))
+            elif event.id in seen:
+                self.metrics.duplicates.labels(self.spec.name).inc()
                 self._commits.append(Commit(entry, failed=entry.reclaimed))
+            elif event.type not in self.handlers:
+                if entry.stream == self.spec.inbox():  # a command nobody here can run: say so
+                    reason = f"{self.spec.name} has no handler for {event.type}"
+                    await self._dead_letter(entry, reason, 1, self._refusal(entry, "no handler for it", event))
+                else:  # a fact on a shared stream this service does not care about
+                    self._commits.append(Commit(entry, failed=entry.reclaimed))
             elif self.spec.concurrency == 1:
                 await self._attempt(entry, event, 1)
                 if time.monotonic() - self._flushed > COMMIT_EVERY_S:
@@ -252,6 +267,9 @@ class Worker:
         raw = entry.fields.get(B_EVENT)
         if raw is None:
             return f"malformed entry: no 'event' field (fields: {sorted(k.decode() for k in entry.fields)})"
+        kind = decode(entry.fields.get(B_TYPE, b""))
+        if kind and kind not in PAYLOADS:  # a newer client's type, most likely
+            return f"{self.spec.name} does not know the event type {kind}"
         try:
             return Event.from_json(raw)
         except ValueError as exc:
@@ -332,8 +350,23 @@ class Worker:
             raise
         await self._attempt(entry, event, attempts + 1)
 
-    async def _dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
-        await self._retrying(lambda: self.group.dead_letter(entry, error, attempts))
+    def _refusal(self, entry: Entry, reason: str, event: Event | None = None) -> Event | None:
+        """The `command.rejected` that answers an inbox entry this service cannot handle, so its
+        sender's wait ends with `reason` (None: not an inbox entry, or no one to answer)."""
+        correlation_id = decode(entry.fields.get(B_CORRELATION, b""))
+        if entry.stream != self.spec.inbox() or not correlation_id:
+            return None
+        command = event.type if event else decode(entry.fields.get(B_TYPE, b"")) or "unknown"
+        return Event(
+            id=uuid.uuid5(EMIT_NAMESPACE, f"refused:{entry.key}").hex,  # redelivered: the same reply
+            payload=CommandRejected(command=command, reason=reason),
+            source=self.source,
+            correlation_id=correlation_id,
+            causation_id=event.id if event else _event_id(entry),
+        )
+
+    async def _dead_letter(self, entry: Entry, error: str, attempts: int, reply: Event | None = None) -> None:
+        await self._retrying(lambda: self.group.dead_letter(entry, error, attempts, reply))
         self._inflight.pop(entry.key, None)
         self.metrics.dead.labels(self.spec.name).inc()
         log.error("dead-lettered %s from %s after %d attempt(s): %s", entry.entry_id, entry.stream, attempts, error)
@@ -433,3 +466,11 @@ class Worker:
             with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
                 for stream, ids in by_stream.items():
                     await self.group.keepalive(stream, ids)
+
+
+def _event_id(entry: Entry) -> str | None:
+    """The envelope id of an entry that could not be decoded as an event, if it has one."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        found = json.loads(entry.fields.get(B_EVENT, b"")).get("id")
+        return found if isinstance(found, str) else None
+    return None

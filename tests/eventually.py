@@ -1,0 +1,77 @@
+"""Waiting in tests: poll a condition until a deadline, and fail naming what was awaited.
+
+    await eventually(lambda: acked_all(bus), "every entry acked")          # async checks
+    eventually_sync(lambda: log.exists(), "the service's log file", 10)     # plain ones
+
+The check may be sync or async (its result is awaited when it is awaitable); the first truthy
+result is returned. `ignoring` lists exceptions that mean "not yet" (a server still starting);
+any other exception fails the test at once. At the deadline: AssertionError
+"timed out after 5s waiting for <what> (last: <the check's last result or error>)".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+INTERVAL_S = 0.02
+TIMEOUT_S = 5.0
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T],
+    what: str,
+    timeout: float = TIMEOUT_S,
+    *,
+    interval: float = INTERVAL_S,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Poll `check` every `interval` until it returns something truthy (returned), or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last: object
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return result  # type: ignore[return-value]
+            last = result
+        except ignoring as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(_message(what, timeout, last))
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    check: Callable[[], T],
+    what: str,
+    timeout: float = TIMEOUT_S,
+    *,
+    interval: float = INTERVAL_S,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
+    """`eventually` for code outside an event loop (blocking sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last: object
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except ignoring as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(_message(what, timeout, last))
+        time.sleep(interval)
+
+
+def _message(what: str, timeout: float, last: object) -> str:
+    shown = repr(last)
+    return f"timed out after {timeout:g}s waiting for {what} (last: {shown[:300]})"
