@@ -29,6 +29,14 @@ class BusError(SwiftDeployError):
     """Redis could not be reached or answered in a way the bus cannot use."""
 
 
+class BusLost(BusError):
+    """Redis went away in the middle of an operation (refused, reset, timed out): retry later."""
+
+
+class GroupMissing(BusError):
+    """A consumer group is gone (Redis restarted empty, or was flushed): join it again."""
+
+
 class ControlPlaneDown(BusError):
     """The control plane (Redis and the services) is not running."""
 

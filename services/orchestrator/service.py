@@ -35,9 +35,9 @@ from swiftdeploy_core.bus.events import (
     RollbackRequested,
     TeardownRequested,
 )
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS
+from swiftdeploy_core.bus.retry import redis_errors
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
-from swiftdeploy_core.errors import OperationInProgress, RequestTimeout, SwiftDeployError
+from swiftdeploy_core.errors import BusLost, OperationInProgress, RequestTimeout, SwiftDeployError
 from swiftdeploy_core.project.manifest import Manifest, validate_manifest
 from swiftdeploy_core.project.state import RolloutState
 from swiftdeploy_core.settings import Settings
@@ -215,7 +215,8 @@ async def analysis_loop(ctx: Context) -> None:
     """Tick every analysed rollout once per its `canary.interval`."""
     store = RecordStore(ctx.bus.redis)
     while True:
-        with contextlib.suppress(*CONNECTION_ERRORS):
+        # Redis away (or a runtime call that lost its connection, as before): the next pass.
+        with contextlib.suppress(BusLost), redis_errors("the analysis loop"):
             for project in await store.projects():
                 record = await store.load(project)
                 if record is not None and record.phase in phases.ANALYSED and _due(record):

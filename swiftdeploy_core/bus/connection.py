@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import CommandRejected, Event, type_of
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
+from swiftdeploy_core.bus.retry import Backoff, mapped, redis_errors
 from swiftdeploy_core.bus.wire import (
     B_CORRELATION,
     B_EVENT,
@@ -31,7 +30,7 @@ from swiftdeploy_core.bus.wire import (
     maxlen_for,
     xadd_head,
 )
-from swiftdeploy_core.errors import ControlPlaneDown, RequestRejected, RequestTimeout
+from swiftdeploy_core.errors import BusError, BusLost, ControlPlaneDown, RequestRejected, RequestTimeout
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.bus")
@@ -55,10 +54,12 @@ class BlockingConnection:
 
     async def read(self, op: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
         if self.client_id is None:
-            self.client_id = await self.conn.client_id()
+            with redis_errors("asking the connection's id"):
+                self.client_id = await self.conn.client_id()
         try:
-            return await op(self.conn)
-        except CONNECTION_ERRORS:
+            with redis_errors("a blocking read"):
+                return await op(self.conn)
+        except BusLost:
             self.client_id = None  # a new connection gets a new id
             raise
 
@@ -66,11 +67,11 @@ class BlockingConnection:
         """Mark closed and unblock a read in progress (it returns as if it timed out)."""
         self.closed = True
         if self.client_id is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            with contextlib.suppress(BusError), redis_errors("waking a blocking read"):
                 await self.main.client_unblock(self.client_id)
 
     async def aclose(self) -> None:
-        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+        with contextlib.suppress(BusError), redis_errors("closing a blocking connection"):
             await self.conn.aclose()
 
 
@@ -98,10 +99,11 @@ class Bus:
         url = resolve_redis_url(settings)
         redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=0)
         try:
-            await redis.ping()
-        except (*CONNECTION_ERRORS, RedisError) as exc:
+            with redis_errors(f"connecting to Redis at {url}"):
+                await redis.ping()
+        except BusError as exc:
             await redis.aclose()
-            raise ControlPlaneDown(f"Redis at {url} is not reachable ({exc}){UP_HINT}") from exc
+            raise ControlPlaneDown(f"Redis at {url} is not reachable ({exc.__cause__ or exc}){UP_HINT}") from exc
         return cls(settings, redis)
 
     async def close(self) -> None:
@@ -130,6 +132,7 @@ class Bus:
 
     # --- publishing --------------------------------------------------------------------------
 
+    @mapped("publishing")
     async def publish(self, stream: str, event: Event) -> str:
         """XADD `event` to `stream` (capped at an approximate MAXLEN); returns the entry id."""
         entry_id = await self.redis.xadd(
@@ -137,6 +140,7 @@ class Bus:
         )
         return decode(entry_id)
 
+    @mapped("publishing")
     async def publish_many(self, stream: str, events: Collection[Event]) -> list[str]:
         """XADD several events in one round trip; returns their entry ids in order.
 
@@ -170,6 +174,7 @@ class Bus:
         finally:
             await pool.release(conn)
 
+    @mapped("reading the newest entry id")
     async def cursor(self, stream: str = streams.EVENTS) -> str:
         """The id of the newest entry of `stream` ("0-0" when empty): a `since` that misses nothing."""
         newest = await self.redis.xrevrange(stream, count=1)
@@ -283,7 +288,7 @@ class Bus:
                         lambda c, cursor=cursor: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
                     )
                     backoff.reset()
-                except CONNECTION_ERRORS as exc:
+                except BusLost as exc:
                     if blocking.closed:
                         return
                     log.warning("%s lost Redis (%s); retrying", what, exc)
@@ -309,7 +314,8 @@ async def history(
     """The retained events of `stream` after `since` up to now (XRANGE in pages), filtered."""
     start = "-" if since in ("0", "0-0", "-") else f"({since}"
     while True:
-        page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH)
+        with redis_errors("reading the history"):
+            page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH)
         for _entry_id, fields in page:
             event = _select(fields, correlation_id, types)
             if event is not None:

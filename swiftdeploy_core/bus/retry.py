@@ -1,17 +1,68 @@
-"""Retrying against Redis: which errors mean "Redis went away", and the backoff between tries."""
+"""Redis errors at the boundary, and retrying: `redis_errors()` maps what redis-py raises to the
+bus's error families (keeping the cause), and `Backoff` paces the tries after "Redis went away".
+
+    with redis_errors("reading the rollout records"):
+        raw = await redis.get(key)
+    # BusLost: connection refused/reset/timed out (retry later) · GroupMissing: NOGROUP, the
+    # consumer group is gone (join again) · BusError: any other refusal (a bug or a bad write)
+
+Nothing outside this module catches a redis-py exception; callers catch the families above.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from typing import ParamSpec, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-# Errors meaning "Redis went away": callers back off and retry instead of crashing.
+from swiftdeploy_core.errors import BusError, BusLost, GroupMissing
+
+# What redis-py raises when Redis went away (it lets some socket errors through unwrapped).
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 2.0
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def redis_errors(doing: str = "talking to Redis") -> Iterator[None]:
+    """Raise redis-py's errors inside the block as BusLost, GroupMissing or BusError, from the cause."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise BusLost(f"{doing}: Redis went away ({_one_line(exc)})") from exc
+    except ResponseError as exc:
+        if str(exc).startswith(("NOGROUP", "UNBLOCKED the stream key no longer exists")):
+            raise GroupMissing(f"{doing}: the consumer group is gone ({_one_line(exc)})") from exc
+        raise BusError(f"{doing}: Redis refused ({_one_line(exc)})") from exc
+    except RedisError as exc:
+        raise BusError(f"{doing}: {_one_line(exc)}") from exc
+
+
+def mapped(doing: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Decorate an async function that talks to Redis: its body runs inside `redis_errors(doing)`."""
+
+    def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            with redis_errors(doing):
+                return await fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Backoff:

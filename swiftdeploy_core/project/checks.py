@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from swiftdeploy_core.errors import ControlPlaneDown, ManifestError
+from swiftdeploy_core.bus.retry import redis_errors
+from swiftdeploy_core.errors import BusError, ControlPlaneDown, ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, Runtime, load_manifest
 from swiftdeploy_core.project.render import (
     COMPOSE_FILE,
@@ -225,11 +226,12 @@ def redis_reachable(context: CheckContext) -> CheckResult:
     url = _redis_url(context)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT)
-        with client:
+        with client, redis_errors("PING"):
             client.ping()
-    except (redis.RedisError, ValueError, OSError) as exc:
+    except (BusError, ValueError) as exc:  # ValueError: not a redis:// URL
+        cause = exc.__cause__ if isinstance(exc, BusError) and exc.__cause__ else exc
         return CheckResult(
-            name=name, ok=False, reason=f"{url}: {_one_line(exc)} (start redis-server, or set REDIS_URL)"
+            name=name, ok=False, reason=f"{url}: {_one_line(cause)} (start redis-server, or set REDIS_URL)"
         )
     return CheckResult(name=name, ok=True, reason=f"{url} answers PING")
 

@@ -7,6 +7,7 @@ an orchestrator whose `deploy.step` handler counts each event id once, atomicall
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -28,12 +29,15 @@ from swiftdeploy_core.settings import Settings
 INBOX = streams.ORCHESTRATOR_INBOX
 GROUP = streams.group("orchestrator")
 COUNTS = "test:counts"
+STARTED = "test:started"
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Source(service="cli", instance="test")
 
 
 def probe_spec(delay: float) -> ServiceSpec:
     async def count_once(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if delay >= 1:  # a stuck handler: say it started (faster ones are counted when done)
+            await ctx.bus.redis.set(STARTED, event.id)
         if delay:
             await asyncio.sleep(delay)
         ctx.on_commit("HINCRBY", COUNTS, event.id, 1)
@@ -186,6 +190,23 @@ def test_sigterm_mid_batch_finishes_what_started_and_hands_over_the_rest(redis_u
     spawn(redis_url, "slow-2", "tests.bus.test_worker_processes", "0", SWIFTDEPLOY_LEASE_MS="20000")
     wait_for(lambda: all_settled(client), 15, "the other replica to finish the rest")
     assert_each_handled_once(client, events)
+
+
+def test_sigterm_with_a_stuck_handler_exits_within_the_grace_and_sums_up(redis_url: str, spawn, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_url)
+    stuck = spawn(redis_url, "stuck-1", "tests.bus.test_worker_processes", "60", SWIFTDEPLOY_SHUTDOWN_GRACE="1.5")
+    wait_for(lambda: joined(client, 1), 15, "the replica in the group")
+    publish(client, steps(1))
+    wait_for(lambda: client.exists(STARTED), 10, "the handler to be under way")
+    started = time.monotonic()
+    stuck.send_signal(signal.SIGTERM)
+    assert stuck.wait(timeout=5) == 0
+    assert time.monotonic() - started < 1.5 + 0.5  # the grace, plus the interpreter's own exit
+    lines = [json.loads(line) for line in (tmp_path / "stuck-1.log").read_text().splitlines()]
+    assert [x["message"] for x in lines if x["message"].startswith("shutdown ◆")] == [
+        "shutdown ◆ 0 complete ◆ 0 failed ◆ 0 retried ◆ 1 ongoing"
+    ]
+    assert client.xinfo_groups(INBOX)[0]["pending"] == 1  # still there, for a live replica
 
 
 if __name__ == "__main__":
