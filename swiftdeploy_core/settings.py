@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from swiftdeploy_core.errors import ConfigError
 
+STATE_DIR = ".swiftdeploy"  # beside the manifest: the control plane's state, data and logs
+
 
 class Settings(BaseSettings):
     """Settings shared by the client and every service (`SWIFTDEPLOY_` prefix, plus `REDIS_URL`)."""
@@ -31,8 +33,15 @@ class Settings(BaseSettings):
     batch_size: int = 100
     lease_ms: int = 30_000  # a pending entry idle this long is reclaimed by another replica
     max_deliveries: int = 5  # after this many failed tries an entry is dead-lettered
-    shutdown_grace: float = 4.0
+    shutdown_grace: float = 4.0  # the whole budget from a stop request to exit, in-flight work included
     request_timeout: float = 10.0
+    # Where the control plane that `swiftdeploy up` runs records its Redis URL, read by every
+    # process when REDIS_URL is unset. None: `.swiftdeploy/redis-url.json` beside the manifest.
+    redis_url_file: Path | None = None
+
+    def redis_url_record(self) -> Path:
+        """The file `redis_url_file` names (or its default beside the manifest)."""
+        return self.redis_url_file or self.manifest.parent.resolve() / STATE_DIR / "redis-url.json"
 
 
 def load_settings() -> Settings:

@@ -1,7 +1,8 @@
 """`swiftdeploy validate`'s policy checks: the project's policies compile, their Rego unit tests
 pass, and the configured policy engine answers.
 
-Registered with `swiftdeploy_core.project.checks` (listed in its CHECK_MODULES). Compiling and testing
+Registered with `swiftdeploy_core.project.checks` when imported (`swiftdeploy validate` names this
+module in `run_checks(..., modules=...)`). Compiling and testing
 Rego here is a pre-flight check, like `opa check` and `opa test`; decisions are still only made by
 the gatekeeper.
 """

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import redis.asyncio as aioredis
+from pydantic import BaseModel
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import CommandRejected, Event, type_of
@@ -344,12 +346,42 @@ def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Colle
 
 
 def resolve_redis_url(settings: Settings) -> str:
-    """REDIS_URL if set, else the URL of the control plane `swiftdeploy up` started here."""
+    """REDIS_URL if set, else the URL the control plane `swiftdeploy up` started here recorded."""
     if settings.redis_url:
         return settings.redis_url
-    from swiftdeploy_core.client.controlplane import running_redis_url  # avoids an import cycle
-
-    url = running_redis_url(settings)
+    url = recorded_redis_url(settings)
     if url is None:
         raise ControlPlaneDown(f"no REDIS_URL and no control plane running here{UP_HINT}")
     return url
+
+
+class RedisUrlRecord(BaseModel):
+    """The hand-off from the control plane to every process: where its Redis listens. Written by
+    the supervisor (`record_redis_url`), read here; stale once the writer `pid` is gone."""
+
+    url: str
+    pid: int
+
+
+def record_redis_url(settings: Settings, url: str, pid: int) -> None:
+    """Write the record atomically at `settings.redis_url_record()`."""
+    path = settings.redis_url_record()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(RedisUrlRecord(url=url, pid=pid).model_dump_json())
+    temporary.replace(path)
+
+
+def forget_redis_url(settings: Settings) -> None:
+    """Remove the record (the control plane stopped)."""
+    with contextlib.suppress(FileNotFoundError):
+        settings.redis_url_record().unlink()
+
+
+def recorded_redis_url(settings: Settings) -> str | None:
+    """The recorded URL while its writer still runs; None without a (live) record."""
+    try:
+        record = RedisUrlRecord.model_validate_json(settings.redis_url_record().read_text())
+    except (OSError, ValueError):
+        return None
+    return record.url if psutil.pid_exists(record.pid) else None

@@ -23,10 +23,10 @@ import psutil
 from pydantic import BaseModel
 
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.connection import forget_redis_url, record_redis_url
 from swiftdeploy_core.errors import ConfigError, ControlPlaneDown
-from swiftdeploy_core.settings import Settings
+from swiftdeploy_core.settings import STATE_DIR, Settings
 
-STATE_DIR = ".swiftdeploy"
 STATE_FILE = "controlplane.json"
 SERVICES = ("orchestrator", "collector", "gatekeeper", "auditor")
 ROOT = Path(__file__).resolve().parent.parent  # where `services` and `swiftdeploy_core` live
@@ -64,12 +64,6 @@ def read_state(settings: Settings) -> PlaneState | None:
     except (OSError, ValueError):
         return None
     return state if psutil.pid_exists(state.supervisor_pid) else None
-
-
-def running_redis_url(settings: Settings) -> str | None:
-    """The Redis URL of the control plane `up` started here, if it still runs."""
-    state = read_state(settings)
-    return state.redis_url if state else None
 
 
 def parse_scale(values: list[str]) -> dict[str, int]:
@@ -315,6 +309,7 @@ class Supervisor:
         tmp = self.dir / f"{STATE_FILE}.tmp"
         tmp.write_text(state.model_dump_json(indent=2))
         tmp.replace(self.dir / STATE_FILE)
+        record_redis_url(self.settings, self.redis_url, os.getpid())  # where every process finds Redis
 
     def _stop_all(self) -> None:
         procs = [p for p in self.procs.values() if p.poll() is None]
@@ -326,6 +321,7 @@ class Supervisor:
             _wait_or_kill([self.redis], 10)
         with contextlib.suppress(OSError):
             (self.dir / STATE_FILE).unlink()
+        forget_redis_url(self.settings)
 
 
 def _wait_or_kill(procs: list[subprocess.Popen], timeout: float) -> None:

@@ -4,7 +4,9 @@ Each check takes the shared `CheckContext` and returns a `CheckResult(name, ok, 
 raises for a failed check (the reason says what is wrong). Checks run in registration order.
 
 To add checks from another module: decorate each `(CheckContext) -> CheckResult` function with
-`@check` and add the module's dotted name to `CHECK_MODULES`; `run_checks` imports those first.
+`@check`, and have the caller name the module in `run_checks(..., modules=[...])` (it is imported
+first, so its checks register). The project layer names no service: `swiftdeploy validate` passes
+the gatekeeper's policy checks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import importlib
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +40,6 @@ from swiftdeploy_core.settings import Settings
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 COMMAND_TIMEOUT = 30.0  # seconds for nginx -t and docker-compose config
 PROBE_TIMEOUT = 3.0  # seconds for the dockerd and Redis probes
-
-# Modules holding further @check functions (e.g. policy checks); imported before a run.
-CHECK_MODULES: list[str] = ["services.gatekeeper.checks"]
 
 
 class CheckResult(BaseModel):
@@ -70,8 +69,9 @@ def check(function: Check) -> Check:
     return function
 
 
-def run_checks(manifest_path: Path, settings: Settings) -> list[CheckResult]:
-    for module in CHECK_MODULES:
+def run_checks(manifest_path: Path, settings: Settings, modules: Sequence[str] = ()) -> list[CheckResult]:
+    """Run every registered check, after importing `modules` (dotted names holding more @checks)."""
+    for module in modules:
         importlib.import_module(module)
     context = CheckContext(manifest_path=manifest_path, settings=settings)
     return [run_one(function, context) for function in CHECKS]
