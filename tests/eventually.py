@@ -6,7 +6,8 @@
 The check may be sync or async (its result is awaited when it is awaitable); the first truthy
 result is returned. `ignoring` lists exceptions that mean "not yet" (a server still starting);
 any other exception fails the test at once. At the deadline: AssertionError
-"timed out after 5s waiting for <what> (last: <the check's last result or error>)".
+"timed out after 5s waiting for <what> (last: <the check's last result or error>)"; `what` may be
+a function, called then (to name the state that was last seen).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TIMEOUT_S = 5.0
 
 async def eventually(
     check: Callable[[], Awaitable[T] | T],
-    what: str,
+    what: str | Callable[[], str],
     timeout: float = TIMEOUT_S,
     *,
     interval: float = INTERVAL_S,
@@ -50,7 +51,7 @@ async def eventually(
 
 def eventually_sync(
     check: Callable[[], T],
-    what: str,
+    what: str | Callable[[], str],
     timeout: float = TIMEOUT_S,
     *,
     interval: float = INTERVAL_S,
@@ -72,6 +73,6 @@ def eventually_sync(
         time.sleep(interval)
 
 
-def _message(what: str, timeout: float, last: object) -> str:
+def _message(what: str | Callable[[], str], timeout: float, last: object) -> str:
     shown = repr(last)
-    return f"timed out after {timeout:g}s waiting for {what} (last: {shown[:300]})"
+    return f"timed out after {timeout:g}s waiting for {what if isinstance(what, str) else what()} (last: {shown[:300]})"

@@ -25,6 +25,7 @@ from swiftdeploy_core.bus.runner import run
 from swiftdeploy_core.bus.wire import entry_fields
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.settings import Settings
+from tests.eventually import eventually_sync
 
 INBOX = streams.ORCHESTRATOR_INBOX
 GROUP = streams.group("orchestrator")
@@ -91,16 +92,9 @@ def publish(client: redis.Redis, events: list[Event]) -> None:
                 time.sleep(0.1)
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except redis.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll across Redis restarts: a refused connection means "not yet"."""
+    eventually_sync(check, what, timeout, interval=0.05, ignoring=(redis.ConnectionError,))
 
 
 def joined(client: redis.Redis, consumers: int) -> bool:
