@@ -16,21 +16,43 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 INTERVAL_S = 0.02
 TIMEOUT_S = 5.0
 
 
+@overload
 async def eventually(
-    check: Callable[[], Awaitable[T] | T],
+    check: Callable[[], Awaitable[T]],
+    what: str | Callable[[], str],
+    timeout: float = ...,
+    *,
+    interval: float = ...,
+    ignoring: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    what: str | Callable[[], str],
+    timeout: float = ...,
+    *,
+    interval: float = ...,
+    ignoring: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
     what: str | Callable[[], str],
     timeout: float = TIMEOUT_S,
     *,
     interval: float = INTERVAL_S,
     ignoring: tuple[type[BaseException], ...] = (),
-) -> T:
+) -> Any:
     """Poll `check` every `interval` until it returns something truthy (returned), or fail."""
     deadline = time.monotonic() + timeout
     while True:
@@ -40,7 +62,7 @@ async def eventually(
             if inspect.isawaitable(result):
                 result = await result
             if result:
-                return result  # type: ignore[return-value]
+                return result
             last = result
         except ignoring as exc:
             last = exc

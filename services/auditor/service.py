@@ -23,7 +23,7 @@ from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import PAYLOADS, AuditRendered, AuditRequested, Event, ModeChanged, Payload
-from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
+from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec, handler_pairs
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
 from swiftdeploy_core.project.state import RolloutState
@@ -164,6 +164,6 @@ def build_spec(settings: Settings) -> ServiceSpec:
     return ServiceSpec(
         name=NAME,
         streams=[streams.EVENTS, streams.AUDITOR_INBOX],
-        handlers=[*((model, auditor.record) for model in AUDITED), (AuditRequested, auditor.render)],
+        handlers=handler_pairs(*((model, auditor.record) for model in AUDITED), (AuditRequested, auditor.render)),
         on_start=auditor.start,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,7 +259,7 @@ class Bus:
         types: Collection[str] | None = None,
         since: str = "$",
         stream: str = streams.EVENTS,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield events from `stream` after `since` (an entry id, "0" for all, "$" for new ones),
         keeping those with `correlation_id` and a type matching one of the globs in `types`."""
         async with contextlib.aclosing(self._tail(stream, since, "follow")) as entries:
@@ -270,7 +270,7 @@ class Bus:
 
     async def _tail(
         self, stream: str, since: str, what: str, started: Callable[[], None] | None = None
-    ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
+    ) -> AsyncGenerator[tuple[str, dict[bytes, bytes]], None]:
         """(entry id, fields) of each entry of `stream` after `since` ("$": from now on), on a
         connection of its own, across Redis restarts, until the bus closes. `started` is called
         once the cursor for "$" is known: entries added after that are not missed."""
@@ -285,10 +285,7 @@ class Bus:
                         last = await self.cursor(stream)
                         if started is not None:
                             started()
-                    cursor = last
-                    reply = await blocking.read(
-                        lambda c, cursor=cursor: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
-                    )
+                    reply = await blocking.read(_xread(stream, last))
                     backoff.reset()
                 except BusLost as exc:
                     if blocking.closed:
@@ -312,12 +309,12 @@ async def history(
     correlation_id: str | None = None,
     types: Collection[str] | None = None,
     stream: str = streams.EVENTS,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """The retained events of `stream` after `since` up to now (XRANGE in pages), filtered."""
     start = "-" if since in ("0", "0-0", "-") else f"({since}"
     while True:
         with redis_errors("reading the history"):
-            page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH)
+            page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH) or []
         for _entry_id, fields in page:
             event = _select(fields, correlation_id, types)
             if event is not None:
@@ -327,6 +324,13 @@ async def history(
         start = f"({decode(page[-1][0])}"
 
 
+def _xread(stream: str, cursor: str) -> Callable[[aioredis.Redis], Awaitable[Any]]:
+    async def read(connection: aioredis.Redis) -> Any:
+        return await connection.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+
+    return read
+
+
 def _rejected(reply: Event) -> RequestRejected:
     payload = reply.payload
     if not isinstance(payload, CommandRejected):
@@ -334,7 +338,11 @@ def _rejected(reply: Event) -> RequestRejected:
     return RequestRejected(f"{reply.source.service} refused {payload.command}: {payload.reason}")
 
 
-def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Collection[str] | None) -> Event | None:
+def _select(
+    fields: Mapping[Any, Any] | None, correlation_id: str | None, types: Collection[str] | None
+) -> Event | None:
+    if fields is None:  # a trimmed entry still pending somewhere comes back without fields
+        return None
     if correlation_id is not None and decode(fields.get(B_CORRELATION, b"")) != correlation_id:
         return None
     if not matches(decode(fields.get(B_TYPE, b"")), types):

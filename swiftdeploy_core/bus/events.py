@@ -463,7 +463,7 @@ class Event(BaseModel):
     def _type_from_payload(cls, data: Any) -> Any:
         if isinstance(data, dict):
             payload = data.get("payload")
-            ptype = payload.type if isinstance(payload, Payload) else (payload or {}).get("type")
+            ptype = getattr(payload, "type", None) if isinstance(payload, Payload) else (payload or {}).get("type")
             if not data.get("type"):
                 data = {**data, "type": ptype}
             elif ptype and data["type"] != ptype:
@@ -473,10 +473,15 @@ class Event(BaseModel):
     def caused(self, payload: Payload, source: Source, id: str | None = None) -> Event:
         """A new event that follows from this one: same correlation id, causation = this id
         (and the given `id`, when the new event's id must be stable)."""
-        return Event(
-            payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id,
-            **({"id": id} if id else {}),
-        )  # fmt: skip
+        return Event.of(
+            payload, source, correlation_id=self.correlation_id, causation_id=self.id, **({"id": id} if id else {})
+        )
+
+    @classmethod
+    def of(cls, payload: Payload, source: Source, **fields: Any) -> Event:
+        """The envelope of `payload` (any class of the catalogue) from `source`; `fields` are
+        the envelope's other fields (id, correlation_id, causation_id...)."""
+        return cls.model_validate({"payload": payload, "source": source, **fields})
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
@@ -186,7 +187,7 @@ class Group:
     async def dead_letter(self, entry: Entry, error: str, attempts: int, reply: Event | None = None) -> None:
         """Move `entry` to the dead-letter stream with `error`, then ack it, and publish `reply`
         (the sender's answer) on EVENTS: one transaction."""
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "service": self.service, "stream": entry.stream, "entry_id": entry.entry_id,
             "error": error, "attempts": str(attempts), "consumer": self.consumer,
             FIELD_TYPE: decode(entry.fields.get(B_TYPE, b"")),

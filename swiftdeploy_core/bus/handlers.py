@@ -33,8 +33,7 @@ P = TypeVar("P", bound=Payload)
 # emits) and its context. `Handler[DeployRequested]` is one that handles `deploy.requested`.
 Handler = Callable[[P, Event, "Context"], Awaitable[None]]
 AnyHandler = Callable[[Any, Event, "Context"], Awaitable[None]]
-# A table as a mapping, or as (class, handler) pairs when it is assembled (a repeat is an error).
-HandlerTable = Mapping[type[Payload], AnyHandler] | Iterable[tuple[type[Payload], AnyHandler]]
+HandlerTable = Mapping[type[Payload], AnyHandler]
 
 
 class Retry(Exception):
@@ -102,9 +101,7 @@ class Context:
         self, payload: Payload, cause: Event | None, stable_id: bool, correlation_id: str | None = None
     ) -> Event:
         if cause is None:
-            return Event(
-                payload=payload, source=self.source, **({"correlation_id": correlation_id} if correlation_id else {})
-            )
+            return Event.of(payload, self.source, **({"correlation_id": correlation_id} if correlation_id else {}))
         if stable_id and self.event is not None and cause.id == self.event.id:
             self._emitted += 1
             name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"
@@ -137,12 +134,12 @@ class ServiceSpec:
     metrics: Sequence[Any] = ()  # prometheus_client Collectors served on the instance's /metrics
 
     def __post_init__(self) -> None:
-        self.handlers = checked_handlers(self.name, self.handlers)
+        self.handlers = checked_handlers(self.name, self.handlers.items())
 
     def handler_table(self) -> dict[str, AnyHandler]:
         """Event type -> handler, with the built-in ping answer unless the service has its own."""
         table: dict[str, AnyHandler] = {type_of(PingRequested): answer_ping}
-        table.update((type_of(model), handler) for model, handler in dict(self.handlers).items())
+        table.update((type_of(model), handler) for model, handler in self.handlers.items())
         return table
 
     def all_streams(self) -> list[str]:
@@ -156,9 +153,16 @@ class ServiceSpec:
         return streams.INBOXES.get(self.name)
 
 
-def checked_handlers(service: str, table: HandlerTable) -> dict[type[Payload], AnyHandler]:
-    """`table` as a dict, after checking each key against the catalogue (TypeError if not)."""
-    pairs = list(table.items()) if isinstance(table, Mapping) else list(table)
+def handler_pairs(*pairs: tuple[type[Payload], AnyHandler]) -> HandlerTable:
+    """A table assembled from (class, handler) pairs, where a class given twice is an error
+    (a dict display would keep the last silently)."""
+    return checked_handlers("handler table", pairs)
+
+
+def checked_handlers(
+    service: str, pairs: Iterable[tuple[type[Payload], AnyHandler]]
+) -> dict[type[Payload], AnyHandler]:
+    """The pairs as a table, after checking each against the catalogue (TypeError if not)."""
     checked: dict[type[Payload], AnyHandler] = {}
     for model, handler in pairs:
         if not _catalogued(model):

@@ -41,6 +41,7 @@ from swiftdeploy_core.bus.handlers import (
     Retry,
     ServiceSpec,
     answer_ping,
+    handler_pairs,
 )
 from swiftdeploy_core.bus.health import HealthServer, WorkerMetrics
 from swiftdeploy_core.bus.retry import Backoff, redis_errors
@@ -59,7 +60,7 @@ LOOP_RESTART_MIN_S = 0.2  # a failed background loop starts again after this, do
 LOOP_RESTART_MAX_S = 10.0
 LOOP_HEALTHY_S = 30.0  # a loop that ran this long before failing starts from the shortest pause
 CLOSING_S = 0.5  # of the grace (at most half of it): kept for the final acks, on_stop and the health key
-__all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping"]
+__all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping", "handler_pairs"]
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Worker:
             self._loops.append(asyncio.create_task(self._guard(loop.__name__, loop), name=loop.__name__))
         for i, fn in enumerate(self.spec.background):
             name = getattr(fn, "__name__", f"background-{i}")
-            task = asyncio.create_task(self._guard(name, lambda fn=fn: fn(self.context())), name=name)
+            task = asyncio.create_task(self._guard(name, self._with_context(fn)), name=name)
             self._background.append(task)
         log.info("%s started: consuming %s as %s (health %s)", self.spec.name, ", ".join(self.streams),
                  self.settings.instance, self.health.url)  # fmt: skip
@@ -254,6 +255,14 @@ class Worker:
                 if isinstance(exc, GroupMissing):
                     await self._rejoin()
             await backoff.wait(until=self.stopping)
+
+    def _with_context(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A spec's background loop as the guard runs it: a fresh context on each (re)start."""
+
+        async def loop() -> None:
+            await fn(self.context())
+
+        return loop
 
     async def _rejoin(self) -> None:
         """XGROUP CREATE ... MKSTREAM again (BUSYGROUP: someone already did); the next read uses it."""

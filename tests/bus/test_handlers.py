@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import PAYLOADS, DeployRequested, DeployStep, Event, Payload, PingRequested
-from swiftdeploy_core.bus.worker import Context, ServiceSpec
+from swiftdeploy_core.bus.worker import Context, ServiceSpec, handler_pairs
 
 INBOX = streams.ORCHESTRATOR_INBOX
 
@@ -41,7 +41,7 @@ def test_a_class_outside_the_catalogue_is_refused_when_the_spec_is_built() -> No
 
 def test_two_handlers_for_one_class_are_refused() -> None:
     with pytest.raises(TypeError, match="two handlers for DeployStep"):
-        ServiceSpec(name="orchestrator", streams=[INBOX], handlers=[(DeployStep, on_step), (DeployStep, on_anything)])
+        handler_pairs((DeployStep, on_step), (DeployStep, on_anything))
 
 
 def test_a_handler_annotated_for_another_payload_is_refused() -> None:
@@ -50,8 +50,7 @@ def test_a_handler_annotated_for_another_payload_is_refused() -> None:
 
 
 def test_a_handler_for_the_base_payload_takes_any_class_and_may_replace_ping() -> None:
-    pairs = [(model, on_anything) for model in PAYLOADS.values()]
-    spec = ServiceSpec(name="auditor", streams=[streams.EVENTS], handlers=pairs)
+    spec = ServiceSpec(name="auditor", streams=[streams.EVENTS], handlers={m: on_anything for m in PAYLOADS.values()})
     assert spec.handler_table()["ping.requested"] is on_anything
     assert len(spec.handler_table()) == len(PAYLOADS)
     assert PAYLOADS["ping.requested"] is PingRequested
