@@ -54,20 +54,17 @@ async def eventually(
     ignoring: tuple[type[BaseException], ...] = (),
 ) -> Any:
     """Poll `check` every `interval` until it returns something truthy (returned), or fail."""
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(what, timeout)
     while True:
         last: object
         try:
             result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return result
-            last = result
+            last = await result if inspect.isawaitable(result) else result
+            if last:
+                return last
         except ignoring as exc:
             last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(_message(what, timeout, last))
+        deadline.check(last)
         await asyncio.sleep(interval)
 
 
@@ -80,7 +77,7 @@ def eventually_sync(
     ignoring: tuple[type[BaseException], ...] = (),
 ) -> T:
     """`eventually` for code outside an event loop (blocking sleeps)."""
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(what, timeout)
     while True:
         last: object
         try:
@@ -90,11 +87,21 @@ def eventually_sync(
             last = result
         except ignoring as exc:
             last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(_message(what, timeout, last))
+        deadline.check(last)
         time.sleep(interval)
 
 
-def _message(what: str | Callable[[], str], timeout: float, last: object) -> str:
-    shown = repr(last)
-    return f"timed out after {timeout:g}s waiting for {what if isinstance(what, str) else what()} (last: {shown[:300]})"
+class _Deadline:
+    """When to give up, and the message then (naming what was awaited and what was seen last)."""
+
+    def __init__(self, what: str | Callable[[], str], timeout: float) -> None:
+        self.what, self.timeout = what, timeout
+        self.at = time.monotonic() + timeout
+
+    def check(self, last: object) -> None:
+        """Fail once the time is up; `last` is the check's last result (or ignored error)."""
+        if time.monotonic() < self.at:
+            return
+        what = self.what if isinstance(self.what, str) else self.what()
+        shown = repr(last)
+        raise AssertionError(f"timed out after {self.timeout:g}s waiting for {what} (last: {shown[:300]})")
