@@ -50,4 +50,4 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc

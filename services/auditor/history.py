@@ -145,7 +145,7 @@ def _open(path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise HistoryWriteError(f"cannot open the history {path}: {exc.strerror or exc}") from None
+        raise HistoryWriteError(f"cannot open the history {path}: {exc.strerror or exc}") from exc
 
 
 def _append_line(fd: int, path: Path, entry: dict[str, Any], fsync: bool) -> str:
@@ -162,7 +162,7 @@ def _append_line(fd: int, path: Path, entry: dict[str, Any], fsync: bool) -> str
     except OSError as exc:
         _truncate(fd, size, path)
         reason = exc.strerror or str(exc)
-        raise HistoryWriteError(f"cannot append to the history {path}: {reason}") from None
+        raise HistoryWriteError(f"cannot append to the history {path}: {reason}") from exc
     return line_digest(line)
 
 

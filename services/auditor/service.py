@@ -113,7 +113,7 @@ class Auditor:
                     log.error("! %s; event %s (%s) stays pending and is retried", exc, event.id, event.type)
                     last_logged = time.monotonic()
                 if time.monotonic() + delay > deadline:
-                    raise Retry(str(exc)) from None
+                    raise Retry(str(exc)) from exc
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
 
@@ -155,7 +155,7 @@ def _write_atomically(path: Path, text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(path)
     except OSError as exc:
-        raise Retry(f"cannot write the report {path}: {exc.strerror or exc}") from None
+        raise Retry(f"cannot write the report {path}: {exc.strerror or exc}") from exc
 
 
 def build_spec(settings: Settings) -> ServiceSpec:

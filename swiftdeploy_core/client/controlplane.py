@@ -24,7 +24,8 @@ from pydantic import BaseModel
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import forget_redis_url, record_redis_url
-from swiftdeploy_core.errors import ConfigError, ControlPlaneDown
+from swiftdeploy_core.bus.retry import redis_errors
+from swiftdeploy_core.errors import BusError, ConfigError, ControlPlaneDown
 from swiftdeploy_core.settings import STATE_DIR, Settings
 
 STATE_FILE = "controlplane.json"
@@ -138,7 +139,7 @@ def status(state: PlaneState | None, redis_url: str | None = None) -> list[Repli
     beats: dict[str, dict] = {}
     if url:
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        with contextlib.suppress(redis.RedisError), contextlib.closing(client):
+        with contextlib.suppress(BusError), contextlib.closing(client), redis_errors("reading the heartbeats"):
             keys = list(client.scan_iter(match=streams.health_key("*", "*"), count=500))
             for raw in client.mget(keys) if keys else []:
                 if raw:
