@@ -6,8 +6,10 @@ raising the bus's error families, see `retry.redis_errors`), in particular the c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +19,18 @@ from redis.typing import EncodableT, FieldT
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
-from swiftdeploy_core.bus.events import Event
+from swiftdeploy_core.bus.events import CommandRejected, Event, Source
 from swiftdeploy_core.bus.retry import mapped
-from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, FIELD_EVENT, FIELD_TYPE, decode, entry_fields, maxlen_for
+from swiftdeploy_core.bus.wire import (
+    B_CORRELATION,
+    B_EVENT,
+    B_TYPE,
+    FIELD_EVENT,
+    FIELD_TYPE,
+    decode,
+    entry_fields,
+    maxlen_for,
+)
 
 # Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 # atomically, and only for event ids not processed before (a reclaimed duplicate is acked without
@@ -59,6 +70,7 @@ for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids))
 return {dups, cjson.encode(broken)}
 """
 PROCESSED_RETENTION_MS = 6 * 3600 * 1000  # how long an event id is remembered as processed
+REFUSALS = uuid.UUID("7c0e3a52-4f1b-4d8e-a6c3-2b9d5e8f1a04")  # namespace of `refusal` ids
 
 
 @dataclass
@@ -206,6 +218,19 @@ class Group:
             pipe.hdel(self.failures, entry.key)
             await pipe.execute()
 
+    def refusal(self, entry: Entry, reason: str, source: Source, event: Event | None = None) -> Event | None:
+        """The `command.rejected` that answers an entry of this service's inbox it cannot handle,
+        so the sender's wait ends with `reason` (None: not an inbox entry, or no one to answer).
+        Its id is derived from the entry: a redelivery refuses with the same event."""
+        correlation_id = decode(entry.fields.get(B_CORRELATION, b""))
+        if entry.stream != streams.INBOXES.get(self.service) or not correlation_id:
+            return None
+        command = event.type if event else decode(entry.fields.get(B_TYPE, b"")) or "unknown"
+        return Event.of(
+            CommandRejected(command=command, reason=reason), source, correlation_id=correlation_id,
+            id=uuid.uuid5(REFUSALS, entry.key).hex, causation_id=event.id if event else _event_id(entry),
+        )  # fmt: skip
+
     @mapped("forgetting old ids")
     async def forget_old(self) -> None:
         """Drop processed ids older than the retention (a duplicate cannot come that late)."""
@@ -221,3 +246,11 @@ class Group:
                 if decode(info.get("name")) == self.name:
                     out[stream] = (int(info.get("lag") or 0), int(info.get("pending") or 0))
         return out
+
+
+def _event_id(entry: Entry) -> str | None:
+    """The envelope id of an entry that could not be decoded as an event, if it has one."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        found = json.loads(entry.fields.get(B_EVENT, b"")).get("id")
+        return found if isinstance(found, str) else None
+    return None

@@ -23,17 +23,15 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from swiftdeploy_core.bus import logs, streams
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
-from swiftdeploy_core.bus.events import PAYLOADS, CommandRejected, Event, Source
+from swiftdeploy_core.bus.events import PAYLOADS, Event, Source
 from swiftdeploy_core.bus.group import Commit, Entry, Group
 from swiftdeploy_core.bus.handlers import (
-    EMIT_NAMESPACE,
     AnyHandler,
     Context,
     Handler,
@@ -44,9 +42,9 @@ from swiftdeploy_core.bus.handlers import (
     handler_pairs,
 )
 from swiftdeploy_core.bus.health import HealthServer, WorkerMetrics
-from swiftdeploy_core.bus.retry import Backoff, redis_errors
-from swiftdeploy_core.bus.wire import B_CORRELATION, B_EVENT, B_TYPE, decode
-from swiftdeploy_core.errors import BusError, BusLost, GroupMissing
+from swiftdeploy_core.bus.retry import Backoff, guarded, redis_errors
+from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, decode
+from swiftdeploy_core.errors import BusError, BusLost
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.worker")
@@ -56,9 +54,6 @@ HEARTBEAT_TTL_S = 5  # `ps` calls an instance healthy while its heartbeat key li
 COMMIT_EVERY_S = 0.05  # a batch of slow handlers still acks at least this often
 RETRY_BASE_S = 0.05
 RETRY_MAX_S = 2.0
-LOOP_RESTART_MIN_S = 0.2  # a failed background loop starts again after this, doubling each time
-LOOP_RESTART_MAX_S = 10.0
-LOOP_HEALTHY_S = 30.0  # a loop that ran this long before failing starts from the shortest pause
 CLOSING_S = 0.5  # of the grace (at most half of it): kept for the final acks, on_stop and the health key
 __all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping", "handler_pairs"]
 
@@ -235,26 +230,7 @@ class Worker:
         return max(0, self.spec.concurrency - len(self._tasks))
 
     async def _guard(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Run a background loop until it returns or the worker stops; when it fails, log it, join
-        the group again if it was lost, back off and start the loop again."""
-        backoff = Backoff(LOOP_RESTART_MIN_S, LOOP_RESTART_MAX_S)
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                await loop()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.stopping.is_set():
-                    return
-                if time.monotonic() - started > LOOP_HEALTHY_S:
-                    backoff.reset()
-                log.error("background loop %s failed (%s: %s); restarting in %.1fs", name, type(exc).__name__, exc,
-                          backoff.delay, exc_info=not isinstance(exc, BusError))  # fmt: skip
-                if isinstance(exc, GroupMissing):
-                    await self._rejoin()
-            await backoff.wait(until=self.stopping)
+        await guarded(name, loop, self.stopping, on_group_lost=self._rejoin, log=log)
 
     def _with_context(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """A spec's background loop as the guard runs it: a fresh context on each (re)start."""
@@ -291,14 +267,16 @@ class Worker:
                 await self._release(batch[n:])  # taken, not started: hand over to a live replica
                 break
             if isinstance(event, str):
-                await self._dead_letter(entry, event, 1, self._refusal(entry, event))
+                await self._dead_letter(entry, event, 1, self.group.refusal(entry, event, self.source))
             elif event.id in seen:
                 self.metrics.duplicates.labels(self.spec.name).inc()
                 self._commits.append(Commit(entry, failed=entry.reclaimed))
             elif event.type not in self.handlers:
                 if entry.stream == self.spec.inbox():  # a command nobody here can run: say so
                     reason = f"{self.spec.name} has no handler for {event.type}"
-                    await self._dead_letter(entry, reason, 1, self._refusal(entry, "no handler for it", event))
+                    await self._dead_letter(
+                        entry, reason, 1, self.group.refusal(entry, "no handler for it", self.source, event)
+                    )
                 else:  # a fact on a shared stream this service does not care about
                     self._commits.append(Commit(entry, failed=entry.reclaimed))
             elif self.spec.concurrency == 1:
@@ -416,21 +394,6 @@ class Worker:
             raise
         await self._attempt(entry, event, attempts + 1)
 
-    def _refusal(self, entry: Entry, reason: str, event: Event | None = None) -> Event | None:
-        """The `command.rejected` that answers an inbox entry this service cannot handle, so its
-        sender's wait ends with `reason` (None: not an inbox entry, or no one to answer)."""
-        correlation_id = decode(entry.fields.get(B_CORRELATION, b""))
-        if entry.stream != self.spec.inbox() or not correlation_id:
-            return None
-        command = event.type if event else decode(entry.fields.get(B_TYPE, b"")) or "unknown"
-        return Event(
-            id=uuid.uuid5(EMIT_NAMESPACE, f"refused:{entry.key}").hex,  # redelivered: the same reply
-            payload=CommandRejected(command=command, reason=reason),
-            source=self.source,
-            correlation_id=correlation_id,
-            causation_id=event.id if event else _event_id(entry),
-        )
-
     async def _dead_letter(self, entry: Entry, error: str, attempts: int, reply: Event | None = None) -> None:
         await self._retrying(lambda: self.group.dead_letter(entry, error, attempts, reply))
         self._inflight.pop(entry.key, None)
@@ -533,11 +496,3 @@ class Worker:
             with contextlib.suppress(BusLost):
                 for stream, ids in by_stream.items():
                     await self.group.keepalive(stream, ids)
-
-
-def _event_id(entry: Entry) -> str | None:
-    """The envelope id of an entry that could not be decoded as an event, if it has one."""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        found = json.loads(entry.fields.get(B_EVENT, b"")).get("id")
-        return found if isinstance(found, str) else None
-    return None
