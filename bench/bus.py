@@ -40,10 +40,10 @@ CLI = Source(service="bench", instance="bench")
 
 
 def bench_spec() -> ServiceSpec:
-    async def handle(event: Event, ctx: Context) -> None:
+    async def handle(payload: DeployStep, event: Event, ctx: Context) -> None:
         ctx.on_commit("INCR", COUNTER)  # an effect applied once, atomically with the ack
 
-    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": handle})
+    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={DeployStep: handle})
 
 
 def child_env(url: str, instance: str, batch: int) -> dict[str, str]:

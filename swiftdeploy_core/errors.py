@@ -29,12 +29,25 @@ class BusError(SwiftDeployError):
     """Redis could not be reached or answered in a way the bus cannot use."""
 
 
+class BusLost(BusError):
+    """Redis went away in the middle of an operation (refused, reset, timed out): retry later."""
+
+
+class GroupMissing(BusError):
+    """A consumer group is gone (Redis restarted empty, or was flushed): join it again."""
+
+
 class ControlPlaneDown(BusError):
     """The control plane (Redis and the services) is not running."""
 
 
 class RequestTimeout(BusError):
     """A request on the bus got no reply within its deadline."""
+
+
+class RequestRejected(BusError):
+    """The service a request went to refused it before any effect (`command.rejected`: it has no
+    handler for the type, cannot decode it, or the command is not possible now)."""
 
 
 class RuntimeDriverError(SwiftDeployError):

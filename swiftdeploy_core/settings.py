@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from swiftdeploy_core.errors import ConfigError
 
+STATE_DIR = ".swiftdeploy"  # beside the manifest: the control plane's state, data and logs
+
 
 class Settings(BaseSettings):
     """Settings shared by the client and every service (`SWIFTDEPLOY_` prefix, plus `REDIS_URL`)."""
@@ -31,13 +33,20 @@ class Settings(BaseSettings):
     batch_size: int = 100
     lease_ms: int = 30_000  # a pending entry idle this long is reclaimed by another replica
     max_deliveries: int = 5  # after this many failed tries an entry is dead-lettered
-    shutdown_grace: float = 4.0
+    shutdown_grace: float = 4.0  # the whole budget from a stop request to exit, in-flight work included
     request_timeout: float = 10.0
     # Set by the control plane for the gatekeeper when it runs OPA itself (policy.opa: process or
     # container): where that OPA listens (unix:///... or http://<bridge ip>:8181), and that it is
     # managed (a drift is reloaded, not only reported).
     opa_url: str | None = None
     opa_managed: bool = False
+    # Where the control plane that `swiftdeploy up` runs records its Redis URL, read by every
+    # process when REDIS_URL is unset. None: `.swiftdeploy/redis-url.json` beside the manifest.
+    redis_url_file: Path | None = None
+
+    def redis_url_record(self) -> Path:
+        """The file `redis_url_file` names (or its default beside the manifest)."""
+        return self.redis_url_file or self.manifest.parent.resolve() / STATE_DIR / "redis-url.json"
 
 
 def secret_from_env(reference: str) -> str | None:
@@ -53,4 +62,4 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc

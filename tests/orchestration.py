@@ -24,6 +24,7 @@ from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import MetricsSnapshot
 from swiftdeploy_core.project.manifest import Manifest, load_manifest
 from swiftdeploy_core.project.state import RolloutState
+from tests.eventually import eventually, eventually_sync
 from tests.servers import REPO_ROOT, free_port, require_binary
 
 PYTHON = sys.executable
@@ -99,12 +100,10 @@ class ServiceProcess:
 
 
 async def wait_ready(redis, service: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        async for _ in redis.scan_iter(streams.health_key(service, "*")):
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{service} did not start within {timeout}s")
+    async def beating() -> bool:
+        return bool([key async for key in redis.scan_iter(streams.health_key(service, "*"))])
+
+    await eventually(beating, f"{service}'s heartbeat", timeout, interval=0.05)
 
 
 def wait_ready_sync(redis_url: str, *services: str, timeout: float = 30.0) -> None:
@@ -114,10 +113,8 @@ def wait_ready_sync(redis_url: str, *services: str, timeout: float = 30.0) -> No
     try:
         deadline = time.monotonic() + timeout
         for service in services:
-            while not list(client.scan_iter(streams.health_key(service, "*"))):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{service} did not start within {timeout}s")
-                time.sleep(0.05)
+            eventually_sync(lambda service=service: list(client.scan_iter(streams.health_key(service, "*"))),
+                            f"{service}'s heartbeat", max(0.0, deadline - time.monotonic()), interval=0.05)  # fmt: skip
     finally:
         client.close()
 
@@ -155,14 +152,16 @@ async def record(redis, project: str) -> RolloutState | None:
 
 
 async def wait_for_phase(redis, project: str, *phases: str, timeout: float = 20.0) -> RolloutState:
-    deadline = time.monotonic() + timeout
-    current = None
-    while time.monotonic() < deadline:
-        current = await record(redis, project)
-        if current is not None and current.phase.value in phases:
-            return current
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{project} never reached {phases} (last: {current.phase.value if current else None})")
+    last: list[RolloutState | None] = [None]
+
+    async def reached() -> RolloutState | None:
+        last[0] = current = await record(redis, project)
+        return current if current is not None and current.phase.value in phases else None
+
+    def what() -> str:
+        return f"{project} to reach {'/'.join(phases)} (phase: {last[0].phase.value if last[0] else None})"
+
+    return await eventually(reached, what, timeout, interval=0.05)
 
 
 async def write_snapshot(

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from swiftdeploy_core.settings import Settings
+from tests.eventually import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = """\
@@ -75,10 +75,7 @@ class Project:
         return len(self.history.read_bytes().splitlines()) if self.history.exists() else 0
 
     def wait_for_lines(self, count: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.history_lines() < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.history_lines() >= count, f"{self.history_lines()} of {count} lines after {timeout}s"
+        eventually_sync(lambda: self.history_lines() >= count, f"{count} history lines", timeout, interval=0.05)
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -111,8 +108,4 @@ def project(tmp_path: Path, redis_url: str) -> Iterator[Project]:
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    eventually_sync(check, what, timeout, interval=0.05)

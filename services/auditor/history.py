@@ -291,7 +291,7 @@ def _open(path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise HistoryWriteError(f"cannot open the history {path}: {exc.strerror or exc}") from None
+        raise HistoryWriteError(f"cannot open the history {path}: {exc.strerror or exc}") from exc
 
 
 def _append_lines(fd: int, path: Path, entries: list[dict[str, Any]], fsync: bool) -> str:

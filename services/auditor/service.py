@@ -24,9 +24,17 @@ from services.auditor.config import AuditorSettings
 from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
+from swiftdeploy_core.bus.events import (
+    EVENT_TYPES,
+    PAYLOADS,
+    AuditRendered,
+    AuditRequested,
+    Event,
+    ModeChanged,
+    Payload,
+)
 from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, decode
-from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
+from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec, handler_pairs
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
 from swiftdeploy_core.project.state import RolloutState
@@ -34,7 +42,7 @@ from swiftdeploy_core.settings import Settings
 
 NAME = "auditor"
 NOT_AUDITED = {"ping.requested", "pong", "audit.requested", "audit.rendered", "metrics.snapshot"}
-AUDITED = tuple(t for t in EVENT_TYPES if t not in NOT_AUDITED)
+AUDITED = tuple(model for kind, model in PAYLOADS.items() if kind not in NOT_AUDITED)
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 ERROR_EVERY_S = 30.0
@@ -117,7 +125,7 @@ class Auditor:
         self._mode = (mode, time.monotonic())
         return mode
 
-    async def record(self, event: Event, ctx: Context) -> None:
+    async def record(self, payload: Payload, event: Event, ctx: Context) -> None:
         """Append one line; while the file cannot take it, keep the entry pending and retry.
 
         Handlers run side by side so their lines can share a group commit, but each takes its
@@ -143,9 +151,8 @@ class Auditor:
             delay = min(RETRY_MAX_S, delay * 2)
             line = self.writer.stage(event.id, entry)
 
-    async def render(self, event: Event, ctx: Context) -> None:
+    async def render(self, request: AuditRequested, event: Event, ctx: Context) -> None:
         """`audit.requested`: verify the chain, render the report (unless only verifying), reply."""
-        request: AuditRequested = event.payload  # type: ignore[assignment]
         try:
             since = parse_iso(request.since) if request.since else None
         except ValueError:
@@ -203,19 +210,17 @@ def _write_atomically(path: Path, text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(path)
     except OSError as exc:
-        raise Retry(f"cannot write the report {path}: {exc.strerror or exc}") from None
+        raise Retry(f"cannot write the report {path}: {exc.strerror or exc}") from exc
 
 
 def build_spec(settings: Settings) -> ServiceSpec:
     """The auditor as the worker runs it."""
     auditor_settings = AuditorSettings.from_settings(settings)
     auditor = Auditor(auditor_settings)
-    handlers = {kind: auditor.record for kind in AUDITED}
-    handlers["audit.requested"] = auditor.render
     return ServiceSpec(
         name=NAME,
         streams=[streams.EVENTS, streams.AUDITOR_INBOX],
-        handlers=handlers,
+        handlers=handler_pairs(*((model, auditor.record) for model in AUDITED), (AuditRequested, auditor.render)),
         on_start=auditor.start,
         concurrency=auditor_settings.audit_concurrency,
     )

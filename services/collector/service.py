@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
-from redis.exceptions import RedisError
 
 from services.collector.scrape import Scraper
 from services.collector.targets import Discovery, Project, discover
 from services.collector.tracking import CycleReport, Tracker
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import HostStats
+from swiftdeploy_core.bus.retry import redis_errors
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.errors import BusError
 from swiftdeploy_core.project.host import DataRoots, host_stats
@@ -38,7 +38,6 @@ NAME = "collector"
 TIMEOUT_SHARE = 0.8  # of the interval: a scrape gives up before the next tick is due
 TTL_INTERVALS = 3  # the latest snapshot and host stats outlive this many missed ticks, no more
 MIN_TTL_S = 5.0
-BUS_ERRORS = (RedisError, OSError, BusError)
 
 log = logging.getLogger("swiftdeploy.collector")
 
@@ -128,15 +127,17 @@ class Collector:
         hosts = {name: await self._host(project) for name, project in self.found.projects.items()}
         self.metrics.observe(report, time.perf_counter() - started)
         try:
-            await self._publish(report, hosts)
-        except BUS_ERRORS as exc:  # keep the windows: the next tick publishes again
+            with redis_errors("publishing this tick's figures"):
+                await self._publish(report, hosts)
+        except BusError as exc:  # keep the windows: the next tick publishes again
             log.warning("could not publish this tick's figures: %s", exc)
         return report
 
     async def _discover(self) -> None:
         try:
-            self.found = await discover(self.ctx.bus.redis, self.config.manifest)
-        except BUS_ERRORS as exc:
+            with redis_errors("reading the rollout records"):
+                self.found = await discover(self.ctx.bus.redis, self.config.manifest)
+        except BusError as exc:
             log.warning("could not read the rollout records (%s); keeping the last %d targets",
                         exc, len(self.found.targets))  # fmt: skip
 

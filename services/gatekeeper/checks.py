@@ -2,7 +2,8 @@
 pass, each domain has an input schema that its tests' inputs fit, and the configured policy engine
 answers (with OPA: which revision it serves, against the project's files).
 
-Registered with `swiftdeploy_core.project.checks` (listed in its CHECK_MODULES). Compiling and testing
+Registered with `swiftdeploy_core.project.checks` when imported (`swiftdeploy validate` names this
+module in `run_checks(..., modules=...)`). Compiling and testing
 Rego here is a pre-flight check, like `opa check` and `opa test`; decisions are still only made by
 the gatekeeper.
 """

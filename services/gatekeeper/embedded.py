@@ -36,7 +36,7 @@ def split_files(contents: dict[str, bytes]) -> tuple[dict[str, str], str | None]
         modules = {name: text.decode("utf-8") for name, text in contents.items() if name.endswith(".rego")}
         data = contents[DATA_FILE].decode("utf-8") if DATA_FILE in contents else None
     except UnicodeDecodeError as exc:
-        raise PolicyEngineError(f"policy files invalid: not UTF-8 text ({exc.reason})") from None
+        raise PolicyEngineError(f"policy files invalid: not UTF-8 text ({exc.reason})") from exc
     return modules, data
 
 
@@ -49,7 +49,7 @@ def run_folder_tests(folder: Path) -> list[rego.RegoTest]:
     try:
         contents = read_folder(folder, include_tests=True)
     except OSError as exc:
-        raise PolicyEngineError(f"policy files unreadable: {exc}") from None
+        raise PolicyEngineError(f"policy files unreadable: {exc}") from exc
     modules, data = split_files(contents)
     return rego.run_tests(modules, data)
 
@@ -95,7 +95,7 @@ class EmbeddedEngine(PolicyEngine):
         try:
             contents = self._watch.poll()
         except OSError as exc:
-            raise PolicyEngineError(f"policy files unreadable: {exc}") from None
+            raise PolicyEngineError(f"policy files unreadable: {exc}") from exc
         if contents is not None:
             self._reload(contents)
         if self._compiled is None:

@@ -78,7 +78,7 @@ def load(modules: dict[str, str], data_json: str | None) -> Interpreter:
     except Exception as exc:
         raise PolicyEngineError(
             f"policy files invalid: {describe_error(str(exc), sources_of(modules, data_json))}"
-        ) from None
+        ) from exc
     return interpreter
 
 
@@ -90,7 +90,7 @@ def build(modules: dict[str, str], data_json: str | None, entrypoints: list[str]
         bundle = builder.build(None, entrypoints)
         ok = bundle.ok()
     except Exception as exc:
-        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from None
+        raise PolicyEngineError(f"policy files invalid: {describe_error(str(exc), sources)}") from exc
     if not ok:
         raise PolicyEngineError(f"policy files invalid: {_bundle_error(builder, bundle, sources)}")
     return bundle
@@ -141,7 +141,7 @@ class CompiledPolicies:
             self.runner.set_input(Input(input))
             impl = capi.rego_bundle_query_entrypoint(self.runner._impl, self.bundle._impl, entrypoint)
         except Exception as exc:
-            raise PolicyEngineError(f"policy evaluation failed: {describe_error(str(exc), self.sources)}") from None
+            raise PolicyEngineError(f"policy evaluation failed: {describe_error(str(exc), self.sources)}") from exc
         return _read_output(self.runner, impl, self.sources)
 
 

@@ -77,16 +77,16 @@ class Gatekeeper:
         await self.engine.refresh()  # the revision and drift the engine has now (OPA: what it serves)
         return self.engine.stamp(Verdict.deny(*problems))
 
-    async def handle(self, event: Event, ctx: Context) -> None:
+    async def handle(self, request: DecisionRequested, event: Event, ctx: Context) -> None:
         """`decision.requested` → `decision.made` (and `policy.violation` when denied); an input
         beyond the user-input bounds → `command.rejected` to the requester, never a timeout."""
         try:
-            check_value(event.payload.input, INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, where="input")
+            check_value(request.input, INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, where="input")
         except InputTooLarge as exc:
             log.info("refused decision request %s: %s", event.id, exc)
             ctx.emit_on_commit(CommandRejected(command=event.type, reason=str(exc)), cause=event)
             return
-        made = await self.decide(event.payload, event.id)
+        made = await self.decide(request, event.id)
         ctx.emit_on_commit(made, cause=event)
         if not made.allow:
             violation = PolicyViolation(
@@ -153,7 +153,7 @@ def build_spec(settings: Settings, engine: PolicyEngine | None = None) -> Servic
     return ServiceSpec(
         name=NAME,
         streams=[streams.GATEKEEPER_INBOX],
-        handlers={"decision.requested": gatekeeper.handle},
+        handlers={DecisionRequested: gatekeeper.handle},
         on_start=gatekeeper.on_start,
         on_stop=gatekeeper.on_stop,
         concurrency=CONCURRENCY,

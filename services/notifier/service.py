@@ -23,7 +23,7 @@ import aiohttp
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.describe import describe_event
-from swiftdeploy_core.bus.events import EVENT_TYPES, Event, NotificationFailed, NotificationSent
+from swiftdeploy_core.bus.events import PAYLOADS, Event, NotificationFailed, NotificationSent, Payload
 from swiftdeploy_core.bus.wire import matches
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.project.manifest import LoadedManifest, NotificationSpec, load_manifest
@@ -139,7 +139,7 @@ async def started_at(ctx: Context) -> datetime | None:
 
 
 def make_handler(source: ManifestSource) -> Callable[[Event, Context], Awaitable[None]]:
-    async def notify(event: Event, ctx: Context) -> None:
+    async def notify(payload: Payload, event: Event, ctx: Context) -> None:
         targets = [(i, t) for i, t in enumerate(source.targets()) if matches(event.type, t.events)]
         since = await started_at(ctx) if targets else None
         if not targets or (since is not None and event.timestamp < since):
@@ -171,7 +171,7 @@ def build_spec(settings: Settings) -> ServiceSpec:
     return ServiceSpec(
         name=NAME,
         streams=[streams.EVENTS],
-        handlers={kind: notify for kind in EVENT_TYPES if kind not in NOT_NOTIFIED},
+        handlers={model: notify for kind, model in PAYLOADS.items() if kind not in NOT_NOTIFIED},
         on_start=mark_start,
         concurrency=CONCURRENCY,
     )

@@ -32,12 +32,13 @@ from swiftdeploy_core.bus.events import (
     DeployRequested,
     Event,
     OperationFailed,
+    PromotionRequested,
     RollbackRequested,
     TeardownRequested,
 )
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS
+from swiftdeploy_core.bus.retry import redis_errors
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
-from swiftdeploy_core.errors import OperationInProgress, RequestTimeout, SwiftDeployError
+from swiftdeploy_core.errors import BusLost, OperationInProgress, RequestTimeout, SwiftDeployError
 from swiftdeploy_core.project.manifest import Manifest, validate_manifest
 from swiftdeploy_core.project.state import RolloutState
 from swiftdeploy_core.settings import Settings
@@ -153,8 +154,7 @@ def _manifest(payload: DeployRequested | CanaryRequested) -> Manifest:
 # --- handlers ----------------------------------------------------------------------------------
 
 
-async def on_deploy(event: Event, ctx: Context) -> None:
-    payload: DeployRequested = event.payload  # type: ignore[assignment]
+async def on_deploy(payload: DeployRequested, event: Event, ctx: Context) -> None:
     manifest = _manifest(payload)
     await run_command(
         event, ctx, "deploy", manifest.project,
@@ -162,8 +162,7 @@ async def on_deploy(event: Event, ctx: Context) -> None:
     )  # fmt: skip
 
 
-async def on_canary(event: Event, ctx: Context) -> None:
-    payload: CanaryRequested = event.payload  # type: ignore[assignment]
+async def on_canary(payload: CanaryRequested, event: Event, ctx: Context) -> None:
     manifest = _manifest(payload)
     await run_command(
         event, ctx, "promote-canary", manifest.project,
@@ -174,37 +173,33 @@ async def on_canary(event: Event, ctx: Context) -> None:
     )  # fmt: skip
 
 
-async def on_promotion(event: Event, ctx: Context) -> None:
-    project = await _project(event, ctx, "promote-stable")
+async def on_promotion(payload: PromotionRequested, event: Event, ctx: Context) -> None:
+    project = await _project(payload.project, event, ctx, "promote-stable")
     if project:
         await run_command(event, ctx, "promote-stable", project, lambda r: operations.PromoteStable(r).run())
 
 
-async def on_rollback(event: Event, ctx: Context) -> None:
-    payload: RollbackRequested = event.payload  # type: ignore[assignment]
-    project = await _project(event, ctx, "rollback")
+async def on_rollback(payload: RollbackRequested, event: Event, ctx: Context) -> None:
+    project = await _project(payload.project, event, ctx, "rollback")
     if project:
         await run_command(event, ctx, "rollback", project, lambda r: operations.Rollback(r, payload.reason).run())
 
 
-async def on_teardown(event: Event, ctx: Context) -> None:
-    payload: TeardownRequested = event.payload  # type: ignore[assignment]
+async def on_teardown(payload: TeardownRequested, event: Event, ctx: Context) -> None:
     lost = payload.manifest is not None and await RecordStore(ctx.bus.redis).load(payload.project) is None
     manifest = validate_manifest(payload.manifest) if lost and payload.manifest is not None else None
     run = lambda r: operations.Teardown(r).run()  # noqa: E731
     await run_command(event, ctx, "teardown", payload.project, run, manifest, payload.root if lost else None)
 
 
-async def on_chaos(event: Event, ctx: Context) -> None:
-    payload: ChaosRequested = event.payload  # type: ignore[assignment]
-    project = await _project(event, ctx, "chaos")
+async def on_chaos(payload: ChaosRequested, event: Event, ctx: Context) -> None:
+    project = await _project(payload.project, event, ctx, "chaos")
     if project:
         await run_command(event, ctx, "chaos", project, lambda r: operations.Chaos(r, payload).run())
 
 
-async def _project(event: Event, ctx: Context, command: str) -> str | None:
+async def _project(named: str | None, event: Event, ctx: Context, command: str) -> str | None:
     """The project a command names, or the only deployed one; else reject the command."""
-    named: str | None = getattr(event.payload, "project", None)
     if named:
         return named
     projects = await RecordStore(ctx.bus.redis).projects()
@@ -225,7 +220,8 @@ async def analysis_loop(ctx: Context) -> None:
     `canary.interval`."""
     store = RecordStore(ctx.bus.redis)
     while True:
-        with contextlib.suppress(*CONNECTION_ERRORS):
+        # Redis away (or a runtime call that lost its connection, as before): the next pass.
+        with contextlib.suppress(BusLost), redis_errors("the analysis loop"):
             for project in await store.projects():
                 record = await store.load(project)
                 if record is not None and record.phase in phases.ANALYSED and await _due(store, record):
@@ -291,12 +287,12 @@ def build_spec(settings: Settings) -> ServiceSpec:
         name=NAME,
         streams=[streams.ORCHESTRATOR_INBOX],
         handlers={
-            "deploy.requested": on_deploy,
-            "canary.requested": on_canary,
-            "promotion.requested": on_promotion,
-            "rollback.requested": on_rollback,
-            "teardown.requested": on_teardown,
-            "chaos.requested": on_chaos,
+            DeployRequested: on_deploy,
+            CanaryRequested: on_canary,
+            PromotionRequested: on_promotion,
+            RollbackRequested: on_rollback,
+            TeardownRequested: on_teardown,
+            ChaosRequested: on_chaos,
         },
         background=[analysis_loop],
         on_start=recover_all,

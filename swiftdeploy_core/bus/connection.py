@@ -13,12 +13,13 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Map
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from pydantic import BaseModel
 
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import Event
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
+from swiftdeploy_core.bus.events import CommandRejected, Event, type_of
+from swiftdeploy_core.bus.retry import Backoff, mapped, redis_errors
 from swiftdeploy_core.bus.wire import (
     B_CORRELATION,
     B_EVENT,
@@ -31,13 +32,14 @@ from swiftdeploy_core.bus.wire import (
     maxlen_for,
     xadd_head,
 )
-from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
+from swiftdeploy_core.errors import BusError, BusLost, ControlPlaneDown, RequestRejected, RequestTimeout
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.bus")
 
 FOLLOW_BLOCK_MS = 1_000
 FOLLOW_BATCH = 500
+REJECTED = type_of(CommandRejected)
 UP_HINT = "; run `swiftdeploy up`"  # the next step, ending every ControlPlaneDown raised here
 
 
@@ -54,10 +56,12 @@ class BlockingConnection:
 
     async def read(self, op: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
         if self.client_id is None:
-            self.client_id = await self.conn.client_id()
+            with redis_errors("asking the connection's id"):
+                self.client_id = await self.conn.client_id()
         try:
-            return await op(self.conn)
-        except CONNECTION_ERRORS:
+            with redis_errors("a blocking read"):
+                return await op(self.conn)
+        except BusLost:
             self.client_id = None  # a new connection gets a new id
             raise
 
@@ -65,11 +69,11 @@ class BlockingConnection:
         """Mark closed and unblock a read in progress (it returns as if it timed out)."""
         self.closed = True
         if self.client_id is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            with contextlib.suppress(BusError), redis_errors("waking a blocking read"):
                 await self.main.client_unblock(self.client_id)
 
     async def aclose(self) -> None:
-        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+        with contextlib.suppress(BusError), redis_errors("closing a blocking connection"):
             await self.conn.aclose()
 
 
@@ -97,10 +101,11 @@ class Bus:
         url = resolve_redis_url(settings)
         redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=0)
         try:
-            await redis.ping()
-        except (*CONNECTION_ERRORS, RedisError) as exc:
+            with redis_errors(f"connecting to Redis at {url}"):
+                await redis.ping()
+        except BusError as exc:
             await redis.aclose()
-            raise ControlPlaneDown(f"Redis at {url} is not reachable ({exc}){UP_HINT}") from exc
+            raise ControlPlaneDown(f"Redis at {url} is not reachable ({exc.__cause__ or exc}){UP_HINT}") from exc
         return cls(settings, redis)
 
     async def close(self) -> None:
@@ -129,6 +134,7 @@ class Bus:
 
     # --- publishing --------------------------------------------------------------------------
 
+    @mapped("publishing")
     async def publish(self, stream: str, event: Event) -> str:
         """XADD `event` to `stream` (capped at an approximate MAXLEN); returns the entry id."""
         entry_id = await self.redis.xadd(
@@ -136,6 +142,7 @@ class Bus:
         )
         return decode(entry_id)
 
+    @mapped("publishing")
     async def publish_many(self, stream: str, events: Collection[Event]) -> list[str]:
         """XADD several events in one round trip; returns their entry ids in order.
 
@@ -169,6 +176,7 @@ class Bus:
         finally:
             await pool.release(conn)
 
+    @mapped("reading the newest entry id")
     async def cursor(self, stream: str = streams.EVENTS) -> str:
         """The id of the newest entry of `stream` ("0-0" when empty): a `since` that misses nothing."""
         newest = await self.redis.xrevrange(stream, count=1)
@@ -178,7 +186,8 @@ class Bus:
 
     async def request(self, stream: str, event: Event, expect: Collection[str], timeout: float) -> Event:
         """Publish `event`, then wait for an event on EVENTS with its correlation id and a type
-        in `expect`; RequestTimeout after `timeout` seconds."""
+        in `expect`; RequestTimeout after `timeout` seconds, RequestRejected as soon as the
+        service answers `command.rejected` (unless `expect` names it)."""
         await self._ensure_reader()
         loop = asyncio.get_running_loop()
         waiter = _Waiter(frozenset(expect), 0, loop.create_future())
@@ -230,9 +239,15 @@ class Bus:
         event_type = decode(fields.get(B_TYPE, b""))
         ms = id_ms(entry_id)
         for waiter in waiters:
-            if event_type in waiter.expect and ms >= waiter.after_ms and not waiter.future.done():
+            if ms < waiter.after_ms or waiter.future.done():
+                continue
+            if event_type in waiter.expect:
                 with contextlib.suppress(Exception):
                     waiter.future.set_result(Event.from_json(fields[B_EVENT]))
+                return
+            if event_type == REJECTED:  # the service refused the request: no reply will come
+                with contextlib.suppress(Exception):
+                    waiter.future.set_exception(_rejected(Event.from_json(fields[B_EVENT])))
                 return
 
     # --- following ---------------------------------------------------------------------------
@@ -272,7 +287,7 @@ class Bus:
                             started()
                     reply = await blocking.read(_xread(stream, last))
                     backoff.reset()
-                except CONNECTION_ERRORS as exc:
+                except BusLost as exc:
                     if blocking.closed:
                         return
                     log.warning("%s lost Redis (%s); retrying", what, exc)
@@ -298,7 +313,8 @@ async def history(
     """The retained events of `stream` after `since` up to now (XRANGE in pages), filtered."""
     start = "-" if since in ("0", "0-0", "-") else f"({since}"
     while True:
-        page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH) or []
+        with redis_errors("reading the history"):
+            page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH) or []
         for _entry_id, fields in page:
             event = _select(fields, correlation_id, types)
             if event is not None:
@@ -309,14 +325,23 @@ async def history(
 
 
 def _xread(stream: str, cursor: str) -> Callable[[aioredis.Redis], Awaitable[Any]]:
-    """One blocking XREAD page of `stream` after `cursor`."""
-    return lambda c: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+    async def read(connection: aioredis.Redis) -> Any:
+        return await connection.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+
+    return read
+
+
+def _rejected(reply: Event) -> RequestRejected:
+    payload = reply.payload
+    if not isinstance(payload, CommandRejected):
+        return RequestRejected(f"{reply.source.service} refused the request")
+    return RequestRejected(f"{reply.source.service} refused {payload.command}: {payload.reason}")
 
 
 def _select(
     fields: Mapping[bytes | str, bytes | str] | None, correlation_id: str | None, types: Collection[str] | None
 ) -> Event | None:
-    if fields is None:  # an entry deleted since it was listed
+    if fields is None:  # a trimmed entry still pending somewhere comes back without fields
         return None
     if correlation_id is not None and decode(fields.get(B_CORRELATION, b"")) != correlation_id:
         return None
@@ -329,12 +354,42 @@ def _select(
 
 
 def resolve_redis_url(settings: Settings) -> str:
-    """REDIS_URL if set, else the URL of the control plane `swiftdeploy up` started here."""
+    """REDIS_URL if set, else the URL the control plane `swiftdeploy up` started here recorded."""
     if settings.redis_url:
         return settings.redis_url
-    from swiftdeploy_core.client.controlplane import running_redis_url  # avoids an import cycle
-
-    url = running_redis_url(settings)
+    url = recorded_redis_url(settings)
     if url is None:
         raise ControlPlaneDown(f"no REDIS_URL and no control plane running here{UP_HINT}")
     return url
+
+
+class RedisUrlRecord(BaseModel):
+    """The hand-off from the control plane to every process: where its Redis listens. Written by
+    the supervisor (`record_redis_url`), read here; stale once the writer `pid` is gone."""
+
+    url: str
+    pid: int
+
+
+def record_redis_url(settings: Settings, url: str, pid: int) -> None:
+    """Write the record atomically at `settings.redis_url_record()`."""
+    path = settings.redis_url_record()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(RedisUrlRecord(url=url, pid=pid).model_dump_json())
+    temporary.replace(path)
+
+
+def forget_redis_url(settings: Settings) -> None:
+    """Remove the record (the control plane stopped)."""
+    with contextlib.suppress(FileNotFoundError):
+        settings.redis_url_record().unlink()
+
+
+def recorded_redis_url(settings: Settings) -> str | None:
+    """The recorded URL while its writer still runs; None without a (live) record."""
+    try:
+        record = RedisUrlRecord.model_validate_json(settings.redis_url_record().read_text())
+    except (OSError, ValueError):
+        return None
+    return record.url if psutil.pid_exists(record.pid) else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -498,10 +498,18 @@ AnyPayload = Annotated[
     Field(discriminator="type"),
 ]
 
-EVENT_TYPES: tuple[str, ...] = tuple(
-    model.model_fields["type"].default
-    for model in AnyPayload.__origin__.__args__  # type: ignore[attr-defined]
-)
+
+def type_of(model: type[Payload]) -> str:
+    """The event type a payload class carries (its `type` literal's default)."""
+    default = model.model_fields["type"].default if "type" in model.model_fields else None
+    if not isinstance(default, str):
+        raise TypeError(f"{model.__name__} has no `type` literal: not an event payload")
+    return default
+
+
+# The catalogue as data: event type -> payload class, in declaration order.
+PAYLOADS: dict[str, type[Payload]] = {type_of(model): model for model in get_args(get_args(AnyPayload)[0])}
+EVENT_TYPES: tuple[str, ...] = tuple(PAYLOADS)
 
 
 class Source(BaseModel):
@@ -537,7 +545,7 @@ class Event(BaseModel):
     def _type_from_payload(cls, data: Any) -> Any:
         if isinstance(data, dict):
             payload = data.get("payload")
-            ptype = payload.type if isinstance(payload, Payload) else (payload or {}).get("type")
+            ptype = getattr(payload, "type", None) if isinstance(payload, Payload) else (payload or {}).get("type")
             if not data.get("type"):
                 data = {**data, "type": ptype}
             elif ptype and data["type"] != ptype:
@@ -547,8 +555,15 @@ class Event(BaseModel):
     def caused(self, payload: AnyPayload, source: Source, id: str | None = None) -> Event:
         """A new event that follows from this one: same correlation id, causation = this id
         (and the given `id`, when the new event's id must be stable)."""
-        stable: dict[str, Any] = {"id": id} if id else {}
-        return Event(payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id, **stable)
+        return Event.of(
+            payload, source, correlation_id=self.correlation_id, causation_id=self.id, **({"id": id} if id else {})
+        )
+
+    @classmethod
+    def of(cls, payload: Payload, source: Source, **fields: Any) -> Event:
+        """The envelope of `payload` (any class of the catalogue) from `source`; `fields` are
+        the envelope's other fields (id, correlation_id, causation_id...)."""
+        return cls.model_validate({"payload": payload, "source": source, **fields})
 
     def to_json(self) -> str:
         return self.model_dump_json()

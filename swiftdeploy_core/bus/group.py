@@ -1,25 +1,36 @@
 """A service's consumer group as one replica uses it: join, read, reclaim, commit, dead-letter.
 
-The worker (`worker.py`) drives these operations; this module holds the Redis side of them, in
-particular the commit script that acks, marks processed and applies a handler's writes atomically.
+The worker (`worker.py`) drives these operations; this module holds the Redis side of them (each
+raising the bus's error families, see `retry.redis_errors`), in particular the commit script that acks, marks processed and applies a handler's writes atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from swiftdeploy_core.bus import streams
-
-# Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
-from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, FIELD_EVENT, FIELD_TYPE, decode, maxlen_for
+from swiftdeploy_core.bus.events import CommandRejected, Event, Source
+from swiftdeploy_core.bus.retry import mapped
+from swiftdeploy_core.bus.wire import (
+    B_CORRELATION,
+    B_EVENT,
+    B_TYPE,
+    FIELD_EVENT,
+    FIELD_TYPE,
+    decode,
+    entry_fields,
+    maxlen_for,
+)
 
 # Acks entries, records their event ids as processed and applies the handlers' queued writes, all
 # atomically, and only for event ids not processed before (a reclaimed duplicate is acked without
@@ -59,6 +70,7 @@ for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids))
 return {dups, cjson.encode(broken)}
 """
 PROCESSED_RETENTION_MS = 6 * 3600 * 1000  # how long an event id is remembered as processed
+REFUSALS = uuid.UUID("7c0e3a52-4f1b-4d8e-a6c3-2b9d5e8f1a04")  # namespace of `refusal` ids
 
 
 @dataclass
@@ -104,17 +116,19 @@ class Group:
         self.failures = streams.delivery_count_key(service)
         self._commit = bus.redis.register_script(COMMIT_SCRIPT)
 
+    @mapped("joining the consumer group")
     async def join(self, names: Collection[str]) -> None:
         """XGROUP CREATE ... MKSTREAM from the start of each stream; BUSYGROUP means joined."""
         for stream in names:
             try:
                 await self.bus.redis.xgroup_create(stream, self.name, id="0", mkstream=True)
-            except RedisError as exc:
+            except ResponseError as exc:  # the group exists: joined (any other refusal is an error)
                 if "BUSYGROUP" not in str(exc):
                     raise
             # Visible in XINFO CONSUMERS at once (a blocking read on an empty stream does not add it).
             await self.bus.redis.xgroup_createconsumer(stream, self.name, self.consumer)
 
+    @mapped("reading the group")
     async def read(
         self, blocking: BlockingConnection, names: Collection[str], count: int, block_ms: int
     ) -> list[Entry]:
@@ -123,6 +137,7 @@ class Group:
         )
         return _entries(reply)
 
+    @mapped("reclaiming idle entries")
     async def claim_idle(self, stream: str, min_idle_ms: int, count: int) -> list[Entry]:
         """XAUTOCLAIM every entry idle longer than `min_idle_ms` (a dead replica's work)."""
         claimed: list[Entry] = []
@@ -136,6 +151,7 @@ class Group:
             if start == "0-0" or len(claimed) >= count:
                 return claimed
 
+    @mapped("counting deliveries")
     async def deliveries(self, entries: Collection[Entry]) -> list[int]:
         """How many times each entry was delivered to a consumer of the group."""
         pipe = self.bus.redis.pipeline(transaction=False)
@@ -144,16 +160,19 @@ class Group:
         replies = await pipe.execute()
         return [int(r[0]["times_delivered"]) if r else 0 for r in replies]
 
+    @mapped("keeping entries alive")
     async def keepalive(self, stream: str, entry_ids: Collection[str]) -> None:
         """Reset the idle time of entries still being worked on, so nobody reclaims them."""
         if entry_ids:
             await self.bus.redis.xclaim(stream, self.name, self.consumer, 0, list(entry_ids), justid=True)
 
+    @mapped("releasing entries")
     async def release(self, stream: str, entry_ids: Collection[str], idle_ms: int) -> None:
         """Give entries up: keep them pending but idle for `idle_ms`, so XAUTOCLAIM takes them now."""
         if entry_ids:
             await self.bus.redis.xclaim(stream, self.name, self.consumer, 0, list(entry_ids), idle=idle_ms, justid=True)
 
+    @mapped("looking up processed ids")
     async def seen(self, event_ids: list[str]) -> list[bool]:
         """Which of `event_ids` were already processed by this service."""
         if not event_ids:
@@ -161,6 +180,7 @@ class Group:
         scores = await self.bus.redis.zmscore(self.processed, event_ids)
         return [s is not None for s in scores]
 
+    @mapped("committing")
     async def commit(self, commits: Collection[Commit]) -> tuple[int, dict[str, str]]:
         """Apply, mark and ack `commits` atomically. Returns how many were duplicates, and the
         entries (by key) whose queued writes Redis refused, with its error."""
@@ -170,12 +190,15 @@ class Group:
         dups, broken = await self._commit(keys=[self.processed, self.failures], args=[batch])
         return int(dups), {decode(k): decode(err) for k, err in json.loads(broken or "[]") or []}
 
+    @mapped("counting a failure")
     async def record_failure(self, entry: Entry) -> int:
         """Count one failed attempt at `entry`; returns the attempts so far."""
         return int(await self.bus.redis.hincrby(self.failures, entry.key, 1))
 
-    async def dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
-        """Move `entry` to the dead-letter stream with `error`, then ack it (one transaction)."""
+    @mapped("dead-lettering")
+    async def dead_letter(self, entry: Entry, error: str, attempts: int, reply: Event | None = None) -> None:
+        """Move `entry` to the dead-letter stream with `error`, then ack it, and publish `reply`
+        (the sender's answer) on EVENTS: one transaction."""
         fields: dict[FieldT, EncodableT] = {
             "service": self.service, "stream": entry.stream, "entry_id": entry.entry_id,
             "error": error, "attempts": str(attempts), "consumer": self.consumer,
@@ -186,15 +209,35 @@ class Group:
             pipe.xadd(
                 streams.DEAD_LETTER, fields, maxlen=maxlen_for(self.bus.settings, streams.DEAD_LETTER), approximate=True
             )
+            if reply is not None:
+                pipe.xadd(
+                    streams.EVENTS, entry_fields(reply), maxlen=maxlen_for(self.bus.settings, streams.EVENTS),
+                    approximate=True,
+                )  # fmt: skip
             pipe.xack(entry.stream, self.name, entry.entry_id)
             pipe.hdel(self.failures, entry.key)
             await pipe.execute()
 
+    def refusal(self, entry: Entry, reason: str, source: Source, event: Event | None = None) -> Event | None:
+        """The `command.rejected` that answers an entry of this service's inbox it cannot handle,
+        so the sender's wait ends with `reason` (None: not an inbox entry, or no one to answer).
+        Its id is derived from the entry: a redelivery refuses with the same event."""
+        correlation_id = decode(entry.fields.get(B_CORRELATION, b""))
+        if entry.stream != streams.INBOXES.get(self.service) or not correlation_id:
+            return None
+        command = event.type if event else decode(entry.fields.get(B_TYPE, b"")) or "unknown"
+        return Event.of(
+            CommandRejected(command=command, reason=reason), source, correlation_id=correlation_id,
+            id=uuid.uuid5(REFUSALS, entry.key).hex, causation_id=event.id if event else _event_id(entry),
+        )  # fmt: skip
+
+    @mapped("forgetting old ids")
     async def forget_old(self) -> None:
         """Drop processed ids older than the retention (a duplicate cannot come that late)."""
         cutoff = int(time.time() * 1000) - PROCESSED_RETENTION_MS
         await self.bus.redis.zremrangebyscore(self.processed, "-inf", cutoff)
 
+    @mapped("reading the backlog")
     async def backlog(self, names: Collection[str]) -> dict[str, tuple[int, int]]:
         """Per stream: (entries not yet delivered to the group, entries delivered but not acked)."""
         out: dict[str, tuple[int, int]] = {}
@@ -203,3 +246,11 @@ class Group:
                 if decode(info.get("name")) == self.name:
                     out[stream] = (int(info.get("lag") or 0), int(info.get("pending") or 0))
         return out
+
+
+def _event_id(entry: Entry) -> str | None:
+    """The envelope id of an entry that could not be decoded as an event, if it has one."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        found = json.loads(entry.fields.get(B_EVENT, b"")).get("id")
+        return found if isinstance(found, str) else None
+    return None

@@ -1,27 +1,39 @@
 """What a service's code sees: its spec (`ServiceSpec`), the `Context` a handler gets, and the
 control-flow exceptions (`Retry`, `Reject`) that only the worker turns into pending or dead-letter.
 
+A handler table is keyed by payload class (`{DeployRequested: on_deploy}`) and checked against
+the event catalogue when the spec is built; the worker calls `handler(payload, event, ctx)` with
+the payload already decoded to that class, so a handler reads its fields without a cast.
+
 Re-exported by `swiftdeploy_core.bus.worker`, which is where services import them from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import types
+import typing
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
-from swiftdeploy_core.bus.events import AnyPayload, Event, Pong, Source
+from swiftdeploy_core.bus.events import PAYLOADS, AnyPayload, Event, Payload, PingRequested, Pong, Source, type_of
 from swiftdeploy_core.bus.wire import xadd_args
 from swiftdeploy_core.settings import Settings
 
 EMIT_NAMESPACE = uuid.UUID("5d1f0c4e-8a3b-4c0e-9e57-1b2f6a7c9d10")
 
-Handler = Callable[[Event, "Context"], Awaitable[None]]
+P = TypeVar("P", bound=Payload)
+# A handler gets the typed payload, the envelope (ids, correlation, source: the `cause` of what it
+# emits) and its context. `Handler[DeployRequested]` is one that handles `deploy.requested`.
+Handler = Callable[[P, Event, "Context"], Awaitable[None]]
+AnyHandler = Callable[[Any, Event, "Context"], Awaitable[None]]
+HandlerTable = Mapping[type[Payload], AnyHandler]
 
 
 class Retry(Exception):
@@ -89,8 +101,7 @@ class Context:
         self, payload: AnyPayload, cause: Event | None, stable_id: bool, correlation_id: str | None = None
     ) -> Event:
         if cause is None:
-            correlation: dict[str, Any] = {"correlation_id": correlation_id} if correlation_id else {}
-            return Event(payload=payload, source=self.source, **correlation)
+            return Event.of(payload, self.source, **({"correlation_id": correlation_id} if correlation_id else {}))
         if stable_id and self.event is not None and cause.id == self.event.id:
             self._emitted += 1
             name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"
@@ -100,11 +111,15 @@ class Context:
 
 @dataclass
 class ServiceSpec:
-    """One service: its name, the streams its group consumes, and its handlers."""
+    """One service: its name, the streams its group consumes, and its handlers by payload class.
+
+    Building it checks the table: every key must be a payload class of the catalogue
+    (`events.PAYLOADS`), no class may appear twice, and a handler whose first parameter is
+    annotated must accept that class (TypeError otherwise)."""
 
     name: str
     streams: list[str]
-    handlers: dict[str, Handler]
+    handlers: HandlerTable
     background: Sequence[Callable[[Context], Awaitable[None]]] = ()
     on_start: Callable[[Context], Awaitable[None]] | None = None
     on_stop: Callable[[Context], Awaitable[None]] | None = None
@@ -118,15 +133,77 @@ class ServiceSpec:
     done_log_level: int = logging.INFO
     metrics: Sequence[Any] = ()  # prometheus_client Collectors served on the instance's /metrics
 
+    def __post_init__(self) -> None:
+        self.handlers = checked_handlers(self.name, self.handlers.items())
+
+    def handler_table(self) -> dict[str, AnyHandler]:
+        """Event type -> handler, with the built-in ping answer unless the service has its own."""
+        table: dict[str, AnyHandler] = {type_of(PingRequested): answer_ping}
+        table.update((type_of(model), handler) for model, handler in self.handlers.items())
+        return table
+
     def all_streams(self) -> list[str]:
         """The declared streams plus the service's inbox (where pings arrive)."""
         inbox = streams.INBOXES.get(self.name)
         names = list(dict.fromkeys(self.streams))
         return [*names, inbox] if inbox and inbox not in names else names
 
+    def inbox(self) -> str | None:
+        """The stream where this service's commands and requests arrive (None: it has none)."""
+        return streams.INBOXES.get(self.name)
 
-async def answer_ping(event: Event, ctx: Context) -> None:
+
+def handler_pairs(*pairs: tuple[type[Payload], AnyHandler]) -> HandlerTable:
+    """A table assembled from (class, handler) pairs, where a class given twice is an error
+    (a dict display would keep the last silently)."""
+    return checked_handlers("handler table", pairs)
+
+
+def checked_handlers(
+    service: str, pairs: Iterable[tuple[type[Payload], AnyHandler]]
+) -> dict[type[Payload], AnyHandler]:
+    """The pairs as a table, after checking each against the catalogue (TypeError if not)."""
+    checked: dict[type[Payload], AnyHandler] = {}
+    for model, handler in pairs:
+        if not _catalogued(model):
+            raise TypeError(f"{service}: {model!r} is not a payload class of the event catalogue (bus/events.py)")
+        if model in checked:
+            raise TypeError(f"{service}: two handlers for {model.__name__} ({type_of(model)})")
+        accepted = _first_parameter_type(handler)
+        if accepted is not None and not any(issubclass(model, t) for t in accepted):
+            raise TypeError(f"{service}: {_name(handler)} takes {accepted[0].__name__}, not {model.__name__}")
+        checked[model] = handler
+    return checked
+
+
+def _catalogued(model: object) -> TypeGuard[type[Payload]]:
+    """True for a payload class the catalogue lists (not a look-alike with the same type)."""
+    if not (isinstance(model, type) and issubclass(model, Payload)):
+        return False
+    try:
+        return PAYLOADS.get(type_of(model)) is model
+    except TypeError:
+        return False
+
+
+def _first_parameter_type(handler: AnyHandler) -> tuple[type, ...] | None:
+    """The classes a handler's annotated first parameter accepts (None: not annotated or unknown)."""
+    try:
+        first = next(iter(inspect.signature(handler).parameters.values()))
+        hint = typing.get_type_hints(handler).get(first.name)
+    except (StopIteration, TypeError, ValueError, NameError):
+        return None
+    if hint is None or hint is Any:
+        return None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return tuple(t for t in options if isinstance(t, type)) or None
+
+
+def _name(handler: Any) -> str:
+    return getattr(handler, "__qualname__", None) or repr(handler)
+
+
+async def answer_ping(payload: PingRequested, event: Event, ctx: Context) -> None:
     """Built in: `ping.requested` (for this service or any) gets a `pong` back."""
-    wanted = getattr(event.payload, "service", None)
-    if wanted in (None, ctx.source.service):
+    if payload.service in (None, ctx.source.service):
         await ctx.emit(Pong(service=ctx.source.service, instance=ctx.source.instance), cause=event)

@@ -23,9 +23,15 @@ FIELD_CORRELATION = "cid"
 B_EVENT, B_TYPE, B_CORRELATION = FIELD_EVENT.encode(), FIELD_TYPE.encode(), FIELD_CORRELATION.encode()  # as read
 
 
+def entry_pairs(event: Event) -> tuple[tuple[str, str], ...]:
+    """The (field, value) pairs of the stream entry that carries `event`."""
+    return (FIELD_EVENT, event.to_json()), (FIELD_TYPE, event.type), (FIELD_CORRELATION, event.correlation_id)
+
+
 def entry_fields(event: Event) -> dict[FieldT, EncodableT]:
-    """The fields of the stream entry that carries `event`."""
-    return {FIELD_EVENT: event.to_json(), FIELD_TYPE: event.type, FIELD_CORRELATION: event.correlation_id}
+    """The fields of the stream entry that carries `event` (as redis-py's XADD takes them)."""
+    fields: dict[FieldT, EncodableT] = dict(entry_pairs(event))
+    return fields
 
 
 def xadd_head(settings: Settings, stream: str) -> list[str]:
@@ -35,7 +41,7 @@ def xadd_head(settings: Settings, stream: str) -> list[str]:
 
 def xadd_args(settings: Settings, stream: str, event: Event) -> list[EncodableT]:
     """XADD's arguments (after the command name) that add `event` to `stream`."""
-    return [*xadd_head(settings, stream), *itertools.chain.from_iterable(entry_fields(event).items())]
+    return [*xadd_head(settings, stream), *itertools.chain.from_iterable(entry_pairs(event))]
 
 
 def decode(value: Any) -> str:

@@ -1,12 +1,17 @@
 """The service base: a worker that consumes a service's streams through its consumer group.
 
-A service is a `ServiceSpec` (name, streams, a handler table keyed by event type) run by
+A service is a `ServiceSpec` (name, streams, a handler table keyed by payload class) run by
 `run(spec)`. The worker reads in batches (XREADGROUP), skips event ids already processed, runs
 the handler, and acks only after it succeeded, atomically with the id's "processed" mark and the
 handler's queued writes (`ctx.on_commit`). A failing entry is retried in-process with backoff and
 dead-lettered after `settings.max_deliveries` attempts; a dead replica's entries are reclaimed
 with XAUTOCLAIM after `settings.lease_ms`. SIGTERM/SIGINT: stop reading, finish and ack what is
-in flight, exit 0 within `settings.shutdown_grace`.
+in flight, exit 0 within `settings.shutdown_grace` (one deadline from the stop request, see
+`shut_down`), and log one summary line: "shutdown ◆ N complete ◆ N failed ◆ N retried ◆ N ongoing".
+
+The worker's own duties (heartbeat, reclaim, keepalive) and the spec's background loops run under
+one guard: a loop that fails is logged, backed off and started again; a lost consumer group
+(NOGROUP: Redis restarted empty or was flushed) is joined again first.
 """
 
 from __future__ import annotations
@@ -22,16 +27,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from swiftdeploy_core.bus import logs, streams
 from swiftdeploy_core.bus.connection import BlockingConnection, Bus
-from swiftdeploy_core.bus.events import Event, Source
+from swiftdeploy_core.bus.events import PAYLOADS, Event, Source
 from swiftdeploy_core.bus.group import Commit, Entry, Group
-from swiftdeploy_core.bus.handlers import Context, Handler, Reject, Retry, ServiceSpec, answer_ping
+from swiftdeploy_core.bus.handlers import (
+    AnyHandler,
+    Context,
+    Handler,
+    Reject,
+    Retry,
+    ServiceSpec,
+    answer_ping,
+    handler_pairs,
+)
 from swiftdeploy_core.bus.health import HealthServer, WorkerMetrics
-from swiftdeploy_core.bus.retry import CONNECTION_ERRORS, Backoff
-from swiftdeploy_core.bus.wire import B_EVENT
+from swiftdeploy_core.bus.retry import Backoff, guarded, redis_errors
+from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, decode
+from swiftdeploy_core.errors import BusError, BusLost
 from swiftdeploy_core.settings import Settings
 
 log = logging.getLogger("swiftdeploy.worker")
@@ -41,7 +54,8 @@ HEARTBEAT_TTL_S = 5  # `ps` calls an instance healthy while its heartbeat key li
 COMMIT_EVERY_S = 0.05  # a batch of slow handlers still acks at least this often
 RETRY_BASE_S = 0.05
 RETRY_MAX_S = 2.0
-__all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping"]
+CLOSING_S = 0.5  # of the grace (at most half of it): kept for the final acks, on_stop and the health key
+__all__ = ["Context", "Handler", "Reject", "Retry", "ServiceSpec", "Worker", "answer_ping", "handler_pairs"]
 
 
 @dataclass
@@ -59,7 +73,7 @@ class Worker:
         self.source = Source(service=spec.name, instance=settings.instance)
         self.group = Group(bus, spec.name, settings.instance)
         self.streams = spec.all_streams()
-        self.handlers: dict[str, Handler] = {"ping.requested": answer_ping, **spec.handlers}
+        self.handlers: dict[str, AnyHandler] = spec.handler_table()
         self.metrics = WorkerMetrics(spec.name)
         for collector in spec.metrics:  # a service's own metrics, beside the worker's
             self.metrics.registry.register(collector)
@@ -77,6 +91,9 @@ class Worker:
         self._flush_lock = asyncio.Lock()
         self._flushed = time.monotonic()
         self._reader = BlockingConnection(bus.redis)  # XREADGROUP BLOCK holds its own connection
+        self._deadline: float | None = None  # loop time by which shutdown ends (set on the stop request)
+        self._running = 0  # handlers executing right now
+        self.tally = {"complete": 0, "failed": 0, "retried": 0, "ongoing": 0}  # for the summary line
 
     def context(self, event: Event | None = None) -> Context:
         return Context(self.settings, self.bus, self.source, event, stopping=self.stopping)
@@ -90,11 +107,14 @@ class Worker:
         await self.health.start()
         await self._join()
         if self.spec.on_start is not None:
-            await self.spec.on_start(self.context())
+            with redis_errors(f"{self.spec.name} starting"):  # a Redis outage here: start is retried
+                await self.spec.on_start(self.context())
         for loop in (self._heartbeat, self._reclaim_loop, self._keepalive_loop):
-            self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
+            self._loops.append(asyncio.create_task(self._guard(loop.__name__, loop), name=loop.__name__))
         for i, fn in enumerate(self.spec.background):
-            self._background.append(asyncio.create_task(self._guard(fn), name=f"background-{i}"))
+            name = getattr(fn, "__name__", f"background-{i}")
+            task = asyncio.create_task(self._guard(name, self._with_context(fn)), name=name)
+            self._background.append(task)
         log.info("%s started: consuming %s as %s (health %s)", self.spec.name, ", ".join(self.streams),
                  self.settings.instance, self.health.url)  # fmt: skip
 
@@ -109,10 +129,10 @@ class Worker:
                 batch = await self.group.read(self._reader, self.streams, max(1, free), self.settings.block_ms)
                 self.redis_ok = True
                 backoff.reset()
-            except CONNECTION_ERRORS as exc:
+            except BusLost as exc:
                 await self._lost_redis(exc, backoff)
                 continue
-            except RedisError as exc:  # NOGROUP: Redis came back without our group
+            except BusError as exc:  # GroupMissing: Redis came back without our group
                 log.warning("read failed (%s); joining the group again", exc)
                 self.joined = False
                 await backoff.wait()
@@ -123,7 +143,7 @@ class Worker:
         """A batch that fails for an unexpected reason is released for a retry, never lost."""
         try:
             await self._process(batch)
-        except CONNECTION_ERRORS as exc:
+        except BusLost as exc:
             await self._lost_redis(exc, backoff)
             await self._release([e for e in batch if e.key in self._inflight])
         except Exception:
@@ -134,46 +154,65 @@ class Worker:
     def request_stop(self) -> None:
         if not self.stopping.is_set():
             log.info("%s stopping: no new reads, finishing in-flight work", self.spec.name)
+            self._deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace
             self.stopping.set()
             self._waking = asyncio.ensure_future(self._reader.wake())  # end a blocked read now
 
-    async def shut_down(self, runner: asyncio.Task[None]) -> None:
-        """Stop reading, give the `run()` task half the grace to end, then `stop()`."""
+    async def shut_down(self, runner: asyncio.Task[None] | None = None) -> None:
+        """Stop: no new reads; in-flight handlers finish until the deadline (`shutdown_grace` after
+        the stop request) less a closing reserve, then are cancelled (their entries released for a
+        live replica); the finished ones are acked; on_stop; one summary line. All by the deadline."""
         self.request_stop()
-        await asyncio.wait({runner}, timeout=self.settings.shutdown_grace / 2)
-        runner.cancel()  # a read still blocking: what it took stays pending, reclaimable
-        await self.stop()
+        assert self._deadline is not None
+        closing = min(CLOSING_S, self.settings.shutdown_grace / 2)
+        for task in [*self._background, *self._retries]:
+            task.cancel()  # a waiting retry releases its entry as it ends
+        working = {t for t in (runner, *self._tasks, *self._retries, *self._background) if t is not None}
+        if working:
+            _, late = await asyncio.wait(working, timeout=self._left(self._deadline - closing))
+            self.tally["ongoing"] = self._running
+            for task in late:
+                task.cancel()  # handlers still running: their entries stay pending, reclaimable
+            if late:
+                await asyncio.wait(late, timeout=self._left(self._deadline - closing / 2))
+        await asyncio.shield(self._close())
+        log.info("shutdown ◆ %(complete)d complete ◆ %(failed)d failed ◆ %(retried)d retried ◆ %(ongoing)d ongoing",
+                 self.tally, extra={"shutdown": dict(self.tally)})  # fmt: skip
 
     async def stop(self) -> None:
-        """Finish and ack what is in flight (bounded by shutdown_grace), then close."""
-        self.request_stop()
-        for task in [*self._background, *self._retries]:
-            task.cancel()
-        if self._retries:
-            await asyncio.wait(set(self._retries), timeout=0.5)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace * 0.6)
-        for task in self._tasks:
-            task.cancel()  # handlers still running: their entries stay pending, reclaimable by a live replica
-        await asyncio.shield(self._final_writes())
+        """`shut_down` without a `run()` task of ours to wait for."""
+        await self.shut_down()
 
-    async def _final_writes(self) -> None:
+    def _left(self, until: float) -> float:
+        return max(0.0, until - asyncio.get_running_loop().time())
+
+    async def _close(self) -> None:
+        """The closing writes, each bounded by what is left of the deadline."""
+        assert self._deadline is not None
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("final acks", self._flush),
+            ("releasing unfinished entries", lambda: self._release(list(self._inflight.values()))),
+        ]
+        on_stop = self.spec.on_stop
+        if on_stop is not None:
+            steps.append(("on_stop", lambda: on_stop(self.context())))
+        steps.append(("health key", self._forget_health))
+        if self._loops:  # they notice `stopping` within a beat
+            steps.append(("background duties", lambda: asyncio.wait(self._loops)))
+        for what, step in steps:
+            try:
+                await asyncio.wait_for(step(), timeout=self._left(self._deadline))
+            except Exception as exc:  # shutting down: say what was skipped, and go on
+                log.warning("shutdown: %s skipped (%s)", what, type(exc).__name__ if not str(exc) else exc)
+        for task in self._loops:
+            task.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._flush(), timeout=self.settings.shutdown_grace * 0.3)
-        if self.spec.on_stop is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.spec.on_stop(self.context()), timeout=1.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                self.bus.redis.delete(streams.health_key(self.spec.name, self.settings.instance)), 0.5
-            )
-        if self._loops:  # they notice `stopping` within a beat; a stuck one is cancelled
-            _, stuck = await asyncio.wait(self._loops, timeout=0.5)
-            for task in stuck:
-                task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._reader.aclose(), 0.5)
+            await asyncio.wait_for(self._reader.aclose(), timeout=max(0.05, self._left(self._deadline)))
         await self.health.stop()
+
+    async def _forget_health(self) -> None:
+        with redis_errors("deleting the health key"):
+            await self.bus.redis.delete(streams.health_key(self.spec.name, self.settings.instance))
 
     async def _join(self) -> None:
         await self.group.join(self.streams)
@@ -190,17 +229,25 @@ class Worker:
     def _free_slots(self) -> int:
         return max(0, self.spec.concurrency - len(self._tasks))
 
-    async def _guard(self, fn: Callable[[Context], Awaitable[None]]) -> None:
-        """Run a background loop; if it dies, log and start it again after a pause."""
-        while not self.stopping.is_set():
-            try:
-                await fn(self.context())
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background loop %s failed; restarting it", getattr(fn, "__name__", fn))
-                await asyncio.sleep(1.0)
+    async def _guard(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        await guarded(name, loop, self.stopping, on_group_lost=self._rejoin, log=log)
+
+    def _with_context(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A spec's background loop as the guard runs it: a fresh context on each (re)start."""
+
+        async def loop() -> None:
+            await fn(self.context())
+
+        return loop
+
+    async def _rejoin(self) -> None:
+        """XGROUP CREATE ... MKSTREAM again (BUSYGROUP: someone already did); the next read uses it."""
+        try:
+            await self._join()
+            log.warning("%s joined its group again (Redis had lost it)", self.spec.name)
+        except BusError as exc:
+            self.joined = False  # run() tries again before its next read
+            log.warning("joining the group again failed (%s); retrying", exc)
 
     # --- one batch ---------------------------------------------------------------------------
 
@@ -220,11 +267,18 @@ class Worker:
                 await self._release(batch[n:])  # taken, not started: hand over to a live replica
                 break
             if isinstance(event, str):
-                await self._dead_letter(entry, event, 1)
-            elif event.id in seen or event.type not in self.handlers:
-                if event.id in seen:
-                    self.metrics.duplicates.labels(self.spec.name).inc()
+                await self._dead_letter(entry, event, 1, self.group.refusal(entry, event, self.source))
+            elif event.id in seen:
+                self.metrics.duplicates.labels(self.spec.name).inc()
                 self._commits.append(Commit(entry, failed=entry.reclaimed))
+            elif event.type not in self.handlers:
+                if entry.stream == self.spec.inbox():  # a command nobody here can run: say so
+                    reason = f"{self.spec.name} has no handler for {event.type}"
+                    await self._dead_letter(
+                        entry, reason, 1, self.group.refusal(entry, "no handler for it", self.source, event)
+                    )
+                else:  # a fact on a shared stream this service does not care about
+                    self._commits.append(Commit(entry, failed=entry.reclaimed))
             elif self.spec.concurrency == 1:
                 await self._attempt(entry, event, 1)
                 if time.monotonic() - self._flushed > COMMIT_EVERY_S:
@@ -242,16 +296,19 @@ class Worker:
         for entry in entries:
             self._inflight.pop(entry.key, None)
             by_stream.setdefault(entry.stream, []).append(entry.entry_id)
-        with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+        with contextlib.suppress(BusError):
             for stream, ids in by_stream.items():
                 await self.group.release(stream, ids, self.settings.lease_ms)
-        log.info("released %d taken but unstarted entr%s for another replica", len(entries),
+        log.info("released %d taken but unfinished entr%s for another replica", len(entries),
                  "y" if len(entries) == 1 else "ies")  # fmt: skip
 
     def _parse(self, entry: Entry) -> Event | str:
         raw = entry.fields.get(B_EVENT)
         if raw is None:
             return f"malformed entry: no 'event' field (fields: {sorted(k.decode() for k in entry.fields)})"
+        kind = decode(entry.fields.get(B_TYPE, b""))
+        if kind and kind not in PAYLOADS:  # a newer client's type, most likely
+            return f"{self.spec.name} does not know the event type {kind}"
         try:
             return Event.from_json(raw)
         except ValueError as exc:
@@ -274,6 +331,7 @@ class Worker:
             if slot_held:
                 self._slots.release()
         if outcome.commit is not None:
+            self.tally["complete"] += 1
             outcome.commit.failed = attempt > 1 or entry.reclaimed
             self._commits.append(outcome.commit)
             if self.spec.concurrency > 1 or attempt > 1:  # a retry is not part of a batch's flush
@@ -285,17 +343,20 @@ class Worker:
         ctx = self.context(event)
         handler = self.handlers[event.type]
         started = time.perf_counter()
+        self._running += 1
         with logs.event_context(event.id, event.type, event.correlation_id):
             if log.isEnabledFor(logging.DEBUG):
                 logs.job(log, logs.START, f"{event.type} {event.id}", logging.DEBUG)
             try:
-                await handler(event, ctx)
+                await handler(event.payload, event, ctx)
             except Reject as exc:
                 return self._observe(event, started, _Outcome(error=f"rejected: {exc}", reject=True))
             except Retry as exc:
                 return self._observe(event, started, _Outcome(error=f"retry requested: {exc}"))
             except Exception as exc:  # a handler bug must not stop the service
                 return self._observe(event, started, _Outcome(error=f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._running -= 1
             outcome = _Outcome(commit=Commit(entry, event.id, ctx.commands))
             return self._observe(event, started, outcome)
 
@@ -320,6 +381,7 @@ class Worker:
             logs.job(
                 log, logs.RETRY, f"{event.type} {event.id}: {error}", logging.WARNING, error=error, attempt=attempts
             )
+        self.tally["retried"] += 1
         task = asyncio.create_task(self._retry_later(entry, event, attempts))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
@@ -332,9 +394,10 @@ class Worker:
             raise
         await self._attempt(entry, event, attempts + 1)
 
-    async def _dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
-        await self._retrying(lambda: self.group.dead_letter(entry, error, attempts))
+    async def _dead_letter(self, entry: Entry, error: str, attempts: int, reply: Event | None = None) -> None:
+        await self._retrying(lambda: self.group.dead_letter(entry, error, attempts, reply))
         self._inflight.pop(entry.key, None)
+        self.tally["failed"] += 1
         self.metrics.dead.labels(self.spec.name).inc()
         log.error("dead-lettered %s from %s after %d attempt(s): %s", entry.entry_id, entry.stream, attempts, error)
 
@@ -362,7 +425,7 @@ class Worker:
                 result = await op()
                 self.redis_ok = True
                 return result
-            except CONNECTION_ERRORS as exc:
+            except BusLost as exc:
                 if self.stopping.is_set() and not hard:
                     raise
                 await self._lost_redis(exc, backoff)
@@ -378,7 +441,7 @@ class Worker:
                 "host": socket.gethostname(), "health_url": self.health.url, "ready": self.is_ready(),
                 "started": started, "at": time.time(), "streams": self.streams,
             }  # fmt: skip
-            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            with contextlib.suppress(BusError), redis_errors("heartbeat"):
                 await self.bus.redis.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_S)
                 for stream, (lag, pending) in (await self.group.backlog(self.streams)).items():
                     self.metrics.lag.labels(self.spec.name, stream).set(lag)
@@ -399,7 +462,7 @@ class Worker:
         """Take over entries idle longer than the lease: their consumer died or hung."""
         last_trim = 0.0
         while not await self._pause(self._reclaim_interval()):
-            with contextlib.suppress(*CONNECTION_ERRORS):
+            with contextlib.suppress(BusLost):  # Redis away: the next pass; a lost group: the guard
                 for stream in self.streams:
                     await self._reclaim(stream)
                 if time.monotonic() - last_trim > 60:
@@ -430,6 +493,6 @@ class Worker:
             by_stream: dict[str, list[str]] = {}
             for entry in list(self._inflight.values()):
                 by_stream.setdefault(entry.stream, []).append(entry.entry_id)
-            with contextlib.suppress(*CONNECTION_ERRORS, RedisError):
+            with contextlib.suppress(BusLost):
                 for stream, ids in by_stream.items():
                     await self.group.keepalive(stream, ids)

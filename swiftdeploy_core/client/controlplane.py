@@ -25,12 +25,13 @@ import psutil
 from pydantic import BaseModel
 
 from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.connection import forget_redis_url, record_redis_url
+from swiftdeploy_core.bus.retry import redis_errors
 from swiftdeploy_core.client import managed_opa
 from swiftdeploy_core.client.supervised import Identity, SupervisedChild, restart_due
-from swiftdeploy_core.errors import ConfigError, ControlPlaneDown
-from swiftdeploy_core.settings import Settings
+from swiftdeploy_core.errors import BusError, ConfigError, ControlPlaneDown
+from swiftdeploy_core.settings import STATE_DIR, Settings
 
-STATE_DIR = ".swiftdeploy"
 STATE_FILE = "controlplane.json"
 SERVICES = ("orchestrator", "collector", "gatekeeper", "auditor", "notifier")
 ROOT = Path(__file__).resolve().parent.parent  # where `services` and `swiftdeploy_core` live
@@ -102,12 +103,6 @@ def read_state(settings: Settings) -> PlaneState | None:
 
 def _alive(identity: Identity) -> bool:
     return identity.process() is not None if identity.create_time else _ours(identity.pid) is not None
-
-
-def running_redis_url(settings: Settings) -> str | None:
-    """The Redis URL of the control plane `up` started here, if it still runs."""
-    state = read_state(settings)
-    return state.redis_url if state else None
 
 
 def parse_scale(values: list[str]) -> dict[str, int]:
@@ -214,7 +209,7 @@ def status(state: PlaneState | None, redis_url: str | None = None) -> list[Repli
     answered = False
     if url:
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        with contextlib.suppress(redis.RedisError), contextlib.closing(client):
+        with contextlib.suppress(BusError), contextlib.closing(client), redis_errors("reading the heartbeats"):
             answered = bool(client.ping())
             keys = list(client.scan_iter(match=streams.health_key("*", "*"), count=500))
             for raw in client.mget(keys) if keys else []:
@@ -440,6 +435,7 @@ class Supervisor:
         tmp = self.dir / f"{STATE_FILE}.tmp"
         tmp.write_text(state.model_dump_json(indent=2))
         tmp.replace(self.dir / STATE_FILE)
+        record_redis_url(self.settings, self.redis_url, os.getpid())  # where every process finds Redis
 
     def _stop_all(self) -> None:
         procs = [p for p in self.procs.values() if p.poll() is None]
@@ -452,6 +448,7 @@ class Supervisor:
             self.redis.stop(10)  # SIGTERM: redis-server writes its AOF and exits
         with contextlib.suppress(OSError):
             (self.dir / STATE_FILE).unlink()
+        forget_redis_url(self.settings)
 
 
 def _wait_or_kill(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:

@@ -4,7 +4,9 @@ Each check takes the shared `CheckContext` and returns a `CheckResult(name, ok, 
 raises for a failed check (the reason says what is wrong). Checks run in registration order.
 
 To add checks from another module: decorate each `(CheckContext) -> CheckResult` function with
-`@check` and add the module's dotted name to `CHECK_MODULES`; `run_checks` imports those first.
+`@check`, and have the caller name the module in `run_checks(..., modules=[...])` (it is imported
+first, so its checks register). The project layer names no service: `swiftdeploy validate` passes
+the gatekeeper's policy checks.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import importlib
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from swiftdeploy_core.errors import ControlPlaneDown, ManifestError
+from swiftdeploy_core.bus.retry import redis_errors
+from swiftdeploy_core.errors import BusError, ControlPlaneDown, ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, Runtime, load_manifest
 from swiftdeploy_core.project.render import (
     COMPOSE_FILE,
@@ -37,9 +40,6 @@ from swiftdeploy_core.settings import Settings
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 COMMAND_TIMEOUT = 30.0  # seconds for nginx -t and docker-compose config
 PROBE_TIMEOUT = 3.0  # seconds for the dockerd and Redis probes
-
-# Modules holding further @check functions (e.g. policy checks); imported before a run.
-CHECK_MODULES: list[str] = ["services.gatekeeper.checks"]
 
 
 class CheckResult(BaseModel):
@@ -76,8 +76,9 @@ def check(function: Check) -> Check:
     return function
 
 
-def run_checks(manifest_path: Path, settings: Settings) -> list[CheckResult]:
-    for module in CHECK_MODULES:
+def run_checks(manifest_path: Path, settings: Settings, modules: Sequence[str] = ()) -> list[CheckResult]:
+    """Run every registered check, after importing `modules` (dotted names holding more @checks)."""
+    for module in modules:
         importlib.import_module(module)
     context = CheckContext(manifest_path=manifest_path, settings=settings)
     return [run_one(function, context) for function in CHECKS]
@@ -234,11 +235,12 @@ def redis_reachable(context: CheckContext) -> CheckResult:
     url = _redis_url(context)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT)
-        with client:
+        with client, redis_errors("PING"):
             client.ping()
-    except (redis.RedisError, ValueError, OSError) as exc:
+    except (BusError, ValueError) as exc:  # ValueError: not a redis:// URL
+        cause = exc.__cause__ if isinstance(exc, BusError) and exc.__cause__ else exc
         return CheckResult(
-            name=name, ok=False, reason=f"{url}: {_one_line(exc)} (start redis-server, or set REDIS_URL)"
+            name=name, ok=False, reason=f"{url}: {_one_line(cause)} (start redis-server, or set REDIS_URL)"
         )
     return CheckResult(name=name, ok=True, reason=f"{url} answers PING")
 

@@ -83,7 +83,7 @@ def write_all(folder: Path, files: dict[str, bytes]) -> list[Path]:
         for temp, final in staged:
             os.replace(temp, final)
     except OSError as exc:
-        raise ConfigError(f"{exc.filename or folder}: cannot write ({exc.strerror or exc})") from None
+        raise ConfigError(f"{exc.filename or folder}: cannot write ({exc.strerror or exc})") from exc
     finally:
         for temp, _ in staged:
             temp.unlink(missing_ok=True)

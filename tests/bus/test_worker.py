@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-
 import pytest
 import redis.asyncio as aioredis
 
@@ -13,8 +9,9 @@ from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
 from swiftdeploy_core.bus.events import DeployStep, Event, PingRequested, Source
 from swiftdeploy_core.bus.runner import running
-from swiftdeploy_core.bus.worker import Context, Reject, ServiceSpec
+from swiftdeploy_core.bus.worker import Context, Handler, Reject, ServiceSpec
 from swiftdeploy_core.settings import Settings
+from tests.eventually import eventually
 
 CLI = Source(service="cli", instance="test")
 INBOX = streams.ORCHESTRATOR_INBOX
@@ -30,19 +27,12 @@ def step(name: str) -> Event:
     return Event(payload=DeployStep(step=name), source=CLI)
 
 
-async def count_once(event: Event, ctx: Context) -> None:
-    ctx.on_commit("HINCRBY", COUNTS, event.payload.step, 1)
+async def count_once(payload: DeployStep, event: Event, ctx: Context) -> None:
+    ctx.on_commit("HINCRBY", COUNTS, payload.step, 1)
 
 
-def spec(handler: Callable[[Event, Context], Awaitable[None]] = count_once) -> ServiceSpec:
-    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": handler})
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+def spec(handler: Handler[DeployStep] = count_once) -> ServiceSpec:
+    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={DeployStep: handler})
 
 
 @pytest.fixture
@@ -69,7 +59,7 @@ async def test_events_are_handled_and_acked_and_duplicates_apply_once(redis_url:
     await bus.publish_many(INBOX, events)
     await bus.publish_many(INBOX, events[:50])  # the same event ids delivered a second time
     async with running(spec(), fast_settings(redis_url)):
-        await wait_until(lambda: _acked_all(bus))
+        await eventually(lambda: _acked_all(bus), "every entry acked")
     assert await counts(bus.redis) == {f"e{i}": 1 for i in range(300)}
 
 
@@ -78,16 +68,16 @@ async def test_a_side_effect_free_service_skips_the_lookup_and_its_commit_drops_
 ) -> None:
     handled: list[str] = []
 
-    async def pure(event: Event, ctx: Context) -> None:
+    async def pure(payload: DeployStep, event: Event, ctx: Context) -> None:
         handled.append(event.id)
-        await count_once(event, ctx)
+        await count_once(payload, event, ctx)
 
     events = [step(f"e{i}") for i in range(200)]
     await bus.publish_many(INBOX, events)
     await bus.publish_many(INBOX, events[:30])  # the same event ids delivered a second time
-    service = ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": pure}, side_effect_free=True)
+    service = ServiceSpec(name="orchestrator", streams=[INBOX], handlers={DeployStep: pure}, side_effect_free=True)
     async with running(service, fast_settings(redis_url)) as worker:
-        await wait_until(lambda: _acked_all(bus))
+        await eventually(lambda: _acked_all(bus), "every entry acked")
         duplicates = worker.metrics.duplicates.labels("orchestrator")._value.get()
     assert await counts(bus.redis) == {f"e{i}": 1 for i in range(200)}
     assert len(handled) == 230  # nothing looked up: the repeats ran, and their writes were dropped
@@ -102,16 +92,16 @@ async def _acked_all(bus: Bus) -> bool:
 async def test_a_handler_that_always_fails_is_dead_lettered_while_others_flow(redis_url: str, bus: Bus) -> None:
     tries: list[str] = []
 
-    async def fragile(event: Event, ctx: Context) -> None:
-        if event.payload.step == "poison":
+    async def fragile(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if payload.step == "poison":
             tries.append(event.id)
             raise ValueError("disk on fire")
-        await count_once(event, ctx)
+        await count_once(payload, event, ctx)
 
     await bus.publish(INBOX, step("poison"))
     await bus.publish_many(INBOX, [step(f"ok{i}") for i in range(100)])
     async with running(spec(fragile), fast_settings(redis_url)):
-        await wait_until(lambda: _acked_all(bus))
+        await eventually(lambda: _acked_all(bus), "every entry acked")
     assert len(await counts(bus.redis)) == 100
     assert len(tries) == 3  # settings.max_deliveries
     [(_, dead)] = await bus.redis.xrange(streams.DEAD_LETTER)
@@ -120,12 +110,12 @@ async def test_a_handler_that_always_fails_is_dead_lettered_while_others_flow(re
 
 
 async def test_reject_dead_letters_at_once(redis_url: str, bus: Bus) -> None:
-    async def refuse(event: Event, ctx: Context) -> None:
+    async def refuse(payload: DeployStep, event: Event, ctx: Context) -> None:
         raise Reject("bad manifest")
 
     await bus.publish(INBOX, step("x"))
     async with running(spec(refuse), fast_settings(redis_url)):
-        await wait_until(lambda: _acked_all(bus))
+        await eventually(lambda: _acked_all(bus), "every entry acked")
     [(_, dead)] = await bus.redis.xrange(streams.DEAD_LETTER)
     assert dead[b"error"] == b"rejected: bad manifest" and dead[b"attempts"] == b"1"
 
@@ -138,7 +128,7 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_keeps_going(redi
     )
     await bus.publish(INBOX, step("fine"))
     async with running(spec(), fast_settings(redis_url)):
-        await wait_until(lambda: _acked_all(bus))
+        await eventually(lambda: _acked_all(bus), "every entry acked")
     dead = await bus.redis.xrange(streams.DEAD_LETTER)
     assert [d[b"error"].split(b":")[0] for _, d in dead] == [b"malformed event", b"malformed entry", b"malformed event"]
     assert await counts(bus.redis) == {"fine": 1}
@@ -150,7 +140,7 @@ async def test_a_dead_consumers_entries_are_reclaimed_after_the_lease(redis_url:
     taken = await bus.redis.xreadgroup(streams.group("orchestrator"), "ghost", {INBOX: ">"}, count=20)
     assert len(taken[0][1]) == 20  # the ghost took them all, then "died"
     async with running(spec(), fast_settings(redis_url, lease_ms=300)) as worker:
-        await wait_until(lambda: _acked_all(bus))
+        await eventually(lambda: _acked_all(bus), "every entry acked")
         assert worker.metrics.reclaimed.labels("orchestrator")._value.get() == 20
     assert await counts(bus.redis) == {f"r{i}": 1 for i in range(20)}
 
@@ -158,16 +148,16 @@ async def test_a_dead_consumers_entries_are_reclaimed_after_the_lease(redis_url:
 async def test_a_write_redis_refuses_is_dead_lettered_and_the_rest_of_the_batch_commits(
     redis_url: str, bus: Bus
 ) -> None:
-    async def sloppy(event: Event, ctx: Context) -> None:
-        if event.payload.step == "typo":
+    async def sloppy(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if payload.step == "typo":
             ctx.on_commit("HINCRBYY", COUNTS, "typo", 1)  # not a Redis command
         else:
-            await count_once(event, ctx)
+            await count_once(payload, event, ctx)
 
     await bus.publish_many(INBOX, [step("a"), step("typo"), step("b")])
     async with running(spec(sloppy), fast_settings(redis_url)):
-        await wait_until(lambda: _acked_all(bus))
-        await wait_until(lambda: _dead_count(bus, 1))
+        await eventually(lambda: _acked_all(bus), "every entry acked")
+        await eventually(lambda: _dead_count(bus, 1), "one dead letter")
     assert await counts(bus.redis) == {"a": 1, "b": 1}
     [(_, dead)] = await bus.redis.xrange(streams.DEAD_LETTER)
     assert dead[b"error"].startswith(b"commit refused: ") and b"HINCRBYY" in dead[b"error"].upper()

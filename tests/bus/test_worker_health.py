@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import aiohttp
 
@@ -14,27 +13,25 @@ from swiftdeploy_core.bus.events import DeployStep, Event, Source
 from swiftdeploy_core.bus.runner import running
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.settings import Settings
+from tests.eventually import eventually
 
 CLI = Source(service="cli", instance="test")
 
 
 async def test_health_ready_and_metrics_describe_the_instance(redis_url: str) -> None:
-    async def fail_once_per_event(event: Event, ctx: Context) -> None:
-        if event.payload.step == "bad":
+    async def fail_once_per_event(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if payload.step == "bad":
             raise RuntimeError("no")
 
     settings = Settings(redis_url=redis_url, block_ms=100, max_deliveries=1, instance="orch-h")
     spec = ServiceSpec(name="orchestrator", streams=[streams.ORCHESTRATOR_INBOX],
-                       handlers={"deploy.step": fail_once_per_event})  # fmt: skip
+                       handlers={DeployStep: fail_once_per_event})  # fmt: skip
     bus = await Bus.connect(settings)
     await bus.publish_many(
         streams.ORCHESTRATOR_INBOX, [Event(payload=DeployStep(step=s), source=CLI) for s in ("ok", "ok2", "bad")]
     )
     async with running(spec, settings) as worker, aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 5
-        while worker.metrics.dead.labels("orchestrator")._value.get() < 1:
-            assert time.monotonic() < deadline
-            await _sleep()
+        await eventually(lambda: worker.metrics.dead.labels("orchestrator")._value.get() >= 1, "the bad event dead")
         async with http.get(f"{worker.health.url}/healthz") as r:
             assert r.status == 200 and (await r.json())["status"] == "ok"
         async with http.get(f"{worker.health.url}/readyz") as r:
@@ -48,12 +45,6 @@ async def test_health_ready_and_metrics_describe_the_instance(redis_url: str) ->
     assert 'swiftdeploy_events_dead_lettered_total{service="orchestrator"} 1.0' in text
     assert "swiftdeploy_handler_seconds_bucket" in text and "swiftdeploy_consumer_lag" in text
     assert beat["ready"] is True and beat["health_url"] == worker.health.url
-
-
-async def _sleep() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.02)
 
 
 def test_log_lines_are_json_with_the_events_correlation_id(capsys) -> None:

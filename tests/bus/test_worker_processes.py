@@ -7,6 +7,7 @@ an orchestrator whose `deploy.step` handler counts each event id once, atomicall
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -24,21 +25,25 @@ from swiftdeploy_core.bus.runner import run
 from swiftdeploy_core.bus.wire import entry_fields
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.settings import Settings
+from tests.eventually import eventually_sync
 
 INBOX = streams.ORCHESTRATOR_INBOX
 GROUP = streams.group("orchestrator")
 COUNTS = "test:counts"
+STARTED = "test:started"
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Source(service="cli", instance="test")
 
 
 def probe_spec(delay: float) -> ServiceSpec:
-    async def count_once(event: Event, ctx: Context) -> None:
+    async def count_once(payload: DeployStep, event: Event, ctx: Context) -> None:
+        if delay >= 1:  # a stuck handler: say it started (faster ones are counted when done)
+            await ctx.bus.redis.set(STARTED, event.id)
         if delay:
             await asyncio.sleep(delay)
         ctx.on_commit("HINCRBY", COUNTS, event.id, 1)
 
-    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={"deploy.step": count_once})
+    return ServiceSpec(name="orchestrator", streams=[INBOX], handlers={DeployStep: count_once})
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -87,16 +92,9 @@ def publish(client: redis.Redis, events: list[Event]) -> None:
                 time.sleep(0.1)
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except redis.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll across Redis restarts: a refused connection means "not yet"."""
+    eventually_sync(check, what, timeout, interval=0.05, ignoring=(redis.ConnectionError,))
 
 
 def joined(client: redis.Redis, consumers: int) -> bool:
@@ -186,6 +184,23 @@ def test_sigterm_mid_batch_finishes_what_started_and_hands_over_the_rest(redis_u
     spawn(redis_url, "slow-2", "tests.bus.test_worker_processes", "0", SWIFTDEPLOY_LEASE_MS="20000")
     wait_for(lambda: all_settled(client), 15, "the other replica to finish the rest")
     assert_each_handled_once(client, events)
+
+
+def test_sigterm_with_a_stuck_handler_exits_within_the_grace_and_sums_up(redis_url: str, spawn, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_url)
+    stuck = spawn(redis_url, "stuck-1", "tests.bus.test_worker_processes", "60", SWIFTDEPLOY_SHUTDOWN_GRACE="1.5")
+    wait_for(lambda: joined(client, 1), 15, "the replica in the group")
+    publish(client, steps(1))
+    wait_for(lambda: client.exists(STARTED), 10, "the handler to be under way")
+    started = time.monotonic()
+    stuck.send_signal(signal.SIGTERM)
+    assert stuck.wait(timeout=5) == 0
+    assert time.monotonic() - started < 1.5 + 0.5  # the grace, plus the interpreter's own exit
+    lines = [json.loads(line) for line in (tmp_path / "stuck-1.log").read_text().splitlines()]
+    assert [x["message"] for x in lines if x["message"].startswith("shutdown ◆")] == [
+        "shutdown ◆ 0 complete ◆ 0 failed ◆ 0 retried ◆ 1 ongoing"
+    ]
+    assert client.xinfo_groups(INBOX)[0]["pending"] == 1  # still there, for a live replica
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from swiftdeploy_core.bus.wire import entry_fields
 from swiftdeploy_core.client.cli.events import since_to_id
 from swiftdeploy_core.client.controlplane import STATE_FILE, parse_scale
 from swiftdeploy_core.errors import ConfigError
+from tests.eventually import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Source(service="cli", instance="test")
@@ -100,18 +101,18 @@ def test_a_crashed_replica_is_restarted_and_scale_runs_more_replicas(project: Pa
     collectors = [r for r in state["replicas"] if r["service"] == "collector"]
     assert len(collectors) == 2
     psutil.Process(collectors[0]["pid"]).kill()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        rows = [
+    rows: list[dict] = []
+
+    def restarted_and_healthy() -> bool:
+        rows[:] = [
             json.loads(line)
             for line in swiftdeploy("ps", "--json", cwd=project, redis_url=redis_url).stdout.splitlines()
         ]
         restarted = [r for r in rows if r["instance"] == collectors[0]["instance"]]
-        if restarted and restarted[0]["restarts"] == 1 and restarted[0]["status"] == "healthy":
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the killed collector was not restarted and healthy: {rows}")
+        return bool(restarted and restarted[0]["restarts"] == 1 and restarted[0]["status"] == "healthy")
+
+    eventually_sync(restarted_and_healthy, lambda: f"the killed collector restarted and healthy: {rows}", 60,
+                    interval=0.5)  # fmt: skip
     assert swiftdeploy("down", cwd=project).returncode == 0
     assert redis.Redis.from_url(redis_url).ping()  # an external Redis is not ours to stop
 

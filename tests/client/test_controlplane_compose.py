@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event, PingRequested, Source
 from swiftdeploy_core.bus.wire import entry_fields
+from tests.eventually import eventually_sync
 from tests.servers import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,29 +50,28 @@ def consumers(compose, service: str) -> list[str]:
 def test_compose_runs_the_control_plane_and_scales_the_collector_to_two(compose) -> None:
     up = compose("up", "-d", "--scale", "collector=2")
     assert up.returncode == 0, up.stderr[-2000:]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        found = {s: consumers(compose, s) for s in streams.INBOXES} if _inboxes_exist(compose) else {}
-        if found and len(found["collector"]) == 2 and all(found[s] for s in found):
-            break
-        time.sleep(1)
-    else:
-        pytest.fail(f"the groups did not fill up: {found}\n{compose('logs', '--tail', '20').stdout[-3000:]}")
+    found: dict[str, list[str]] = {}
+
+    def filled() -> bool:
+        found.clear()
+        found.update({s: consumers(compose, s) for s in streams.INBOXES} if _inboxes_exist(compose) else {})
+        return bool(found and len(found["collector"]) == 2 and all(found[s] for s in found))
+
+    eventually_sync(filled, lambda: f"the groups to fill up: {found}\n{compose('logs', '--tail', '20').stdout[-3000:]}",
+                    90, interval=1)  # fmt: skip
     assert len(set(found["collector"])) == 2  # two replicas, two consumer names, one group
 
     ping = Event(payload=PingRequested(service="collector"), source=Source(service="test", instance="host"))
     fields = entry_fields(ping)
     redis_cli(compose, "XADD", streams.COLLECTOR_INBOX, "*", *[x for kv in fields.items() for x in kv])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def ponged() -> str | None:
         out = compose(
             "exec", "-T", "redis", "redis-cli", "--raw", "XRANGE", streams.EVENTS, "-", "+", timeout=30
         ).stdout
-        if ping.correlation_id in out and '"pong"' in out:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("no pong from the collector replicas")
+        return out if ping.correlation_id in out and '"pong"' in out else None
+
+    out = eventually_sync(ponged, "a pong from the collector replicas", 30, interval=0.5)
     pong = next(json.loads(line) for line in out.splitlines() if line.startswith("{") and ping.correlation_id in line)
     assert pong["payload"]["instance"] in found["collector"]
 

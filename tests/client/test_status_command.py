@@ -12,16 +12,15 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 
-import pytest
 from aiohttp import web
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import DecisionMade, Event, HostStats, MetricsSnapshot, Source
 from swiftdeploy_core.client.cli.common import connected
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
+from tests.eventually import eventually
 from tests.projects import ROOT, Project, wait_until
 from tests.servers import free_port, missing
 
@@ -294,23 +293,21 @@ async def test_the_live_dashboard_refreshes_in_a_real_terminal(project: Project)
 
 
 async def wait_for_screen(session: str, text: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
     screen = ""
-    while time.monotonic() < deadline:
+
+    def shown() -> str | None:
+        nonlocal screen
         screen = tmux("capture-pane", "-p", "-t", session)
-        if text in screen:
-            return screen
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared; the screen was:\n{screen}")
+        return screen if text in screen else None
+
+    return await eventually(shown, lambda: f"{text!r} on the screen, which was:\n{screen}", timeout, interval=0.2)
 
 
 async def wait_for_exit(session: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode != 0:
-            return
-        await asyncio.sleep(0.2)
-    pytest.fail("the dashboard did not exit on Ctrl-C")
+    def gone() -> bool:
+        return subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode != 0
+
+    await eventually(gone, "the dashboard to exit on Ctrl-C", timeout, interval=0.2)
 
 
 def checked_at(screen: str) -> str:

@@ -12,7 +12,6 @@ live collector's rate never goes negative and never spikes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import time
 from collections import defaultdict
@@ -25,6 +24,7 @@ import pytest
 from services.collector.scrape import BUCKETS, REQUESTS, Scraper, Target
 from services.collector.tracking import CycleReport, Tracker
 from services.collector.window import Scrape, TargetWindow, figures, labels_of
+from tests.eventually import eventually
 from tests.servers import free_port, require_binary, wait_for_port
 
 WINDOW = 10  # seconds
@@ -78,13 +78,13 @@ class PrometheusServer:
 
     async def scraping(self, session: aiohttp.ClientSession, count: int, timeout: float = 20) -> None:
         """Wait until every target has been scraped once (discovery starts scraping after ~5 s)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ContentTypeError):  # 503 text while it starts
-                if len(await self.query(session, "up == 1", int(time.time() * 1000))) == count:
-                    return
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"Prometheus did not scrape {count} targets within {timeout}s")
+
+        async def scraped() -> bool:
+            return len(await self.query(session, "up == 1", int(time.time() * 1000))) == count
+
+        # ContentTypeError: Prometheus answers 503 in plain text while it starts
+        await eventually(scraped, f"Prometheus to scrape {count} targets", timeout, interval=0.2,
+                         ignoring=(aiohttp.ContentTypeError,))  # fmt: skip
 
     async def scalar(self, session: aiohttp.ClientSession, expr: str, at_ms: int) -> float | None:
         result = await self.query(session, expr, at_ms)

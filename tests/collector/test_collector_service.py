@@ -23,6 +23,7 @@ from swiftdeploy_core.bus.events import Event, HostStats, MetricsSnapshot
 from swiftdeploy_core.bus.runner import running
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 from swiftdeploy_core.settings import Settings
+from tests.eventually import eventually
 from tests.servers import free_port
 
 INTERVAL = 0.5
@@ -55,11 +56,8 @@ async def events_of(client: aioredis.Redis, stream: str) -> list[Event]:
     return [Event.from_json(fields[b"event"]) for _, fields in await client.xrange(stream)]
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
+async def wait_for(predicate, timeout: float = 10.0, what: str = "the collector's output") -> None:
+    await eventually(predicate, what, timeout, interval=0.1)
 
 
 async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make_workload, tmp_path):

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from services.orchestrator.drivers import make_driver
 from swiftdeploy_core.project.manifest import load_manifest
+from tests.eventually import eventually
 from tests.orchestration import (
     ServiceProcess,
     cli,
@@ -124,12 +125,13 @@ async def test_redis_restarted_during_a_canary_step_resumes_and_never_half_appli
 async def _wait_settled(redis: aioredis.Redis, project: str, timeout: float = 60.0) -> dict:
     import json
 
-    deadline = asyncio.get_running_loop().time() + timeout
     record: dict = {}
-    while asyncio.get_running_loop().time() < deadline:
+
+    async def settled() -> dict | None:
+        nonlocal record
         raw = await redis.get(f"swiftdeploy:rollout:{project}")
         record = json.loads(raw) if raw else {}
-        if record.get("phase") in ("canary_complete", "stable", "failed"):
-            return record
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the rollout did not settle within {timeout}s: {record.get('phase')}")
+        return record if record.get("phase") in ("canary_complete", "stable", "failed") else None
+
+    return await eventually(settled, lambda: f"the rollout to settle (phase: {record.get('phase')})", timeout,
+                            interval=0.1)  # fmt: skip

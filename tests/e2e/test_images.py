@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.eventually import eventually_sync
 from tests.servers import REPO_ROOT
 
 pytestmark = pytest.mark.docker
@@ -35,14 +36,12 @@ def container_name() -> Iterator[str]:
 
 
 def get_json(url: str, deadline: float) -> dict:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return json.loads(response.read())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    def fetch() -> dict:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.loads(response.read())
+
+    return eventually_sync(fetch, f"{url} to answer", max(0.0, deadline - time.monotonic()), interval=0.1,
+                           ignoring=(OSError,))  # fmt: skip
 
 
 def test_a_workload_container_answers_healthz_on_a_loopback_port(workload_image, container_name):

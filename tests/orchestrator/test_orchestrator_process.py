@@ -15,6 +15,7 @@ import pytest
 from services.orchestrator import lock
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.project.state import Phase
+from tests.eventually import eventually
 from tests.orchestration import LoadLoop, get_json, write_policies, write_snapshot
 
 MANIFEST: dict = {}  # the process runtime with the defaults of tests.orchestration.write_manifest
@@ -162,8 +163,7 @@ async def test_killing_the_orchestrator_mid_canary_ends_consistent(stack):
     assert (await stack.sd("deploy")).code == 0
     await write_snapshot(stack.redis, stack.project, "2.0.0", error_rate=0.0)
     assert (await stack.sd("promote", "canary")).code == 0
-    while (await stack.record()).step < 3:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: _at_step(stack, 3), "the canary at step 3", 30)
     stack.orchestrator.kill()
     frozen = await stack.record()
     stack.orchestrator.start()
@@ -186,3 +186,8 @@ async def test_a_record_lost_with_redis_is_rebuilt_from_the_runtime_labels(stack
     assert [i.name for i in rebuilt.stable.instances] == serving  # the same processes, adopted
     assert sorted(o.track for o in await stack.objects() if o.role == "instance") == ["canary", "stable"]
     assert (await get_json(await stack.url(), {"X-Canary": "always"}))["version"] == "2.0.0"
+
+
+async def _at_step(stack, step: int) -> bool:
+    record = await stack.record()
+    return record is not None and record.step >= step

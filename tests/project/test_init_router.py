@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from swiftdeploy_core.project.router import (
     plan_for_process,
     render_nginx_conf,
 )
+from tests.eventually import eventually_sync
 from tests.servers import NginxProcess, free_port, require_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,13 +169,11 @@ def test_request_ids_are_made_when_absent_and_kept_when_given(router, tmp_path):
 
 
 def _last_log_line(path: Path) -> dict:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    def last_line() -> str | None:
         lines = path.read_text().splitlines() if path.exists() else []
-        if lines and '"abc-123"' in lines[-1]:
-            return json.loads(lines[-1])
-        time.sleep(0.05)
-    raise AssertionError(f"no access log line in {path}")
+        return lines[-1] if lines and '"abc-123"' in lines[-1] else None
+
+    return json.loads(eventually_sync(last_line, f"the access log line in {path}", 5, interval=0.05))
 
 
 def test_the_compose_plan_names_containers_and_listens_inside_the_container(manifest):

@@ -52,10 +52,10 @@ def docker_errors(doing: str) -> Iterator[None]:
         yield
     except DockerError as exc:
         if exc.status == UNREACHABLE:
-            raise RuntimeUnavailable(NO_DOCKER.format(error=exc.message)) from None
-        raise RuntimeDriverError(f"{doing}: {exc.message}") from None
+            raise RuntimeUnavailable(NO_DOCKER.format(error=exc.message)) from exc
+        raise RuntimeDriverError(f"{doing}: {exc.message}") from exc
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
-        raise RuntimeUnavailable(NO_DOCKER.format(error=exc)) from None
+        raise RuntimeUnavailable(NO_DOCKER.format(error=exc)) from exc
 
 
 class DockerDriver(RuntimeDriver):
@@ -98,7 +98,7 @@ class DockerDriver(RuntimeDriver):
                     raise
                 raise RuntimeDriverError(
                     f"image {image!r} is not on this docker host (no registry here: build it with scripts/build-images)"
-                ) from None
+                ) from exc
 
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         created = []
@@ -186,7 +186,7 @@ class DockerDriver(RuntimeDriver):
             if "address already in use" in exc.message or "port is already allocated" in exc.message:
                 raise RuntimeDriverError(
                     f"nginx.port {manifest.nginx.port} on 127.0.0.1 is already in use; free it or change nginx.port"
-                ) from None
+                ) from exc
             raise
         await _wait_router(container, manifest.nginx.port)
 

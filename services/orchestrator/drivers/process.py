@@ -99,7 +99,7 @@ class ProcessDriver(RuntimeDriver):
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
         except OSError as exc:
-            raise InstanceFailed(spec.name, f"{spec.name}: cannot run {command[0]!r}: {exc.strerror or exc}") from None
+            raise InstanceFailed(spec.name, f"{spec.name}: cannot run {command[0]!r}: {exc.strerror or exc}") from exc
         _children[proc.pid] = proc
         record = ProcessRecord(
             name=spec.name, pid=proc.pid, started=_create_time(proc.pid), port=port,
@@ -254,7 +254,7 @@ def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
         except OSError as exc:
             raise RuntimeDriverError(
                 f"nginx.port {port} on {host} is already in use ({exc.strerror}); free it or change nginx.port"
-            ) from None
+            ) from exc
 
 
 def child_env(root: Path, extra: dict[str, str]) -> dict[str, str]:

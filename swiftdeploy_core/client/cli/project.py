@@ -12,6 +12,8 @@ import typer
 from swiftdeploy_core.client.cli.common import ManifestOption, manifest_path
 from swiftdeploy_core.settings import load_settings
 
+POLICY_CHECKS = ("services.gatekeeper.checks",)  # `validate` also compiles and tests the policies
+
 
 def init(manifest: ManifestOption = None) -> None:
     """Generate nginx.conf, docker-compose.yml and opa-config.yaml under generated/, and the default policies under policies/ when that folder has none.
@@ -51,7 +53,7 @@ def validate(
     from swiftdeploy_core.project.checks import run_checks
 
     settings = load_settings()
-    results = run_checks(manifest_path(manifest, settings), settings)
+    results = run_checks(manifest_path(manifest, settings), settings, modules=POLICY_CHECKS)
     passed = all(result.ok for result in results)
     if as_json:
         payload = {"ok": passed, "checks": [result.model_dump() for result in results]}
