@@ -103,9 +103,7 @@ class Deploy:
     async def networks(self) -> None:
         specs = plans.network_specs(self.rollout.manifest)
         self.created_networks = await self.rollout.driver.ensure_networks(specs)
-        await self.step(
-            "networks", ", ".join(s.name for s in specs) if self.rollout.driver.name == "docker" else "loopback"
-        )
+        await self.step("networks", self.rollout.driver.describe_networks(specs))
 
     async def policy_server(self) -> None:
         manifest = self.rollout.manifest

@@ -9,6 +9,7 @@ import hashlib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from services.orchestrator.drivers.base import (
@@ -100,6 +101,39 @@ def network_specs(manifest: Manifest) -> list[NetworkSpec]:
 
 def needs_opa(manifest: Manifest) -> bool:
     return manifest.runtime == Runtime.docker and manifest.policy.engine == PolicyEngine.opa
+
+
+# --- docker container configs ------------------------------------------------------------------
+
+
+def instance_config(spec: InstanceSpec) -> dict[str, Any]:
+    """The docker container config of one instance: on its network, reachable by its name."""
+    network = spec.network or "bridge"
+    env = {"HOST": "0.0.0.0", "PORT": str(spec.port), **spec.env}
+    return {
+        "Image": spec.image,
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "Labels": spec.labels,
+        "ExposedPorts": {f"{spec.port}/tcp": {}},
+        "HostConfig": {"NetworkMode": network, "RestartPolicy": {"Name": "no"}},
+        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [spec.name]}}},
+    }
+
+
+def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
+    """The nginx container config: published on 127.0.0.1 only."""
+    port = f"{manifest.nginx.port}/tcp"
+    return {
+        "Image": manifest.nginx.image,
+        "Cmd": ["nginx", "-g", "daemon off;"],
+        "Labels": labels(project, Role.router),
+        "ExposedPorts": {port: {}},
+        "HostConfig": {
+            "NetworkMode": manifest.network.name,
+            "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": str(manifest.nginx.port)}]},
+            "RestartPolicy": {"Name": "no"},
+        },
+    }
 
 
 # --- canary steps ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.orchestrator import plans
-from services.orchestrator.drivers.docker import DockerDriver, instance_config, router_config
+from services.orchestrator.drivers.docker import DockerDriver
 from swiftdeploy_core.errors import RuntimeUnavailable
 from swiftdeploy_core.project.manifest import load_manifest, validate_manifest
 from tests.orchestration import get_json, write_manifest, write_policies, write_snapshot
@@ -126,7 +126,7 @@ def test_container_configs_are_labelled_and_publish_nginx_on_loopback_only():
          "nginx": {"image": "n:1", "port": 8080}, "network": {"name": "shop-net"}}
     )  # fmt: skip
     [spec] = plans.track_specs(manifest, "canary", "g")
-    config = instance_config(spec)
+    config = plans.instance_config(spec)
     assert config["Labels"] == {
         "swiftdeploy.project": "shop",
         "swiftdeploy.role": "instance",
@@ -135,6 +135,6 @@ def test_container_configs_are_labelled_and_publish_nginx_on_loopback_only():
     }
     assert set(config["Env"]) == {"HOST=0.0.0.0", "PORT=3000", "MODE=canary", "VERSION=1.0.0"}
     assert config["HostConfig"]["NetworkMode"] == "shop-net" and "PortBindings" not in config["HostConfig"]
-    router = router_config(manifest, "shop")
+    router = plans.router_config(manifest, "shop")
     assert router["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
     assert json.dumps(router["Labels"]) == json.dumps({"swiftdeploy.project": "shop", "swiftdeploy.role": "router"})

@@ -6,8 +6,12 @@ only executes: it never decides what to run (that is `plans`) or whether to (tha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Hashable
 from enum import Enum
 from pathlib import Path
 
@@ -22,6 +26,7 @@ LABEL_TRACK = "swiftdeploy.track"
 LABEL_VERSION = "swiftdeploy.version"
 LABEL_ROLE = "swiftdeploy.role"
 RELOAD_DRAIN = 12.0  # seconds: nginx's worker_shutdown_timeout (10 s) plus a margin
+POLL = 0.05  # seconds between two looks at a reloading or starting router
 
 
 class Role(str, Enum):
@@ -102,6 +107,10 @@ class RuntimeDriver(ABC):
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         """Create the networks that do not exist yet; return the names created now."""
 
+    def describe_networks(self, networks: list[NetworkSpec]) -> str:
+        """What the deploy's `networks` step says this runtime joined."""
+        return ", ".join(net.name for net in networks)
+
     @abstractmethod
     async def start_opa(self, manifest: Manifest, network: str) -> str | None:
         """Start the policy server on the internal network; return its name (None: not needed)."""
@@ -165,6 +174,51 @@ class InstanceFailed(RuntimeDriverError):
         super().__init__(message)
         self.name = name
         self.logs: list[str] = []  # its last log lines, captured before it was removed
+
+
+Reason = Callable[[], Awaitable[str | None]]  # why a process stopped, or None while it runs
+
+
+async def wait_drained(workers: Callable[[], Awaitable[set[Hashable]]], old: set[Hashable]) -> None:
+    """After a reload: return once new nginx workers serve and none of the `old` ones is left."""
+    deadline = time.monotonic() + RELOAD_DRAIN
+    while time.monotonic() < deadline:
+        current = await workers()
+        if current and not current & old:
+            return
+        await asyncio.sleep(POLL)
+    raise RuntimeDriverError(f"nginx did not finish reloading within {RELOAD_DRAIN:.0f}s")
+
+
+async def wait_listening(host: str, port: int, exited: Reason, *, public: int, timeout: float) -> None:
+    """Wait until nginx accepts on `host:port`; `exited` says (whole) why it stopped, if it did.
+    `public` is the port users reach it on (named in the timeout message)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reason = await exited()
+        if reason is not None:
+            raise RuntimeDriverError(reason)
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        await asyncio.sleep(POLL)
+    raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{public} within {timeout:.0f}s")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1", detail: str = "") -> RuntimeDriverError:
+    """The one line for a router port something else holds."""
+    cause = f" ({detail})" if detail else ""
+    return RuntimeDriverError(f"nginx.port {port} on {host} is already in use{cause}; free it or change nginx.port")
+
+
+def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise port_in_use(port, host, exc.strerror or "") from None
 
 
 def read_text(path: Path) -> str | None:

@@ -7,7 +7,6 @@ reached from the host by their bridge IP; nginx reaches them by container name o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import tarfile
@@ -26,13 +25,15 @@ from services.orchestrator.drivers.base import (
     LABEL_ROLE,
     LABEL_TRACK,
     LABEL_VERSION,
-    RELOAD_DRAIN,
     InstanceSpec,
     NetworkSpec,
     Role,
     RuntimeDriver,
     RuntimeObject,
+    port_in_use,
     read_text,
+    wait_drained,
+    wait_listening,
 )
 from services.orchestrator.drivers.health import wait_http_ok
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
@@ -141,7 +142,7 @@ class DockerDriver(RuntimeDriver):
             if container is None or not container["State"]["Running"]:
                 if container is not None:
                     await container.delete(force=True)
-                container = await self.docker.containers.create(instance_config(spec), name=spec.name)
+                container = await self.docker.containers.create(plans.instance_config(spec), name=spec.name)
                 await container.start()
             info = await container.show()
         return _instance(info)
@@ -190,16 +191,14 @@ class DockerDriver(RuntimeDriver):
     async def _start_router(self, manifest: Manifest, name: str, conf: str, old: Any) -> None:
         if old is not None:
             await old.delete(force=True)
-        container = await self.docker.containers.create(router_config(manifest, self.project), name=name)
+        container = await self.docker.containers.create(plans.router_config(manifest, self.project), name=name)
         await container.put_archive(str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf))
         try:
             await container.start()
         except DockerError as exc:
             await container.delete(force=True)
             if "address already in use" in exc.message or "port is already allocated" in exc.message:
-                raise RuntimeDriverError(
-                    f"nginx.port {manifest.nginx.port} on 127.0.0.1 is already in use; free it or change nginx.port"
-                ) from None
+                raise port_in_use(manifest.nginx.port) from None
             raise
         await _wait_router(container, manifest.nginx.port)
 
@@ -212,13 +211,7 @@ class DockerDriver(RuntimeDriver):
         code, out = await _exec(container, ["nginx", "-s", "reload"])
         if code != 0:
             raise RuntimeDriverError(f"nginx -s reload failed: {out.strip()}")
-        deadline = time.monotonic() + RELOAD_DRAIN
-        while time.monotonic() < deadline:
-            current = await _workers(container)
-            if current and not current & old:
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeDriverError(f"nginx did not finish reloading within {RELOAD_DRAIN:.0f}s")
+        await wait_drained(lambda: _workers(container), old)
 
     async def router_running(self) -> bool:
         with docker_errors("inspecting the router"):
@@ -277,37 +270,6 @@ class DockerDriver(RuntimeDriver):
         return container
 
 
-# --- pure configs (tested by equality) ---------------------------------------------------------
-
-
-def instance_config(spec: InstanceSpec) -> dict[str, Any]:
-    network = spec.network or "bridge"
-    env = {"HOST": "0.0.0.0", "PORT": str(spec.port), **spec.env}
-    return {
-        "Image": spec.image,
-        "Env": [f"{k}={v}" for k, v in env.items()],
-        "Labels": spec.labels,
-        "ExposedPorts": {f"{spec.port}/tcp": {}},
-        "HostConfig": {"NetworkMode": network, "RestartPolicy": {"Name": "no"}},
-        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [spec.name]}}},
-    }
-
-
-def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
-    port = f"{manifest.nginx.port}/tcp"
-    return {
-        "Image": manifest.nginx.image,
-        "Cmd": ["nginx", "-g", "daemon off;"],
-        "Labels": plans.labels(project, Role.router),
-        "ExposedPorts": {port: {}},
-        "HostConfig": {
-            "NetworkMode": manifest.network.name,
-            "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": str(manifest.nginx.port)}]},
-            "RestartPolicy": {"Name": "no"},
-        },
-    }
-
-
 def _instance(info: dict[str, Any]) -> Instance:
     labels = info["Config"]["Labels"] or {}
     port = next(iter(info["Config"].get("ExposedPorts") or {"3000/tcp": {}})).split("/")[0]
@@ -362,17 +324,12 @@ async def _wait_router(container: Any, port: int, timeout: float = 10.0) -> None
     """Wait until nginx listens inside its container. Probed at the container's own address:
     docker-proxy accepts on the published port before nginx listens, and a request through nginx
     to instances still booting would count against them (max_fails)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def exited() -> str | None:
         info = await container.show()
-        if not info["State"]["Running"]:
-            logs = await container.log(stdout=True, stderr=True, tail=3)
-            raise RuntimeDriverError(
-                f"nginx exited with code {info['State']['ExitCode']}: {''.join(logs).strip()[-300:]}"
-            )
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection(_ip(info), port)
-            writer.close()
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+        if info["State"]["Running"]:
+            return None
+        logs = await container.log(stdout=True, stderr=True, tail=3)
+        return f"nginx exited with code {info['State']['ExitCode']}: {''.join(logs).strip()[-300:]}"
+
+    await wait_listening(_ip(await container.show()), port, exited, public=port, timeout=timeout)

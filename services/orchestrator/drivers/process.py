@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import psutil
@@ -24,14 +25,17 @@ from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
     LABEL_TRACK,
     LABEL_VERSION,
-    RELOAD_DRAIN,
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
+    Reason,
     Role,
     RuntimeDriver,
     RuntimeObject,
+    ensure_port_free,
     read_text,
+    wait_drained,
+    wait_listening,
 )
 from services.orchestrator.drivers.health import wait_http_ok
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
@@ -80,6 +84,9 @@ class ProcessDriver(RuntimeDriver):
 
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         return []  # loopback needs no network
+
+    def describe_networks(self, networks: list[NetworkSpec]) -> str:
+        return "loopback"
 
     async def start_opa(self, manifest: Manifest, network: str) -> str | None:
         return None  # the gatekeeper runs the embedded engine or reaches its own OPA
@@ -177,7 +184,7 @@ class ProcessDriver(RuntimeDriver):
         )  # fmt: skip
         self._write(record, ROUTER)
         try:
-            await _wait_listening(port, record, timeout=5.0)
+            await wait_listening("127.0.0.1", port, _router_exited(record), public=port, timeout=5.0)
         except RuntimeDriverError:
             await _terminate(record, signal.SIGQUIT)
             self._path(ROUTER).unlink(missing_ok=True)
@@ -248,17 +255,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise RuntimeDriverError(
-                f"nginx.port {port} on {host} is already in use ({exc.strerror}); free it or change nginx.port"
-            ) from None
-
-
 def child_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
     """A workload's environment: ours, the bundled workload importable, plus PORT/MODE/VERSION."""
     env = dict(os.environ)
@@ -318,35 +314,23 @@ async def _terminate(record: ProcessRecord, sig: signal.Signals) -> None:
 
 async def _reload_nginx(record: ProcessRecord) -> None:
     """SIGHUP the master; return once new workers serve and every old worker has drained."""
-    old = _workers(record.pid)
+
+    async def workers() -> set[Hashable]:
+        with contextlib.suppress(psutil.Error):
+            return {child.pid for child in psutil.Process(record.pid).children()}
+        return set()
+
+    old = await workers()
     os.kill(record.pid, signal.SIGHUP)
-    deadline = time.monotonic() + RELOAD_DRAIN
-    while time.monotonic() < deadline:
-        current = _workers(record.pid)
-        if current and not (current & old):
-            return
-        await asyncio.sleep(0.02)
-    raise RuntimeDriverError(f"nginx did not finish reloading within {RELOAD_DRAIN:.0f}s")
+    await wait_drained(workers, old)
 
 
-def _workers(pid: int) -> set[int]:
-    with contextlib.suppress(psutil.Error):
-        return {child.pid for child in psutil.Process(pid).children()}
-    return set()
-
-
-async def _wait_listening(port: int, record: ProcessRecord, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _router_exited(record: ProcessRecord) -> Reason:
+    async def exited() -> str | None:
         reason = _exit_reason(record)
-        if reason is not None:
-            raise RuntimeDriverError(f"nginx {reason}: {(tail(Path(record.log), 1) or ['no output'])[-1]}")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        await asyncio.sleep(0.02)
-    raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+        return None if reason is None else f"nginx {reason}: {(tail(Path(record.log), 1) or ['no output'])[-1]}"
+
+    return exited
 
 
 def _instance(record: ProcessRecord) -> Instance:
