@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     max_deliveries: int = 5  # after this many failed tries an entry is dead-lettered
     shutdown_grace: float = 4.0
     request_timeout: float = 10.0
+    # Docker's own variable: the folder of the config.json holding registry credentials.
+    docker_config: str | None = Field(default=None, validation_alias=AliasChoices("DOCKER_CONFIG"))
 
 
 def load_settings() -> Settings:

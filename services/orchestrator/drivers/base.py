@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
+from swiftdeploy_core.bus.events import Payload
 from swiftdeploy_core.errors import RuntimeDriverError
 from swiftdeploy_core.project.manifest import Manifest
 from swiftdeploy_core.project.state import Instance
@@ -27,6 +28,10 @@ LABEL_VERSION = "swiftdeploy.version"
 LABEL_ROLE = "swiftdeploy.role"
 RELOAD_DRAIN = 12.0  # seconds: nginx's worker_shutdown_timeout (10 s) plus a margin
 POLL = 0.05  # seconds between two looks at a reloading or starting router
+
+
+Reason = Callable[[], Awaitable[str | None]]  # why a process stopped, or None while it runs
+Progress = Callable[[Payload], Awaitable[None]]  # emits image.pulling / image.pulled on the bus
 
 
 class Role(str, Enum):
@@ -48,12 +53,21 @@ class InstanceSpec(BaseModel):
     project: str
     track: str
     version: str
-    image: str
+    image: str  # as the manifest names it
+    digest: str | None = None  # docker: what runs exactly (`repo@sha256:...`); None: the reference
     port: int  # the port the workload listens on inside its container (docker)
-    command: tuple[str, ...] | None = None  # process runtime: the manifest's services.command
+    command: tuple[str, ...] | None = None  # process: what runs (default: the workload); docker: CMD
+    args: tuple[str, ...] = ()  # after the command (docker without a command: the whole CMD)
     network: str | None = None  # docker runtime: the network it joins
     env: dict[str, str] = {}
+    secrets: dict[str, SecretStr] = {}  # environment variables whose values are never shown
     labels: dict[str, str] = {}
+    cpus: float | None = None  # docker runtime: limits
+    memory: int | None = None  # bytes
+
+    def environment(self) -> dict[str, str]:
+        """env and the secrets' values: what the runtime hands the process, and nothing else sees."""
+        return {**self.env, **{k: v.get_secret_value() for k, v in self.secrets.items()}}
 
 
 class NetworkSpec(BaseModel):
@@ -119,9 +133,14 @@ class RuntimeDriver(ABC):
     async def start_instance(self, spec: InstanceSpec) -> Instance:
         """Start one workload instance; returns as soon as it was started (not yet healthy)."""
 
+    async def ensure_images(self, manifest: Manifest, images: list[str], progress: Progress) -> dict[str, str | None]:
+        """Make the images runnable (pulled per `images.pull`); image -> the digest that runs
+        (`repo@sha256:...`), None where the runtime runs no image (the process runtime)."""
+        return dict.fromkeys(images)
+
     @abstractmethod
-    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
-        """Wait until `/healthz` answers 200; RuntimeDriverError (with its last log lines) if not."""
+    async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
+        """Wait until `path` answers 200; RuntimeDriverError (with its last log lines) if not."""
 
     @abstractmethod
     async def stop_instance(self, name: str) -> None:
@@ -174,9 +193,6 @@ class InstanceFailed(RuntimeDriverError):
         super().__init__(message)
         self.name = name
         self.logs: list[str] = []  # its last log lines, captured before it was removed
-
-
-Reason = Callable[[], Awaitable[str | None]]  # why a process stopped, or None while it runs
 
 
 async def wait_drained(workers: Callable[[], Awaitable[set[Hashable]]], old: set[Hashable]) -> None:

@@ -27,6 +27,7 @@ from services.orchestrator.drivers.base import (
     LABEL_VERSION,
     InstanceSpec,
     NetworkSpec,
+    Progress,
     Role,
     RuntimeDriver,
     RuntimeObject,
@@ -36,13 +37,23 @@ from services.orchestrator.drivers.base import (
     wait_listening,
 )
 from services.orchestrator.drivers.health import wait_http_ok
-from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
-from swiftdeploy_core.project.manifest import Manifest
+from swiftdeploy_core.bus.events import ImagePulled, ImagePulling
+from swiftdeploy_core.errors import ImagePullError, RuntimeDriverError, RuntimeUnavailable
+from swiftdeploy_core.project.images import (
+    DOCKER_HUB,
+    auth_for,
+    docker_config_file,
+    load_auths,
+    parse_reference,
+    pull_error,
+)
+from swiftdeploy_core.project.manifest import Manifest, PullPolicy
 from swiftdeploy_core.project.router import CONTAINER_CONF, OPA_PORT, opa_container, render_nginx_conf, router_container
 from swiftdeploy_core.project.state import Instance
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
 UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker Engine"
+PROGRESS_EVERY = 1.0  # seconds between two image.pulling events of one pull
 NO_DOCKER = "cannot reach dockerd ({error}); start it, or deploy with `runtime: process`"
 
 
@@ -62,9 +73,12 @@ def docker_errors(doing: str) -> Iterator[None]:
 class DockerDriver(RuntimeDriver):
     name = "docker"
 
-    def __init__(self, project: str, state_dir: Path, url: str | None = None) -> None:
+    def __init__(
+        self, project: str, state_dir: Path, url: str | None = None, docker_config: Path | None = None
+    ) -> None:
         self.project = project
         self.dir = state_dir
+        self.docker_config = docker_config or docker_config_file(None, None, Path.home())
         self.nginx_conf = state_dir / "nginx" / "nginx.conf"  # a copy of what the container serves
         self._url = url
         self._docker: aiodocker.Docker | None = None
@@ -86,22 +100,67 @@ class DockerDriver(RuntimeDriver):
     async def preflight(self, manifest: Manifest, *, router_running: bool) -> None:
         with docker_errors("asking dockerd"):
             await self.docker.version()
-        images = {manifest.services.image, manifest.nginx.image}
-        if plans.needs_opa(manifest):
-            images.add(manifest.policy.opa_image)
-        for image in sorted(images):
-            await self.require_image(image)
 
-    async def require_image(self, image: str) -> None:
+    async def ensure_images(self, manifest: Manifest, images: list[str], progress: Progress) -> dict[str, str | None]:
+        auths = load_auths(self.docker_config)
+        return {image: await self.ensure_image(image, manifest.images.pull, auths, progress) for image in images}
+
+    async def ensure_image(self, image: str, policy: PullPolicy, auths: dict[str, str], progress: Progress) -> str:
+        """The image on this host per the pull policy; returns the digest that runs."""
+        started = time.monotonic()
         with docker_errors(f"inspecting image {image!r}"):
-            try:
-                await self.docker.images.inspect(image)
-            except DockerError as exc:
-                if exc.status != 404:
-                    raise
-                raise RuntimeDriverError(
-                    f"image {image!r} is not on this docker host (no registry here: build it with scripts/build-images)"
-                ) from None
+            info = await self._image(image)
+            pull = policy == PullPolicy.always or (info is None and policy == PullPolicy.missing)
+            if pull:
+                await self._pull(image, auth_for(parse_reference(image).registry, auths), progress)
+                info = await self._image(image)
+        if info is None:
+            raise ImagePullError(
+                f"image {image!r} is not on this docker host and images.pull is `never` "
+                "(pull or build it, or set images.pull: missing)"
+            )
+        digest = repo_digest(image, info)
+        await progress(
+            ImagePulled(image=image, digest=digest, pulled=pull, seconds=round(time.monotonic() - started, 3))
+        )
+        return digest
+
+    async def _image(self, image: str) -> dict[str, Any] | None:
+        try:
+            return await self.docker.images.inspect(image)
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _pull(self, image: str, auth: str | None, progress: Progress) -> None:
+        ref = parse_reference(image)
+        name = (
+            f"{DOCKER_HUB}/{image}"
+            if auth and ref.registry == DOCKER_HUB and not image.startswith(DOCKER_HUB)
+            else image
+        )
+        layers: dict[str, tuple[int, int]] = {}
+        await progress(ImagePulling(image=image, registry=ref.registry, status="pulling"))
+        shown = time.monotonic()
+        try:
+            async for item in self.docker.images.pull(name, auth=auth, stream=True):
+                if item.get("error"):
+                    raise ImagePullError(pull_error(image, str(item["error"]), credentials=self.docker_config))
+                detail = item.get("progressDetail") or {}
+                if item.get("id") and detail.get("total"):
+                    layers[item["id"]] = (int(detail.get("current") or 0), int(detail["total"]))
+                if time.monotonic() - shown >= PROGRESS_EVERY:
+                    shown = time.monotonic()
+                    current, total = sum(c for c, _ in layers.values()), sum(t for _, t in layers.values())
+                    status = str(item.get("status") or "pulling")
+                    await progress(
+                        ImagePulling(image=image, registry=ref.registry, status=status, current=current, total=total)
+                    )
+        except DockerError as exc:
+            if exc.status == UNREACHABLE:
+                raise
+            raise ImagePullError(pull_error(image, exc.message, credentials=self.docker_config)) from exc
 
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         created = []
@@ -147,7 +206,7 @@ class DockerDriver(RuntimeDriver):
             info = await container.show()
         return _instance(info)
 
-    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
+    async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
         async def exited() -> str | None:
             container = await self._get(instance.name)
             if container is None:
@@ -156,7 +215,7 @@ class DockerDriver(RuntimeDriver):
             return None if state["Running"] else f"exited with code {state['ExitCode']}"
 
         with docker_errors(f"waiting for {instance.name}"):
-            await wait_http_ok(f"{instance.url}/healthz", timeout, name=instance.name, alive=exited)
+            await wait_http_ok(f"{instance.url}{path}", timeout, name=instance.name, alive=exited)
 
     async def stop_instance(self, name: str) -> None:
         with docker_errors(f"stopping {name}"):
@@ -268,6 +327,15 @@ class DockerDriver(RuntimeDriver):
                 return None
             raise
         return container
+
+
+def repo_digest(image: str, info: dict[str, Any]) -> str:
+    """`repo@sha256:...` of the image as its registry knows it; a local build's image id when no
+    registry ever served it."""
+    repository = parse_reference(image).repository
+    digests = info.get("RepoDigests") or []
+    mine = [d for d in digests if d.split("@", 1)[0] == repository]
+    return (mine or digests or [str(info["Id"])])[0]
 
 
 def _instance(info: dict[str, Any]) -> Instance:

@@ -98,10 +98,10 @@ class ProcessDriver(RuntimeDriver):
         if existing and _alive(existing):
             return _instance(existing)
         port = free_port()
-        command = list(spec.command or plans.DEFAULT_COMMAND)
+        command = [*(spec.command or plans.DEFAULT_COMMAND), *spec.args]
         log = self.dir / "logs" / f"{spec.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = child_env(self.root, {"PORT": str(port), "HOST": "127.0.0.1", **spec.env})
+        env = child_env(self.root, {"PORT": str(port), "HOST": "127.0.0.1", **spec.environment()})
         try:
             with log.open("ab") as out:
                 proc = subprocess.Popen(
@@ -118,7 +118,7 @@ class ProcessDriver(RuntimeDriver):
         self._write(record)
         return _instance(record)
 
-    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
+    async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
         record = self._read(instance.name)
         if record is None:
             raise InstanceFailed(instance.name, f"{instance.name} is not running")
@@ -126,7 +126,7 @@ class ProcessDriver(RuntimeDriver):
         async def exited() -> str | None:
             return _exit_reason(record)
 
-        await wait_http_ok(f"{instance.url}/healthz", timeout, name=instance.name, alive=exited)
+        await wait_http_ok(f"{instance.url}{path}", timeout, name=instance.name, alive=exited)
 
     async def stop_instance(self, name: str) -> None:
         record = self._read(name)
