@@ -89,6 +89,7 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "deploy.blocked": _reasons,
     "deploy.completed": lambda e: (
         f"{e.get('version')} serving at {e.get('url')} ({_count(e, 'instances', 'instance')})"
+        + (f" running {e['digest']}" if e.get("digest") else "")
     ),
     "deploy.failed": lambda e: str(e.get("error")),
     "canary.requested": lambda e: f"manifest {str(e.get('manifest_sha256', ''))[:12]}",
