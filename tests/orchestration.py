@@ -300,11 +300,14 @@ class Services:
     """The real orchestrator and gatekeeper (and, when asked, collector), shared by a module's
     stories (each has its own project). The collector reads `collector` from the shared manifest."""
 
-    def __init__(self, redis_url: str, root: Path, collector: dict | None = None) -> None:
+    def __init__(
+        self, redis_url: str, root: Path, collector: dict | None = None, orchestrator_env: dict | None = None
+    ) -> None:
         self.root = root
         manifest = write_manifest(root, "sdo-policies", **({"collector": collector} if collector else {}))
         write_policies(root)  # where the gatekeeper finds policies/
-        self.orchestrator = ServiceProcess("orchestrator", redis_url, root / "orchestrator.log").start()
+        env = orchestrator_env or {}  # e.g. the variables env-sourced secrets are read from
+        self.orchestrator = ServiceProcess("orchestrator", redis_url, root / "orchestrator.log", env).start()
         self.gatekeeper = gatekeeper_process(redis_url, root, root).start()
         self.others = [
             ServiceProcess("collector", redis_url, root / "collector.log", {"SWIFTDEPLOY_MANIFEST": str(manifest)}).start()
@@ -325,8 +328,9 @@ def services(redis_server, tmp_path_factory: pytest.TempPathFactory, request: py
     """Import into a test module (with `stack`) to run its stories on real services."""
     require_binary("nginx")
     s = Services(
-        redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"), getattr(request.module, "COLLECTOR", None)
-    )
+        redis_server.url, tmp_path_factory.mktemp("orchestrator-e2e"), getattr(request.module, "COLLECTOR", None),
+        getattr(request.module, "ORCHESTRATOR_ENV", None),
+    )  # fmt: skip
     yield s
     s.stop()
 

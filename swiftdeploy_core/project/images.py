@@ -55,9 +55,9 @@ def parse_reference(reference: str) -> ImageRef:
         )
     registry, path = match["registry"], match["path"]
     if registry is not None and not ("." in registry or ":" in registry or registry == "localhost"):
-        path, registry = f"{registry.lower()}/{path}", None  # e.g. `swiftdeploy/workload`: a Hub namespace
-    if registry is not None and registry != registry.lower() and ":" not in registry and "." not in registry:
-        raise ValueError(f"{reference!r}: the registry host must be lowercase")
+        if registry != registry.lower():  # a Hub namespace, which docker wants lowercase
+            raise ValueError(f"{reference!r} is not an image reference (the name must be lowercase)")
+        path, registry = f"{registry}/{path}", None  # e.g. `swiftdeploy/workload`
     repository = path if registry not in (None, DOCKER_HUB) else path.removeprefix("library/")
     return ImageRef(registry=registry or DOCKER_HUB, repository=_local_name(registry, repository),
                     tag=match["tag"], digest=match["digest"])  # fmt: skip

@@ -24,6 +24,8 @@ CHECK_NAMES = [
     "compose file (docker-compose config)",
     "nginx port free",
     "runtime reachable",
+    "service settings",
+    "images present or pullable",
     "redis reachable",
     "policies compile",
     "policy tests",
@@ -70,14 +72,17 @@ def test_a_fresh_project_passes_every_check_and_exits_zero(project, redis_url):
     checklist = lines_of(result)
     assert list(checklist) == CHECK_NAMES
     assert all(mark.startswith("✓") for mark in checklist.values()), checklist
-    assert result.stdout.splitlines()[-1] == "all 10 checks passed"
+    assert result.stdout.splitlines()[-1] == "all 12 checks passed"
 
 
-def test_the_docker_runtime_is_checked_by_asking_dockerd(tmp_path, redis_url, docker_daemon):
+def test_the_docker_runtime_is_checked_by_asking_dockerd(tmp_path, redis_url, workload_image, nginx_image):
+    """The seed's own manifest (nginx:latest, swift-deploy-1-node:latest) after scripts/build-images."""
     write_manifest(tmp_path, runtime="docker", port=free_port())
     run_swiftdeploy("init", cwd=tmp_path)
     result = validate(tmp_path, redis_url)
-    assert lines_of(result)["runtime reachable"].startswith("✓ runtime docker: dockerd"), result.stdout
+    checklist = lines_of(result)
+    assert checklist["runtime reachable"].startswith("✓ runtime docker: dockerd"), result.stdout
+    assert checklist["images present or pullable"] == "✓ swift-deploy-1-node:latest present; nginx:latest present"
     assert result.returncode == 0
 
 
@@ -98,7 +103,7 @@ def test_missing_generated_files_fail_and_say_to_run_init(tmp_path, redis_url):
     assert checklist["nginx config (nginx -t)"].startswith("✗ ")
     assert checklist["manifest schema"].startswith("✓ ")
     assert (
-        result.stdout.splitlines()[-1] == "5 of 10 checks failed"
+        result.stdout.splitlines()[-1] == "5 of 12 checks failed"
     )  # generated files, nginx, compose, and no policies yet
 
 
