@@ -68,8 +68,8 @@ def _rollback(entry: Entry) -> str:
 
 def _progress(entry: Entry) -> str:
     current, total = int(entry.get("current") or 0), int(entry.get("total") or 0)
-    size = f"{current / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{current / 1e6:.1f} MB"
-    return f"{entry.get('status') or 'pulling'} {size}"
+    size = f" {current / 1e6:.1f}/{total / 1e6:.1f} MB" if total else (f" {current / 1e6:.1f} MB" if current else "")
+    return f"{entry.get('status') or 'pulling'}{size}"
 
 
 def _decision(entry: Entry) -> str:

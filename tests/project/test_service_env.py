@@ -54,7 +54,10 @@ def test_a_missing_secret_or_env_file_is_one_line_naming_its_source_never_a_valu
         ({"env": {"PORT": "1"}}, "services.env: PORT is set by SwiftDeploy on every instance"),
         ({"secrets": ["MODE"]}, "services.secrets.0: secret MODE: the name is set by SwiftDeploy"),
         ({"secrets": ["A"], "env": {"A": "x"}}, "services: secret A is given twice"),
-        ({"secrets": [{"name": "A", "env": "B", "file": "c"}]}, "services.secrets.0: secret A: give env or file, not both"),
+        (
+            {"secrets": [{"name": "A", "env": "B", "file": "c"}]},
+            "services.secrets.0: secret A: give env or file, not both",
+        ),
         ({"health": {"path": "status"}}, "services.health.path: has an invalid format"),
         ({"health": {"path": "/a b"}}, "services.health.path: has an invalid format"),
         ({"resources": {"memory": "lots"}}, "services.resources.memory: has an invalid format"),
