@@ -20,11 +20,14 @@ import aiohttp
 import pytest
 import yaml
 
+from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event
-from tests.orchestration import ServiceProcess, Stack, get_json, wait_ready, write_snapshot
+from tests.orchestration import ServiceProcess, Stack, get_json, record, wait_ready, write_snapshot
 from tests.servers import (
     LEDGER,
+    REPO_ROOT,
     RegistryServer,
+    build_images,
     docker_cli,
     docker_login,
     forget_image,
@@ -323,3 +326,21 @@ async def test_the_same_service_on_the_process_runtime_runs_its_command_and_reco
     record = await stack.record()
     assert (record.stable.image, record.stable.digest) == ("team/ledger:1", None)
     await no_secret_anywhere(stack, outputs)
+
+
+async def test_the_repositorys_own_manifest_deploys_on_docker_after_make_images(stack: Stack):
+    """`make images` runs scripts/build-images, which tags what manifest.yaml names."""
+    build_images("workload", "nginx")
+    for tag in ("swift-deploy-1-node:latest", "nginx:latest"):
+        assert docker_cli("image", "inspect", tag).returncode == 0, tag
+    seed = (REPO_ROOT / "manifest.yaml").read_text().replace("port: 8080", f"port: {free_port()}")  # 8080 may be busy
+    (stack.root / "manifest.yaml").write_text(seed)
+    try:
+        deployed = await stack.sd("deploy")
+        assert deployed.code == 0, deployed.text
+        served = await record(stack.redis, "app")
+        assert (await get_json(served.router_url))["version"] == "1.0.0"
+        assert served.stable.image == "swift-deploy-1-node:latest" and served.stable.digest
+    finally:
+        await stack.sd("teardown")
+        await stack.redis.delete(streams.rollout_key("app"))
