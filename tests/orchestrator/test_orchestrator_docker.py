@@ -16,7 +16,7 @@ from services.orchestrator import plans
 from services.orchestrator.drivers.docker import DockerDriver
 from swiftdeploy_core.errors import RuntimeUnavailable
 from swiftdeploy_core.project.manifest import load_manifest, validate_manifest
-from tests.orchestration import get_json, write_manifest, write_policies, write_snapshot
+from tests.orchestration import docker_sections, get_json, write_manifest, write_policies, write_snapshot
 
 pytestmark = pytest.mark.docker
 MANIFEST: dict = {}  # filled with the built images' tags by `docker_images`
@@ -25,18 +25,7 @@ INTERVAL = 1.0
 
 @pytest.fixture(autouse=True)
 def docker_images(request: pytest.FixtureRequest, docker_daemon: str, workload_image: str, nginx_image: str) -> None:
-    request.module.MANIFEST = {
-        "runtime": "docker",
-        "services": {"image": workload_image},
-        "nginx": {"image": nginx_image},
-        "canary": {
-            "version": "2.0.0",
-            "image": workload_image,
-            "steps": [10, 50],
-            "interval": INTERVAL,
-            "failure_limit": 2,
-        },
-    }
+    request.module.MANIFEST = docker_sections(workload_image, nginx_image, INTERVAL)
 
 
 def labelled(kind: str, project: str) -> list[str]:

@@ -22,7 +22,7 @@ import yaml
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event
-from tests.orchestration import ServiceProcess, Stack, get_json, record, wait_ready, write_snapshot
+from tests.orchestration import ServiceProcess, Stack, docker_sections, get_json, record, wait_ready, write_snapshot
 from tests.servers import (
     LEDGER,
     REPO_ROOT,
@@ -46,12 +46,7 @@ ORCHESTRATOR_ENV = {"SD_TEST_LEDGER_TOKEN": SECRET}
 
 @pytest.fixture(autouse=True)
 def docker_images(request: pytest.FixtureRequest, docker_daemon: str, workload_image: str, nginx_image: str) -> None:
-    request.module.MANIFEST = {
-        "runtime": "docker",
-        "services": {"image": workload_image},
-        "nginx": {"image": nginx_image},
-        "canary": {"version": "2.0.0", "image": workload_image, "steps": [10, 50], "interval": 1.0},
-    }
+    request.module.MANIFEST = docker_sections(workload_image, nginx_image, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +168,11 @@ async def test_a_pull_that_cannot_succeed_fails_the_deploy_in_one_line_and_creat
 def test_validate_says_whether_each_image_is_present_or_pullable(
     tmp_path: Path, registry: RegistryServer, auth_registry: RegistryServer, pushed: dict[str, str], redis_url: str
 ):
-    def images_line(image: str, **extra: Any) -> str:
+    def images_line(image: str, env: dict[str, str] | None = None, **extra: Any) -> str:
         data = {"runtime": "docker", "services": {"name": "val", "image": image, "port": 3000, "version": "1"},
                 "nginx": {"image": MANIFEST["nginx"]["image"], "port": free_port()}, "network": {"name": "val-net"}, **extra}  # fmt: skip
         (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(data))
-        out = run_swiftdeploy("validate", cwd=tmp_path, env={"REDIS_URL": redis_url}).stdout
+        out = run_swiftdeploy("validate", cwd=tmp_path, env={"REDIS_URL": redis_url, **(env or {})}).stdout
         return next(line for line in out.splitlines() if "images present or pullable" in line)
 
     forget_image(pushed["workload"])
@@ -192,9 +187,9 @@ def test_validate_says_whether_each_image_is_present_or_pullable(
     assert ": unauthorized (" in images_line(private)
     config = docker_login(auth_registry, "team", auth_registry.users["team"], tmp_path / "docker-config")
     push_image(MANIFEST["nginx"]["image"], private, config=tmp_path / "docker-config")
-    assert images_line(private, images={"credentials": str(config)}).startswith(
-        f"✓ images present or pullable: {private} pullable from {auth_registry.host}"
-    )
+    pullable = f"✓ images present or pullable: {private} pullable from {auth_registry.host}"
+    assert images_line(private, images={"credentials": str(config)}).startswith(pullable)
+    assert images_line(private, env={"DOCKER_CONFIG": str(config.parent)}).startswith(pullable)
 
 
 # --- a service that is not ours, on both runtimes ---------------------------------------------
@@ -314,6 +309,7 @@ async def test_a_service_that_is_not_ours_from_a_registry_with_basic_auth_deploy
     host = container_config(record.stable.instances[0].name)["HostConfig"]
     assert (host["NanoCpus"], host["Memory"]) == (500_000_000, 128 * 1024**2)
     await no_secret_anywhere(stack, outputs)
+    assert f"running {digest}" in (stack.root / "audit_report.md").read_text()  # the report names what ran
 
 
 async def test_the_same_service_on_the_process_runtime_runs_its_command_and_records_the_image_unpulled(

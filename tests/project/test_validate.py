@@ -192,3 +192,26 @@ def test_a_crashing_check_is_a_failed_line_not_a_traceback(project, redis_url):
     finally:
         checks.CHECKS.remove(explodes)
     assert results[-1] == CheckResult(name="explodes", ok=False, reason="check crashed: RuntimeError: boom")
+
+
+def test_an_unresolvable_secret_fails_the_service_settings_check_naming_its_source(project):
+    text = (
+        (project / "manifest.yaml")
+        .read_text()
+        .replace(
+            "  mode: stable\n", "  mode: stable\n  secrets: [SD_VALIDATE_NO_SUCH_SECRET, {name: DB, file: db.secret}]\n"
+        )
+    )
+    (project / "manifest.yaml").write_text(text)
+    result = one_check(checks.service_settings, project)
+    assert (result.ok, result.reason) == (False, (
+        "secret SD_VALIDATE_NO_SUCH_SECRET: environment variable SD_VALIDATE_NO_SUCH_SECRET is not set where the "
+        "orchestrator runs (export it before `swiftdeploy up`, or give the secret a file)"
+    ))  # fmt: skip
+    (project / "db.secret").write_text("hunter2")
+    context = CheckContext(
+        manifest_path=project / "manifest.yaml", settings=Settings(), environ={"SD_VALIDATE_NO_SUCH_SECRET": "x"}
+    )
+    assert checks.manifest_schema(context).ok
+    passed = checks.service_settings(context)
+    assert passed.ok and "2 secret(s) resolvable here" in passed.reason and "hunter2" not in passed.reason
