@@ -340,3 +340,14 @@ async def test_the_repositorys_own_manifest_deploys_on_docker_after_make_images(
     finally:
         await stack.sd("teardown")
         await stack.redis.delete(streams.rollout_key("app"))
+
+
+async def test_a_secret_the_orchestrator_cannot_read_fails_the_deploy_in_one_line_with_nothing_created(stack: Stack):
+    stack.manifest(runtime="process", services={
+        "name": stack.project, "image": "team/ledger:1", "port": 8000, "version": "1.0.0",
+        "command": [sys.executable, str(LEDGER / "app.py")], "secrets": [{"name": "DB_PASSWORD", "file": "absent.secret"}],
+    })  # fmt: skip
+    failed = await stack.sd("deploy")
+    assert failed.code == 1
+    assert failed.line.startswith("error: failed: secret DB_PASSWORD: file absent.secret cannot be read (No such file")
+    assert await stack.objects() == [] and (await stack.record()) is None
