@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
 from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -195,7 +196,10 @@ class InstanceFailed(RuntimeDriverError):
         self.logs: list[str] = []  # its last log lines, captured before it was removed
 
 
-async def wait_drained(workers: Callable[[], Awaitable[set[Hashable]]], old: set[Hashable]) -> None:
+W = TypeVar("W", bound=Hashable)  # how a runtime names an nginx worker (pid)
+
+
+async def wait_drained(workers: Callable[[], Awaitable[set[W]]], old: set[W]) -> None:
     """After a reload: return once new nginx workers serve and none of the `old` ones is left."""
     deadline = time.monotonic() + RELOAD_DRAIN
     while time.monotonic() < deadline:

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Hashable
 from pathlib import Path
 
 import psutil
@@ -315,7 +314,7 @@ async def _terminate(record: ProcessRecord, sig: signal.Signals) -> None:
 async def _reload_nginx(record: ProcessRecord) -> None:
     """SIGHUP the master; return once new workers serve and every old worker has drained."""
 
-    async def workers() -> set[Hashable]:
+    async def workers() -> set[int]:
         with contextlib.suppress(psutil.Error):
             return {child.pid for child in psutil.Process(record.pid).children()}
         return set()
