@@ -48,7 +48,7 @@ class Recover(_Command):
 
 
 ChaosCommand = Annotated[SlowChaos | ErrorChaos | Recover, Field(discriminator="mode")]
-_commands: TypeAdapter[Any] = TypeAdapter(ChaosCommand)
+_commands: TypeAdapter[SlowChaos | ErrorChaos | Recover] = TypeAdapter(ChaosCommand)
 
 
 class ChaosRequestError(ValueError):

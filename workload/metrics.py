@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from quart import Quart, Response, g, request
@@ -22,6 +23,11 @@ BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
     0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+# The `le` label of each bucket, +Inf last, spelled as Prometheus' Go clients spell it.
+LE_LABELS: tuple[str, ...] = tuple(
+    floatToGoString(bound)  # type: ignore[no-untyped-call]  # prometheus_client.utils has no annotations
+    for bound in (*BUCKETS, float("inf"))
+)
 UNMATCHED_PATH = "<unmatched>"  # every URL that matches no route: random URLs add no series
 OTHER_METHOD = "OTHER"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -59,7 +65,7 @@ class WorkloadCollector(Collector):
         self.mode = mode
         self.chaos = chaos
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         names = ("method", "path", "status_code")
         requests = CounterMetricFamily("http_requests", "HTTP requests answered.", labels=names)
         latency = HistogramMetricFamily(
@@ -76,10 +82,11 @@ class WorkloadCollector(Collector):
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
-    total, out = 0, []
-    for bound, count in zip((*BUCKETS, float("inf")), counts):
+    total = 0
+    out: list[tuple[str, float]] = []
+    for le, count in zip(LE_LABELS, counts):
         total += count
-        out.append((floatToGoString(bound), total))
+        out.append((le, total))
     return out
 
 

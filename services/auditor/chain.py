@@ -27,6 +27,7 @@ from swiftdeploy_core.bus.describe import event_fields
 from swiftdeploy_core.bus.events import Event
 
 GENESIS = "0" * 64
+RECOVERED = "history.recovered"  # a line the writer adds when it repaired a torn tail (not an event)
 # Payload fields left out of a line: bulky, and fixed elsewhere (the manifest by its sha256).
 OMITTED = {"manifest"}
 _HASH_TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"\}$')
@@ -80,11 +81,23 @@ class Verification:
     first_bad_line: int | None = None
     problem: str | None = None
     last_hash: str = GENESIS
+    repairs: tuple[str, ...] = ()  # each torn tail the writer recovered, as a sentence
 
     def describe(self) -> str:
         if self.ok:
-            return f"the history's chain is valid ({self.lines} lines)"
+            valid = f"the history's chain is valid ({self.lines} lines)"
+            return f"{valid}, repaired: {'; '.join(self.repairs)}" if self.repairs else valid
         return f"line {self.first_bad_line}: {self.problem}"
+
+
+def describe_repair(number: int, entry: dict[str, Any]) -> str:
+    """One `history.recovered` line as a sentence for `verify` and the report."""
+    ids = entry.get("event_ids") or []
+    held = f"; it held {', '.join(map(str, ids))}" if ids else ""
+    return (
+        f"line {number} records a torn tail recovered from byte {entry.get('offset')} "
+        f"({entry.get('bytes')} bytes moved to {entry.get('recovery_file')}{held}; its events were written again)"
+    )
 
 
 def _check(number: int, raw: bytes, prev: str) -> str | None:
@@ -112,10 +125,14 @@ def verify(path: Path, head: str | None = None) -> Verification:
     """Check the whole chain; `head` (the last digest the auditor wrote, if known) catches a cut tail."""
     prev, number, seen = GENESIS, 0, {GENESIS: 0}
     event_lines: dict[str, int] = {}
+    repairs: list[str] = []
     for number, raw in enumerate(_raw_lines(path), start=1):
         problem = _check(number, raw, prev)
         if problem is None:
-            event_id = json.loads(raw).get("event_id")
+            entry = json.loads(raw)
+            event_id = entry.get("event_id")
+            if entry.get("type") == RECOVERED:
+                repairs.append(describe_repair(number, entry))
             if event_id in event_lines:
                 problem = f"the line repeats event {event_id} of line {event_lines[event_id]}"
             event_lines[event_id] = number
@@ -125,8 +142,8 @@ def verify(path: Path, head: str | None = None) -> Verification:
         seen[prev] = number
     if head is not None and head not in seen:
         problem = f"missing: the history ends at line {number} but the auditor wrote more (the end was cut)"
-        return Verification(False, number, number + 1, problem, prev)
-    return Verification(True, number, last_hash=prev)
+        return Verification(False, number, number + 1, problem, prev, tuple(repairs))
+    return Verification(True, number, last_hash=prev, repairs=tuple(repairs))
 
 
 def _raw_lines(path: Path) -> Iterator[bytes]:

@@ -11,12 +11,14 @@ from swiftdeploy_core.settings import Settings
 class AuditorSettings(Settings):
     """`SWIFTDEPLOY_AUDIT_FSYNC`, `SWIFTDEPLOY_AUDIT_HISTORY`, ... (see docs/auditor.md)."""
 
-    audit_fsync: bool = True  # fsync after each line: durable across power loss, ~1 ms a line
+    audit_fsync: bool = True  # fsync each group commit: durable across power loss, one fsync a batch
     audit_history: Path | None = None  # overrides the manifest's paths.history
     audit_claim_ttl: int = CLAIM_TTL_S
     # How long a handler keeps retrying a line that cannot be written (full disk...) before it
     # gives the entry back to the worker as Retry; meanwhile the entry stays pending.
     audit_write_patience: float = 300.0
+    # Events handled side by side: their lines share one write and one fsync (group commit).
+    audit_concurrency: int = 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuditorSettings:

@@ -9,11 +9,13 @@ themselves are acknowledged without a line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -23,6 +25,7 @@ from services.auditor.history import HistoryWriteError, HistoryWriter
 from services.auditor.report import build_report, render_report
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import EVENT_TYPES, AuditRendered, AuditRequested, Event, ModeChanged
+from swiftdeploy_core.bus.wire import B_EVENT, B_TYPE, decode
 from swiftdeploy_core.bus.worker import Context, Reject, Retry, ServiceSpec
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
@@ -35,6 +38,9 @@ AUDITED = tuple(t for t in EVENT_TYPES if t not in NOT_AUDITED)
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 ERROR_EVERY_S = 30.0
+# The mode another replica set is read again after this long; this replica's own changes apply
+# at once. Without it, every line would wait for a Redis round trip in turn.
+MODE_FRESH_S = 0.05
 
 log = logging.getLogger("swiftdeploy.auditor")
 
@@ -70,11 +76,18 @@ class Auditor:
         self.settings = settings
         self.place = Place.from_settings(settings)
         self.writer: HistoryWriter | None = None
+        self._order = asyncio.Lock()
+        self._mode: tuple[str, float] | None = None  # (mode, when read): see mode_now
 
     async def start(self, ctx: Context) -> None:
-        self.writer = HistoryWriter(
-            self.place.history, ctx.bus.redis, fsync=self.settings.audit_fsync, claim_ttl=self.settings.audit_claim_ttl
-        )
+        redis = ctx.bus.redis
+
+        async def replay(since_ms: int) -> list[Event]:
+            return await audited_events(redis, since_ms)
+
+        self.writer = HistoryWriter(self.place.history, redis, fsync=self.settings.audit_fsync,
+                                    claim_ttl=self.settings.audit_claim_ttl, replay=replay)  # fmt: skip
+        await self.writer.recover_torn_tail()  # a tail torn while no auditor ran
         log.info(
             "auditor writing %s (fsync %s) for project %s",
             self.place.history,
@@ -88,34 +101,47 @@ class Auditor:
         key = streams.audit_mode_key(self.place.project)
         if isinstance(event.payload, ModeChanged):
             await ctx.bus.redis.set(key, event.payload.mode)
+            self._mode = (event.payload.mode, time.monotonic())
             return event.payload.mode
+        if self._mode is not None and time.monotonic() - self._mode[1] < MODE_FRESH_S:
+            return self._mode[0]
         known = await ctx.bus.redis.get(key)
         if known:
-            return known.decode()
-        raw = await ctx.bus.redis.get(streams.rollout_key(self.place.project))
-        try:
-            return RolloutState.model_validate_json(raw).mode if raw else "stable"
-        except ValidationError:
-            return "stable"
+            mode = decode(known)
+        else:
+            raw = await ctx.bus.redis.get(streams.rollout_key(self.place.project))
+            try:
+                mode = RolloutState.model_validate_json(raw).mode if raw else "stable"
+            except ValidationError:
+                mode = "stable"
+        self._mode = (mode, time.monotonic())
+        return mode
 
     async def record(self, event: Event, ctx: Context) -> None:
-        """Append one line; while the file cannot take it, keep the entry pending and retry."""
+        """Append one line; while the file cannot take it, keep the entry pending and retry.
+
+        Handlers run side by side so their lines can share a group commit, but each takes its
+        mode and its place in the batch one at a time, in the order the worker started them
+        (stream order): the lock is fair."""
         assert self.writer is not None
-        entry = history_entry(event, await self.mode_now(event, ctx))
+        async with self._order:
+            entry = history_entry(event, await self.mode_now(event, ctx))
+            line = self.writer.stage(event.id, entry)
         deadline = time.monotonic() + self.settings.audit_write_patience
         delay, last_logged = RETRY_FIRST_S, 0.0
         while True:
             try:
-                await self.writer.append(event.id, entry)
+                await asyncio.shield(line)
                 return
             except HistoryWriteError as exc:
                 if time.monotonic() - last_logged >= ERROR_EVERY_S:
                     log.error("! %s; event %s (%s) stays pending and is retried", exc, event.id, event.type)
                     last_logged = time.monotonic()
                 if time.monotonic() + delay > deadline:
-                    raise Retry(str(exc)) from None
+                    raise Retry(str(exc)) from exc
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
+            line = self.writer.stage(event.id, entry)
 
     async def render(self, event: Event, ctx: Context) -> None:
         """`audit.requested`: verify the chain, render the report (unless only verifying), reply."""
@@ -132,7 +158,8 @@ class Auditor:
             markdown = await asyncio.to_thread(self._markdown, since, verification)
             await asyncio.to_thread(_write_atomically, path, markdown)
         await ctx.emit(AuditRendered(path=str(path), lines=verification.lines, chain_ok=verification.ok,
-                                     first_bad_line=verification.first_bad_line, problem=verification.problem),
+                                     first_bad_line=verification.first_bad_line, problem=verification.problem,
+                                     repairs=list(verification.repairs)),
                        cause=event)  # fmt: skip
 
     def _out(self, out: str | None) -> Path:
@@ -149,6 +176,26 @@ class Auditor:
         return render_report(report)
 
 
+REPLAY_PAGE = 1000
+
+
+async def audited_events(redis: Any, since_ms: int) -> list[Event]:
+    """The audited events still on the events stream from `since_ms` on, in stream order."""
+    found: list[Event] = []
+    start = f"{max(0, since_ms)}-0"
+    while True:
+        page = await redis.xrange(streams.EVENTS, min=start, max="+", count=REPLAY_PAGE)
+        for _, fields in page:
+            kind = fields.get(B_TYPE, b"").decode()
+            if kind in NOT_AUDITED or kind not in EVENT_TYPES:
+                continue
+            with contextlib.suppress(ValueError):
+                found.append(Event.from_json(fields[B_EVENT]))
+        if len(page) < REPLAY_PAGE:
+            return found
+        start = "(" + page[-1][0].decode()
+
+
 def _write_atomically(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +208,8 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def build_spec(settings: Settings) -> ServiceSpec:
     """The auditor as the worker runs it."""
-    auditor = Auditor(AuditorSettings.from_settings(settings))
+    auditor_settings = AuditorSettings.from_settings(settings)
+    auditor = Auditor(auditor_settings)
     handlers = {kind: auditor.record for kind in AUDITED}
     handlers["audit.requested"] = auditor.render
     return ServiceSpec(
@@ -169,4 +217,5 @@ def build_spec(settings: Settings) -> ServiceSpec:
         streams=[streams.EVENTS, streams.AUDITOR_INBOX],
         handlers=handlers,
         on_start=auditor.start,
+        concurrency=auditor_settings.audit_concurrency,
     )

@@ -55,7 +55,7 @@ class Outcome:
         return self.scrape is not None
 
 
-Entry = tuple[str, object, float]  # (sample name, series key, value)
+Entry = tuple[str, Labels, float | None, float]  # (sample name, labels without le, le, value)
 
 
 class LineCache:
@@ -103,9 +103,8 @@ def parse(text: str, at: float) -> Scrape:
 
 
 def _entry(name: str, labels: dict[str, str], value: float) -> Entry:
-    if name == BUCKETS:
-        return name, (labels_of(labels), float(labels["le"])), value
-    return name, labels_of(labels), value
+    le = float(labels["le"]) if name == BUCKETS else None
+    return name, labels_of(labels), le, value
 
 
 # Requests the control plane itself makes (scrapes, health probes, chaos injections) are not
@@ -122,13 +121,13 @@ def _scrape(at: float, entries: Iterable[Entry]) -> Scrape:
     requests: dict[Labels, float] = {}
     buckets: dict[BucketKey, float] = {}
     chaos: int | None = None
-    for name, key, value in entries:
-        if name in (REQUESTS, BUCKETS) and _operational(key[0] if name == BUCKETS else key):  # type: ignore[arg-type]
+    for name, labels, le, value in entries:
+        if name in (REQUESTS, BUCKETS) and _operational(labels):
             continue
         if name == REQUESTS:
-            requests[key] = value  # type: ignore[index]
-        elif name == BUCKETS:
-            buckets[key] = value  # type: ignore[index]
+            requests[labels] = value
+        elif name == BUCKETS and le is not None:
+            buckets[(labels, le)] = value
         elif name == CHAOS:
             chaos = int(value)
     return Scrape(at=at, requests=requests, buckets=buckets, chaos=chaos)

@@ -15,10 +15,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
 from services.collector.scrape import Scraper
@@ -90,7 +92,7 @@ class CollectorMetrics:
             registry=r,
         )  # fmt: skip
 
-    def collect(self):
+    def collect(self) -> Iterable[Metric]:
         return self.registry.collect()
 
     def observe(self, report: CycleReport, cycle_seconds: float) -> None:
@@ -143,11 +145,12 @@ class Collector:
 
     async def _publish(self, report: CycleReport, hosts: dict[str, HostStats]) -> None:
         redis, ttl = self.ctx.bus.redis, self.config.ttl_ms
+        taken = datetime.now(UTC)
         for event in report.events:
             await self.ctx.emit(event)
         async with redis.pipeline(transaction=False) as pipe:
             for snapshot in report.snapshots:
-                snapshot = snapshot.model_copy(update={"host": hosts.get(snapshot.project)})
+                snapshot = snapshot.model_copy(update={"host": hosts.get(snapshot.project), "at": taken})
                 await self.ctx.emit(snapshot, stream=streams.METRICS)
                 pipe.set(
                     streams.latest_snapshot_key(snapshot.project, snapshot.track), snapshot.model_dump_json(), px=ttl
@@ -168,7 +171,7 @@ async def ticks(interval: float, stopping: asyncio.Event | None = None) -> Async
             await asyncio.wait_for(stopping.wait(), max(0.0, start + n * interval - time.monotonic()))
 
 
-def scrape_loop(config: Config, metrics: CollectorMetrics):
+def scrape_loop(config: Config, metrics: CollectorMetrics) -> Callable[[Context], Awaitable[None]]:
     async def loop(ctx: Context) -> None:
         async with Scraper(timeout=config.timeout) as scraper:
             collector = Collector(ctx, config, scraper, metrics)

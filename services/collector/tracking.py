@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from services.collector.scrape import Outcome, Scraper, Target
 from services.collector.window import TargetWindow, figures
-from swiftdeploy_core.bus.events import ChaosDetected, ChaosMode, MetricsSnapshot, Payload, TargetDown, TargetUp
+from swiftdeploy_core.bus.events import (
+    AnyPayload,
+    ChaosDetected,
+    ChaosMode,
+    MetricsSnapshot,
+    TargetDown,
+    TargetUp,
+    Track,
+)
 
 CHAOS_MODES: dict[int, ChaosMode] = {0: "none", 1: "slow", 2: "error"}
 
@@ -32,7 +40,7 @@ class CycleReport:
     at: float  # the evaluation time of the snapshots
     outcomes: list[Outcome]
     snapshots: list[MetricsSnapshot]
-    events: list[Payload]  # edges, in the order seen
+    events: list[AnyPayload]  # edges, in the order seen
 
 
 class Tracker:
@@ -63,11 +71,12 @@ class Tracker:
             else:
                 state.target = target
 
-    def record(self, outcome: Outcome) -> list[Payload]:
+    def record(self, outcome: Outcome) -> list[AnyPayload]:
         state = self.states.get(outcome.target.url)
         if state is None:
             return []
-        target, events = outcome.target, []
+        target = outcome.target
+        events: list[AnyPayload] = []
         if outcome.scrape is None:
             if state.up is not False:
                 events.append(TargetDown(url=target.url, track=target.track, error=outcome.error or "unknown"))
@@ -86,21 +95,21 @@ class Tracker:
         return events
 
     def snapshots(self, end: float) -> list[MetricsSnapshot]:
-        groups: dict[tuple[str, str], list[TargetState]] = {}
+        groups: dict[tuple[str, Track], list[TargetState]] = {}
         for state in self.states.values():
             groups.setdefault((state.target.project, state.target.track), []).append(state)
         return [self._snapshot(project, track, states, end) for (project, track), states in sorted(groups.items())]
 
-    def _snapshot(self, project: str, track: str, states: list[TargetState], end: float) -> MetricsSnapshot:
+    def _snapshot(self, project: str, track: Track, states: list[TargetState], end: float) -> MetricsSnapshot:
         for state in states:
             state.window.prune(end - self.window)
         track_figures = figures((state.window for state in states), end=end, window=self.window)
         up = [state for state in states if state.up]
-        chaos = next((s.chaos for s in up if s.chaos not in (None, "none")), "none")
+        chaos: ChaosMode = next((s.chaos for s in up if s.chaos is not None and s.chaos != "none"), "none")
         versions = [state.target.version for state in states if state.target.version]
         return MetricsSnapshot(
             project=project,
-            track=track,  # type: ignore[arg-type]
+            track=track,
             version=max(set(versions), key=versions.count) if versions else None,
             window_seconds=self.window,
             request_rate=track_figures.request_rate,

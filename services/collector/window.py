@@ -10,7 +10,8 @@ figures are what Prometheus answers for the same samples:
 `rate` follows promql/functions.go `extrapolatedRate` (counter resets add the value before the
 drop; extrapolation to the window's edges when the first/last sample is within 1.1 average
 intervals of them, else by half an interval; never extrapolated below zero) and the quantile
-follows promql/quantile.go `bucketQuantile`. The range is left-open, (end - W, end], as in
+follows promql/quantile.go `bucketQuantile`, non-monotonic buckets included
+(`ensureMonotonicAndIgnoreSmallDeltas`, PR 13153). The range is left-open, (end - W, end], as in
 Prometheus 3; the zero clamp is applied after the half-interval rule (Prometheus >= 2.52).
 No data is None, never 0.
 """
@@ -19,15 +20,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 Labels = tuple[tuple[str, str], ...]  # sorted (name, value) pairs, without `le`
 BucketKey = tuple[Labels, float]  # (labels, le)
+K = TypeVar("K", Labels, BucketKey)
 
 EXTRAPOLATION_THRESHOLD = 1.1  # in average sample intervals, as in Prometheus
-PRECISION_TOLERANCE = 1e-12  # bucketQuantile's correction of float noise between buckets
+PRECISION_TOLERANCE = 1e-12  # quantile.go's smallDeltaTolerance: relative noise between buckets
 
 
 def labels_of(mapping: Mapping[str, str], drop: str = "le") -> Labels:
@@ -117,11 +121,14 @@ class CounterSeries:
                 self._corrections = self._corrections - correction if self._resets else 0.0
 
     def increase(self, start: float, end: float) -> float | None:
-        """PromQL `increase` over (start, end]; None with fewer than two samples."""
-        self.prune(start)
+        """PromQL `increase` over (start, end]; None with fewer than two samples. Reads only.
+
+        O(1) when the series is pruned to `start` and has nothing after `end` (the collector's
+        cycle); otherwise the samples in the range are gathered and their resets recounted.
+        """
         points = self.points
-        if points and points[-1][0] > end:
-            return _increase_of([(t, v) for t, v, _ in points if t <= end], start, end)
+        if points and (points[0][0] <= start or points[-1][0] > end):
+            return _increase_of([(t, v) for t, v, _ in points if start < t <= end], start, end)
         if len(points) < 2:
             return None
         first, last = points[0], points[-1]
@@ -179,24 +186,34 @@ def _coalesce(ordered: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _monotonic(counts: list[float]) -> list[float]:
-    """Prometheus' precision correction, then the envelope that forbids a decreasing count."""
+    """Prometheus' `ensureMonotonicAndIgnoreSmallDeltas` with its `smallDeltaTolerance`.
+
+    One pass against the last accepted count: a difference `almost_equal` to it is float noise
+    and is dropped whichever way it goes; a real decrease is lifted to it (the envelope); only a
+    real increase becomes the new accepted count. A zero after a non-zero count is a decrease.
+    """
     counts = list(counts)
-    prev = counts[0]
+    accepted = counts[0]
     for i in range(1, len(counts)):
-        delta = abs(counts[i] - prev)
-        if delta == 0:
+        current = counts[i]
+        if current == accepted:
             continue
-        if delta / counts[i] <= PRECISION_TOLERANCE:
-            counts[i] = prev
+        if almost_equal(accepted, current, PRECISION_TOLERANCE) or current < accepted:
+            counts[i] = accepted
         else:
-            prev = counts[i]
-    highest = counts[0]
-    for i in range(1, len(counts)):
-        if counts[i] > highest:
-            highest = counts[i]
-        elif counts[i] < highest:
-            counts[i] = highest
+            accepted = current
     return counts
+
+
+def almost_equal(a: float, b: float, epsilon: float) -> bool:
+    """Prometheus' util/almost.Equal: `a` and `b` differ by less than `epsilon` of their sum."""
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    abs_sum = abs(a) + abs(b)
+    diff = abs(a - b)
+    if a == 0 or b == 0 or abs_sum < sys.float_info.min:
+        return diff < epsilon * sys.float_info.min
+    return diff / min(abs_sum, sys.float_info.max) < epsilon
 
 
 class TargetWindow:
@@ -223,15 +240,19 @@ class TargetWindow:
 
     def prune(self, start: float) -> None:
         """Forget what left the window; series with no sample left are dropped."""
-        for table in (self.requests, self.buckets):
-            empty = []
-            for key, series in table.items():
-                series.prune(start)
-                if not series:
-                    empty.append(key)
-            for key in empty:
-                del table[key]
+        _prune(self.requests, start)
+        _prune(self.buckets, start)
         self.errors &= self.requests.keys()
+
+
+def _prune(table: dict[K, CounterSeries], start: float) -> None:
+    empty = []
+    for key, series in table.items():
+        series.prune(start)
+        if not series:
+            empty.append(key)
+    for key in empty:
+        del table[key]
 
 
 def figures(targets: Iterable[TargetWindow], end: float, window: float, q: float = 0.99) -> Figures:

@@ -19,11 +19,13 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 from swiftdeploy_core.errors import PolicyEngineError
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
+Args = TypeVarTuple("Args")
+Result = TypeVar("Result")
 
 
 class BatchingThread:
@@ -37,11 +39,11 @@ class BatchingThread:
         self._inline_below = inline_below
         self._last_cost = math.inf  # seconds per call in the last batch; unknown before the first
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def call(self, fn: Callable[[*Args], Result], *args: *Args) -> Result:
         if self._closed:
             raise PolicyEngineError("policy engine closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Result] = loop.create_future()
         self._queued.append((fn, args, future))
         if not self._busy:
             self._busy = True

@@ -24,7 +24,7 @@ REQUIRED_DOMAINS = ("infra", "canary")
 def _blocked(name: str, context: CheckContext) -> CheckResult | None:
     if blocked := needs_manifest(name, context):
         return blocked
-    folder = policies.project_dir(context.loaded.root)
+    folder = policies.project_dir(context.loaded_manifest.root)
     if not policies.has_policies(folder):
         return CheckResult(name=name, ok=False, reason=f"no policies in {folder}; run `swiftdeploy init`")
     return None
@@ -35,7 +35,7 @@ def policies_compile(context: CheckContext) -> CheckResult:
     name = "policies compile"
     if blocked := _blocked(name, context):
         return blocked
-    folder = policies.project_dir(context.loaded.root)
+    folder = policies.project_dir(context.loaded_manifest.root)
     try:
         contents = read_folder(folder, include_tests=False)
         compiled = rego.compile_policies(*split_files(contents))
@@ -57,7 +57,7 @@ def policy_tests(context: CheckContext) -> CheckResult:
     if blocked := _blocked(name, context):
         return blocked
     try:
-        results = run_folder_tests(policies.project_dir(context.loaded.root))
+        results = run_folder_tests(policies.project_dir(context.loaded_manifest.root))
     except PolicyEngineError as exc:  # unreadable files included
         return CheckResult(name=name, ok=False, reason=str(exc))
     failed = [result for result in results if not result.passed]
@@ -78,7 +78,7 @@ def policy_engine(context: CheckContext) -> CheckResult:
     name = "policy engine"
     if blocked := needs_manifest(name, context):
         return blocked
-    spec = context.loaded.manifest.policy
+    spec = context.loaded_manifest.manifest.policy
     if spec.engine is EngineName.embedded:
         return CheckResult(name=name, ok=True, reason="embedded (regopy in the gatekeeper): nothing to reach")
     problem = asyncio.run(_opa_health(spec.opa_url, spec.timeout))

@@ -74,7 +74,8 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 def engine_input(input: dict[str, Any]) -> dict[str, Any]:
     """The input as every engine receives it: NaN and infinities spelled out, huge ints as floats."""
-    return json_safe(input)
+    safe: dict[str, Any] = json_safe(input)
+    return safe
 
 
 def verdict(domain: str, document: Any) -> Verdict:

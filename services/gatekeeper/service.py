@@ -18,9 +18,10 @@ from services.gatekeeper.embedded import EmbeddedEngine
 from services.gatekeeper.engines import PolicyEngine, UnavailableEngine
 from services.gatekeeper.opa import OpaEngine
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import DecisionMade, DecisionRequested, Event, PolicyViolation
+from swiftdeploy_core.bus.events import CommandRejected, DecisionMade, DecisionRequested, Event, PolicyViolation
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.limits import INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, InputTooLarge, check_value
 from swiftdeploy_core.project.manifest import PolicyEngine as EngineName
 from swiftdeploy_core.project.manifest import load_manifest
 from swiftdeploy_core.settings import Settings
@@ -58,7 +59,14 @@ class Gatekeeper:
         )
 
     async def handle(self, event: Event, ctx: Context) -> None:
-        """`decision.requested` → `decision.made` (and `policy.violation` when denied)."""
+        """`decision.requested` → `decision.made` (and `policy.violation` when denied); an input
+        beyond the user-input bounds → `command.rejected` to the requester, never a timeout."""
+        try:
+            check_value(event.payload.input, INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, where="input")
+        except InputTooLarge as exc:
+            log.info("refused decision request %s: %s", event.id, exc)
+            ctx.emit_on_commit(CommandRejected(command=event.type, reason=str(exc)), cause=event)
+            return
         made = await self.decide(event.payload, event.id)
         ctx.emit_on_commit(made, cause=event)
         if not made.allow:

@@ -34,6 +34,7 @@ from swiftdeploy_core.bus.events import (
 )
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.host import INFRA_FIELDS, DataRoots, host_stats
+from swiftdeploy_core.project.router import internal_network
 from swiftdeploy_core.project.service_env import ServiceEnv
 from swiftdeploy_core.project.state import Instance, Phase, TrackState
 
@@ -115,8 +116,8 @@ class Deploy:
     async def policy_server(self) -> None:
         manifest = self.rollout.manifest
         if plans.needs_opa(manifest):
-            self.created_opa = await self.rollout.driver.start_opa(manifest, plans.internal_network(manifest))
-            await self.step("opa", f"{self.created_opa} on {plans.internal_network(manifest)} (no published port)")
+            self.created_opa = await self.rollout.driver.start_opa(manifest, internal_network(manifest))
+            await self.step("opa", f"{self.created_opa} on {internal_network(manifest)} (no published port)")
 
     async def stable_track(self) -> None:
         """Start the stable instances. A first deploy routes to them while they boot (nothing

@@ -75,7 +75,9 @@ async def analyse(rollout: Rollout) -> Decision | None:
     if decision is None:
         return None
     failures = 0 if decision.allow else record.consecutive_failures + 1
-    await rollout.save(consecutive_failures=failures, last_reasons=decision.reasons)
+    await rollout.save(
+        consecutive_failures=failures, last_reasons=decision.reasons, analysed_at=snapshot and snapshot.at
+    )
     await rollout.emit(
         CanaryAnalysis(
             step=record.step,

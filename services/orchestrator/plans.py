@@ -276,7 +276,7 @@ def _track_from(objs: list[RuntimeObject], track: Track, weight: int) -> TrackSt
 # --- analysis input ----------------------------------------------------------------------------
 
 
-def canary_input(snapshot: MetricsSnapshot | None, canary: TrackState | None) -> dict | None:
+def canary_input(snapshot: MetricsSnapshot | None, canary: TrackState | None) -> dict[str, Any] | None:
     """The canary policy's input from the collector's snapshot; None when it is missing or stale.
 
     A snapshot counts only if it is about the canary that runs now (its version, and its targets
@@ -292,7 +292,7 @@ def canary_input(snapshot: MetricsSnapshot | None, canary: TrackState | None) ->
     return {"error_rate": snapshot.error_rate, "p99_latency_ms": snapshot.p99_latency_ms, "requests": snapshot.requests}
 
 
-def promotion_input(snapshot: MetricsSnapshot | None) -> dict:
+def promotion_input(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
     """The promotion gate always asks; missing figures go as null and the policy decides."""
     s = snapshot
     return {

@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
 from services.orchestrator.drivers.base import InstanceFailed, InstanceSpec, RuntimeDriver
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import MetricsSnapshot, Payload
+from swiftdeploy_core.bus.events import AnyPayload, MetricsSnapshot
 from swiftdeploy_core.project import service_env as envs
 from swiftdeploy_core.project.manifest import Manifest, validate_manifest
 from swiftdeploy_core.project.service_env import ServiceEnv
@@ -72,10 +72,10 @@ class Decision:
 class Gate(Protocol):
     """Asks the gatekeeper; None means it gave no answer in time (retry later)."""
 
-    async def decide(self, domain: str, data: dict) -> Decision | None: ...
+    async def decide(self, domain: str, data: dict[str, Any]) -> Decision | None: ...
 
 
-Emit = Callable[[Payload], Awaitable[None]]
+Emit = Callable[[AnyPayload], Awaitable[None]]
 
 
 @dataclass

@@ -14,6 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 
@@ -22,15 +23,16 @@ from services.orchestrator.drivers import make_driver
 from services.orchestrator.rollout import Decision, RecordStore, Rollout
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import (
+    AnyPayload,
     CanaryRequested,
     ChaosRequested,
     CommandRejected,
+    DecisionMade,
     DecisionRequested,
     DeployFailed,
     DeployRequested,
     Event,
     OperationFailed,
-    Payload,
     RollbackRequested,
     TeardownRequested,
 )
@@ -60,7 +62,7 @@ class BusGate:
     ctx: Context
     timeout: float
 
-    async def decide(self, domain: str, data: dict) -> Decision | None:
+    async def decide(self, domain: str, data: dict[str, Any]) -> Decision | None:
         try:
             reply = await self.ctx.request(
                 streams.GATEKEEPER_INBOX, DecisionRequested(domain=domain, input=data),
@@ -70,22 +72,24 @@ class BusGate:
             log.warning("no %s decision from the gatekeeper within %.1fs", domain, self.timeout)
             return None
         made = reply.payload
-        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)  # type: ignore[attr-defined]
+        if not isinstance(made, DecisionMade):  # `expect` lets only decision.made through
+            return None
+        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)
 
 
 def emitter(
     ctx: Context, cause: Event | None, correlation_id: str | None = None
-) -> Callable[[Payload], Awaitable[None]]:
+) -> Callable[[AnyPayload], Awaitable[None]]:
     """Events of a command carry its correlation id; a tick continues the stored command's."""
 
-    async def emit(payload: Payload) -> None:
+    async def emit(payload: AnyPayload) -> None:
         await ctx.emit(payload, cause=cause, correlation_id=correlation_id)
 
     return emit
 
 
 async def open_rollout(
-    ctx: Context, project: str, emit: Callable[[Payload], Awaitable[None]],
+    ctx: Context, project: str, emit: Callable[[AnyPayload], Awaitable[None]],
     manifest: Manifest | None = None, root: str | None = None,
 ) -> Rollout:  # fmt: skip
     """The project's rollout: its record (rebuilt from runtime labels if Redis lost it)."""
@@ -142,7 +146,7 @@ async def run_command(
         await emit(_failed(command, f"{type(exc).__name__}: {exc}"))
 
 
-def _failed(command: str, error: str) -> Payload:
+def _failed(command: str, error: str) -> AnyPayload:
     return DeployFailed(error=error) if command == "deploy" else OperationFailed(command=command, error=error)
 
 
@@ -187,7 +191,7 @@ async def on_rollback(event: Event, ctx: Context) -> None:
 async def on_teardown(event: Event, ctx: Context) -> None:
     payload: TeardownRequested = event.payload  # type: ignore[assignment]
     lost = payload.manifest is not None and await RecordStore(ctx.bus.redis).load(payload.project) is None
-    manifest = validate_manifest(payload.manifest) if lost else None
+    manifest = validate_manifest(payload.manifest) if lost and payload.manifest is not None else None
     run = lambda r: operations.Teardown(r).run()  # noqa: E731
     await run_command(event, ctx, "teardown", payload.project, run, manifest, payload.root if lost else None)
 
@@ -201,7 +205,7 @@ async def on_chaos(event: Event, ctx: Context) -> None:
 
 async def _project(event: Event, ctx: Context, command: str) -> str | None:
     """The project a command names, or the only deployed one; else reject the command."""
-    named = getattr(event.payload, "project", None)
+    named: str | None = getattr(event.payload, "project", None)
     if named:
         return named
     projects = await RecordStore(ctx.bus.redis).projects()
@@ -218,28 +222,38 @@ async def _project(event: Event, ctx: Context, command: str) -> str | None:
 
 
 async def analysis_loop(ctx: Context) -> None:
-    """Tick every analysed rollout once per its `canary.interval`."""
+    """Tick every analysed rollout when a new canary snapshot lands, and at least once per its
+    `canary.interval`."""
     store = RecordStore(ctx.bus.redis)
     while True:
         with contextlib.suppress(*CONNECTION_ERRORS):
             for project in await store.projects():
                 record = await store.load(project)
-                if record is not None and record.phase in phases.ANALYSED and _due(record):
+                if record is not None and record.phase in phases.ANALYSED and await _due(store, record):
                     with contextlib.suppress(OperationInProgress):  # a command has it: next pass
                         await tick(ctx, project)
         await asyncio.sleep(LOOP_PAUSE)
 
 
-def _due(record: RolloutState) -> bool:
+async def _due(store: RecordStore, record: RolloutState) -> bool:
+    """An interval since the last tick, or new figures and half an interval since the last tick:
+    a bad canary is judged as soon as the collector has it (a timer alone can lag a whole
+    interval), while steps still never move faster than the figures do."""
     interval = validate_manifest(record.manifest).canary.interval
-    return (datetime.now(UTC) - record.updated_at).total_seconds() >= interval
+    since = (datetime.now(UTC) - record.updated_at).total_seconds()
+    if since >= interval:
+        return True
+    if since < interval / 2:
+        return False
+    snapshot = await store.snapshot(record.project, "canary")
+    return snapshot is not None and snapshot.at is not None and snapshot.at != record.analysed_at
 
 
 async def tick(ctx: Context, project: str) -> None:
     """One analysis tick under the lock (skipped when a command holds it)."""
     async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance):
         record = await RecordStore(ctx.bus.redis).load(project)
-        if record is None or record.phase not in phases.ANALYSED or not _due(record):
+        if record is None or record.phase not in phases.ANALYSED or not await _due(RecordStore(ctx.bus.redis), record):
             return
         rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id))
         try:

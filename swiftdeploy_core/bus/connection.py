@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,7 +159,7 @@ class Bus:
             for e in events
         )  # entry_fields, packed here
         pool = self.redis.connection_pool
-        conn = await pool.get_connection()
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         try:
             await conn.send_packed_command(blob)
             return [decode(await conn.read_response()) for _ in events]
@@ -223,7 +223,7 @@ class Bus:
             async for entry_id, fields in entries:
                 self._dispatch(entry_id, fields)
 
-    def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def _dispatch(self, entry_id: str, fields: dict[bytes | str, bytes | str]) -> None:
         waiters = self._waiters.get(decode(fields.get(B_CORRELATION, b"")))
         if not waiters:
             return
@@ -244,7 +244,7 @@ class Bus:
         types: Collection[str] | None = None,
         since: str = "$",
         stream: str = streams.EVENTS,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield events from `stream` after `since` (an entry id, "0" for all, "$" for new ones),
         keeping those with `correlation_id` and a type matching one of the globs in `types`."""
         async with contextlib.aclosing(self._tail(stream, since, "follow")) as entries:
@@ -255,7 +255,7 @@ class Bus:
 
     async def _tail(
         self, stream: str, since: str, what: str, started: Callable[[], None] | None = None
-    ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
+    ) -> AsyncGenerator[tuple[str, dict[bytes | str, bytes | str]], None]:
         """(entry id, fields) of each entry of `stream` after `since` ("$": from now on), on a
         connection of its own, across Redis restarts, until the bus closes. `started` is called
         once the cursor for "$" is known: entries added after that are not missed."""
@@ -270,10 +270,7 @@ class Bus:
                         last = await self.cursor(stream)
                         if started is not None:
                             started()
-                    cursor = last
-                    reply = await blocking.read(
-                        lambda c, cursor=cursor: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
-                    )
+                    reply = await blocking.read(_xread(stream, last))
                     backoff.reset()
                 except CONNECTION_ERRORS as exc:
                     if blocking.closed:
@@ -297,11 +294,11 @@ async def history(
     correlation_id: str | None = None,
     types: Collection[str] | None = None,
     stream: str = streams.EVENTS,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """The retained events of `stream` after `since` up to now (XRANGE in pages), filtered."""
     start = "-" if since in ("0", "0-0", "-") else f"({since}"
     while True:
-        page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH)
+        page = await bus.redis.xrange(stream, min=start, max="+", count=FOLLOW_BATCH) or []
         for _entry_id, fields in page:
             event = _select(fields, correlation_id, types)
             if event is not None:
@@ -311,7 +308,16 @@ async def history(
         start = f"({decode(page[-1][0])}"
 
 
-def _select(fields: dict[bytes, bytes], correlation_id: str | None, types: Collection[str] | None) -> Event | None:
+def _xread(stream: str, cursor: str) -> Callable[[aioredis.Redis], Awaitable[Any]]:
+    """One blocking XREAD page of `stream` after `cursor`."""
+    return lambda c: c.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
+
+
+def _select(
+    fields: Mapping[bytes | str, bytes | str] | None, correlation_id: str | None, types: Collection[str] | None
+) -> Event | None:
+    if fields is None:  # an entry deleted since it was listed
+        return None
     if correlation_id is not None and decode(fields.get(B_CORRELATION, b"")) != correlation_id:
         return None
     if not matches(decode(fields.get(B_TYPE, b"")), types):

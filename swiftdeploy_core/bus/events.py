@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from swiftdeploy_core.limits import EVENT_MAX_DEPTH, check_json_text
+
 Track = Literal["stable", "canary"]
 ModeName = Literal["stable", "canary"]
 ChaosMode = Literal["none", "slow", "error"]
@@ -20,6 +22,8 @@ ChaosMode = Literal["none", "slow", "error"]
 
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str  # each payload narrows it to its own Literal event type
 
 
 # --- control plane -----------------------------------------------------------------------------
@@ -348,6 +352,7 @@ class MetricsSnapshot(Payload):
     targets: list[str] = []
     targets_up: int = 0
     host: HostStats | None = None
+    at: datetime | None = None  # when the collector published it: the orchestrator analyses each once
 
 
 class TargetDown(Payload):
@@ -400,6 +405,7 @@ class AuditRendered(Payload):
     chain_ok: bool = True
     first_bad_line: int | None = None
     problem: str | None = None
+    repairs: list[str] = []  # torn tails the auditor recovered (the chain is valid, but not untouched)
 
 
 AnyPayload = Annotated[
@@ -489,17 +495,17 @@ class Event(BaseModel):
                 raise ValueError(f"envelope type {data['type']!r} does not match payload {ptype!r}")
         return data
 
-    def caused(self, payload: Payload, source: Source, id: str | None = None) -> Event:
+    def caused(self, payload: AnyPayload, source: Source, id: str | None = None) -> Event:
         """A new event that follows from this one: same correlation id, causation = this id
         (and the given `id`, when the new event's id must be stable)."""
-        return Event(
-            payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id,
-            **({"id": id} if id else {}),
-        )  # fmt: skip
+        stable: dict[str, Any] = {"id": id} if id else {}
+        return Event(payload=payload, source=source, correlation_id=self.correlation_id, causation_id=self.id, **stable)
 
     def to_json(self) -> str:
         return self.model_dump_json()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:
+        """Decode an envelope; a ValueError (`InputTooLarge` first, before parsing) if it is not one."""
+        check_json_text(raw, EVENT_MAX_DEPTH, None, what="the event")
         return cls.model_validate_json(raw)

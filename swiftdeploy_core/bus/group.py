@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from swiftdeploy_core.bus import streams
 
@@ -175,7 +176,7 @@ class Group:
 
     async def dead_letter(self, entry: Entry, error: str, attempts: int) -> None:
         """Move `entry` to the dead-letter stream with `error`, then ack it (one transaction)."""
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "service": self.service, "stream": entry.stream, "entry_id": entry.entry_id,
             "error": error, "attempts": str(attempts), "consumer": self.consumer,
             FIELD_TYPE: decode(entry.fields.get(B_TYPE, b"")),

@@ -15,7 +15,7 @@ from typing import Any
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.connection import Bus
-from swiftdeploy_core.bus.events import Event, Payload, Pong, Source
+from swiftdeploy_core.bus.events import AnyPayload, Event, Pong, Source
 from swiftdeploy_core.bus.wire import xadd_args
 from swiftdeploy_core.settings import Settings
 
@@ -46,7 +46,7 @@ class Context:
 
     async def emit(
         self,
-        payload: Payload,
+        payload: AnyPayload,
         cause: Event | None = None,
         stream: str = streams.EVENTS,
         correlation_id: str | None = None,
@@ -61,7 +61,7 @@ class Context:
     async def request(
         self,
         stream: str,
-        payload: Payload,
+        payload: AnyPayload,
         expect: Collection[str],
         cause: Event | None = None,
         timeout: float | None = None,
@@ -70,7 +70,7 @@ class Context:
         event = self._new_event(payload, cause, stable_id=False)
         return await self.bus.request(stream, event, expect, timeout or self.settings.request_timeout)
 
-    def emit_on_commit(self, payload: Payload, cause: Event | None = None, stream: str = streams.EVENTS) -> Event:
+    def emit_on_commit(self, payload: AnyPayload, cause: Event | None = None, stream: str = streams.EVENTS) -> Event:
         """Like `emit`, but the worker writes the event in the script that acks the event being
         handled: published exactly once with the ack, and no Redis round trip of its own (the
         reply of a side-effect-free service goes out this way)."""
@@ -86,12 +86,11 @@ class Context:
         self.commands.append(tuple(c.decode() if isinstance(c, bytes) else str(c) for c in command))
 
     def _new_event(
-        self, payload: Payload, cause: Event | None, stable_id: bool, correlation_id: str | None = None
+        self, payload: AnyPayload, cause: Event | None, stable_id: bool, correlation_id: str | None = None
     ) -> Event:
         if cause is None:
-            return Event(
-                payload=payload, source=self.source, **({"correlation_id": correlation_id} if correlation_id else {})
-            )
+            correlation: dict[str, Any] = {"correlation_id": correlation_id} if correlation_id else {}
+            return Event(payload=payload, source=self.source, **correlation)
         if stable_id and self.event is not None and cause.id == self.event.id:
             self._emitted += 1
             name = f"{cause.id}:{self._emitted}:{payload.model_dump_json()}"

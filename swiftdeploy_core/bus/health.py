@@ -89,9 +89,8 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server  # aiohttp keeps the bound socket here; port 0 means "pick one"
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        if addresses := self._runner.addresses:  # the bound (host, port): port 0 means "pick one"
+            self.port = addresses[0][1]
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -11,6 +11,8 @@ import itertools
 from collections.abc import Collection
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event
 from swiftdeploy_core.settings import Settings
@@ -21,7 +23,7 @@ FIELD_CORRELATION = "cid"
 B_EVENT, B_TYPE, B_CORRELATION = FIELD_EVENT.encode(), FIELD_TYPE.encode(), FIELD_CORRELATION.encode()  # as read
 
 
-def entry_fields(event: Event) -> dict[str, str]:
+def entry_fields(event: Event) -> dict[FieldT, EncodableT]:
     """The fields of the stream entry that carries `event`."""
     return {FIELD_EVENT: event.to_json(), FIELD_TYPE: event.type, FIELD_CORRELATION: event.correlation_id}
 
@@ -31,7 +33,7 @@ def xadd_head(settings: Settings, stream: str) -> list[str]:
     return [stream, "MAXLEN", "~", str(maxlen_for(settings, stream)), "*"]
 
 
-def xadd_args(settings: Settings, stream: str, event: Event) -> list[str]:
+def xadd_args(settings: Settings, stream: str, event: Event) -> list[EncodableT]:
     """XADD's arguments (after the command name) that add `event` to `stream`."""
     return [*xadd_head(settings, stream), *itertools.chain.from_iterable(entry_fields(event).items())]
 

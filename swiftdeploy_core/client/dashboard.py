@@ -59,7 +59,9 @@ class PolicyView(BaseModel):
         return cls(domain=domain, status="UNKNOWN", reasons=[reason], input=input or {})
 
     @classmethod
-    def decided(cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict) -> PolicyView:
+    def decided(
+        cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict[str, Any]
+    ) -> PolicyView:
         verdict: Verdict = "PASSING" if allow else "FAILING"
         return cls(domain=domain, status=verdict, allow=allow, reasons=reasons, decision_id=decision_id, input=input)
 
@@ -68,6 +70,26 @@ class EventLine(BaseModel):
     timestamp: datetime
     type: str
     summary: str = ""
+
+
+class ServiceQueue(BaseModel):
+    """One service's share of the bus: entries delivered to its group but not acknowledged
+    (`pending`), not delivered yet (`undelivered`, counted up to `BACKLOG_CAP` per stream), and
+    entries it dead-lettered (counted among the last `BACKLOG_CAP` of the dead-letter stream)."""
+
+    service: str
+    pending: int = 0
+    undelivered: int = 0
+    dead_letters: int = 0
+
+
+class BusView(BaseModel):
+    """The bus's backlog. `auditor_lag`: events on the events stream not yet in the history
+    (the auditor group's pending plus undelivered entries; None when no auditor group exists)."""
+
+    auditor_lag: int | None = None
+    services: list[ServiceQueue] = []
+    capped: bool = False  # a count reached BACKLOG_CAP: the figures are lower bounds
 
 
 class StatusView(BaseModel):
@@ -87,6 +109,7 @@ class StatusView(BaseModel):
     events: list[EventLine] = []
     error_history: list[float] = []
     p99_history: list[float] = []
+    bus: BusView | None = None
     checked_at: datetime
 
     def to_json(self) -> dict[str, Any]:
@@ -126,6 +149,7 @@ def build_view(
     policies: dict[str, PolicyView] | None = None,
     events: list[EventLine] | None = None,
     history: list[MetricsSnapshot] | None = None,
+    bus: BusView | None = None,
     now: datetime | None = None,
 ) -> StatusView:
     """Assemble one refresh from what the stores hold; missing pieces show as no data."""
@@ -149,6 +173,7 @@ def build_view(
         events=events or [],
         error_history=[s.error_rate for s in history if s.error_rate is not None],
         p99_history=[s.p99_latency_ms for s in history if s.p99_latency_ms is not None],
+        bus=bus,
         checked_at=now or datetime.now(UTC),
     )
 
@@ -252,6 +277,20 @@ def _events_table(view: StatusView) -> Table:
     return table
 
 
+def _bus_line(view: StatusView) -> Text:
+    """`Bus  auditor lag 12 events · orchestrator 0 pending 0 dead · …` (dead letters in red)."""
+    if view.bus is None:
+        return Text("")
+    plus = "+" if view.bus.capped else ""
+    lag = "-" if view.bus.auditor_lag is None else f"{view.bus.auditor_lag}{plus}"
+    parts: list[str | tuple[str, str]] = [("Bus ", "bold"), ("auditor lag ", "bold"), f"{lag} events"]
+    for queue in view.bus.services:
+        waiting = queue.pending + queue.undelivered
+        parts += [" · ", f"{queue.service} {waiting}{plus} waiting "]
+        parts.append((f"{queue.dead_letters} dead", "red" if queue.dead_letters else ""))
+    return Text.assemble(*parts)
+
+
 def render(view: StatusView) -> RenderableType:
     """One dashboard frame."""
     host = ""
@@ -263,6 +302,7 @@ def render(view: StatusView) -> RenderableType:
         _tracks_table(view),
         _policies_table(view),
         _events_table(view),
+        _bus_line(view),
         Text(host, style="dim"),
     )
     return Panel(body, title="swiftdeploy status", subtitle=view.router_url or "", border_style="blue")

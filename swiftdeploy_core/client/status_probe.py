@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.describe import describe_event
@@ -27,8 +28,16 @@ from swiftdeploy_core.bus.events import (
     Source,
     StatusChecked,
 )
-from swiftdeploy_core.bus.wire import B_EVENT
-from swiftdeploy_core.client.dashboard import EventLine, PolicyView, StatusView, build_view, serving_track
+from swiftdeploy_core.bus.wire import B_EVENT, decode
+from swiftdeploy_core.client.dashboard import (
+    BusView,
+    EventLine,
+    PolicyView,
+    ServiceQueue,
+    StatusView,
+    build_view,
+    serving_track,
+)
 from swiftdeploy_core.errors import BusError
 from swiftdeploy_core.project.host import INFRA_FIELDS
 from swiftdeploy_core.project.state import RolloutState
@@ -40,10 +49,15 @@ HEALTH_TIMEOUT = 1.0
 EVENTS_SHOWN = 8
 EVENTS_SCANNED = 200
 HISTORY_SCANNED = 400
+BACKLOG_CAP = 1000  # entries counted per stream for undelivered and dead-lettered figures
+GROUP_PREFIX = streams.group("")
 QUIET_TYPES = {"status.checked", "pong", "ping.requested", "decision.made", "metrics.snapshot", "audit.rendered"}
 
 
-async def _get_model(bus: Bus, key: str, model: type) -> Any:
+Record = TypeVar("Record", bound=BaseModel)
+
+
+async def _get_model(bus: Bus, key: str, model: type[Record]) -> Record | None:
     raw = await bus.redis.get(key)
     if raw is None:
         return None
@@ -71,9 +85,9 @@ async def probe_health(urls: list[str], path: str = "/healthz") -> dict[str, boo
     return dict(zip(urls, answers))
 
 
-def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> dict[str, dict | str]:
+def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> dict[str, dict[str, Any] | str]:
     """Each domain's decision input, or the reason there is none yet."""
-    inputs: dict[str, dict | str] = {}
+    inputs: dict[str, dict[str, Any] | str] = {}
     if host is None:
         inputs["infra"] = "no host stats from the collector yet"
     else:
@@ -90,7 +104,7 @@ def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> di
 
 
 async def _ask(
-    bus: Bus, source: Source, correlation: str, domain: str, figures: dict, timeout: float
+    bus: Bus, source: Source, correlation: str, domain: str, figures: dict[str, Any], timeout: float
 ) -> DecisionMade | None:
     request = Event(payload=DecisionRequested(domain=domain, input=figures), source=source, correlation_id=correlation)
     try:
@@ -101,7 +115,7 @@ async def _ask(
 
 
 async def ask_policies(
-    bus: Bus, source: Source, correlation: str, inputs: dict[str, dict | str], timeout: float
+    bus: Bus, source: Source, correlation: str, inputs: dict[str, dict[str, Any] | str], timeout: float
 ) -> dict[str, PolicyView]:
     """Ask the gatekeeper for every domain at once. Replies share one correlation id, so a reply
     may reach the other domain's waiter: they are matched to domains by their own `domain`."""
@@ -122,7 +136,7 @@ async def ask_policies(
 
 async def recent_events(bus: Bus) -> list[EventLine]:
     lines: list[EventLine] = []
-    for _, fields in await bus.redis.xrevrange(streams.EVENTS, count=EVENTS_SCANNED):
+    for _, fields in await bus.redis.xrevrange(streams.EVENTS, count=EVENTS_SCANNED) or []:
         event = _decode(fields)
         if event is None or event.type in QUIET_TYPES:
             continue
@@ -132,8 +146,8 @@ async def recent_events(bus: Bus) -> list[EventLine]:
     return lines
 
 
-def _decode(fields: dict) -> Event | None:
-    raw = fields.get(B_EVENT)
+def _decode(fields: dict[bytes | str, bytes | str] | None) -> Event | None:
+    raw = fields.get(B_EVENT) if fields else None
     try:
         return Event.from_json(raw) if raw is not None else None
     except (ValidationError, ValueError):
@@ -142,12 +156,52 @@ def _decode(fields: dict) -> Event | None:
 
 async def metrics_history(bus: Bus, project: str, track: str) -> list[MetricsSnapshot]:
     found: list[MetricsSnapshot] = []
-    for _, fields in await bus.redis.xrevrange(streams.METRICS, count=HISTORY_SCANNED):
+    for _, fields in await bus.redis.xrevrange(streams.METRICS, count=HISTORY_SCANNED) or []:
         event = _decode(fields)
         snapshot = event.payload if event is not None else None
         if isinstance(snapshot, MetricsSnapshot) and snapshot.project == project and snapshot.track == track:
             found.append(snapshot)
     return list(reversed(found))
+
+
+async def bus_backlog(bus: Bus) -> BusView:
+    """Each service group's pending and undelivered entries on every stream it reads, its
+    dead letters, and the auditor's lag on the events stream (see `BusView`)."""
+    queues: dict[str, ServiceQueue] = {}
+    capped, lag = False, None
+    for stream in (streams.EVENTS, *streams.INBOXES.values()):
+        try:
+            groups = await bus.redis.xinfo_groups(stream)
+        except RedisError:  # no such stream yet
+            continue
+        for info in groups:
+            name = decode(info["name"])
+            if not name.startswith(GROUP_PREFIX):
+                continue
+            service = name[len(GROUP_PREFIX) :]
+            undelivered = await _undelivered(bus, stream, info)
+            capped |= undelivered >= BACKLOG_CAP
+            queue = queues.setdefault(service, ServiceQueue(service=service))
+            queue.pending += int(info["pending"])
+            queue.undelivered += undelivered
+            if service == "auditor" and stream == streams.EVENTS:
+                lag = int(info["pending"]) + undelivered
+    dead = await bus.redis.xrevrange(streams.DEAD_LETTER, count=BACKLOG_CAP)
+    capped |= len(dead) >= BACKLOG_CAP
+    for _, fields in dead:
+        service = decode(fields.get(b"service", b"?"))
+        queues.setdefault(service, ServiceQueue(service=service)).dead_letters += 1
+    order = {name: i for i, name in enumerate(streams.INBOXES)}
+    ordered = sorted(queues.values(), key=lambda q: (order.get(q.service, 99), q.service))
+    return BusView(auditor_lag=lag, services=ordered, capped=capped)
+
+
+async def _undelivered(bus: Bus, stream: str, info: dict) -> int:
+    """Entries after the group's last delivered id: Redis 7's `lag` when it has one, else counted."""
+    if info.get("lag") is not None:
+        return int(info["lag"])
+    last = decode(info["last-delivered-id"])
+    return len(await bus.redis.xrange(stream, min=f"({last}", max="+", count=BACKLOG_CAP))
 
 
 async def gather_status(
@@ -180,6 +234,7 @@ async def gather_status(
         policies=policies,
         events=await recent_events(bus),
         history=await metrics_history(bus, project, serving_track(rollout)),
+        bus=await bus_backlog(bus),
     )
     if publish:
         await bus.publish(

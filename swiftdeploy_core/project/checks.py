@@ -69,6 +69,13 @@ class CheckContext:
     loaded: LoadedManifest | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
+    @property
+    def loaded_manifest(self) -> LoadedManifest:
+        """The loaded manifest, for a check that returned `needs_manifest`'s line first."""
+        if self.loaded is None:
+            raise RuntimeError("the manifest is not loaded: return needs_manifest(name, context) first")
+        return self.loaded
+
 
 Check = Callable[[CheckContext], CheckResult]
 CHECKS: list[Check] = []
@@ -123,15 +130,17 @@ def generated_files(context: CheckContext) -> CheckResult:
     name = "generated files"
     if blocked := needs_manifest(name, context):
         return blocked
-    folder = generated_dir(context.loaded)
-    expected = render_all(context.loaded)
-    problems = [p for p in (_compare(folder / n, expected[n], context.loaded.sha256) for n in GENERATED_FILES) if p]
+    folder = generated_dir(context.loaded_manifest)
+    expected = render_all(context.loaded_manifest)
+    problems = [
+        p for p in (_compare(folder / n, expected[n], context.loaded_manifest.sha256) for n in GENERATED_FILES) if p
+    ]
     if problems:
         return CheckResult(name=name, ok=False, reason=f"{'; '.join(problems)}; run `swiftdeploy init`")
     return CheckResult(
         name=name,
         ok=True,
-        reason=f"{len(expected)} files in {folder} match the manifest (sha256 {context.loaded.sha256[:12]})",
+        reason=f"{len(expected)} files in {folder} match the manifest (sha256 {context.loaded_manifest.sha256[:12]})",
     )
 
 
@@ -152,7 +161,7 @@ def nginx_config(context: CheckContext) -> CheckResult:
     name = "nginx config (nginx -t)"
     if blocked := needs_manifest(name, context):
         return blocked
-    conf = generated_dir(context.loaded) / NGINX_CONF
+    conf = generated_dir(context.loaded_manifest) / NGINX_CONF
     binary = nginx_binary()
     if not conf.is_file():
         return CheckResult(name=name, ok=False, reason=f"{conf} is missing; run `swiftdeploy init`")
@@ -174,7 +183,7 @@ def compose_file(context: CheckContext) -> CheckResult:
     name = "compose file (docker-compose config)"
     if blocked := needs_manifest(name, context):
         return blocked
-    compose = generated_dir(context.loaded) / COMPOSE_FILE
+    compose = generated_dir(context.loaded_manifest) / COMPOSE_FILE
     if not compose.is_file():
         return CheckResult(name=name, ok=False, reason=f"{compose} is missing; run `swiftdeploy init`")
     ok, output = _run(["docker-compose", "-f", str(compose), "config", "-q"], cwd=compose.parent)
@@ -188,7 +197,7 @@ def nginx_port_free(context: CheckContext) -> CheckResult:
     name = "nginx port free"
     if blocked := needs_manifest(name, context):
         return blocked
-    port = context.loaded.manifest.nginx.port
+    port = context.loaded_manifest.manifest.nginx.port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -203,7 +212,7 @@ def runtime_reachable(context: CheckContext) -> CheckResult:
     name = "runtime reachable"
     if blocked := needs_manifest(name, context):
         return blocked
-    if context.loaded.manifest.runtime is Runtime.process:
+    if context.loaded_manifest.manifest.runtime is Runtime.process:
         binary = nginx_binary()
         if binary is None:
             return CheckResult(
@@ -223,7 +232,7 @@ async def _docker_version() -> str:
 
     docker = aiodocker.Docker()
     try:
-        return (await docker.version()).get("Version", "?")
+        return str((await docker.version()).get("Version", "?"))
     finally:
         await docker.close()
 
@@ -236,10 +245,10 @@ def service_settings(context: CheckContext) -> CheckResult:
     from swiftdeploy_core.errors import SecretUnavailable
     from swiftdeploy_core.project.service_env import resolve
 
-    m = context.loaded.manifest
+    m = context.loaded_manifest.manifest
     try:
-        env = resolve(m, context.loaded.root, context.environ)
-        canary = resolve(m, context.loaded.root, context.environ, canary=True)
+        env = resolve(m, context.loaded_manifest.root, context.environ)
+        canary = resolve(m, context.loaded_manifest.root, context.environ, canary=True)
     except SecretUnavailable as exc:
         return CheckResult(name=name, ok=False, reason=str(exc))
     count = len({*env.env, *canary.env})
@@ -255,7 +264,7 @@ def images_available(context: CheckContext) -> CheckResult:
     name = "images present or pullable"
     if blocked := needs_manifest(name, context):
         return blocked
-    m = context.loaded.manifest
+    m = context.loaded_manifest.manifest
     if m.runtime is Runtime.process:
         return CheckResult(
             name=name,
@@ -264,7 +273,7 @@ def images_available(context: CheckContext) -> CheckResult:
         )
     from swiftdeploy_core.project.images import docker_config_file
 
-    credentials = context.loaded.resolve(m.images.credentials) if m.images.credentials else None
+    credentials = context.loaded_manifest.resolve(m.images.credentials) if m.images.credentials else None
     config = docker_config_file(credentials, context.settings.docker_config, Path.home())
     try:
         lines = asyncio.run(asyncio.wait_for(_images_available(m, config), IMAGE_PROBE_TIMEOUT))

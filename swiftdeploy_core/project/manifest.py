@@ -7,8 +7,10 @@ message is one line naming the field path and the problem.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +28,7 @@ from pydantic import (
 )
 
 from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.limits import INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, InputTooLarge, check_value
 from swiftdeploy_core.project.manifest_errors import codepoint, describe_errors, kind_of, num, show
 
 MAX_MANIFEST_BYTES = 1_000_000
@@ -352,6 +355,13 @@ def _read(path: Path) -> bytes:
 
 
 def _read_bounded(path: Path) -> bytes:
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ManifestError(f"{path}: is a symbolic link loop (it never reaches a file)") from None
+        if path.is_symlink():
+            raise ManifestError(f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist") from None
     if not path.exists():
         raise ManifestError(f"{path}: no such file (write one, or pass --manifest)")
     if path.is_dir():
@@ -369,10 +379,50 @@ def _read_bounded(path: Path) -> bytes:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one, and
+    bounds the document before anything is built: nesting depth, and integers by their digits
+    (Python refuses to convert more than 4,300, with a traceback far from the field)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[Any] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        try:
+            if len(self._path) > INPUT_MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ManifestError(
+                    f"{self._field()}: nested more than {INPUT_MAX_DEPTH} levels deep"
+                    f" (line {mark.line + 1}, column {mark.column + 1})"
+                )
+            node = super().compose_node(parent, index)
+            if node.tag == _INT_TAG and isinstance(node, yaml.ScalarNode):
+                digits = sum(c.isalnum() for c in node.value)
+                if digits > INPUT_MAX_DIGITS:
+                    raise ManifestError(
+                        f"{self._field()}: a number of {digits} digits is too large"
+                        f" (at most {INPUT_MAX_DIGITS}; line {node.start_mark.line + 1})"
+                    )
+            return node
+        finally:
+            self._path.pop()
+
+    def _field(self) -> str:
+        parts = [
+            show(p) if not str(p).isidentifier() and not str(p).isdigit() else str(p)
+            for p in self._path
+            if p is not None
+        ]
+        if len(parts) > 6:
+            parts = [*parts[:3], "…", *parts[-2:]]
+        return ".".join(parts) or "(top level)"
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -419,6 +469,10 @@ def parse_manifest_text(raw: bytes, name: str = "manifest.yaml") -> dict[str, An
         raise ManifestError(f"{name}: the file holds no YAML document")
     if not isinstance(data, dict):
         raise ManifestError(f"{name}: the top level must be a mapping of sections (got {kind_of(data)})")
+    try:  # aliases can build what the text does not show: bound the built value too
+        check_value(data, INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, where="")
+    except InputTooLarge as exc:
+        raise ManifestError(f"{name}: {str(exc).lstrip('.')}") from None
     return data
 
 

@@ -12,6 +12,7 @@ import reprlib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 
 def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
@@ -38,7 +39,7 @@ _RANGE_WORDS = {
 }
 
 
-def _explain(err: dict[str, Any], root: type[BaseModel]) -> str:
+def _explain(err: ErrorDetails, root: type[BaseModel]) -> str:
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     loc = err["loc"]
     if kind == "extra_forbidden":
@@ -78,7 +79,7 @@ def _explain(err: dict[str, Any], root: type[BaseModel]) -> str:
     return f"{err['msg']} (got {show(got)})"
 
 
-def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+def _section_model(root: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] | None = root
     for part in loc:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
@@ -88,12 +89,12 @@ def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str]:
+def _allowed_keys(root: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     model = _section_model(root, tuple(loc))
     return sorted(model.model_fields) if model else []
 
 
-def _bounds(root: type[BaseModel], loc: tuple) -> tuple[Any, Any]:
+def _bounds(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[Any, Any]:
     model = _section_model(root, tuple(p for p in loc[:-1] if isinstance(p, str)))
     field_name = next((p for p in reversed(loc) if isinstance(p, str)), None)
     if model is None or field_name not in model.model_fields:

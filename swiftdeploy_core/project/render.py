@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import policies as policies_package
 from swiftdeploy_core.errors import ConfigError
@@ -105,7 +106,7 @@ def _stage(folder: Path, name: str, content: bytes) -> Path:
     return Path(temp)
 
 
-def _compose_context(loaded: LoadedManifest) -> dict:
+def _compose_context(loaded: LoadedManifest) -> dict[str, Any]:
     manifest = loaded.manifest
     project = manifest.project
     policies = _compose_path(policies_package.project_dir(loaded.root), loaded)  # what the gatekeeper reads

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,11 +58,12 @@ class RolloutState(BaseModel):
     phase: Phase = Phase.empty
     runtime: str = "docker"
     root: str = ""  # the manifest's folder
-    manifest: dict = {}
+    manifest: dict[str, Any] = {}
     stable: TrackState | None = None
     canary: TrackState | None = None
     step: int = -1  # index into canary.steps; -1 before the first step
     consecutive_failures: int = 0
+    analysed_at: datetime | None = None  # the `at` of the last canary snapshot analysed
     last_reasons: list[str] = []
     router_url: str | None = None  # the public entry (nginx), e.g. http://127.0.0.1:8080
     # The command whose events the rollout's later ticks continue (so `promote canary --wait`

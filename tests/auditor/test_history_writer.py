@@ -74,13 +74,20 @@ async def test_a_crash_after_claiming_but_before_writing_writes_on_redelivery(tm
     assert verify(writer.path).lines == 2
 
 
-async def test_a_torn_tail_left_by_a_crash_is_cut_before_the_next_line(tmp_path: Path, redis_client) -> None:
+async def test_a_torn_tail_left_by_a_crash_is_moved_aside_and_recorded(tmp_path: Path, redis_client) -> None:
     writer = HistoryWriter(tmp_path / "history.jsonl", redis_client, fsync=False)
     await writer.append("ev1", entry(1))
+    size = writer.path.stat().st_size
+    torn = b'{"timestamp":"2026-01-01T00:00:00.000Z","ty'
     with writer.path.open("ab") as handle:
-        handle.write(b'{"timestamp":"2026-01-01T00:00:00.000Z","ty')
+        handle.write(torn)
     await writer.append("ev2", entry(2))
-    assert verify(writer.path).ok and verify(writer.path).lines == 2
+    result = verify(writer.path)
+    assert result.ok and result.lines == 3
+    assert result.repairs and f"recovered from byte {size} ({len(torn)} bytes moved to" in result.repairs[0]
+    recovery = json.loads(writer.path.read_bytes().splitlines()[1])
+    assert (recovery["type"], recovery["offset"], recovery["bytes"]) == ("history.recovered", size, len(torn))
+    assert (tmp_path / recovery["recovery_file"]).read_bytes() == torn
 
 
 async def test_a_short_write_is_undone_and_the_event_stays_pending(tmp_path: Path, redis_client, monkeypatch) -> None:

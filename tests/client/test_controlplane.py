@@ -60,7 +60,7 @@ def test_up_without_redis_url_runs_embedded_redis_and_four_healthy_services_and_
     listed = swiftdeploy("ps", "--json", cwd=project)
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert listed.returncode == 0, listed.stdout + listed.stderr
-    assert sorted(r["service"] for r in rows) == ["auditor", "collector", "gatekeeper", "orchestrator"]
+    assert sorted(r["service"] for r in rows) == ["auditor", "collector", "gatekeeper", "orchestrator", "redis"]
     assert {r["status"] for r in rows} == {"healthy"}
 
     client = redis.Redis.from_url(state["redis_url"])

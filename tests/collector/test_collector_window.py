@@ -74,6 +74,19 @@ def test_fewer_than_two_samples_is_no_data():
     assert series_of([(10, 5)]).increase(0, 60) is None
 
 
+def test_reading_the_increase_twice_gives_the_same_answer_and_leaves_the_series_unchanged():
+    # A reset inside (0, 25] but before a later window's start: reading the later window must
+    # not forget it for the earlier one, nor drop samples a reader still needs.
+    series = series_of([(10, 100), (20, 5), (30, 15), (40, 25), (50, 35)])
+    before = list(series.points)
+    later = series.increase(25, 55)
+    assert series.increase(25, 55) == later == pytest.approx(20 * 30 / 20)
+    assert list(series.points) == before and len(series) == 5
+    assert series.increase(5, 55) == pytest.approx((35 - 100 + 100) * 50 / 40)
+    assert series.increase(5, 35) == pytest.approx((15 - 100 + 100) * 30 / 20)
+    assert list(series.points) == before
+
+
 def test_samples_beyond_the_end_are_not_used():
     series = series_of([(10, 100), (20, 110), (30, 120), (40, 1000)])
     assert series.increase(5, 35) == pytest.approx(20 * 30 / 20)
@@ -104,6 +117,24 @@ def test_a_quantile_in_the_inf_bucket_is_the_highest_finite_bound():
 def test_non_monotonic_buckets_are_flattened_as_prometheus_does():
     # 0.25's count dips below 0.1's; treated as 80, so rank 99 falls in (0.25, 0.5].
     assert bucket_quantile(0.99, cumulative(50, 80, 70, 100, 100, 100)) == pytest.approx(0.25 + 0.25 * 19 / 20)
+
+
+def test_an_empty_bucket_after_a_full_one_is_lifted_to_the_envelope():
+    # A sharded or partial sum can leave 0 in a bucket above a non-zero one (here 0.1 and 0.25 are
+    # 0 after 0.05's 3). Prometheus lifts them to 3 instead of dividing by the zero count.
+    assert bucket_quantile(0.99, cumulative(3, 0, 0, 4, 4, 4)) == pytest.approx(0.25 + 0.25 * (0.96 / 1))
+    assert bucket_quantile(0.5, [(0.05, 3.0), (0.1, 0.0), (math.inf, 3.0)]) == pytest.approx(0.025)
+
+
+def test_float_noise_between_buckets_is_ignored_in_either_direction():
+    # Deltas below 1e-12 of the counts' sum are noise (almost.Equal): a bucket a hair below its
+    # neighbour is not a dip, and one a hair above is no new observations. A real dip is lifted.
+    hair = 100 * 1e-13
+    assert bucket_quantile(0.99, cumulative(50, 100, 100 - hair, 100 + hair, 100, 100)) == pytest.approx(
+        0.05 + 0.05 * (99 - 50) / 50
+    )
+    # 99.5 then 100 + hair: the first is a dip below 100, lifted; the second is noise over 100.
+    assert bucket_quantile(1.0, cumulative(10, 100, 99.5, 100 + hair, 100, 100)) == pytest.approx(0.1)
 
 
 def test_no_observations_or_no_inf_bucket_is_no_data():

@@ -1,4 +1,8 @@
-"""The process driver against real processes: workload instances, nginx, reloads, teardown."""
+"""The process driver against real processes: workload instances, nginx, reloads, teardown.
+
+The last tests run the rollout's phases on this driver (the gate scripted, a real Redis): what the
+phase tests check on the in-memory `FakeDriver`, answered here by real nginx and workloads.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,18 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
+import redis.asyncio as aioredis
 
-from services.orchestrator import plans
+from services.orchestrator import operations, phases, plans
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.drivers.base import InstanceFailed
 from services.orchestrator.drivers.process import ProcessDriver
+from services.orchestrator.rollout import RecordStore
 from swiftdeploy_core.errors import RuntimeDriverError
 from swiftdeploy_core.project.manifest import load_manifest
-from tests.orchestration import write_manifest
+from swiftdeploy_core.project.state import Phase
+from tests.orchestration import get_json, write_manifest
+from tests.orchestrator.fakes import Harness, harness
 from tests.servers import require_binary
 
 
@@ -99,3 +107,50 @@ async def test_a_taken_nginx_port_is_refused_before_anything_starts(project):
         ):
             await driver.preflight(manifest, router_running=False)
     assert await driver.list_objects() == []
+
+
+# --- the rollout's phases on real processes ------------------------------------------------------
+
+
+@pytest.fixture
+async def rollout(tmp_path: Path, redis_url: str):
+    require_binary("nginx")
+    loaded = load_manifest(write_manifest(tmp_path, "sdo-phase", canary={"steps": [10, 25, 50]}))
+    redis = aioredis.Redis.from_url(redis_url)
+    r = harness(loaded, make_driver(loaded.manifest, loaded.root), RecordStore(redis), Harness)
+    yield r
+    await r.driver.teardown()
+    await redis.aclose()
+
+
+async def deployed_with_canary(r: Harness) -> None:
+    await operations.Deploy(r, "cmd-deploy").run()
+    assert r.record.phase == Phase.stable, r.events
+    await operations.StartCanary(r, "cmd-canary").run()
+    assert (r.record.phase, r.record.step, r.record.canary.weight) == (Phase.progressing, 0, 10)
+
+
+async def test_a_rollback_on_real_nginx_sends_even_x_canary_always_to_stable(rollout):
+    await deployed_with_canary(rollout)
+    assert "10%   app_canary" in await rollout.driver.router_config()
+    assert (await get_json(rollout.record.router_url, {"X-Canary": "always"}))["version"] == "2.0.0"
+    moved = rollout.record.model_copy(update={"canary": rollout.record.canary.model_copy(update={"weight": 25})})
+    await rollout.route(moved)  # nginx reloaded to 25% ... and the orchestrator died before saving
+    assert "25%   app_canary" in await rollout.driver.router_config()
+    await phases.recover(rollout)
+    assert "10%   app_canary" in await rollout.driver.router_config()
+    await operations.Rollback(rollout, "rolled back by hand").run()
+    assert rollout.record.phase == Phase.stable and rollout.record.canary is None
+    assert [o.track for o in await rollout.driver.list_objects() if o.role == "instance"] == ["stable"]
+    assert (await get_json(rollout.record.router_url, {"X-Canary": "always"}))["version"] == "1.0.0"
+
+
+async def test_a_promotion_on_real_nginx_serves_the_new_version_in_stable_mode(rollout):
+    await deployed_with_canary(rollout)
+    await operations.PromoteStable(rollout).run()
+    assert rollout.record.phase == Phase.stable and rollout.record.stable.version == "2.0.0"
+    body = await get_json(rollout.record.router_url)
+    assert (body["version"], body["mode"]) == ("2.0.0", "stable")
+    names = sorted(o.name for o in await rollout.driver.list_objects() if o.role == "instance")
+    assert names == sorted(i.name for i in rollout.record.stable.instances)
+    assert rollout.types()[-2:] == ["promotion.completed", "mode.changed"]

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from swiftdeploy_core.bus.events import Payload
+from swiftdeploy_core.bus.events import AnyPayload, Track
 from swiftdeploy_core.errors import RuntimeDriverError
 from swiftdeploy_core.project.manifest import Manifest
 from swiftdeploy_core.project.state import Instance
@@ -32,7 +32,7 @@ POLL = 0.05  # seconds between two looks at a reloading or starting router
 
 
 Reason = Callable[[], Awaitable[str | None]]  # why a process stopped, or None while it runs
-Progress = Callable[[Payload], Awaitable[None]]  # emits image.pulling / image.pulled on the bus
+Progress = Callable[[AnyPayload], Awaitable[None]]  # emits image.pulling / image.pulled on the bus
 
 
 class Role(str, Enum):
@@ -52,7 +52,7 @@ class InstanceSpec(BaseModel):
 
     name: str
     project: str
-    track: str
+    track: Track
     version: str
     image: str  # as the manifest names it
     digest: str | None = None  # docker: what runs exactly (`repo@sha256:...`); None: the reference

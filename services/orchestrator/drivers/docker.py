@@ -18,6 +18,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
+from aiodocker.types import JSONObject
 
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
@@ -182,7 +183,7 @@ class DockerDriver(RuntimeDriver):
 
     async def start_opa(self, manifest: Manifest, network: str) -> str | None:
         name = opa_container(self.project)
-        config = {
+        config: JSONObject = {
             "Image": manifest.policy.opa_image,
             "Cmd": ["run", "--server", f"--addr=0.0.0.0:{OPA_PORT}", "/policies"],
             "Labels": plans.labels(self.project, Role.opa),
@@ -251,7 +252,9 @@ class DockerDriver(RuntimeDriver):
         if old is not None:
             await old.delete(force=True)
         container = await self.docker.containers.create(plans.router_config(manifest, self.project), name=name)
-        await container.put_archive(str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf))
+        await container.put_archive(  # type: ignore[no-untyped-call]  # aiodocker leaves it unannotated
+            str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf)
+        )
         try:
             await container.start()
         except DockerError as exc:
@@ -289,7 +292,8 @@ class DockerDriver(RuntimeDriver):
                 found.append(
                     RuntimeObject(kind="network", name=net["Name"], id=net["Id"], labels=net.get("Labels") or {})
                 )
-            volumes = (await self.docker.volumes.list(filters=label)).get("Volumes") or []
+            listed = await self.docker.volumes.list(filters=label)  # type: ignore[no-untyped-call]  # unannotated
+            volumes = listed.get("Volumes") or []
             for vol in volumes:
                 found.append(
                     RuntimeObject(kind="volume", name=vol["Name"], id=vol["Name"], labels=vol.get("Labels") or {})
@@ -304,7 +308,8 @@ class DockerDriver(RuntimeDriver):
                 elif obj.kind == "network":
                     await (await self.docker.networks.get(obj.id)).delete()
                 elif obj.kind == "volume":
-                    await (await self.docker.volumes.get(obj.name)).delete()
+                    volume = await self.docker.volumes.get(obj.name)  # type: ignore[no-untyped-call]  # unannotated
+                    await volume.delete()
 
     async def teardown(self) -> list[str]:
         removed = await super().teardown()
@@ -333,7 +338,7 @@ def repo_digest(image: str, info: dict[str, Any]) -> str:
     """`repo@sha256:...` of the image as its registry knows it; a local build's image id when no
     registry ever served it."""
     repository = parse_reference(image).repository
-    digests = info.get("RepoDigests") or []
+    digests = [str(d) for d in info.get("RepoDigests") or []]
     mine = [d for d in digests if d.split("@", 1)[0] == repository]
     return (mine or digests or [str(info["Id"])])[0]
 

@@ -47,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]  # where the bundled `workload` 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 ROUTER = "router"
 
-_children: dict[int, subprocess.Popen] = {}  # processes this orchestrator started (to reap them)
+_children: dict[int, subprocess.Popen[bytes]] = {}  # processes this orchestrator started (to reap them)
 
 
 class ProcessRecord(BaseModel):
@@ -251,7 +251,8 @@ def nginx_binary() -> str:
 def free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def child_env(root: Path, extra: dict[str, str]) -> dict[str, str]:

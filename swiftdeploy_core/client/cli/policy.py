@@ -50,6 +50,7 @@ def check(
 def read_input(text: str | None, file: Path | None) -> dict[str, Any]:
     """The input document from --input or --input-file; one-line error and exit 2 otherwise."""
     from policies import json_safe
+    from swiftdeploy_core.limits import INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, InputTooLarge, check_json_text
 
     if (text is None) == (file is None):
         fail("give the input as exactly one of --input '{...}' or --input-file FILE", EXIT_USAGE)
@@ -61,29 +62,36 @@ def read_input(text: str | None, file: Path | None) -> dict[str, Any]:
         except (OSError, UnicodeDecodeError) as exc:
             fail(f"{file}: cannot be read ({getattr(exc, 'strerror', None) or exc})", EXIT_USAGE)
     try:
+        check_json_text(text or "", INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, what=where)
         document = json.loads(text or "")
+    except InputTooLarge as exc:
+        fail(str(exc), EXIT_USAGE)
     except ValueError as exc:
         fail(f"{where} is not valid JSON: {exc}", EXIT_USAGE)
     if not isinstance(document, dict):
         fail(
             f"{where} must be a JSON object such as '{{\"cpu_load\": 1.5}}' (got {type(document).__name__})", EXIT_USAGE
         )
-    return json_safe(document)  # NaN reaches the gatekeeper as "NaN", not as null
+    safe: dict[str, Any] = json_safe(document)
+    return safe  # NaN reaches the gatekeeper as "NaN", not as null
 
 
 async def ask(settings: Any, domain: str, document: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Send decision.requested to the gatekeeper and wait for its decision.made payload."""
     from swiftdeploy_core.bus import streams
     from swiftdeploy_core.bus.connection import Bus
-    from swiftdeploy_core.bus.events import DecisionRequested, Event
+    from swiftdeploy_core.bus.events import CommandRejected, DecisionRequested, Event
     from swiftdeploy_core.client.cli.common import client_source
 
     bus = await Bus.connect(settings)  # its ControlPlaneDown names the URL tried and the next step
     try:
         request = Event(payload=DecisionRequested(domain=domain, input=document), source=client_source(settings))
-        reply = await bus.request(streams.GATEKEEPER_INBOX, request, expect={"decision.made"}, timeout=timeout)
+        expect = {"decision.made", "command.rejected"}
+        reply = await bus.request(streams.GATEKEEPER_INBOX, request, expect=expect, timeout=timeout)
     finally:
         await bus.close()
+    if isinstance(reply.payload, CommandRejected):
+        fail(f"the gatekeeper refused the request: {reply.payload.reason}", EXIT_USAGE)
     return reply.payload.model_dump(mode="json")
 
 

@@ -8,16 +8,17 @@ carry its correlation id with a line of progress each (`cli.common.send_command`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import (
+    AnyPayload,
     CanaryRequested,
     ChaosRequested,
     DeployRequested,
     Event,
-    Payload,
     PromotionRequested,
     RollbackRequested,
     TeardownRequested,
@@ -141,11 +142,11 @@ def teardown(manifest: ManifestOption = None, timeout: float = TimeoutOption) ->
 # --- sending and following ---------------------------------------------------------------------
 
 
-def _as_data(loaded: LoadedManifest) -> dict:
+def _as_data(loaded: LoadedManifest) -> dict[str, Any]:
     return loaded.manifest.model_dump(mode="json")
 
 
-def _send(payload: Payload, ends: dict[str, int], timeout: float, manifest: Path | None = None) -> None:
+def _send(payload: AnyPayload, ends: dict[str, int], timeout: float, manifest: Path | None = None) -> None:
     settings = client_settings(manifest)
     run(_require_orchestrator(settings))
     outcome = run(send_command(

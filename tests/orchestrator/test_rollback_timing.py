@@ -1,0 +1,35 @@
+"""How fast a bad canary is rolled back with nothing written by hand: the analysis runs as soon
+as the collector's new figures land, so the rollback takes `failure_limit` intervals plus at most
+one (the collector's first scrape after the chaos), not a timer's lag on top."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.orchestration import LoadLoop
+
+INTERVAL = 1.0
+FAILURE_LIMIT = 2
+COLLECTOR = {"interval": INTERVAL, "window": 4}
+MANIFEST = {"canary": {"version": "2.0.0", "steps": [50], "interval": INTERVAL, "failure_limit": FAILURE_LIMIT}}
+
+
+async def test_error_chaos_rolls_back_within_failure_limit_plus_one_intervals(stack):
+    assert (await stack.sd("deploy")).code == 0
+    load = LoadLoop(await stack.url(), rate=50)
+    runner = asyncio.create_task(load.run())
+    try:
+        assert (await stack.sd("promote", "canary")).code == 0
+        await stack.phase("canary_complete", timeout=20)
+        assert (await stack.sd("chaos", "error", "--rate", "0.9")).code == 0
+        injected = time.monotonic()
+        back = await stack.phase("stable", timeout=20)
+        elapsed = time.monotonic() - injected
+    finally:
+        load.stop()
+        await runner
+    print(f"rolled back {elapsed:.2f}s after the chaos ({elapsed / INTERVAL:.2f} intervals)")
+    assert elapsed <= (FAILURE_LIMIT + 1) * INTERVAL, f"rolled back after {elapsed:.2f}s"
+    assert back.canary is None and back.stable.version == "1.0.0"
+    assert back.consecutive_failures >= FAILURE_LIMIT or "error rate" in " ".join(back.last_reasons)
