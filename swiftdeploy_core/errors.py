@@ -68,3 +68,11 @@ class LeaseLost(SwiftDeployError):
 
 class PolicyEngineError(SwiftDeployError):
     """The policy engine could not give an answer (used inside the gatekeeper, mapped to a deny)."""
+
+
+class ImagePullError(RuntimeDriverError):
+    """An image is not on the docker host and could not be pulled (not found, unauthorized, unreachable)."""
+
+
+class SecretUnavailable(ConfigError):
+    """A secret or env file the manifest names cannot be read where the orchestrator runs."""

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # Where the control plane that `swiftdeploy up` runs records its Redis URL, read by every
     # process when REDIS_URL is unset. None: `.swiftdeploy/redis-url.json` beside the manifest.
     redis_url_file: Path | None = None
+    # Docker's own variable: the folder of the config.json holding registry credentials.
+    docker_config: str | None = Field(default=None, validation_alias=AliasChoices("DOCKER_CONFIG"))
 
     def redis_url_record(self) -> Path:
         """The file `redis_url_file` names (or its default beside the manifest)."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisServer, docker_socket_alive, missing, require_binary
+from tests.servers import RedisServer, RegistryServer, docker_socket_alive, missing, require_binary
 
 # Fixtures shared across folders: the orchestration stack and the scratch project.
 pytest_plugins = ["tests.orchestration", "tests.projects"]
@@ -117,6 +117,34 @@ def opa_standin_image(docker_daemon: str) -> str:
     from tests.servers import build_images
 
     return build_images("opa-standin")["opa-standin"]
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A real Docker registry (Debian's docker-registry) on a free loopback port, open to all."""
+    server = RegistryServer(require_binary("docker-registry"), tmp_path_factory.mktemp("registry")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A second registry that asks for basic auth: user `team`, its password in `.users`."""
+    import secrets
+
+    users = {"team": secrets.token_urlsafe(12)}
+    workdir = tmp_path_factory.mktemp("registry-auth")
+    server = RegistryServer(require_binary("docker-registry"), workdir, users=users).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ledger_image(docker_daemon: str) -> str:
+    """The `ledger` test service (tests/fixtures/ledger: health on /status, no /metrics)."""
+    from tests.servers import build_images, build_ledger
+
+    return build_ledger(build_images("base")["base"])
 
 
 @pytest.fixture

@@ -56,6 +56,17 @@ def write_manifest(root: Path, project: str, **sections: Any) -> Path:
     return path
 
 
+def docker_sections(workload_image: str, nginx_image: str, interval: float) -> dict[str, Any]:
+    """A docker-runtime module's manifest sections: the built images, a 2.0.0 canary of them."""
+    return {
+        "runtime": "docker",
+        "services": {"image": workload_image},
+        "nginx": {"image": nginx_image},
+        "canary": {"version": "2.0.0", "image": workload_image, "steps": [10, 50], "interval": interval,
+                   "failure_limit": 2},
+    }  # fmt: skip
+
+
 def env_for(redis_url: str, **extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("SWIFTDEPLOY_") or k == "SWIFTDEPLOY_REQUIRE_SERVERS"

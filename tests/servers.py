@@ -7,6 +7,7 @@ on a developer's machine without it, it is skipped with the reason.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -86,6 +87,58 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@dataclass
+class RegistryServer:
+    """A real Docker registry (Debian's docker-registry, distribution v2) on a loopback port,
+    storing under `workdir`. With `users` it asks for HTTP basic auth (an htpasswd file of bcrypt
+    hashes). dockerd allows plain HTTP to 127.0.0.0/8 registries by default."""
+
+    binary: str
+    workdir: Path
+    users: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        """The registry part of an image reference: `127.0.0.1:PORT`."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RegistryServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}, "delete": {"enabled": True}},
+            "http": {"addr": self.host},
+        }
+        if self.users:
+            htpasswd = self.workdir / "htpasswd"
+            htpasswd.write_text("".join(f"{user}:{_bcrypt(password)}\n" for user, password in self.users.items()))
+            config["auth"] = {"htpasswd": {"realm": "swiftdeploy-tests", "path": str(htpasswd)}}
+        (self.workdir / "config.yml").write_text(json.dumps(config))  # JSON is YAML
+        log = (self.workdir / "registry.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, "serve", str(self.workdir / "config.yml")], stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def _bcrypt(password: str) -> str:
+    """An htpasswd line's hash, from apache2-utils' htpasswd (the registry accepts bcrypt only)."""
+    done = subprocess.run(
+        [require_binary("htpasswd"), "-nbB", "-C", "4", "user", password], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip().split(":", 1)[1]
 
 
 def docker_socket_alive(path: str = "/var/run/docker.sock") -> bool:
@@ -245,3 +298,58 @@ def build_images(*only: str, timeout: float = 900) -> dict[str, str]:
         _status, name, pinned, *_ = line.split()
         images[name] = pinned
     return images
+
+
+LEDGER = REPO_ROOT / "tests" / "fixtures" / "ledger"
+
+
+def docker_cli(*args: str, config: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The docker CLI; `config` is a DOCKER_CONFIG folder (a login never touches the user's own)."""
+    env = {**os.environ, "DOCKER_BUILDKIT": "0", **({"DOCKER_CONFIG": str(config)} if config else {})}
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def build_ledger(base: str) -> str:
+    """The ledger test service's image on `base`, tagged by the hash of its inputs (built once)."""
+    import hashlib
+
+    inputs = b"".join((LEDGER / name).read_bytes() for name in ("Dockerfile", "app.py")) + base.encode()
+    tag = f"swiftdeploy-test/ledger:{hashlib.sha256(inputs).hexdigest()[:12]}"
+    if docker_cli("image", "inspect", tag).returncode != 0:
+        built = docker_cli(
+            "build", "--quiet", "--network", "none", "--build-arg", f"BASE={base}", "--tag", tag, str(LEDGER)
+        )
+        if built.returncode != 0:
+            pytest.fail(f"building {tag} failed: {built.stderr.strip()[-2000:]}", pytrace=False)
+    return tag
+
+
+def push_image(local: str, reference: str, config: Path | None = None) -> str:
+    """Push `local` as `reference`, then drop the local `reference` tag (a deploy must pull it)."""
+    for args in (("tag", local, reference), ("push", reference)):
+        done = docker_cli(*args, config=config)
+        if done.returncode != 0:
+            pytest.fail(f"docker {' '.join(args)} failed: {done.stderr.strip()[-1000:]}", pytrace=False)
+    forget_image(reference)
+    return reference
+
+
+def forget_image(reference: str) -> None:
+    """Remove a local tag (and its digest reference), so the next deploy has to pull it again."""
+    repository = reference.split("@")[0].rsplit(":", 1)[0] if "@" not in reference else reference.split("@")[0]
+    listed = docker_cli("image", "inspect", "--format", "{{json .RepoDigests}}", reference).stdout.strip()
+    names = [reference, *(d for d in json.loads(listed or "[]") if d.startswith(f"{repository}@"))]
+    for name in names:
+        docker_cli("rmi", name)
+
+
+def docker_login(registry: RegistryServer, user: str, password: str, config: Path) -> Path:
+    """`docker login` into a fresh DOCKER_CONFIG folder; returns its config.json (auths.<host>.auth)."""
+    config.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["docker", "login", "--username", user, "--password-stdin", registry.host],
+        input=password, capture_output=True, text=True, timeout=60, env={**os.environ, "DOCKER_CONFIG": str(config)},
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"docker login {registry.host} failed: {done.stderr.strip()}", pytrace=False)
+    return config / "config.json"

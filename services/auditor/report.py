@@ -24,7 +24,7 @@ Entry = dict[str, Any]
 TEMPLATES = Path(__file__).parent / "templates"
 
 TIMELINE_TYPES = (
-    "deploy.requested", "deploy.started", "deploy.step", "deploy.blocked", "deploy.completed",
+    "deploy.requested", "deploy.started", "deploy.step", "image.pulled", "deploy.blocked", "deploy.completed",
     "deploy.failed", "canary.requested", "canary.started", "canary.weight_changed",
     "canary.analysis", "canary.paused", "canary.resumed", "canary.replaced", "canary.completed", "promotion.requested", "promotion.blocked",
     "promotion.completed", "rollback.requested", "rollback.completed", "mode.changed",

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from services.orchestrator import gates, phases, plans
+from services.orchestrator.drivers.base import InstanceSpec
 from services.orchestrator.drivers.health import wait_http_ok
 from services.orchestrator.rollout import Decision, Rollout, failure_logs
 from swiftdeploy_core.bus.events import (
@@ -35,6 +36,7 @@ from swiftdeploy_core.bus.events import (
 )
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.host import INFRA_FIELDS, DataRoots, host_stats
+from swiftdeploy_core.project.service_env import ServiceEnv
 from swiftdeploy_core.project.state import Instance, Phase, TrackState
 
 CANARY_PHASES = frozenset({Phase.canary_starting, Phase.progressing, Phase.canary_complete})
@@ -66,6 +68,8 @@ class Deploy:
     router_was_running: bool = False
     track: TrackState | None = None
     url: str = ""
+    env: ServiceEnv = field(default_factory=ServiceEnv, repr=False)
+    digest: str | None = None
 
     async def run(self) -> None:
         if not await self.preflight():
@@ -87,6 +91,7 @@ class Deploy:
         r = self.rollout
         if r.record.phase in BUSY_PHASES:
             raise Refused(f"a canary is in progress ({r.record.phase.value}); run `promote stable` or `rollback` first")
+        self.env = r.service_env()
         self.router_was_running = await r.driver.router_running()
         await r.driver.preflight(r.manifest, router_running=self.router_was_running)
         stats = host_stats(await DATA_ROOTS.for_runtime(r.driver.name, Path(r.record.root)))
@@ -94,6 +99,8 @@ class Deploy:
         if not decision.allow:
             await r.emit(DeployBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
             return False
+        digests = await r.driver.ensure_images(r.manifest, plans.images(r.manifest), r.emit)
+        self.digest = digests.get(r.manifest.services.image)
         await r.save(phase=Phase.deploying, correlation_id=self.correlation_id)
         await r.emit(
             DeployStarted(project=r.manifest.project, version=r.manifest.services.version, runtime=r.driver.name)
@@ -103,20 +110,20 @@ class Deploy:
     async def networks(self) -> None:
         specs = plans.network_specs(self.rollout.manifest)
         self.created_networks = await self.rollout.driver.ensure_networks(specs)
-        await self.step(
-            "networks", ", ".join(s.name for s in specs) if self.rollout.driver.name == "docker" else "loopback"
-        )
+        await self.step("networks", self.rollout.driver.describe_networks(specs))
 
     async def stable_track(self) -> None:
         """Start the stable instances. A first deploy routes to them while they boot (nothing
         serves yet); a redeploy waits for them first, so nginx never moves to an unready one."""
         r = self.rollout
-        specs = plans.track_specs(r.manifest, "stable", plans.generation(f"{self.correlation_id}:deploy"))
+        gen = plans.generation(f"{self.correlation_id}:deploy")
+        specs = plans.track_specs(r.manifest, "stable", gen, service_env=self.env, digest=self.digest)
         self.started = await r.launch(specs)
         if self.router_was_running:
             await r.wait_healthy(self.started)
-        self.track = plans.track_state(specs, self.started, 100)
-        await self.step("stable", f"{len(self.started)} instance(s) of {self.track.version} started")
+        self.track = plans.track_state(specs, self.started, 100, self.digest, plans.settings_of(specs[0], self.env))
+        runs = f" ({self.digest})" if self.digest else ""
+        await self.step("stable", f"{len(self.started)} instance(s) of {self.track.version}{runs} started")
 
     async def router(self) -> None:
         r = self.rollout
@@ -138,9 +145,12 @@ class Deploy:
         assert self.track is not None
         await r.save(phase=Phase.stable, stable=self.track, canary=None, step=-1, router_url=self.url, last_reasons=[])
         names = [i.name for i in self.started]
-        await r.emit(
-            DeployCompleted(project=r.manifest.project, version=self.track.version, url=self.url, instances=names)
-        )
+        track = self.track
+        done = DeployCompleted(
+            project=r.manifest.project, version=track.version, url=self.url, instances=names,
+            image=track.image, digest=track.digest,
+        )  # fmt: skip
+        await r.emit(done)
 
     async def step(self, name: str, detail: str) -> None:
         await self.rollout.emit(DeployStep(step=name, detail=detail))
@@ -173,11 +183,14 @@ class StartCanary:
     replace: bool = False
 
     async def run(self) -> None:
-        if self.replace and self.rollout.record.phase in (Phase.progressing, Phase.canary_complete):
+        replacing = self.replace and self.rollout.record.phase in (Phase.progressing, Phase.canary_complete)
+        if not replacing:
+            self.check()
+        specs, env = await self.prepare()  # refused (an identical canary) before anything is removed
+        if replacing:
             await self.remove_running()
-        self.check()
         try:
-            instances = await self.start_track()
+            instances = await self.start_track(specs, env)
         except SwiftDeployError as exc:
             await self.rollout.save(phase=Phase.stable, canary=None, step=-1)
             await self.rollout.emit(OperationFailed(command="promote-canary", error=_with_log(exc)))
@@ -208,16 +221,34 @@ class StartCanary:
         await r.save(phase=Phase.stable, canary=None, step=-1, pause=None, consecutive_failures=0, last_reasons=[])
         await r.emit(CanaryReplaced(previous_version=record.canary.version, version=new_version, step=record.step))
 
-    async def start_track(self) -> list[Instance]:
+    async def prepare(self) -> tuple[list[InstanceSpec], ServiceEnv]:
+        """The canary's env and image (pulled), refused when it would run exactly what stable runs."""
+        r = self.rollout
+        env = r.service_env(canary=True)
+        image = r.manifest.canary_image
+        digest = (await r.driver.ensure_images(r.manifest, [image], r.emit)).get(image)
+        gen = plans.generation(f"{self.correlation_id}:canary")
+        specs = plans.track_specs(r.manifest, "canary", gen, service_env=env, digest=digest)
+        stable = r.record.stable
+        if stable is not None and stable.settings == plans.settings_of(specs[0], env):
+            raise Refused(
+                f"the canary is identical to stable ({digest or image}, version {stable.version}, same env and "
+                "command); change canary.image, canary.version, canary.env or canary.command"
+            )
+        return specs, env
+
+    async def start_track(self, specs: list[InstanceSpec], env: ServiceEnv) -> list[Instance]:
         r = self.rollout
         await r.save(
             phase=Phase.canary_starting, correlation_id=self.correlation_id, consecutive_failures=0, last_reasons=[]
         )
-        specs = plans.track_specs(r.manifest, "canary", plans.generation(f"{self.correlation_id}:canary"))
         instances = await r.start(specs)
-        await r.save(canary=plans.track_state(specs, instances, 0))
+        digest = specs[0].digest
+        await r.save(canary=plans.track_state(specs, instances, 0, digest, plans.settings_of(specs[0], env)))
         await r.emit(
-            CanaryStarted(version=specs[0].version, image=specs[0].image, weight=r.manifest.canary.weight_at(0))
+            CanaryStarted(
+                version=specs[0].version, image=specs[0].image, weight=r.manifest.canary.weight_at(0), digest=digest
+            )
         )
         return instances
 

@@ -205,14 +205,16 @@ async def on_promoting(rollout: Rollout) -> None:
     """Start the canary's version as the new stable track, move traffic, remove the old tracks."""
     record, manifest = rollout.record, rollout.manifest
     gen = plans.generation(f"{record.correlation_id}:promote")
-    specs = plans.track_specs(manifest, "stable", gen, promoted=True)
+    digest = record.canary.digest if record.canary else None
     try:
+        env = rollout.service_env(canary=True)
+        specs = plans.track_specs(manifest, "stable", gen, promoted=True, service_env=env, digest=digest)
         instances = await rollout.start(specs)
     except SwiftDeployError as exc:
         await rollout.save(phase=Phase.canary_complete if record.step >= 0 else Phase.stable)
         await rollout.emit(OperationFailed(command="promote-stable", error=str(exc)))
         return
-    new_stable = plans.track_state(specs, instances, 100)
+    new_stable = plans.track_state(specs, instances, 100, digest, plans.settings_of(specs[0], env))
     await rollout.route(record.model_copy(update={"stable": new_stable, "canary": None}))
     old = [i.name for i in record.instances()]
     await rollout.stop(old)

@@ -30,6 +30,7 @@ from swiftdeploy_core.project.router import (
     plan_for_compose,
     plan_for_process,
 )
+from swiftdeploy_core.project.service_env import ServiceEnv, fingerprint
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 
 DEFAULT_COMMAND = (sys.executable, "-m", "workload")
@@ -55,12 +56,23 @@ def instance_name(project: str, track: str, gen: str, index: int) -> str:
     return f"{project}-{track}-{gen}-{index}"
 
 
-def track_specs(manifest: Manifest, track: Track, gen: str, *, promoted: bool = False) -> list[InstanceSpec]:
-    """The instances of one track. A promoted stable runs the canary's version in stable mode."""
+def track_specs(
+    manifest: Manifest,
+    track: Track,
+    gen: str,
+    *,
+    promoted: bool = False,
+    service_env: ServiceEnv | None = None,
+    digest: str | None = None,
+) -> list[InstanceSpec]:
+    """The instances of one track. A promoted stable runs the canary's version (and settings) in
+    stable mode. `service_env` is the track's resolved env and secrets (`service_env.resolve`)."""
     svc = manifest.services
     new = track == "canary" or promoted
     version = manifest.canary_version if new else svc.version
     image = manifest.canary_image if new else svc.image
+    command = manifest.canary_command if new else svc.command
+    extra = service_env or ServiceEnv()
     return [
         InstanceSpec(
             name=instance_name(manifest.project, track, gen, index),
@@ -68,19 +80,39 @@ def track_specs(manifest: Manifest, track: Track, gen: str, *, promoted: bool = 
             track=track,
             version=version,
             image=image,
+            digest=digest,
             port=svc.port,
-            command=tuple(svc.command) if svc.command else None,
+            command=tuple(command) if command else None,
+            args=tuple(svc.args),
             network=manifest.network.name,
-            env={"MODE": track, "VERSION": version},
+            env={**extra.env, "MODE": track, "VERSION": version},
+            secrets=extra.secrets,
             labels=labels(manifest.project, Role.instance, track, version),
+            cpus=svc.resources.cpus,
+            memory=svc.resources.memory_bytes,
         )
         for index in range(1, svc.replicas + 1)
     ]
 
 
-def track_state(specs: list[InstanceSpec], instances: list[Instance], weight: int) -> TrackState:
+def track_state(
+    specs: list[InstanceSpec], instances: list[Instance], weight: int, digest: str | None = None, settings: str = ""
+) -> TrackState:
     first = specs[0]
-    return TrackState(track=first.track, version=first.version, image=first.image, weight=weight, instances=instances)
+    return TrackState(
+        track=first.track, version=first.version, image=first.image, digest=digest, settings=settings,
+        weight=weight, instances=instances,
+    )  # fmt: skip
+
+
+def settings_of(spec: InstanceSpec, env: ServiceEnv) -> str:
+    """The track's fingerprint: two tracks with the same one run the same service."""
+    return fingerprint(spec.version, spec.digest or spec.image, env, spec.command, spec.args)
+
+
+def images(manifest: Manifest) -> list[str]:
+    """Every image a deploy runs: the service's and nginx's (a managed OPA's is the control plane's)."""
+    return list(dict.fromkeys([manifest.services.image, manifest.nginx.image]))
 
 
 def network_specs(manifest: Manifest) -> list[NetworkSpec]:
@@ -93,6 +125,47 @@ def network_specs(manifest: Manifest) -> list[NetworkSpec]:
             labels=labels(manifest.project, Role.network),
         )
     ]
+
+
+# --- docker container configs ------------------------------------------------------------------
+
+
+def instance_config(spec: InstanceSpec) -> dict[str, Any]:
+    """The docker container config of one instance: on its network, reachable by its name."""
+    network = spec.network or "bridge"
+    env = {"HOST": "0.0.0.0", "PORT": str(spec.port), **spec.environment()}
+    host: dict[str, Any] = {"NetworkMode": network, "RestartPolicy": {"Name": "no"}}
+    if spec.cpus is not None:
+        host["NanoCpus"] = int(spec.cpus * 1e9)
+    if spec.memory is not None:
+        host["Memory"] = spec.memory
+    config: dict[str, Any] = {
+        "Image": spec.digest or spec.image,
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "Labels": spec.labels,
+        "ExposedPorts": {f"{spec.port}/tcp": {}},
+        "HostConfig": host,
+        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [spec.name]}}},
+    }
+    if spec.command or spec.args:
+        config["Cmd"] = [*(spec.command or ()), *spec.args]
+    return config
+
+
+def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
+    """The nginx container config: published on 127.0.0.1 only."""
+    port = f"{manifest.nginx.port}/tcp"
+    return {
+        "Image": manifest.nginx.image,
+        "Cmd": ["nginx", "-g", "daemon off;"],
+        "Labels": labels(project, Role.router),
+        "ExposedPorts": {port: {}},
+        "HostConfig": {
+            "NetworkMode": manifest.network.name,
+            "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": str(manifest.nginx.port)}]},
+            "RestartPolicy": {"Name": "no"},
+        },
+    }
 
 
 # --- canary steps ------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -21,7 +22,9 @@ from services.orchestrator.drivers.base import InstanceFailed, InstanceSpec, Run
 from services.orchestrator.lock import Fence
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import AnyPayload, MetricsSnapshot
+from swiftdeploy_core.project import service_env as envs
 from swiftdeploy_core.project.manifest import Manifest, validate_manifest
+from swiftdeploy_core.project.service_env import ServiceEnv
 from swiftdeploy_core.project.state import Instance, RolloutState
 
 HEALTH_TIMEOUT = 30.0
@@ -90,15 +93,21 @@ class Rollout:
     store: RecordStore
     gate: Gate
     emit: Emit
-    health_timeout: float = HEALTH_TIMEOUT
+    health_timeout: float = HEALTH_TIMEOUT  # unless services.health.start_period says otherwise
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # where env secrets come from
     _manifest: Manifest | None = field(default=None, repr=False)
     fence: Fence | None = None  # the lease this rollout's operation holds: every effect checks it
+    _secrets: list[str] = field(default_factory=list, repr=False)  # values to mask in log lines
 
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
             self._manifest = validate_manifest(self.record.manifest)
         return self._manifest
+
+    def service_env(self, *, canary: bool = False) -> ServiceEnv:
+        """The track's env and secrets, read now (SecretUnavailable names what is missing)."""
+        return envs.resolve(self.manifest, Path(self.record.root), self.environ, canary=canary)
 
     async def save(self, **changes: object) -> RolloutState:
         self.record = await self.store.save(self.record.model_copy(update=changes), self.fence)
@@ -126,6 +135,7 @@ class Rollout:
         """Start instances without waiting for them; on failure stop what was started."""
         started: list[Instance] = []
         await self.fenced()
+        self._secrets = [v.get_secret_value() for spec in specs for v in spec.secrets.values()]
         try:
             for spec in specs:
                 started.append(await self.driver.start_instance(spec))
@@ -137,10 +147,12 @@ class Rollout:
     async def wait_healthy(self, instances: list[Instance], specs: list[InstanceSpec] | None = None) -> list[Instance]:
         """Wait for every instance; on failure keep the failing one's last log lines, stop them all."""
         try:
-            await asyncio.gather(*(self.driver.wait_healthy(i, self.health_timeout) for i in instances))
+            health = self.manifest.services.health
+            timeout = health.start_period or self.health_timeout
+            await asyncio.gather(*(self.driver.wait_healthy(i, timeout, health.path) for i in instances))
         except BaseException as exc:
             if isinstance(exc, InstanceFailed):
-                exc.logs = await self.driver.logs_tail(exc.name, LOG_LINES)
+                exc.logs = envs.redact(await self.driver.logs_tail(exc.name, LOG_LINES), self._secrets)
             names = [s.name for s in specs] if specs else [i.name for i in instances]
             await asyncio.shield(self.stop(names))
             raise

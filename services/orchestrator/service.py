@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,10 @@ LOOP_PAUSE = 0.1  # how often the analysis loop looks for due rollouts
 CONCURRENCY = 8  # commands for different projects run side by side
 
 log = logging.getLogger("swiftdeploy.orchestrator")
+# Where `services.secrets` with an `env` source are read at deploy time: the orchestrator's own
+# environment (what `swiftdeploy up` was started with). The only read of os.environ beyond Settings:
+# secret names are the user's, so no settings model can list them.
+DEPLOY_ENVIRON = os.environ
 
 
 @dataclass
@@ -108,9 +113,8 @@ async def open_rollout(
         raise operations.Refused(f"{project} is not deployed (no rollout record); run `swiftdeploy deploy` first")
     gate = BusGate(ctx, ctx.settings.request_timeout)
     validated = validate_manifest(record.manifest)
-    rollout = Rollout(
-        record, make_driver(validated, record.root, record.runtime), store, gate, emit, _manifest=validated, fence=fence
-    )
+    driver = make_driver(validated, record.root, record.runtime, docker_config=ctx.settings.docker_config)
+    rollout = Rollout(record, driver, store, gate, emit, environ=DEPLOY_ENVIRON, _manifest=validated, fence=fence)
     if stored is None:  # Redis lost the record (the command brought its manifest): the runtime's labels say the rest
         rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
         if rebuilt is not None:

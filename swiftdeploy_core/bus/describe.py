@@ -66,6 +66,12 @@ def _rollback(entry: Entry) -> str:
     return f"back on {entry.get('version')} ({how}){reasons}"
 
 
+def _progress(entry: Entry) -> str:
+    current, total = int(entry.get("current") or 0), int(entry.get("total") or 0)
+    size = f" {current / 1e6:.1f}/{total / 1e6:.1f} MB" if total else (f" {current / 1e6:.1f} MB" if current else "")
+    return f"{entry.get('status') or 'pulling'}{size}"
+
+
 def _decision(entry: Entry) -> str:
     verdict = "allow" if entry.get("allow") else f"deny: {_reasons(entry)}"
     return f"{entry.get('domain')}: {verdict}"
@@ -75,13 +81,19 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "deploy.requested": lambda e: f"manifest {str(e.get('manifest_sha256', ''))[:12]}",
     "deploy.started": lambda e: f"{e.get('project')} {e.get('version')} on {e.get('runtime')}",
     "deploy.step": lambda e: f"{e.get('step')}" + (f": {e['detail']}" if e.get("detail") else ""),
+    "image.pulling": lambda e: f"{e.get('image')} from {e.get('registry')}: {_progress(e)}",
+    "image.pulled": lambda e: (
+        f"{e.get('image')} -> {e.get('digest')}"
+        + (f" (pulled in {float(e.get('seconds') or 0):.1f}s)" if str(e.get("pulled")).lower() in ("true", "1") else "")
+    ),
     "deploy.blocked": _reasons,
     "deploy.completed": lambda e: (
         f"{e.get('version')} serving at {e.get('url')} ({_count(e, 'instances', 'instance')})"
+        + (f" running {e['digest']}" if e.get("digest") else "")
     ),
     "deploy.failed": lambda e: str(e.get("error")),
     "canary.requested": lambda e: f"manifest {str(e.get('manifest_sha256', ''))[:12]}",
-    "canary.started": lambda e: f"{e.get('version')} ({e.get('image')}) at {_pct(e.get('weight'))}",
+    "canary.started": lambda e: f"{e.get('version')} ({e.get('digest') or e.get('image')}) at {_pct(e.get('weight'))}",
     "canary.weight_changed": lambda e: f"step {e.get('step')}: {_pct(e.get('previous'))} → {_pct(e.get('weight'))}",
     "canary.analysis": _analysis,
     "canary.paused": lambda e: (

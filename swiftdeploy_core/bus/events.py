@@ -81,6 +81,28 @@ class DeployStep(Payload):
     detail: str = ""
 
 
+class ImagePulling(Payload):
+    """A pull is under way (at its start, then at most once a second): bytes so far of the layers
+    dockerd reported."""
+
+    type: Literal["image.pulling"] = "image.pulling"
+    image: str
+    registry: str
+    status: str = ""  # dockerd's last status line, e.g. "Downloading"
+    current: int = 0  # bytes
+    total: int = 0  # bytes (0: not known yet)
+
+
+class ImagePulled(Payload):
+    """An image is on the docker host; `digest` is exactly what runs (`repo@sha256:...`)."""
+
+    type: Literal["image.pulled"] = "image.pulled"
+    image: str
+    digest: str
+    pulled: bool  # False: it was there already (pull policy `missing` or `never`)
+    seconds: float = 0.0
+
+
 class DeployBlocked(Payload):
     """The infra policy denied the deploy; nothing was created."""
 
@@ -97,6 +119,8 @@ class DeployCompleted(Payload):
     version: str
     url: str
     instances: list[str] = []
+    image: str = ""
+    digest: str | None = None  # `repo@sha256:...` that runs; None on the process runtime
 
 
 class DeployFailed(Payload):
@@ -128,6 +152,7 @@ class CanaryStarted(Payload):
     version: str
     image: str
     weight: int
+    digest: str | None = None  # `repo@sha256:...` that runs; None on the process runtime
 
 
 class CanaryWeightChanged(Payload):
@@ -460,6 +485,8 @@ AnyPayload = Annotated[
     | DeployRequested
     | DeployStarted
     | DeployStep
+    | ImagePulling
+    | ImagePulled
     | DeployBlocked
     | DeployCompleted
     | DeployFailed

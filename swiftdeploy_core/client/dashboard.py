@@ -33,6 +33,8 @@ class InstanceView(BaseModel):
 class TrackView(BaseModel):
     track: str
     version: str
+    image: str = ""
+    digest: str | None = None  # `repo@sha256:...` that runs (docker runtime)
     weight: int
     replicas: int
     instances: list[InstanceView]
@@ -130,6 +132,8 @@ def _track_view(track: TrackState, snapshot: MetricsSnapshot | None, health: dic
     return TrackView(
         track=track.track,
         version=track.version,
+        image=track.image,
+        digest=track.digest,
         weight=track.weight,
         replicas=len(track.instances),
         instances=[InstanceView(url=i.url, name=i.name, healthy=health.get(i.url)) for i in track.instances],
@@ -242,12 +246,13 @@ def _header(view: StatusView) -> Text:
 
 def _tracks_table(view: StatusView) -> Table:
     table = Table(title="Tracks", expand=True, title_justify="left")
-    for column in ("Track", "Version", "Weight", "Replicas", "Health", "Req/s", "Errors", "P99"):
-        table.add_column(column, no_wrap=column in ("Health", "Track"))
+    for column in ("Track", "Version", "Image", "Weight", "Replicas", "Health", "Req/s", "Errors", "P99"):
+        table.add_column(column, no_wrap=column in ("Health", "Track"), overflow="fold")
     for t in view.tracks:
         table.add_row(
             t.track,
             t.version,
+            t.digest or t.image,
             f"{t.weight}%",
             str(t.replicas),
             _health(t),
@@ -256,7 +261,7 @@ def _tracks_table(view: StatusView) -> Table:
             fmt_ms(t.p99_latency_ms),
         )
     if not view.tracks:
-        table.add_row("—", "nothing deployed", "", "", "", "", "", "")
+        table.add_row("—", "nothing deployed", "", "", "", "", "", "", "")
     return table
 
 

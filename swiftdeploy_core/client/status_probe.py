@@ -67,20 +67,21 @@ async def _get_model(bus: Bus, key: str, model: type[Record]) -> Record | None:
         return None  # a record this client does not understand shows as no data
 
 
-async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:
+async def _healthy(session: aiohttp.ClientSession, url: str, path: str) -> bool:
     try:
-        async with session.get(url.rstrip("/") + "/healthz") as response:
+        async with session.get(url.rstrip("/") + path) as response:
             return response.status == 200
     except (TimeoutError, aiohttp.ClientError, OSError):
         return False
 
 
-async def probe_health(urls: list[str]) -> dict[str, bool | None]:
+async def probe_health(urls: list[str], path: str = "/healthz") -> dict[str, bool | None]:
+    """Each instance's health, asked on the service's own path (`services.health.path`)."""
     if not urls:
         return {}
     timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        answers = await asyncio.gather(*(_healthy(session, url) for url in urls))
+        answers = await asyncio.gather(*(_healthy(session, url, path) for url in urls))
     return dict(zip(urls, answers))
 
 
@@ -218,8 +219,13 @@ async def gather_status(
     correlation = uuid.uuid4().hex
     inputs = policy_inputs(host, serving)
     urls = [i.url for i in rollout.instances()] if rollout else []
+    health_path = (
+        str(((rollout.manifest.get("services") or {}).get("health") or {}).get("path") or "/healthz")
+        if rollout
+        else "/healthz"
+    )
     health, policies = await asyncio.gather(
-        probe_health(urls), ask_policies(bus, source, correlation, inputs, policy_timeout)
+        probe_health(urls, health_path), ask_policies(bus, source, correlation, inputs, policy_timeout)
     )
     view = build_view(
         project,

@@ -14,18 +14,26 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib
+import os
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from swiftdeploy_core.bus.retry import redis_errors
 from swiftdeploy_core.errors import BusError, ControlPlaneDown, ManifestError
-from swiftdeploy_core.project.manifest import LoadedManifest, Runtime, load_manifest
+from swiftdeploy_core.project.manifest import (
+    LoadedManifest,
+    Manifest,
+    PolicyEngine,
+    PullPolicy,
+    Runtime,
+    load_manifest,
+)
 from swiftdeploy_core.project.render import (
     COMPOSE_FILE,
     GENERATED_FILES,
@@ -40,6 +48,7 @@ from swiftdeploy_core.settings import Settings
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 COMMAND_TIMEOUT = 30.0  # seconds for nginx -t and docker-compose config
 PROBE_TIMEOUT = 3.0  # seconds for the dockerd and Redis probes
+IMAGE_PROBE_TIMEOUT = 20.0  # seconds for asking dockerd and the registries about every image
 
 
 class CheckResult(BaseModel):
@@ -52,11 +61,13 @@ class CheckResult(BaseModel):
 
 @dataclass
 class CheckContext:
-    """What the checks share: the manifest (loaded by the first check) and the settings."""
+    """What the checks share: the manifest (loaded by the first check), the settings, and the
+    environment env-sourced secrets are read from (this process's: the one `up` starts from)."""
 
     manifest_path: Path
     settings: Settings
     loaded: LoadedManifest | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     @property
     def loaded_manifest(self) -> LoadedManifest:
@@ -225,6 +236,98 @@ async def _docker_version() -> str:
         return str((await docker.version()).get("Version", "?"))
     finally:
         await docker.close()
+
+
+@check
+def service_settings(context: CheckContext) -> CheckResult:
+    name = "service settings"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    from swiftdeploy_core.errors import SecretUnavailable
+    from swiftdeploy_core.project.service_env import resolve
+
+    m = context.loaded_manifest.manifest
+    try:
+        env = resolve(m, context.loaded_manifest.root, context.environ)
+        canary = resolve(m, context.loaded_manifest.root, context.environ, canary=True)
+    except SecretUnavailable as exc:
+        return CheckResult(name=name, ok=False, reason=str(exc))
+    count = len({*env.env, *canary.env})
+    return CheckResult(
+        name=name, ok=True,
+        reason=f"health on {m.services.health.path}; {count} env variable(s); "
+        f"{len(env.secrets)} secret(s) resolvable here (shown as ***)",
+    )  # fmt: skip
+
+
+@check
+def images_available(context: CheckContext) -> CheckResult:
+    name = "images present or pullable"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    m = context.loaded_manifest.manifest
+    if m.runtime is Runtime.process:
+        return CheckResult(
+            name=name,
+            ok=True,
+            reason=f"runtime process runs services.command; {m.services.image} is recorded, not pulled",
+        )
+    from swiftdeploy_core.project.images import docker_config_file
+
+    credentials = context.loaded_manifest.resolve(m.images.credentials) if m.images.credentials else None
+    config = docker_config_file(credentials, context.settings.docker_config, Path.home())
+    try:
+        lines = asyncio.run(asyncio.wait_for(_images_available(m, config), IMAGE_PROBE_TIMEOUT))
+    except ImageProblem as exc:
+        return CheckResult(name=name, ok=False, reason=str(exc))
+    except Exception as exc:
+        return CheckResult(name=name, ok=False, reason=f"cannot ask dockerd about the images ({_one_line(exc)})")
+    return CheckResult(name=name, ok=True, reason="; ".join(lines))
+
+
+class ImageProblem(Exception):
+    """An image deploy could not run (its message is the check's reason)."""
+
+
+def _images(manifest: Manifest) -> list[str]:
+    found = [manifest.services.image, manifest.canary_image, manifest.nginx.image]
+    if manifest.policy.engine is PolicyEngine.opa:
+        found.append(manifest.policy.opa_image)
+    return list(dict.fromkeys(found))
+
+
+async def _images_available(manifest: Manifest, config: Path) -> list[str]:
+    """Each image: on the host, or known to its registry (dockerd's distribution inspect, which
+    checks the reference, reaches the registry and presents the credentials)."""
+    import aiodocker
+    from aiodocker.exceptions import DockerError
+    from aiodocker.utils import compose_auth_header
+
+    from swiftdeploy_core.project.images import auth_for, load_auths, parse_reference, pull_error
+
+    auths = load_auths(config)
+    lines = []
+    async with aiodocker.Docker() as docker:
+        for image in _images(manifest):
+            try:
+                await docker.images.inspect(image)
+                if manifest.images.pull is not PullPolicy.always:
+                    lines.append(f"{image} present")
+                    continue
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+                if manifest.images.pull is PullPolicy.never:
+                    raise ImageProblem(f"{image} is not on this docker host and images.pull is `never`") from None
+            ref = parse_reference(image)
+            auth = auth_for(ref.registry, auths)
+            headers = {"X-Registry-Auth": compose_auth_header(auth, ref.registry)} if auth else {}
+            try:
+                found = await docker._query_json(f"distribution/{image}/json", headers=headers)
+            except DockerError as exc:
+                raise ImageProblem(pull_error(image, exc.message, credentials=config)) from None
+            lines.append(f"{image} pullable from {ref.registry} ({found['Descriptor']['digest'][:19]}…)")
+    return lines
 
 
 @check

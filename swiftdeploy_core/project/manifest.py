@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.limits import INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, InputTooLarge, check_value
@@ -28,6 +37,11 @@ MAX_MANIFEST_BYTES = 1_000_000
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
+EnvName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# An HTTP path without a query: letters, digits and `._~%/:@+=,-` only (it goes into nginx.conf
+# and into the compose healthcheck's shell command unquoted).
+HealthPath = Annotated[str, Field(max_length=1024, pattern=r"^/[A-Za-z0-9._~%/:@+=,-]*$")]
+RESERVED_ENV = frozenset({"HOST", "PORT", "MODE", "VERSION"})  # set by SwiftDeploy on every instance
 
 
 class Mode(str, Enum):
@@ -45,36 +59,143 @@ class PolicyEngine(str, Enum):
     opa = "opa"
 
 
+class PullPolicy(str, Enum):
+    missing = "missing"  # pull an image only when dockerd does not have it
+    always = "always"  # pull on every deploy and canary (a moved tag is followed)
+    never = "never"  # use local images only
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _image(value: str) -> str:
+    from swiftdeploy_core.project.images import parse_reference
+
+    parse_reference(value)
+    return value
+
+
+Image = Annotated[str, Field(min_length=1), AfterValidator(_image)]
+
+
+def _env_map(value: Any) -> Any:
+    """YAML scalars (numbers, booleans) become the strings a process environment holds."""
+    if isinstance(value, dict):
+        return {k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, int | float) else v
+                for k, v in value.items()}  # fmt: skip
+    return value
+
+
+def _not_reserved(env: dict[str, str]) -> dict[str, str]:
+    taken = sorted(RESERVED_ENV & set(env))
+    if taken:
+        raise ValueError(
+            f"{', '.join(taken)} {'is' if len(taken) == 1 else 'are'} set by SwiftDeploy on every instance"
+        )
+    return env
+
+
+Env = Annotated[dict[EnvName, str], BeforeValidator(_env_map), AfterValidator(_not_reserved)]
+
+
+def _split_command(value: Any) -> Any:
+    if isinstance(value, str):
+        import shlex
+
+        return shlex.split(value)
+    return value
+
+
+Command = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1), BeforeValidator(_split_command)]
+
+
+class SecretSpec(_Section):
+    """One `services.secrets` entry: an environment variable whose value is read at deploy time,
+    from the orchestrator's environment (`env`, default: the same name) or a file (`file`)."""
+
+    name: EnvName
+    env: EnvName | None = None
+    file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSpec:
+        if self.env is not None and self.file is not None:
+            raise ValueError(f"secret {self.name}: give env or file, not both")
+        if self.name in RESERVED_ENV:
+            raise ValueError(f"secret {self.name}: the name is set by SwiftDeploy on every instance")
+        return self
+
+    @property
+    def source(self) -> str:
+        """Where the value comes from, for messages (never the value)."""
+        return f"file {self.file}" if self.file is not None else f"environment variable {self.env or self.name}"
+
+
+class HealthSpec(_Section):
+    """`services.health`: how an instance says it is ready (the compose healthcheck too)."""
+
+    path: HealthPath = "/healthz"
+    interval: Seconds = 5.0  # compose healthcheck; the orchestrator's own wait polls every 50 ms
+    timeout: Seconds = 3.0
+    retries: Annotated[int, Field(ge=1, le=100, strict=True)] = 5
+    # How long a starting instance may take: the orchestrator waits this long for its first 200
+    # (None: its own health timeout, 30 s; the compose healthcheck then says 5s).
+    start_period: Seconds | None = None
+
+
+class ResourcesSpec(_Section):
+    """`services.resources` (docker runtime): limits per instance."""
+
+    cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
+    memory: Annotated[str, Field(pattern=r"^[0-9]+[bkmgBKMG]?$")] | None = None  # e.g. 256m
+
+    @property
+    def memory_bytes(self) -> int | None:
+        if self.memory is None:
+            return None
+        unit = self.memory[-1].lower()
+        scale = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+        return int(self.memory[:-1]) * scale[unit] if unit in scale else int(self.memory)
 
 
 class ServiceSpec(_Section):
     """`services`: the one web service SwiftDeploy deploys."""
 
     name: Name
-    image: Annotated[str, Field(min_length=1)]
+    image: Image
     port: Port
     version: Annotated[str, Field(min_length=1, strict=True)]
     mode: Mode = Mode.stable
     replicas: Annotated[int, Field(ge=1, le=20, strict=True)] = 1
-    # Process runtime only: the command that serves the app with PORT, MODE, VERSION set.
-    command: list[str] | None = None
+    # What runs: the process runtime runs `command` (default `python -m workload`); docker runs
+    # the image with `command` as its CMD (default: the image's). `args` follow either.
+    command: Command | None = None
+    args: list[str] = []
+    env: Env = {}
+    env_file: Path | None = None  # KEY=VALUE lines, relative to the manifest; read at deploy time
+    secrets: list[SecretSpec] = []
+    health: HealthSpec = HealthSpec()
+    resources: ResourcesSpec = ResourcesSpec()
 
-    @field_validator("command", mode="before")
-    @classmethod
-    def _split_command(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            import shlex
-
-            return shlex.split(value)
-        return value
+    @model_validator(mode="after")
+    def _secrets_apart(self) -> ServiceSpec:
+        names = [s.name for s in self.secrets]
+        twice = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(self.env)))
+        if twice:
+            raise ValueError(f"secret {twice[0]} is given twice (secrets and env must not share a name)")
+        return self
 
 
 class NginxSpec(_Section):
     """`nginx`: the router, the only public entry."""
 
-    image: Annotated[str, Field(min_length=1)]
+    image: Image
     port: Port
     proxy_timeout: Annotated[int, Field(ge=1, le=3600, strict=True)] = 30
 
@@ -138,7 +259,9 @@ class CanarySpec(_Section):
     """`canary`: how a canary is rolled out. version and image default to the service's."""
 
     version: Annotated[str, Field(min_length=1, strict=True)] | None = None
-    image: Annotated[str, Field(min_length=1)] | None = None
+    image: Image | None = None
+    env: Env = {}  # over services.env for the canary's instances
+    command: Command | None = None  # instead of services.command for the canary
     steps: Annotated[list[Step], Field(min_length=1)] = [10, 25, 50]
     interval: Seconds = 10
     failure_limit: Annotated[int, Field(ge=1, le=100, strict=True)] = 2
@@ -199,7 +322,7 @@ class PolicySpec(_Section):
     # went over the bus (every field dumped) validates again the same way.
     opa_url: Annotated[str, Field(pattern=r"^(https?://|unix:///)")] | None = None
     opa_binary: Annotated[str, Field(min_length=1)] = "opa"
-    opa_image: Annotated[str, Field(min_length=1)] = "openpolicyagent/opa:latest"
+    opa_image: Image = "openpolicyagent/opa:latest"
     timeout: Seconds = 2.0
 
     @model_validator(mode="after")
@@ -233,6 +356,13 @@ class CollectorSpec(_Section):
         return self
 
 
+class ImagesSpec(_Section):
+    """`images` (docker runtime): when images are pulled, and with which credentials."""
+
+    pull: PullPolicy = PullPolicy.missing
+    credentials: Path | None = None  # a Docker config.json; None: $DOCKER_CONFIG or ~/.docker/config.json
+
+
 class PathsSpec(_Section):
     """`paths`: where SwiftDeploy writes, relative to the manifest's folder."""
 
@@ -261,6 +391,7 @@ class Manifest(_Section):
     policy: PolicySpec = PolicySpec()
     runtime: Runtime = Runtime.docker
     collector: CollectorSpec = CollectorSpec()
+    images: ImagesSpec = ImagesSpec()
     paths: PathsSpec = PathsSpec()
     notifications: list[NotificationSpec] = []
 
@@ -276,6 +407,14 @@ class Manifest(_Section):
     @property
     def canary_image(self) -> str:
         return self.canary.image or self.services.image
+
+    @property
+    def canary_env(self) -> dict[str, str]:
+        return {**self.services.env, **self.canary.env}
+
+    @property
+    def canary_command(self) -> list[str] | None:
+        return self.canary.command or self.services.command
 
 
 class LoadedManifest(BaseModel):

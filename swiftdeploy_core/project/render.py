@@ -15,7 +15,7 @@ from typing import Any
 
 import policies as policies_package
 from swiftdeploy_core.errors import ConfigError
-from swiftdeploy_core.project.manifest import LoadedManifest
+from swiftdeploy_core.project.manifest import HealthSpec, LoadedManifest
 from swiftdeploy_core.project.router import (
     CONTAINER_CONF,
     CONTAINER_LOG_DIR,
@@ -33,6 +33,7 @@ NGINX_CONF = "nginx.conf"
 COMPOSE_FILE = "docker-compose.yml"
 OPA_CONFIG = "opa-config.yaml"
 GENERATED_FILES = (NGINX_CONF, COMPOSE_FILE, OPA_CONFIG)
+COMPOSE_START_PERIOD = 5.0  # seconds: the compose healthcheck's grace when services.health says none
 
 
 _HASH = re.compile(r"\(sha256 ([0-9a-f]{64})\)")
@@ -120,7 +121,24 @@ def _compose_context(loaded: LoadedManifest) -> dict[str, Any]:
         "policies": policies,
         "nginx_conf_target": CONTAINER_CONF,
         "nginx_log_dir": CONTAINER_LOG_DIR,
+        "command": [*(manifest.services.command or []), *manifest.services.args],
+        "env_file": _compose_path(loaded.resolve(env_file), loaded)
+        if (env_file := manifest.services.env_file)
+        else None,
+        "health": _compose_health(manifest.services.health),
     }
+
+
+def _compose_health(health: HealthSpec) -> dict[str, str | int]:
+    """The healthcheck's durations as compose writes them (`5s`, `0.5s`)."""
+
+    def seconds(value: float) -> str:
+        return f"{value:g}s"
+
+    return {
+        "path": health.path, "interval": seconds(health.interval), "timeout": seconds(health.timeout),
+        "retries": health.retries, "start_period": seconds(health.start_period or COMPOSE_START_PERIOD),
+    }  # fmt: skip
 
 
 def _compose_path(target: Path, loaded: LoadedManifest) -> str:

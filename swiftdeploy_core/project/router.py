@@ -69,6 +69,7 @@ class RouterPlan(BaseModel):
     pid: NginxPath | None = None
     temp_dir: NginxPath | None = None  # nginx-client_body, nginx-proxy, ... temp folders go under it
     worker_processes: Annotated[int, Field(ge=1, le=64)] = 1
+    health_path: NginxPath = "/healthz"  # nginx's own /healthz asks the service here (services.health.path)
 
     @model_validator(mode="after")
     def _weight_needs_a_canary(self) -> RouterPlan:
@@ -120,6 +121,7 @@ def plan_for_compose(manifest: Manifest) -> RouterPlan:
         error_log=f"{CONTAINER_LOG_DIR}/error.log",
         pid=CONTAINER_PID,
         temp_dir=CONTAINER_TEMP_DIR,
+        health_path=manifest.services.health.path,
     )
 
 
@@ -144,6 +146,7 @@ def plan_for_process(
         error_log=str(base / "logs" / "error.log"),
         pid=str(base / "nginx.pid"),
         temp_dir=str(base / "tmp"),
+        health_path=manifest.services.health.path,
     )
 
 

@@ -45,6 +45,8 @@ class TrackState(BaseModel):
     track: Track
     version: str
     image: str
+    digest: str | None = None  # the exact image that runs (`repo@sha256:...`); None: process runtime
+    settings: str = ""  # sha256 of version, image, env, secret names, command, args (never values)
     weight: int = 0  # percent of traffic
     instances: list[Instance] = []
 

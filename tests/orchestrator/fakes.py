@@ -113,7 +113,7 @@ class FakeDriver(RuntimeDriver):
         self.instances[spec.name] = FakeInstance(spec, instance)
         return instance
 
-    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
+    async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
         found = self.instances.get(instance.name)
         if found is None:
             raise InstanceFailed(instance.name, f"{instance.name} is not running")

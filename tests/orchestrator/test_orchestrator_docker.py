@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from services.orchestrator import plans
-from services.orchestrator.drivers.docker import DockerDriver, instance_config, router_config
+from services.orchestrator.drivers.docker import DockerDriver
 from swiftdeploy_core.errors import RuntimeUnavailable
 from swiftdeploy_core.project.manifest import load_manifest, validate_manifest
-from tests.orchestration import get_json, write_manifest, write_policies, write_snapshot
+from tests.orchestration import docker_sections, get_json, write_manifest, write_policies, write_snapshot
 
 pytestmark = pytest.mark.docker
 MANIFEST: dict = {}  # filled with the built images' tags by `docker_images`
@@ -25,18 +25,7 @@ INTERVAL = 1.0
 
 @pytest.fixture(autouse=True)
 def docker_images(request: pytest.FixtureRequest, docker_daemon: str, workload_image: str, nginx_image: str) -> None:
-    request.module.MANIFEST = {
-        "runtime": "docker",
-        "services": {"image": workload_image},
-        "nginx": {"image": nginx_image},
-        "canary": {
-            "version": "2.0.0",
-            "image": workload_image,
-            "steps": [10, 50],
-            "interval": INTERVAL,
-            "failure_limit": 2,
-        },
-    }
+    request.module.MANIFEST = docker_sections(workload_image, nginx_image, INTERVAL)
 
 
 def labelled(kind: str, project: str) -> list[str]:
@@ -92,10 +81,11 @@ async def test_an_impossible_infra_threshold_blocks_a_docker_deploy_with_nothing
 
 
 async def test_an_unknown_image_fails_the_deploy_in_one_line_with_nothing_created(stack):
+    """Not on the host, so it is pulled from Docker Hub, which this machine cannot reach."""
     stack.manifest(services={"image": "swiftdeploy/no-such-image:0"})
     failed = await stack.sd("deploy")
     assert failed.code == 1
-    assert failed.line.startswith("error: failed: image 'swiftdeploy/no-such-image:0' is not on this docker host")
+    assert failed.line.startswith("error: failed: cannot pull image 'swiftdeploy/no-such-image:0' from docker.io: ")
     assert nothing_left(stack.project)
 
 
@@ -126,7 +116,7 @@ def test_container_configs_are_labelled_and_publish_nginx_on_loopback_only():
          "nginx": {"image": "n:1", "port": 8080}, "network": {"name": "shop-net"}}
     )  # fmt: skip
     [spec] = plans.track_specs(manifest, "canary", "g")
-    config = instance_config(spec)
+    config = plans.instance_config(spec)
     assert config["Labels"] == {
         "swiftdeploy.project": "shop",
         "swiftdeploy.role": "instance",
@@ -135,6 +125,6 @@ def test_container_configs_are_labelled_and_publish_nginx_on_loopback_only():
     }
     assert set(config["Env"]) == {"HOST=0.0.0.0", "PORT=3000", "MODE=canary", "VERSION=1.0.0"}
     assert config["HostConfig"]["NetworkMode"] == "shop-net" and "PortBindings" not in config["HostConfig"]
-    router = router_config(manifest, "shop")
+    router = plans.router_config(manifest, "shop")
     assert router["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
     assert json.dumps(router["Labels"]) == json.dumps({"swiftdeploy.project": "shop", "swiftdeploy.role": "router"})

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import InstanceSpec, NetworkSpec, RuntimeObject
 from swiftdeploy_core.bus.events import MetricsSnapshot
 from swiftdeploy_core.project.manifest import CanarySpec, validate_manifest
-from swiftdeploy_core.project.router import Upstream
+from swiftdeploy_core.project.router import Upstream, render_nginx_conf
+from swiftdeploy_core.project.service_env import ServiceEnv
 from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 
 MANIFEST = validate_manifest(
@@ -159,3 +162,65 @@ def test_a_lost_record_is_rebuilt_from_labels_and_a_found_canary_is_rolled_back(
     only_stable = plans.reconstruct("shop", "process", [_obj("a", "stable", "1.0.0")])
     assert only_stable.phase == Phase.stable and only_stable.canary is None
     assert plans.reconstruct("shop", "process", []) is None
+
+
+# --- the service's own settings in the specs and docker's container configs ---------------------
+
+SETTINGS = validate_manifest(
+    {
+        "services": {
+            "name": "ledger", "image": "127.0.0.1:5000/team/ledger:1", "port": 8000, "version": "1.0.0",
+            "command": "python3 /srv/ledger/app.py", "args": ["--quiet"], "env": {"GREETING": "hi", "FAIL_RATE": 0},
+            "secrets": ["LEDGER_TOKEN"], "health": {"path": "/status"}, "resources": {"cpus": 0.5, "memory": "128m"},
+        },
+        "nginx": {"image": "n:1", "port": 8080},
+        "network": {"name": "ledger-net"},
+        "canary": {"env": {"GREETING": "hello"}},
+    }
+)  # fmt: skip
+
+
+def test_a_docker_instance_runs_its_digest_with_env_secrets_command_args_and_limits():
+    env = ServiceEnv(env=dict(SETTINGS.services.env), secrets={"LEDGER_TOKEN": SecretStr("t0ken")})
+    digest = "127.0.0.1:5000/team/ledger@sha256:" + "a" * 64
+    [spec] = plans.track_specs(SETTINGS, "stable", "g", service_env=env, digest=digest)
+    assert plans.instance_config(spec) == {
+        "Image": digest,
+        "Cmd": ["python3", "/srv/ledger/app.py", "--quiet"],
+        "Env": ["HOST=0.0.0.0", "PORT=8000", "GREETING=hi", "FAIL_RATE=0", "MODE=stable", "VERSION=1.0.0",
+                "LEDGER_TOKEN=t0ken"],
+        "Labels": {"swiftdeploy.project": "ledger", "swiftdeploy.role": "instance", "swiftdeploy.track": "stable",
+                   "swiftdeploy.version": "1.0.0"},
+        "ExposedPorts": {"8000/tcp": {}},
+        "HostConfig": {"NetworkMode": "ledger-net", "RestartPolicy": {"Name": "no"}, "NanoCpus": 500_000_000,
+                       "Memory": 128 * 1024**2},
+        "NetworkingConfig": {"EndpointsConfig": {"ledger-net": {"Aliases": ["ledger-stable-g-1"]}}},
+    }  # fmt: skip
+    assert "t0ken" not in spec.model_dump_json() and "t0ken" not in repr(spec)
+
+
+def test_the_seed_like_manifest_keeps_the_images_cmd_and_sets_no_limits():
+    [spec] = plans.track_specs(MANIFEST.model_copy(update={}), "stable", "g")[:1]
+    config = plans.instance_config(spec)
+    assert "Cmd" not in config and config["Image"] == "swiftdeploy/workload:1.0.0"
+    assert config["HostConfig"] == {"NetworkMode": "shop-net", "RestartPolicy": {"Name": "no"}}
+
+
+def test_a_canary_that_only_changes_env_has_another_fingerprint_and_one_identical_has_the_same():
+    stable_env = ServiceEnv(env=dict(SETTINGS.services.env))
+    canary_env = ServiceEnv(env=SETTINGS.canary_env)
+    [stable] = plans.track_specs(SETTINGS, "stable", "a", service_env=stable_env, digest="r@sha256:1")
+    [canary] = plans.track_specs(SETTINGS, "canary", "b", service_env=canary_env, digest="r@sha256:1")
+    [twin] = plans.track_specs(SETTINGS, "canary", "c", service_env=stable_env, digest="r@sha256:1")
+    assert canary.env["GREETING"] == "hello"
+    assert plans.settings_of(canary, canary_env) != plans.settings_of(stable, stable_env)
+    assert plans.settings_of(twin, stable_env) == plans.settings_of(stable, stable_env)
+    [moved] = plans.track_specs(SETTINGS, "canary", "d", service_env=stable_env, digest="r@sha256:2")
+    assert plans.settings_of(moved, stable_env) != plans.settings_of(stable, stable_env)
+
+
+def test_nginx_asks_the_services_own_health_path_and_docker_lists_the_images_it_runs():
+    plan = plans.docker_router_plan(SETTINGS, [instance("ledger-stable-g-1")], [], 0)
+    assert plan.health_path == "/status"
+    assert "proxy_pass http://$swiftdeploy_upstream/status;" in render_nginx_conf(plan, "h")
+    assert plans.images(SETTINGS) == ["127.0.0.1:5000/team/ledger:1", "n:1"]

@@ -24,6 +24,8 @@ CHECK_NAMES = [
     "compose file (docker-compose config)",
     "nginx port free",
     "runtime reachable",
+    "service settings",
+    "images present or pullable",
     "redis reachable",
     "policies compile",
     "policy tests",
@@ -71,14 +73,17 @@ def test_a_fresh_project_passes_every_check_and_exits_zero(project, redis_url):
     checklist = lines_of(result)
     assert list(checklist) == CHECK_NAMES
     assert all(mark.startswith("✓") for mark in checklist.values()), checklist
-    assert result.stdout.splitlines()[-1] == "all 11 checks passed"
+    assert result.stdout.splitlines()[-1] == "all 13 checks passed"
 
 
-def test_the_docker_runtime_is_checked_by_asking_dockerd(tmp_path, redis_url, docker_daemon):
+def test_the_docker_runtime_is_checked_by_asking_dockerd(tmp_path, redis_url, workload_image, nginx_image):
+    """The seed's own manifest (nginx:latest, swift-deploy-1-node:latest) after scripts/build-images."""
     write_manifest(tmp_path, runtime="docker", port=free_port())
     run_swiftdeploy("init", cwd=tmp_path)
     result = validate(tmp_path, redis_url)
-    assert lines_of(result)["runtime reachable"].startswith("✓ runtime docker: dockerd"), result.stdout
+    checklist = lines_of(result)
+    assert checklist["runtime reachable"].startswith("✓ runtime docker: dockerd"), result.stdout
+    assert checklist["images present or pullable"] == "✓ swift-deploy-1-node:latest present; nginx:latest present"
     assert result.returncode == 0
 
 
@@ -99,7 +104,7 @@ def test_missing_generated_files_fail_and_say_to_run_init(tmp_path, redis_url):
     assert checklist["nginx config (nginx -t)"].startswith("✗ ")
     assert checklist["manifest schema"].startswith("✓ ")
     assert (
-        result.stdout.splitlines()[-1] == "6 of 11 checks failed"
+        result.stdout.splitlines()[-1] == "6 of 13 checks failed"
     )  # generated files, nginx, compose, and no policies (nor schemas) yet
 
 
@@ -188,3 +193,26 @@ def test_a_crashing_check_is_a_failed_line_not_a_traceback(project, redis_url):
     finally:
         checks.CHECKS.remove(explodes)
     assert results[-1] == CheckResult(name="explodes", ok=False, reason="check crashed: RuntimeError: boom")
+
+
+def test_an_unresolvable_secret_fails_the_service_settings_check_naming_its_source(project):
+    text = (
+        (project / "manifest.yaml")
+        .read_text()
+        .replace(
+            "  mode: stable\n", "  mode: stable\n  secrets: [SD_VALIDATE_NO_SUCH_SECRET, {name: DB, file: db.secret}]\n"
+        )
+    )
+    (project / "manifest.yaml").write_text(text)
+    result = one_check(checks.service_settings, project)
+    assert (result.ok, result.reason) == (False, (
+        "secret SD_VALIDATE_NO_SUCH_SECRET: environment variable SD_VALIDATE_NO_SUCH_SECRET is not set where the "
+        "orchestrator runs (export it before `swiftdeploy up`, or give the secret a file)"
+    ))  # fmt: skip
+    (project / "db.secret").write_text("hunter2")
+    context = CheckContext(
+        manifest_path=project / "manifest.yaml", settings=Settings(), environ={"SD_VALIDATE_NO_SUCH_SECRET": "x"}
+    )
+    assert checks.manifest_schema(context).ok
+    passed = checks.service_settings(context)
+    assert passed.ok and "2 secret(s) resolvable here" in passed.reason and "hunter2" not in passed.reason

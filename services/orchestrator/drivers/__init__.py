@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.orchestrator.drivers.base import RuntimeDriver
+from swiftdeploy_core.project.images import docker_config_file
 from swiftdeploy_core.project.manifest import Manifest, Runtime
 
 
@@ -15,8 +16,11 @@ def state_dir(manifest: Manifest, root: str | Path) -> Path:
     return base / "runtime" / manifest.project
 
 
-def make_driver(manifest: Manifest, root: str | Path, runtime: str | None = None) -> RuntimeDriver:
-    """The driver the manifest (or a stored record's `runtime`) asks for."""
+def make_driver(
+    manifest: Manifest, root: str | Path, runtime: str | None = None, docker_config: str | None = None
+) -> RuntimeDriver:
+    """The driver the manifest (or a stored record's `runtime`) asks for. `docker_config` is
+    $DOCKER_CONFIG (where pull credentials are, unless the manifest names `images.credentials`)."""
     kind = Runtime(runtime or manifest.runtime)
     if kind == Runtime.process:
         from services.orchestrator.drivers.process import ProcessDriver
@@ -24,4 +28,8 @@ def make_driver(manifest: Manifest, root: str | Path, runtime: str | None = None
         return ProcessDriver(manifest.project, state_dir(manifest, root), Path(root))
     from services.orchestrator.drivers.docker import DockerDriver
 
-    return DockerDriver(manifest.project, state_dir(manifest, root))
+    credentials = manifest.images.credentials
+    if credentials is not None and not credentials.is_absolute():
+        credentials = Path(root) / credentials
+    config = docker_config_file(credentials, docker_config, Path.home())
+    return DockerDriver(manifest.project, state_dir(manifest, root), docker_config=config)

@@ -6,14 +6,19 @@ only executes: it never decides what to run (that is `plans`) or whether to (tha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Hashable
 from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
-from swiftdeploy_core.bus.events import Track
+from swiftdeploy_core.bus.events import AnyPayload, Track
 from swiftdeploy_core.errors import RuntimeDriverError
 from swiftdeploy_core.project.manifest import Manifest
 from swiftdeploy_core.project.state import Instance
@@ -23,6 +28,11 @@ LABEL_TRACK = "swiftdeploy.track"
 LABEL_VERSION = "swiftdeploy.version"
 LABEL_ROLE = "swiftdeploy.role"
 RELOAD_DRAIN = 12.0  # seconds: nginx's worker_shutdown_timeout (10 s) plus a margin
+POLL = 0.05  # seconds between two looks at a reloading or starting router
+
+
+Reason = Callable[[], Awaitable[str | None]]  # why a process stopped, or None while it runs
+Progress = Callable[[AnyPayload], Awaitable[None]]  # emits image.pulling / image.pulled on the bus
 
 
 class Role(str, Enum):
@@ -44,12 +54,21 @@ class InstanceSpec(BaseModel):
     project: str
     track: Track
     version: str
-    image: str
+    image: str  # as the manifest names it
+    digest: str | None = None  # docker: what runs exactly (`repo@sha256:...`); None: the reference
     port: int  # the port the workload listens on inside its container (docker)
-    command: tuple[str, ...] | None = None  # process runtime: the manifest's services.command
+    command: tuple[str, ...] | None = None  # process: what runs (default: the workload); docker: CMD
+    args: tuple[str, ...] = ()  # after the command (docker without a command: the whole CMD)
     network: str | None = None  # docker runtime: the network it joins
     env: dict[str, str] = {}
+    secrets: dict[str, SecretStr] = {}  # environment variables whose values are never shown
     labels: dict[str, str] = {}
+    cpus: float | None = None  # docker runtime: limits
+    memory: int | None = None  # bytes
+
+    def environment(self) -> dict[str, str]:
+        """env and the secrets' values: what the runtime hands the process, and nothing else sees."""
+        return {**self.env, **{k: v.get_secret_value() for k, v in self.secrets.items()}}
 
 
 class NetworkSpec(BaseModel):
@@ -103,13 +122,22 @@ class RuntimeDriver(ABC):
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         """Create the networks that do not exist yet; return the names created now."""
 
+    def describe_networks(self, networks: list[NetworkSpec]) -> str:
+        """What the deploy's `networks` step says this runtime joined."""
+        return ", ".join(net.name for net in networks)
+
     @abstractmethod
     async def start_instance(self, spec: InstanceSpec) -> Instance:
         """Start one workload instance; returns as soon as it was started (not yet healthy)."""
 
+    async def ensure_images(self, manifest: Manifest, images: list[str], progress: Progress) -> dict[str, str | None]:
+        """Make the images runnable (pulled per `images.pull`); image -> the digest that runs
+        (`repo@sha256:...`), None where the runtime runs no image (the process runtime)."""
+        return dict.fromkeys(images)
+
     @abstractmethod
-    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
-        """Wait until `/healthz` answers 200; RuntimeDriverError (with its last log lines) if not."""
+    async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
+        """Wait until `path` answers 200; RuntimeDriverError (with its last log lines) if not."""
 
     @abstractmethod
     async def stop_instance(self, name: str) -> None:
@@ -162,6 +190,51 @@ class InstanceFailed(RuntimeDriverError):
         super().__init__(message)
         self.name = name
         self.logs: list[str] = []  # its last log lines, captured before it was removed
+
+
+W = TypeVar("W", bound=Hashable)  # how a runtime names an nginx worker (pid)
+
+
+async def wait_drained(workers: Callable[[], Awaitable[set[W]]], old: set[W]) -> None:
+    """After a reload: return once new nginx workers serve and none of the `old` ones is left."""
+    deadline = time.monotonic() + RELOAD_DRAIN
+    while time.monotonic() < deadline:
+        current = await workers()
+        if current and not current & old:
+            return
+        await asyncio.sleep(POLL)
+    raise RuntimeDriverError(f"nginx did not finish reloading within {RELOAD_DRAIN:.0f}s")
+
+
+async def wait_listening(host: str, port: int, exited: Reason, *, public: int, timeout: float) -> None:
+    """Wait until nginx accepts on `host:port`; `exited` says (whole) why it stopped, if it did.
+    `public` is the port users reach it on (named in the timeout message)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reason = await exited()
+        if reason is not None:
+            raise RuntimeDriverError(reason)
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        await asyncio.sleep(POLL)
+    raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{public} within {timeout:.0f}s")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1", detail: str = "") -> RuntimeDriverError:
+    """The one line for a router port something else holds."""
+    cause = f" ({detail})" if detail else ""
+    return RuntimeDriverError(f"nginx.port {port} on {host} is already in use{cause}; free it or change nginx.port")
+
+
+def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise port_in_use(port, host, exc.strerror or "") from None
 
 
 def read_text(path: Path) -> str | None:

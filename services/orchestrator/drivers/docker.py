@@ -7,7 +7,6 @@ reached from the host by their bridge IP; nginx reaches them by container name o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import tarfile
@@ -26,22 +25,35 @@ from services.orchestrator.drivers.base import (
     LABEL_ROLE,
     LABEL_TRACK,
     LABEL_VERSION,
-    RELOAD_DRAIN,
     InstanceSpec,
     NetworkSpec,
+    Progress,
     Role,
     RuntimeDriver,
     RuntimeObject,
+    port_in_use,
     read_text,
+    wait_drained,
+    wait_listening,
 )
 from services.orchestrator.drivers.health import wait_http_ok
-from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
-from swiftdeploy_core.project.manifest import Manifest
+from swiftdeploy_core.bus.events import ImagePulled, ImagePulling
+from swiftdeploy_core.errors import ImagePullError, RuntimeDriverError, RuntimeUnavailable
+from swiftdeploy_core.project.images import (
+    DOCKER_HUB,
+    auth_for,
+    docker_config_file,
+    load_auths,
+    parse_reference,
+    pull_error,
+)
+from swiftdeploy_core.project.manifest import Manifest, PullPolicy
 from swiftdeploy_core.project.router import CONTAINER_CONF, render_nginx_conf, router_container
 from swiftdeploy_core.project.state import Instance
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
 UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker Engine"
+PROGRESS_EVERY = 1.0  # seconds between two image.pulling events of one pull
 NO_DOCKER = "cannot reach dockerd ({error}); start it, or deploy with `runtime: process`"
 
 
@@ -61,9 +73,12 @@ def docker_errors(doing: str) -> Iterator[None]:
 class DockerDriver(RuntimeDriver):
     name = "docker"
 
-    def __init__(self, project: str, state_dir: Path, url: str | None = None) -> None:
+    def __init__(
+        self, project: str, state_dir: Path, url: str | None = None, docker_config: Path | None = None
+    ) -> None:
         self.project = project
         self.dir = state_dir
+        self.docker_config = docker_config or docker_config_file(None, None, Path.home())
         self.nginx_conf = state_dir / "nginx" / "nginx.conf"  # a copy of what the container serves
         self._url = url
         self._docker: aiodocker.Docker | None = None
@@ -85,20 +100,67 @@ class DockerDriver(RuntimeDriver):
     async def preflight(self, manifest: Manifest, *, router_running: bool) -> None:
         with docker_errors("asking dockerd"):
             await self.docker.version()
-        images = {manifest.services.image, manifest.nginx.image}
-        for image in sorted(images):
-            await self.require_image(image)
 
-    async def require_image(self, image: str) -> None:
+    async def ensure_images(self, manifest: Manifest, images: list[str], progress: Progress) -> dict[str, str | None]:
+        auths = load_auths(self.docker_config)
+        return {image: await self.ensure_image(image, manifest.images.pull, auths, progress) for image in images}
+
+    async def ensure_image(self, image: str, policy: PullPolicy, auths: dict[str, str], progress: Progress) -> str:
+        """The image on this host per the pull policy; returns the digest that runs."""
+        started = time.monotonic()
         with docker_errors(f"inspecting image {image!r}"):
-            try:
-                await self.docker.images.inspect(image)
-            except DockerError as exc:
-                if exc.status != 404:
-                    raise
-                raise RuntimeDriverError(
-                    f"image {image!r} is not on this docker host (no registry here: build it with scripts/build-images)"
-                ) from exc
+            info = await self._image(image)
+            pull = policy == PullPolicy.always or (info is None and policy == PullPolicy.missing)
+            if pull:
+                await self._pull(image, auth_for(parse_reference(image).registry, auths), progress)
+                info = await self._image(image)
+        if info is None:
+            raise ImagePullError(
+                f"image {image!r} is not on this docker host and images.pull is `never` "
+                "(pull or build it, or set images.pull: missing)"
+            )
+        digest = repo_digest(image, info)
+        await progress(
+            ImagePulled(image=image, digest=digest, pulled=pull, seconds=round(time.monotonic() - started, 3))
+        )
+        return digest
+
+    async def _image(self, image: str) -> dict[str, Any] | None:
+        try:
+            return await self.docker.images.inspect(image)
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _pull(self, image: str, auth: str | None, progress: Progress) -> None:
+        ref = parse_reference(image)
+        name = (
+            f"{DOCKER_HUB}/{image}"
+            if auth and ref.registry == DOCKER_HUB and not image.startswith(DOCKER_HUB)
+            else image
+        )
+        layers: dict[str, tuple[int, int]] = {}
+        await progress(ImagePulling(image=image, registry=ref.registry, status="pulling"))
+        shown = time.monotonic()
+        try:
+            async for item in self.docker.images.pull(name, auth=auth, stream=True):
+                if item.get("error"):
+                    raise ImagePullError(pull_error(image, str(item["error"]), credentials=self.docker_config))
+                detail = item.get("progressDetail") or {}
+                if item.get("id") and detail.get("total"):
+                    layers[item["id"]] = (int(detail.get("current") or 0), int(detail["total"]))
+                if time.monotonic() - shown >= PROGRESS_EVERY:
+                    shown = time.monotonic()
+                    current, total = sum(c for c, _ in layers.values()), sum(t for _, t in layers.values())
+                    status = str(item.get("status") or "pulling")
+                    await progress(
+                        ImagePulling(image=image, registry=ref.registry, status=status, current=current, total=total)
+                    )
+        except DockerError as exc:
+            if exc.status == UNREACHABLE:
+                raise
+            raise ImagePullError(pull_error(image, exc.message, credentials=self.docker_config)) from exc
 
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         created = []
@@ -126,12 +188,12 @@ class DockerDriver(RuntimeDriver):
             if container is None or not container["State"]["Running"]:
                 if container is not None:
                     await container.delete(force=True)
-                container = await self.docker.containers.create(instance_config(spec), name=spec.name)
+                container = await self.docker.containers.create(plans.instance_config(spec), name=spec.name)
                 await container.start()
             info = await container.show()
         return _instance(info)
 
-    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
+    async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
         async def exited() -> str | None:
             container = await self._get(instance.name)
             if container is None:
@@ -140,7 +202,7 @@ class DockerDriver(RuntimeDriver):
             return None if state["Running"] else f"exited with code {state['ExitCode']}"
 
         with docker_errors(f"waiting for {instance.name}"):
-            await wait_http_ok(f"{instance.url}/healthz", timeout, name=instance.name, alive=exited)
+            await wait_http_ok(f"{instance.url}{path}", timeout, name=instance.name, alive=exited)
 
     async def stop_instance(self, name: str) -> None:
         with docker_errors(f"stopping {name}"):
@@ -175,7 +237,7 @@ class DockerDriver(RuntimeDriver):
     async def _start_router(self, manifest: Manifest, name: str, conf: str, old: Any) -> None:
         if old is not None:
             await old.delete(force=True)
-        container = await self.docker.containers.create(router_config(manifest, self.project), name=name)
+        container = await self.docker.containers.create(plans.router_config(manifest, self.project), name=name)
         await container.put_archive(  # type: ignore[no-untyped-call]  # aiodocker leaves it unannotated
             str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf)
         )
@@ -184,9 +246,7 @@ class DockerDriver(RuntimeDriver):
         except DockerError as exc:
             await container.delete(force=True)
             if "address already in use" in exc.message or "port is already allocated" in exc.message:
-                raise RuntimeDriverError(
-                    f"nginx.port {manifest.nginx.port} on 127.0.0.1 is already in use; free it or change nginx.port"
-                ) from exc
+                raise port_in_use(manifest.nginx.port) from exc
             raise
         await _wait_router(container, manifest.nginx.port)
 
@@ -199,13 +259,7 @@ class DockerDriver(RuntimeDriver):
         code, out = await _exec(container, ["nginx", "-s", "reload"])
         if code != 0:
             raise RuntimeDriverError(f"nginx -s reload failed: {out.strip()}")
-        deadline = time.monotonic() + RELOAD_DRAIN
-        while time.monotonic() < deadline:
-            current = await _workers(container)
-            if current and not current & old:
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeDriverError(f"nginx did not finish reloading within {RELOAD_DRAIN:.0f}s")
+        await wait_drained(lambda: _workers(container), old)
 
     async def router_running(self) -> bool:
         with docker_errors("inspecting the router"):
@@ -266,35 +320,13 @@ class DockerDriver(RuntimeDriver):
         return container
 
 
-# --- pure configs (tested by equality) ---------------------------------------------------------
-
-
-def instance_config(spec: InstanceSpec) -> dict[str, Any]:
-    network = spec.network or "bridge"
-    env = {"HOST": "0.0.0.0", "PORT": str(spec.port), **spec.env}
-    return {
-        "Image": spec.image,
-        "Env": [f"{k}={v}" for k, v in env.items()],
-        "Labels": spec.labels,
-        "ExposedPorts": {f"{spec.port}/tcp": {}},
-        "HostConfig": {"NetworkMode": network, "RestartPolicy": {"Name": "no"}},
-        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": [spec.name]}}},
-    }
-
-
-def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
-    port = f"{manifest.nginx.port}/tcp"
-    return {
-        "Image": manifest.nginx.image,
-        "Cmd": ["nginx", "-g", "daemon off;"],
-        "Labels": plans.labels(project, Role.router),
-        "ExposedPorts": {port: {}},
-        "HostConfig": {
-            "NetworkMode": manifest.network.name,
-            "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": str(manifest.nginx.port)}]},
-            "RestartPolicy": {"Name": "no"},
-        },
-    }
+def repo_digest(image: str, info: dict[str, Any]) -> str:
+    """`repo@sha256:...` of the image as its registry knows it; a local build's image id when no
+    registry ever served it."""
+    repository = parse_reference(image).repository
+    digests = [str(d) for d in info.get("RepoDigests") or []]
+    mine = [d for d in digests if d.split("@", 1)[0] == repository]
+    return (mine or digests or [str(info["Id"])])[0]
 
 
 def _instance(info: dict[str, Any]) -> Instance:
@@ -351,17 +383,12 @@ async def _wait_router(container: Any, port: int, timeout: float = 10.0) -> None
     """Wait until nginx listens inside its container. Probed at the container's own address:
     docker-proxy accepts on the published port before nginx listens, and a request through nginx
     to instances still booting would count against them (max_fails)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def exited() -> str | None:
         info = await container.show()
-        if not info["State"]["Running"]:
-            logs = await container.log(stdout=True, stderr=True, tail=3)
-            raise RuntimeDriverError(
-                f"nginx exited with code {info['State']['ExitCode']}: {''.join(logs).strip()[-300:]}"
-            )
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection(_ip(info), port)
-            writer.close()
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+        if info["State"]["Running"]:
+            return None
+        logs = await container.log(stdout=True, stderr=True, tail=3)
+        return f"nginx exited with code {info['State']['ExitCode']}: {''.join(logs).strip()[-300:]}"
+
+    await wait_listening(_ip(await container.show()), port, exited, public=port, timeout=timeout)

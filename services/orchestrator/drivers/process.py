@@ -24,14 +24,17 @@ from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
     LABEL_TRACK,
     LABEL_VERSION,
-    RELOAD_DRAIN,
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
+    Reason,
     Role,
     RuntimeDriver,
     RuntimeObject,
+    ensure_port_free,
     read_text,
+    wait_drained,
+    wait_listening,
 )
 from services.orchestrator.drivers.health import wait_http_ok
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
@@ -81,6 +84,9 @@ class ProcessDriver(RuntimeDriver):
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         return []  # loopback needs no network
 
+    def describe_networks(self, networks: list[NetworkSpec]) -> str:
+        return "loopback"
+
     # --- instances -----------------------------------------------------------------------------
 
     async def start_instance(self, spec: InstanceSpec) -> Instance:
@@ -88,10 +94,10 @@ class ProcessDriver(RuntimeDriver):
         if existing and _alive(existing):
             return _instance(existing)
         port = free_port()
-        command = list(spec.command or plans.DEFAULT_COMMAND)
+        command = [*(spec.command or plans.DEFAULT_COMMAND), *spec.args]
         log = self.dir / "logs" / f"{spec.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = child_env(self.root, {"PORT": str(port), "HOST": "127.0.0.1", **spec.env})
+        env = child_env(self.root, {"PORT": str(port), "HOST": "127.0.0.1", **spec.environment()})
         try:
             with log.open("ab") as out:
                 proc = subprocess.Popen(
@@ -108,7 +114,7 @@ class ProcessDriver(RuntimeDriver):
         self._write(record)
         return _instance(record)
 
-    async def wait_healthy(self, instance: Instance, timeout: float) -> None:
+    async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
         record = self._read(instance.name)
         if record is None:
             raise InstanceFailed(instance.name, f"{instance.name} is not running")
@@ -116,7 +122,7 @@ class ProcessDriver(RuntimeDriver):
         async def exited() -> str | None:
             return _exit_reason(record)
 
-        await wait_http_ok(f"{instance.url}/healthz", timeout, name=instance.name, alive=exited)
+        await wait_http_ok(f"{instance.url}{path}", timeout, name=instance.name, alive=exited)
 
     async def stop_instance(self, name: str) -> None:
         record = self._read(name)
@@ -174,7 +180,7 @@ class ProcessDriver(RuntimeDriver):
         )  # fmt: skip
         self._write(record, ROUTER)
         try:
-            await _wait_listening(port, record, timeout=5.0)
+            await wait_listening("127.0.0.1", port, _router_exited(record), public=port, timeout=5.0)
         except RuntimeDriverError:
             await _terminate(record, signal.SIGQUIT)
             self._path(ROUTER).unlink(missing_ok=True)
@@ -246,17 +252,6 @@ def free_port() -> int:
         return port
 
 
-def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise RuntimeDriverError(
-                f"nginx.port {port} on {host} is already in use ({exc.strerror}); free it or change nginx.port"
-            ) from exc
-
-
 def child_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
     """A workload's environment: ours, the bundled workload importable, plus PORT/MODE/VERSION."""
     env = dict(os.environ)
@@ -316,35 +311,23 @@ async def _terminate(record: ProcessRecord, sig: signal.Signals) -> None:
 
 async def _reload_nginx(record: ProcessRecord) -> None:
     """SIGHUP the master; return once new workers serve and every old worker has drained."""
-    old = _workers(record.pid)
+
+    async def workers() -> set[int]:
+        with contextlib.suppress(psutil.Error):
+            return {child.pid for child in psutil.Process(record.pid).children()}
+        return set()
+
+    old = await workers()
     os.kill(record.pid, signal.SIGHUP)
-    deadline = time.monotonic() + RELOAD_DRAIN
-    while time.monotonic() < deadline:
-        current = _workers(record.pid)
-        if current and not (current & old):
-            return
-        await asyncio.sleep(0.02)
-    raise RuntimeDriverError(f"nginx did not finish reloading within {RELOAD_DRAIN:.0f}s")
+    await wait_drained(workers, old)
 
 
-def _workers(pid: int) -> set[int]:
-    with contextlib.suppress(psutil.Error):
-        return {child.pid for child in psutil.Process(pid).children()}
-    return set()
-
-
-async def _wait_listening(port: int, record: ProcessRecord, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _router_exited(record: ProcessRecord) -> Reason:
+    async def exited() -> str | None:
         reason = _exit_reason(record)
-        if reason is not None:
-            raise RuntimeDriverError(f"nginx {reason}: {(tail(Path(record.log), 1) or ['no output'])[-1]}")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        await asyncio.sleep(0.02)
-    raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+        return None if reason is None else f"nginx {reason}: {(tail(Path(record.log), 1) or ['no output'])[-1]}"
+
+    return exited
 
 
 def _instance(record: ProcessRecord) -> Instance:

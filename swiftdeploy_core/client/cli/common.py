@@ -168,9 +168,11 @@ async def send_command(
         with status or contextlib.nullcontext():
             try:
                 replies = bus.follow(correlation_id=event.correlation_id, since=since)
-                async with asyncio.timeout(timeout), contextlib.aclosing(replies):
+                async with asyncio.timeout(timeout) as deadline, contextlib.aclosing(replies):
                     async for reply in replies:
                         seen.append(reply)
+                        if reply.type == "image.pulling":  # a long pull that progresses is not a hang
+                            deadline.reschedule(asyncio.get_running_loop().time() + timeout)
                         if on_event:
                             on_event(reply)
                         if progress:
