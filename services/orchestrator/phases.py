@@ -22,24 +22,49 @@ from swiftdeploy_core.bus.events import (
     OperationFailed,
     PromotionCompleted,
     RollbackCompleted,
+    RouterDriftRepaired,
 )
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.manifest import NoData
+from swiftdeploy_core.project.router import served_split
 from swiftdeploy_core.project.state import Pause, Phase
 
 Handler = Callable[[Rollout], Awaitable[None]]
 
 ANALYSED = frozenset({Phase.progressing, Phase.canary_complete})
+# Phases whose router is read back each tick and put back when it drifted from the record.
+WATCHED = ANALYSED | {Phase.stable}
 # Phases a command passes through; finding one at start-up means a command was interrupted.
 TRANSITIONAL = frozenset({Phase.deploying, Phase.canary_starting, Phase.promoting, Phase.rolling_back})
 
 
 async def advance(rollout: Rollout) -> Phase:
-    """One tick: run the handler of the current phase (none for resting phases)."""
+    """One tick: nginx checked against the record (watched phases), then the handler of the
+    current phase (none for resting phases)."""
+    if rollout.record.phase in WATCHED:
+        await repair_drift(rollout)
     handler = HANDLERS.get(rollout.record.phase)
     if handler is not None:
         await handler(rollout)
     return rollout.record.phase
+
+
+async def repair_drift(rollout: Rollout) -> None:
+    """Read back what nginx serves; when it is not what the record says, route the record again
+    and say what was found (a hand edit, an old file after a restart)."""
+    record = rollout.record
+    live = await rollout.driver.router_config()
+    if record.stable is None or live is None:
+        return  # no router to compare: recover() and the next command start one
+    stable = record.stable.instances
+    canary = record.canary.instances if record.canary else []
+    weight = record.canary.weight if record.canary else 0
+    found = served_split(live)
+    expected = served_split(rollout.driver.render_router(rollout.manifest, stable, canary, weight))
+    if found == expected:
+        return
+    await rollout.route()
+    await rollout.emit(RouterDriftRepaired(found=found, expected=expected))
 
 
 async def settle(rollout: Rollout, limit: int = 5) -> Phase:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -223,12 +224,21 @@ async def analysis_loop(ctx: Context) -> None:
     """Tick every analysed rollout when a new canary snapshot lands, and at least once per its
     `canary.interval`."""
     store = RecordStore(ctx.bus.redis)
+    checked: dict[str, float] = {}  # when a resting rollout's router was last read back
     while True:
         # Redis away (or a runtime call that lost its connection, as before): the next pass.
         with contextlib.suppress(BusLost), redis_errors("the analysis loop"):
             for project in await store.projects():
                 record = await store.load(project)
-                if record is not None and record.phase in phases.ANALYSED and await _due(store, record):
+                if record is None or record.phase not in phases.WATCHED:
+                    continue
+                if record.phase in phases.ANALYSED:
+                    due = await _due(store, record)
+                else:  # resting: nothing to analyse, the router is checked once an interval
+                    interval = validate_manifest(record.manifest).canary.interval
+                    due = time.monotonic() - checked.get(project, 0.0) >= interval
+                if due:
+                    checked[project] = time.monotonic()
                     with contextlib.suppress(OperationInProgress):  # a command has it: next pass
                         await tick(ctx, project)
         await asyncio.sleep(LOOP_PAUSE)
@@ -252,7 +262,9 @@ async def tick(ctx: Context, project: str) -> None:
     """One analysis tick under the lock (skipped when a command holds it)."""
     async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance) as fence:
         record = await RecordStore(ctx.bus.redis).load(project)
-        if record is None or record.phase not in phases.ANALYSED or not await _due(RecordStore(ctx.bus.redis), record):
+        if record is None or record.phase not in phases.WATCHED:
+            return
+        if record.phase in phases.ANALYSED and not await _due(RecordStore(ctx.bus.redis), record):
             return
         rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id), fence=fence)
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from swiftdeploy_core.bus.events import Event
+from swiftdeploy_core.bus.events import Event, RouterSplit
 
 Entry = dict[str, Any]
 # Keys of a history line that are not the event's own figures.
@@ -103,6 +103,12 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "canary.resumed": lambda e: f"step {e.get('step')}: pause released",
     "canary.replaced": lambda e: (
         f"{e.get('previous_version')} (at step {e.get('step')}) → {e.get('version')}, from the first step"
+    ),
+    "router.drift_repaired": lambda e: (
+        "nginx served "
+        + RouterSplit.model_validate(e.get("found") or {}).describe()
+        + "; put back to "
+        + RouterSplit.model_validate(e.get("expected") or {}).describe()
     ),
     "canary.completed": lambda e: f"{e.get('version')} at {_pct(e.get('weight'))}, awaiting promote stable",
     "rollback.requested": lambda e: str(e.get("reason", "")),

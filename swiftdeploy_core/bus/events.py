@@ -203,6 +203,29 @@ class CanaryReplaced(Payload):
     step: int  # where the replaced canary was
 
 
+class RouterSplit(BaseModel):
+    """What a router serves: each track's servers and the canary's percent of requests."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stable: list[str] = []
+    canary: list[str] = []
+    canary_weight: int = 0
+
+    def describe(self) -> str:
+        canary = f", canary {', '.join(self.canary) or '-'} at {self.canary_weight}%" if self.canary else ""
+        return f"stable {', '.join(self.stable) or '-'}{canary}"
+
+
+class RouterDriftRepaired(Payload):
+    """nginx served something else than the record says (a hand edit, a restart with an old
+    file): the orchestrator put the record's split back."""
+
+    type: Literal["router.drift_repaired"] = "router.drift_repaired"
+    found: RouterSplit
+    expected: RouterSplit
+
+
 class CanaryCompleted(Payload):
     """The canary reached the last step; it waits for `promote stable`."""
 
@@ -498,6 +521,7 @@ AnyPayload = Annotated[
     | CanaryResumed
     | CanaryReplaced
     | CanaryCompleted
+    | RouterDriftRepaired
     | RollbackRequested
     | RollbackCompleted
     | PromotionRequested

@@ -20,6 +20,7 @@ from typing import Annotated
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from swiftdeploy_core.bus.events import RouterSplit
 from swiftdeploy_core.project.manifest import Manifest
 from swiftdeploy_core.project.templating import environment
 
@@ -196,3 +197,26 @@ def nginx_binary() -> str | None:
     if found:
         return found
     return next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+
+
+_UPSTREAM = re.compile(r"upstream\s+(\S+)\s*\{(.*?)\}", re.S)
+_SERVER = re.compile(r"^\s*server\s+([^\s;]+)", re.M)
+_SPLIT = re.compile(r"split_clients\s+\S+\s+\S+\s*\{(.*?)\}", re.S)
+_SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s+(\S+?);", re.M)
+_REST = re.compile(r"^\s*\*\s+(\S+?);", re.M)
+
+
+def served_split(conf: str) -> RouterSplit:
+    """What an nginx.conf rendered from a RouterPlan routes (read back from the live file, so a
+    hand edit shows): the servers of each track's upstream and the canary's percent."""
+    upstreams = {name: _SERVER.findall(body) for name, body in _UPSTREAM.findall(conf)}
+    weight = 0
+    split = _SPLIT.search(conf)
+    if split is not None:
+        shares = {target: float(pct) for pct, target in _SHARE.findall(split.group(1))}
+        rest = _REST.findall(split.group(1))
+        weight = round(shares.get(CANARY_UPSTREAM, 100.0 if rest == [CANARY_UPSTREAM] else 0.0))
+    return RouterSplit(
+        stable=sorted(upstreams.get(STABLE_UPSTREAM, [])), canary=sorted(upstreams.get(CANARY_UPSTREAM, [])),
+        canary_weight=weight,
+    )  # fmt: skip

@@ -131,14 +131,18 @@ class FakeDriver(RuntimeDriver):
             raise RuntimeDriverError(self.fail_router)
         weight = weight if canary else 0  # as the real plans do: no canary, no canary share
         plan = plan_for_process(manifest, self.dir, _upstreams(stable), _upstreams(canary), canary_weight=weight)
-        split = Split(
-            tuple(i.name for i in stable), tuple(i.name for i in canary), weight, render_nginx_conf(plan, "fake")
-        )
+        conf = self.render_router(manifest, stable, canary, weight)
+        split = Split(tuple(i.name for i in stable), tuple(i.name for i in canary), weight, conf)
         if split != self.split:
             self.calls.append(f"router stable={len(stable)} canary={len(canary)} weight={weight}")
         self.split = split
         self.router_url = plan.url
         return plan.url
+
+    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
+        weight = weight if canary else 0
+        plan = plan_for_process(manifest, self.dir, _upstreams(stable), _upstreams(canary), canary_weight=weight)
+        return render_nginx_conf(plan, "fake")
 
     async def router_running(self) -> bool:
         return self.split is not None

@@ -154,6 +154,10 @@ class RuntimeDriver(ABC):
         """
 
     @abstractmethod
+    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
+        """The nginx.conf that serves exactly this split (what `apply_router` installs)."""
+
+    @abstractmethod
     async def router_running(self) -> bool: ...
 
     async def router_config(self) -> str | None:

@@ -214,11 +214,13 @@ class DockerDriver(RuntimeDriver):
 
     # --- router --------------------------------------------------------------------------------
 
+    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
+        return render_nginx_conf(plans.docker_router_plan(manifest, stable, canary, weight), plans.ROUTER_HEADER)
+
     async def apply_router(
         self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
     ) -> str:
-        plan = plans.docker_router_plan(manifest, stable, canary, weight)
-        conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
+        conf = self.render_router(manifest, stable, canary, weight)
         url = f"http://127.0.0.1:{manifest.nginx.port}"
         name = router_container(self.project)
         with docker_errors(f"configuring {name}"):

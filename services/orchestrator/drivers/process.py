@@ -132,11 +132,16 @@ class ProcessDriver(RuntimeDriver):
 
     # --- router --------------------------------------------------------------------------------
 
+    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
+        return render_nginx_conf(
+            plans.process_router_plan(manifest, self.dir, stable, canary, weight), plans.ROUTER_HEADER
+        )
+
     async def apply_router(
         self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
     ) -> str:
         plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight)
-        conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
+        conf = self.render_router(manifest, stable, canary, weight)
         running = self._router()
         if running and _alive(running) and read_text(self.nginx_conf) == conf:
             return plan.url
