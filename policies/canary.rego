@@ -70,3 +70,16 @@ deny contains msg if {
 		lib.near(data.thresholds.min_requests), ": too little traffic to judge the canary",
 	])
 }
+
+# Analysis queries (manifest `analysis.metrics`): a query that gave no value fails closed, with the
+# collector's reason (no data, NaN, a query error, Prometheus unreachable). input.metrics maps
+# each name to its number or null; input.metric_reasons maps the nulls' names to why.
+deny contains msg if {
+	some name, value in input.metrics
+	value == null
+	msg := concat("", ["metric ", name, " has no value: ", metric_reason(name)])
+}
+
+metric_reason(name) := input.metric_reasons[name]
+
+metric_reason(name) := "no reason given" if not input.metric_reasons[name]

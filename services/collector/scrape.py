@@ -16,7 +16,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.collector.window import BucketKey, Labels, Scrape, labels_of
-from swiftdeploy_core.bus.events import Track
+from swiftdeploy_core.bus.events import MetricSource, Track
 
 REQUESTS = "http_requests_total"
 BUCKETS = "http_request_duration_seconds_bucket"
@@ -33,6 +33,9 @@ class Target:
     project: str
     track: Track = "stable"
     version: str | None = None
+    # "router": the figures come from nginx's log; the scrape only says whether the instance
+    # answers (any HTTP answer, even a 404 from a service without /metrics) and reads its chaos gauge.
+    source: MetricSource = "app"
 
     @property
     def metrics_url(self) -> str:
@@ -168,9 +171,15 @@ class Scraper:
             scrape = self._caches.setdefault(target.url, LineCache()).parse(text, at)
         except TimeoutError:
             return self._failed(target, at, started, f"no answer within {self.timeout:g}s")
+        except aiohttp.ClientResponseError as exc:
+            if target.source == "router":  # it answered: up, with no figures of its own
+                return Outcome(target, at, time.perf_counter() - started, scrape=Scrape(at=at))
+            return self._failed(target, at, started, _describe(exc))
         except aiohttp.ClientError as exc:
             return self._failed(target, at, started, _describe(exc))
         except ValueError as exc:  # the parser's complaint about a malformed exposition
+            if target.source == "router":  # answered with something that is not Prometheus text
+                return Outcome(target, at, time.perf_counter() - started, scrape=Scrape(at=at))
             return self._failed(target, at, started, f"unparsable /metrics: {exc}")
         return Outcome(target, at, time.perf_counter() - started, scrape=scrape)
 

@@ -212,14 +212,31 @@ def canary_input(snapshot: MetricsSnapshot | None, canary: TrackState | None) ->
         return None
     if not snapshot.requests or snapshot.error_rate is None:
         return None
-    return {"error_rate": snapshot.error_rate, "p99_latency_ms": snapshot.p99_latency_ms, "requests": snapshot.requests}
+    figures = {
+        "error_rate": snapshot.error_rate,
+        "p99_latency_ms": snapshot.p99_latency_ms,
+        "requests": snapshot.requests,
+    }
+    return figures | provenance(snapshot)
 
 
 def promotion_input(snapshot: MetricsSnapshot | None) -> dict:
     """The promotion gate always asks; missing figures go as null and the policy decides."""
     s = snapshot
-    return {
+    figures = {
         "error_rate": s.error_rate if s else None,
         "p99_latency_ms": s.p99_latency_ms if s else None,
         "requests": s.requests if s else 0,
+    }
+    return figures | provenance(s) if s else figures
+
+
+def provenance(snapshot: MetricsSnapshot) -> dict:
+    """Where the figures came from, and the analysis queries' values (null with a reason)."""
+    return {
+        "source": snapshot.source or "app",
+        "window_seconds": snapshot.window_seconds,
+        "samples": snapshot.samples,
+        "metrics": {name: metric.value for name, metric in snapshot.metrics.items()},
+        "metric_reasons": {name: metric.reason for name, metric in snapshot.metrics.items() if metric.reason},
     }

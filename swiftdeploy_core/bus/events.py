@@ -307,6 +307,16 @@ class HostStats(BaseModel):
     path: str = ""
 
 
+MetricSource = Literal["router", "app"]  # nginx's per-request log, or the app's own /metrics
+
+
+class CustomMetric(BaseModel):
+    """One named analysis query's value (`analysis.metrics`); None with the reason it has none."""
+
+    value: float | None = None
+    reason: str | None = None  # why `value` is None: no data, NaN, a query error, unreachable
+
+
 class MetricsSnapshot(Payload):
     """Windowed figures of one track; None means the window holds no data."""
 
@@ -324,6 +334,13 @@ class MetricsSnapshot(Payload):
     targets_up: int = 0
     host: HostStats | None = None
     at: datetime | None = None  # when the collector published it: the orchestrator analyses each once
+    # Where the figures came from (optional: a snapshot without them is the app's /metrics).
+    source: MetricSource | None = None
+    samples: int | None = None  # router: requests logged in the window; app: scrapes in the window
+    client_error_rate: float | None = None  # router: 4xx share, counted apart from the error rate
+    p50_latency_ms: float | None = None  # router: exact over the window
+    p90_latency_ms: float | None = None
+    metrics: dict[str, CustomMetric] = {}  # analysis.metrics, by name
 
 
 class TargetDown(Payload):

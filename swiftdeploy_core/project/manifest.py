@@ -56,6 +56,9 @@ class ServiceSpec(_Section):
     replicas: Annotated[int, Field(ge=1, le=20, strict=True)] = 1
     # Process runtime only: the command that serves the app with PORT, MODE, VERSION set.
     command: list[str] | None = None
+    # Where canary figures come from: nginx's per-request log (any HTTP service), or the app's
+    # own /metrics (the seed's metric names).
+    metrics: Literal["router", "app"] = "router"
 
     @field_validator("command", mode="before")
     @classmethod
@@ -129,6 +132,36 @@ class CollectorSpec(_Section):
         return self
 
 
+class AnalysisQuery(_Section):
+    """One named PromQL query; `{{ track }}`, `{{ version }}`, `{{ project }}`, `{{ window }}` are
+    filled in per track before it is sent."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
+    query: Annotated[str, Field(min_length=1, max_length=4000)]
+
+
+class PrometheusSpec(_Section):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+
+
+class AnalysisSpec(_Section):
+    """`analysis`: PromQL queries evaluated each interval; each value reaches the canary policy
+    as `input.metrics.<name>`."""
+
+    prometheus: PrometheusSpec | None = None
+    metrics: list[AnalysisQuery] = []
+
+    @model_validator(mode="after")
+    def _queries_need_prometheus(self) -> AnalysisSpec:
+        if self.metrics and self.prometheus is None:
+            raise ValueError("metrics need prometheus.url (where to send the queries)")
+        names = [query.name for query in self.metrics]
+        doubled = sorted({name for name in names if names.count(name) > 1})
+        if doubled:
+            raise ValueError(f"metric names must be unique (repeated: {', '.join(doubled)})")
+        return self
+
+
 class PathsSpec(_Section):
     """`paths`: where SwiftDeploy writes, relative to the manifest's folder."""
 
@@ -157,6 +190,7 @@ class Manifest(_Section):
     policy: PolicySpec = PolicySpec()
     runtime: Runtime = Runtime.docker
     collector: CollectorSpec = CollectorSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
     paths: PathsSpec = PathsSpec()
 
     @property

@@ -37,7 +37,15 @@ from services.orchestrator.drivers.base import (
 from services.orchestrator.drivers.health import wait_http_ok
 from swiftdeploy_core.errors import RuntimeDriverError, RuntimeUnavailable
 from swiftdeploy_core.project.manifest import Manifest
-from swiftdeploy_core.project.router import CONTAINER_CONF, OPA_PORT, opa_container, render_nginx_conf, router_container
+from swiftdeploy_core.project.router import (
+    CONTAINER_CONF,
+    CONTAINER_LOG_DIR,
+    OPA_PORT,
+    opa_container,
+    render_nginx_conf,
+    router_container,
+    router_log_dir,
+)
 from swiftdeploy_core.project.state import Instance
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
@@ -190,7 +198,10 @@ class DockerDriver(RuntimeDriver):
     async def _start_router(self, manifest: Manifest, name: str, conf: str, old: Any) -> None:
         if old is not None:
             await old.delete(force=True)
-        container = await self.docker.containers.create(router_config(manifest, self.project), name=name)
+        logs = router_log_dir(self.dir)
+        logs.mkdir(parents=True, exist_ok=True)  # bind-mounted: the collector tails access.log there
+        config = router_config(manifest, self.project, logs)
+        container = await self.docker.containers.create(config, name=name)
         await container.put_archive(str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf))
         try:
             await container.start()
@@ -293,8 +304,11 @@ def instance_config(spec: InstanceSpec) -> dict[str, Any]:
     }
 
 
-def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
+def router_config(manifest: Manifest, project: str, log_dir: Path | None = None) -> dict[str, Any]:
+    """nginx's container; with `log_dir`, the host folder mounted on its log folder (the image's
+    access.log is a symlink to stdout, which the mount hides: nginx writes a real file there)."""
     port = f"{manifest.nginx.port}/tcp"
+    binds = [f"{log_dir}:{CONTAINER_LOG_DIR}"] if log_dir else []
     return {
         "Image": manifest.nginx.image,
         "Cmd": ["nginx", "-g", "daemon off;"],
@@ -304,6 +318,7 @@ def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
             "NetworkMode": manifest.network.name,
             "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": str(manifest.nginx.port)}]},
             "RestartPolicy": {"Name": "no"},
+            "Binds": binds,
         },
     }
 
