@@ -193,13 +193,22 @@ class RouterWindow:
 
 class RouterLog:
     """One project's access log and its tracks' windows. A track whose version changes starts
-    empty: the old version's requests are not the new one's."""
+    empty: the old version's requests are not the new one's.
+
+    A track has figures once it has been watched for a whole window (`covered`), as the seed's
+    /metrics figures need samples spanning the window: exact counts over a half-filled window
+    would read as too little traffic and fail a young canary's first analyses.
+    """
 
     def __init__(self, path: Path, max_samples: int = MAX_SAMPLES) -> None:
         self.tail = LogTail(path)
         self.max_samples = max_samples
         self.tracks: dict[Track, RouterWindow] = {}
         self.versions: dict[Track, str | None] = {}
+        self.since: dict[Track, float] = {}  # when the collector began watching the track's version
+
+    def covered(self, track: Track, end: float, window: float) -> bool:
+        return end - self.since.get(track, end) >= window
 
     def read(self) -> int:
         """Take in what nginx appended; returns how many application requests it held."""
@@ -214,8 +223,11 @@ class RouterLog:
         return count
 
     def figures(self, track: Track, version: str | None, end: float, window: float) -> RouterFigures:
-        if self.versions.get(track, version) != version:
+        if track not in self.versions:
+            self.since[track] = end
+        elif self.versions[track] != version:
             self.tracks.pop(track, None)
+            self.since[track] = end
         self.versions[track] = version
         return self._window(track).figures(end, window)
 

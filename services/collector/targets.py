@@ -69,7 +69,8 @@ async def discover(redis: aioredis.Redis, manifest: LoadedManifest | None = None
             by_url[instance.url] = Target(instance.url, state.project, instance.track, instance.version, project.source)
     if manifest is not None:
         spec = manifest.manifest
-        found.projects.setdefault(spec.project, Project.of(spec.project, spec.runtime.value, manifest.root, spec))
+        # Static targets are /metrics endpoints: without a rollout record, the project is scraped.
+        found.projects.setdefault(spec.project, Project(spec.project, spec.runtime.value, manifest.root))
         for target in static_targets(manifest):
             by_url.setdefault(target.url, target)
     found.targets = sorted(by_url.values(), key=lambda target: target.url)
@@ -83,9 +84,7 @@ def static_targets(manifest: LoadedManifest) -> list[Target]:
         url, fragment = urldefrag(raw)
         track = fragment if fragment in TRACKS else "stable"
         version = spec.canary_version if track == "canary" else spec.services.version
-        targets.append(
-            Target(url=url, project=spec.project, track=track, version=version, source=spec.services.metrics)
-        )  # type: ignore[arg-type]
+        targets.append(Target(url=url, project=spec.project, track=track, version=version))  # type: ignore[arg-type]
     return targets
 
 

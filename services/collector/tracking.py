@@ -165,12 +165,16 @@ class Tracker:
         return snapshot if router is None else router_snapshot(snapshot, router, end, self.window)
 
 
+NO_FIGURES = {"source": "router", "request_rate": None, "error_rate": None, "p99_latency_ms": None, "requests": None}
+
+
 def router_snapshot(snapshot: MetricsSnapshot, router: RouterLog, end: float, window: float) -> MetricsSnapshot:
     """The track's snapshot with nginx's figures in place of /metrics' (no log yet: no data)."""
     if not router.tail.opened:
-        return snapshot.model_copy(update={"source": "router", "samples": None, "request_rate": None,
-                                           "error_rate": None, "p99_latency_ms": None, "requests": None})  # fmt: skip
+        return snapshot.model_copy(update={"samples": None, **NO_FIGURES})
     found = router.figures(snapshot.track, snapshot.version, end, window)
+    if not router.covered(snapshot.track, end, window):  # watched for less than a window: no data yet
+        return snapshot.model_copy(update={"samples": found.samples, **NO_FIGURES})
     return snapshot.model_copy(
         update={
             "source": "router",

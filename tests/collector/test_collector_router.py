@@ -101,12 +101,15 @@ def test_a_new_version_on_a_track_starts_with_an_empty_window(tmp_path):
     router = RouterLog(log)
     router.read()
     assert router.figures("canary", "2.0.0", end=11, window=5).samples == 1
-    assert router.figures("canary", "2.1.0", end=11, window=5).samples == 0
+    assert not router.covered("canary", end=15, window=5)  # watched since 11: no figures before 16
+    assert router.covered("canary", end=16, window=5)
+    assert router.figures("canary", "2.1.0", end=17, window=5).samples == 0
+    assert not router.covered("canary", end=17, window=5)
 
 
 # --- the real story ----------------------------------------------------------------------------
 
-WINDOW = 30.0
+WINDOW = 20.0
 TRAFFIC_SECONDS = 15
 RATE = 40  # requests per second through nginx
 
@@ -206,9 +209,10 @@ async def test_router_figures_equal_the_log_lines_and_agree_with_the_services_ow
             await prom.scraping(session, 2)
             await asyncio.sleep(1.5)  # a scrape before the first request: the counters start at 0
             tracker = Tracker(scraper, window=WINDOW)
-            await tracker.cycle(targets, {"p": project})
+            watched = (await tracker.cycle(targets, {"p": project})).at  # figures once a window is watched
             await traffic(session, plan.url)
-            await asyncio.sleep(2.5)  # Prometheus has scraped the last requests
+            # Prometheus has scraped the last requests, and the collector watched a whole window.
+            await asyncio.sleep(max(2.5, watched + WINDOW + 0.5 - time.time()))
             report = await tracker.cycle(targets, {"p": project})
             at_ms = int(report.at * 1000)
             for snapshot in report.snapshots:
