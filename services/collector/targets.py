@@ -16,7 +16,7 @@ from urllib.parse import urldefrag
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from services.collector.scrape import Target
+from services.collector.scrape import SEED_NAMES, MetricNames, Target
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import MetricSource, Track
 from swiftdeploy_core.project.manifest import AnalysisSpec, LoadedManifest, Manifest
@@ -39,6 +39,7 @@ class Project:
     source: MetricSource = "app"  # a record without a readable manifest keeps the seed's source
     router_log: Path | None = None
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    names: MetricNames = SEED_NAMES  # what the `app` source reads in /metrics
 
     @classmethod
     def of(cls, name: str, runtime: str, root: Path, manifest: Manifest | None) -> Project:
@@ -46,7 +47,7 @@ class Project:
             return cls(name, runtime, root)
         source = manifest.services.metrics
         log = router_access_log(manifest, root) if source == "router" else None
-        return cls(name, runtime, root, source, log, manifest.analysis)
+        return cls(name, runtime, root, source, log, manifest.analysis, names_of(manifest))
 
 
 @dataclass
@@ -66,7 +67,9 @@ async def discover(redis: aioredis.Redis, manifest: LoadedManifest | None = None
         project = Project.of(state.project, state.runtime, Path(state.root or "."), _manifest_of(state))
         found.projects[state.project] = project
         for instance in state.instances():
-            by_url[instance.url] = Target(instance.url, state.project, instance.track, instance.version, project.source)
+            by_url[instance.url] = Target(
+                instance.url, state.project, instance.track, instance.version, project.source, project.names
+            )
     if manifest is not None:
         spec = manifest.manifest
         # Static targets are /metrics endpoints: without a rollout record, the project is scraped.
@@ -84,8 +87,12 @@ def static_targets(manifest: LoadedManifest) -> list[Target]:
         url, fragment = urldefrag(raw)
         track = fragment if fragment in TRACKS else "stable"
         version = spec.canary_version if track == "canary" else spec.services.version
-        targets.append(Target(url=url, project=spec.project, track=track, version=version))  # type: ignore[arg-type]
+        targets.append(Target(url=url, project=spec.project, track=track, version=version, names=names_of(spec)))  # type: ignore[arg-type]
     return targets
+
+
+def names_of(manifest: Manifest) -> MetricNames:
+    return MetricNames(**manifest.services.app_metrics.model_dump())
 
 
 def _manifest_of(state: RolloutState) -> Manifest | None:

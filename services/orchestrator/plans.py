@@ -127,24 +127,30 @@ def docker_upstream(instance: Instance, port: int) -> Upstream:
 
 
 def process_router_plan(
-    manifest: Manifest, state_dir: Path, stable: list[Instance], canary: list[Instance], weight: int
-) -> RouterPlan:
-    return plan_for_process(
+    manifest: Manifest, state_dir: Path, stable: list[Instance], canary: list[Instance], weight: int,
+    canary_error_percent: float = 0.0,
+) -> RouterPlan:  # fmt: skip
+    plan = plan_for_process(
         manifest,
         state_dir,
         [process_upstream(i) for i in stable],
         [process_upstream(i) for i in canary],
         canary_weight=weight if canary else 0,
     )
+    return plan.model_copy(update={"canary_error_percent": canary_error_percent if canary else 0.0})
 
 
-def docker_router_plan(manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> RouterPlan:
+def docker_router_plan(
+    manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+    canary_error_percent: float = 0.0,
+) -> RouterPlan:  # fmt: skip
     port = manifest.services.port
     base = plan_for_compose(manifest).model_dump()
     base.update(
         stable=[docker_upstream(i, port) for i in stable],
         canary=[docker_upstream(i, port) for i in canary],
         canary_weight=weight if canary else 0,
+        canary_error_percent=canary_error_percent if canary else 0.0,
     )
     return RouterPlan.model_validate(base)
 

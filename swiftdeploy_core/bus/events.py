@@ -237,6 +237,7 @@ class ChaosRequested(Payload):
     rate: float | None = None
     duration: float | None = None
     project: str | None = None  # None: the only deployed project
+    at: Literal["app", "router"] = "app"  # the instances' /chaos, or nginx in front of them
 
 
 class ChaosInjected(Payload):
@@ -247,6 +248,7 @@ class ChaosInjected(Payload):
     rate: float | None = None
     duration: float | None = None
     instances: list[str] = []
+    at: Literal["app", "router"] = "app"
 
 
 class ChaosDetected(Payload):

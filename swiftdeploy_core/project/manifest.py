@@ -45,6 +45,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MetricName = Annotated[str, Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", max_length=200)]
+LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=200)]
+
+
+class AppMetricsSpec(_Section):
+    """`services.app_metrics`: the names in the app's /metrics the `app` source reads."""
+
+    requests: MetricName = "http_requests_total"  # counter, by status label
+    latency: MetricName = "http_request_duration_seconds"  # histogram (its _bucket series)
+    status_label: LabelName = "status_code"
+    path_label: LabelName = "path"
+
+
 class ServiceSpec(_Section):
     """`services`: the one web service SwiftDeploy deploys."""
 
@@ -59,6 +72,7 @@ class ServiceSpec(_Section):
     # Where canary figures come from: nginx's per-request log (any HTTP service), or the app's
     # own /metrics (the seed's metric names).
     metrics: Literal["router", "app"] = "router"
+    app_metrics: AppMetricsSpec = AppMetricsSpec()
 
     @field_validator("command", mode="before")
     @classmethod

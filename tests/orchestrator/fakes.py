@@ -132,8 +132,9 @@ class FakeDriver(RuntimeDriver):
             self.calls.append(f"stop {name}")
 
     async def apply_router(
-        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
-    ) -> str:
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
         if self.fail_router is not None:
             raise RuntimeDriverError(self.fail_router)
         weight = weight if canary else 0  # as the real plans do: no canary, no canary share

@@ -59,3 +59,28 @@ async def test_a_failing_canary_without_metrics_is_rolled_back_on_router_figures
     assert back.canary is None and back.stable.version == "1.0.0"
     assert "error rate" in " ".join(back.last_reasons)
     assert load.statuses[500] > 0  # the canary really failed requests
+
+
+async def test_router_chaos_fails_a_canary_that_has_no_chaos_endpoint_and_it_is_rolled_back(stack):
+    assert (await stack.sd("deploy")).code == 0
+    load = LoadLoop(await stack.url(), rate=60)
+    runner = asyncio.create_task(load.run())
+    try:
+        assert (await stack.sd("promote", "canary")).code == 0
+        await stack.phase("canary_complete", timeout=40)  # healthy: it passes every step first
+        injected = await stack.sd("chaos", "error", "--rate", "0.5", "--router")
+        assert injected.code == 0 and "chaos.injected" in injected.text
+        conf = await stack.driver().router_config()
+        assert conf is not None and "50.00%   1;" in conf and "return 500;" in conf
+        started = time.monotonic()
+        back = await stack.phase("stable", timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        load.stop()
+        await runner
+    print(f"rolled back {elapsed:.1f}s after router chaos; reasons {back.last_reasons}")
+    assert back.canary is None and back.stable.version == "1.0.0"
+    assert "error rate" in " ".join(back.last_reasons)
+    assert load.statuses[500] > 0
+    conf = await stack.driver().router_config()
+    assert conf is not None and "return 500;" not in conf  # the chaos went with the canary

@@ -176,9 +176,10 @@ class DockerDriver(RuntimeDriver):
     # --- router --------------------------------------------------------------------------------
 
     async def apply_router(
-        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
-    ) -> str:
-        plan = plans.docker_router_plan(manifest, stable, canary, weight)
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
+        plan = plans.docker_router_plan(manifest, stable, canary, weight, canary_error_percent)
         conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
         url = f"http://127.0.0.1:{manifest.nginx.port}"
         name = router_container(self.project)

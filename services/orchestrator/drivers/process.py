@@ -130,9 +130,10 @@ class ProcessDriver(RuntimeDriver):
     # --- router --------------------------------------------------------------------------------
 
     async def apply_router(
-        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
-    ) -> str:
-        plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight)
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
+        plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight, canary_error_percent)
         conf = render_nginx_conf(plan, plans.ROUTER_HEADER)
         running = self._router()
         if running and _alive(running) and read_text(self.nginx_conf) == conf:
