@@ -11,6 +11,10 @@ Prometheus stopped, every metric is denied as unreachable.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import shutil
+from pathlib import Path
 
 import aiohttp
 
@@ -24,11 +28,21 @@ from services.orchestrator import plans
 from swiftdeploy_core.project.manifest import AnalysisSpec
 from swiftdeploy_core.project.state import Instance, TrackState
 from tests.collector.test_collector_router import Service
-from tests.servers import PrometheusServer, require_binary
+from tests.servers import REPO_ROOT, PrometheusServer, require_binary
 
 RATIO = 'sum(rate(svc_requests_total{code="200",job="workload",version="{{ version }}"}[{{ window }}])) / sum(rate(svc_requests_total{version="{{ version }}"}[{{ window }}]))'
 
 HEALTHY = {"source": "router", "requests": 200.0, "samples": 200, "error_rate": 0.0, "p99_latency_ms": 10.0}
+
+
+def example_engine(folder: Path) -> EmbeddedEngine:
+    """The packaged policies plus docs/examples/canary_success_ratio.rego, min_success_ratio 0.99."""
+    shutil.copytree(policies.default_dir(), folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copy(REPO_ROOT / "docs" / "examples" / "canary_success_ratio.rego", folder)
+    data = json.loads((folder / "data.json").read_text())
+    data["thresholds"]["min_success_ratio"] = 0.99
+    (folder / "data.json").write_text(json.dumps(data))
+    return EmbeddedEngine(folder)
 
 
 def spec(url: str) -> AnalysisSpec:
@@ -87,6 +101,11 @@ async def test_promql_metrics_reach_the_policy_input_and_missing_values_deny_wit
             reasons = [r for r in verdict.reasons if r.startswith("metric ")]
             assert reasons == sorted([f"metric broken has no value: {found['broken'].reason}",
                                       f"metric nothing has no value: {found['nothing'].reason}"])  # fmt: skip
+
+            # The documented example policy judges the custom metric itself.
+            example = await example_engine(tmp_path / "policies").evaluate("canary", data)
+            shown = math.floor(round(direct * 100 * 1_000_000) / 10_000) / 100  # as lib.down rounds
+            assert f"success ratio {shown:g}% is below the minimum of 99%" in example.reasons
 
             prom.stop()
             (snapshot,) = (await tracker.cycle(targets, {"shop": project})).snapshots
