@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +185,6 @@ class WorkloadServer:
         return self.workdir / f"workload-{self.port}.log"
 
     def start(self, timeout: float = 20.0) -> WorkloadServer:
-        import sys
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ, "PYTHONPATH": str(REPO_ROOT), "HOST": "127.0.0.1", "PORT": str(self.port),
@@ -307,3 +306,31 @@ class PrometheusServer:
         result = await self.query(session, expr, at_ms)
         value = float(result[0]["value"][1]) if result else None
         return None if value is None or value != value else value
+
+
+@dataclass
+class NotOursService:
+    """`python -m tests.not_ours` on a free port."""
+
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> NotOursService:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PORT": str(self.port), **self.env}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.not_ours"], env=env, cwd=REPO_ROOT, stdout=out, stderr=out
+            )
+        wait_for_port(self.port, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

@@ -230,7 +230,7 @@ class OperationFailed(Payload):
 
 
 class ChaosRequested(Payload):
-    """`swiftdeploy chaos ...`: inject into every canary instance."""
+    """`swiftdeploy chaos ...`: inject into every canary instance, or (`--router`) at nginx."""
 
     type: Literal["chaos.requested"] = "chaos.requested"
     mode: Literal["slow", "error", "recover"]
@@ -241,7 +241,7 @@ class ChaosRequested(Payload):
 
 
 class ChaosInjected(Payload):
-    """Chaos was posted to every canary instance (`swiftdeploy chaos`)."""
+    """Chaos was posted to every canary instance, or applied by nginx to the canary's requests."""
 
     type: Literal["chaos.injected"] = "chaos.injected"
     mode: Literal["slow", "error", "recover"]

@@ -27,8 +27,7 @@ from services.gatekeeper.embedded import EmbeddedEngine
 from services.orchestrator import plans
 from swiftdeploy_core.project.manifest import AnalysisSpec
 from swiftdeploy_core.project.state import Instance, TrackState
-from tests.collector.test_collector_router import Service
-from tests.servers import REPO_ROOT, PrometheusServer, require_binary
+from tests.servers import REPO_ROOT, NotOursService, PrometheusServer, require_binary
 
 RATIO = 'sum(rate(svc_requests_total{code="200",job="workload",version="{{ version }}"}[{{ window }}])) / sum(rate(svc_requests_total{version="{{ version }}"}[{{ window }}]))'
 
@@ -66,7 +65,7 @@ def test_placeholders_are_filled_and_promql_braces_left_alone():
 
 
 async def test_promql_metrics_reach_the_policy_input_and_missing_values_deny_with_their_reason(tmp_path):
-    service = Service({"METRICS": "1", "VERSION": "2.0.0", "FAIL_RATE": "0.25"}, tmp_path / "svc.log").start()
+    service = NotOursService({"METRICS": "1", "VERSION": "2.0.0", "FAIL_RATE": "0.25"}, tmp_path / "svc.log").start()
     prom = PrometheusServer(require_binary("prometheus"), tmp_path).start([service.url], {"version": "2.0.0"})
     project = Project("shop", "process", tmp_path, analysis=spec(prom.url))
     targets = [Target(service.url, "shop", "canary", "2.0.0")]

@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +23,7 @@ from services.collector.scrape import Scraper, Target
 from services.collector.targets import Project
 from services.collector.tracking import Tracker
 from swiftdeploy_core.project.router import RouterPlan, Upstream, nginx_binary, render_nginx_conf
-from tests.servers import REPO_ROOT, NginxProcess, PrometheusServer, free_port, require_binary, wait_for_port
+from tests.servers import NginxProcess, NotOursService, PrometheusServer, free_port, require_binary
 
 
 def line(track: str = "stable", status: int = 200, upstream: str = "0.120", kind: str = "app", msec: float = 100.0):
@@ -114,35 +111,6 @@ TRAFFIC_SECONDS = 15
 RATE = 40  # requests per second through nginx
 
 
-@dataclass
-class Service:
-    """`python -m tests.not_ours` on a free port."""
-
-    env: dict[str, str]
-    log: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Service:
-        import os
-
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PORT": str(self.port), **self.env}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.not_ours"], env=env, cwd=REPO_ROOT,
-                                            stdout=out, stderr=out)  # fmt: skip
-        wait_for_port(self.port, timeout=20)
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
 def independent_figures(log: Path, track: str, start: float, end: float) -> tuple[int, float, float]:
     """(requests, error rate, P99 seconds) from the raw log lines, by the test's own reading."""
     latencies, errors = [], 0
@@ -184,8 +152,8 @@ async def test_router_figures_equal_the_log_lines_and_agree_with_the_services_ow
     # Latencies large against the few ms nginx and the service's event loop add to the service's
     # own timing, on a busy machine.
     latency = {"METRICS": "1", "LATENCY_MIN": "0.2", "LATENCY_MAX": "0.6"}
-    stable = Service({**latency, "VERSION": "1.0.0", "FAIL_RATE": "0"}, tmp_path / "stable.log").start()
-    canary = Service({**latency, "VERSION": "2.0.0", "FAIL_RATE": "0.2"}, tmp_path / "canary.log").start()
+    stable = NotOursService({**latency, "VERSION": "1.0.0", "FAIL_RATE": "0"}, tmp_path / "stable.log").start()
+    canary = NotOursService({**latency, "VERSION": "2.0.0", "FAIL_RATE": "0.2"}, tmp_path / "canary.log").start()
     prefix = tmp_path / "nginx"
     (prefix / "tmp").mkdir(parents=True)
     port = free_port()
