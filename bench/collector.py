@@ -38,6 +38,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.collector.router import RouterLog
 from services.collector.scrape import Scraper, Target
 from services.collector.targets import Project
 from services.collector.tracking import Tracker
@@ -192,6 +193,41 @@ async def bench(targets: list[Target], seconds: float, interval: float, log: Pat
     return {"baseline": baseline, "collector": collector, "router": router}
 
 
+def router_alone(rate: float, window: float = 60, cycles: int = 120) -> float:
+    """CPU seconds per 1 s cycle of router measurement alone (tail, parse, both tracks' figures)
+    at `rate` lines a second, once the window is full: no scrapes, no other process involved."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-router-"))
+    log_path, rng = folder / "access.log", random.Random(3)
+    router = RouterLog(log_path)
+    spent = 0.0
+    try:
+        with log_path.open("ab", buffering=0) as log:
+            for second in range(int(window) + cycles):
+                now = 1_000_000.0 + second
+                log.write(b"".join(_line(rng, now - 1 + i / rate) for i in range(int(rate))))
+                started = time.process_time()
+                router.read()
+                for track in ("stable", "canary"):
+                    router.figures(track, "1", now, window)
+                if second >= window:
+                    spent += time.process_time() - started
+    finally:
+        router.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return spent / cycles
+
+
+def _line(rng: random.Random, at: float) -> bytes:
+    track = "canary" if rng.random() < 0.1 else "stable"
+    return (json.dumps({
+        "time": "2026-01-01T00:00:00+00:00", "request_id": f"{rng.getrandbits(128):032x}", "remote_addr": "127.0.0.1",
+        "method": "GET", "uri": "/orders", "status": 500 if rng.random() < 0.01 else 200, "bytes_sent": 120,
+        "request_time": 0.012, "upstream": f"app_{track}", "upstream_addr": "127.0.0.1:3000", "upstream_status": "200",
+        "upstream_response_time": f"{rng.expovariate(100):.3f}", "user_agent": "bench", "msec": round(at, 3),
+        "track": track, "kind": "app", "chaos": "",
+    }, separators=(",", ":")) + "\n").encode()  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=100)
@@ -225,6 +261,9 @@ def main() -> int:
               f"p99={r['cycle_p99_ms']:6.1f} ms  failed={r['failed_scrapes']:.0f}")  # fmt: skip
     print(f"collector/baseline cpu ratio = {coll['cpu_share'] / base['cpu_share']:.2f}")
     routed = results["router"]
+    alone = router_alone(args.router_rate)
+    print(f"router measurement alone at {args.router_rate:g} req/s, full 60 s window: "
+          f"{alone * 1000:.1f} ms of CPU per 1 s cycle ({alone * 100:.1f}% of one core)")  # fmt: skip
     print(f"router on ({args.router_rate:g} lines/s, {routed['samples']:.0f} samples in the window): "
           f"+{(routed['cpu_share'] - coll['cpu_share']) * 100:.1f} points of one core over the collector")  # fmt: skip
     for name, r in results.items():  # per answered scrape: fair when a loaded machine made some time out
