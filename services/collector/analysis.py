@@ -74,17 +74,17 @@ def value_of(body: Any) -> CustomMetric:
         return missing(f"query failed: {body.get('errorType', 'error')}: {body.get('error', 'unknown')}")
     data = body.get("data") or {}
     kind, result = data.get("resultType"), data.get("result")
-    if kind == "scalar":
-        raw = result[1]
-    elif kind == "vector" and isinstance(result, list):
-        if not result:
-            return missing("no data: the query returned an empty result")
-        if len(result) > 1:
-            return missing(f"the query returned {len(result)} series; aggregate it to one (sum, max...)")
-        raw = result[0]["value"][1]
-    else:
+    if kind not in ("scalar", "vector") or not isinstance(result, list):
         return missing(f"the query returned a {kind}, not a single number")
-    value = float(raw)
+    if kind == "vector" and not result:
+        return missing("no data: the query returned an empty result")
+    if kind == "vector" and len(result) > 1:
+        return missing(f"the query returned {len(result)} series; aggregate it to one (sum, max...)")
+    try:
+        raw = result[1] if kind == "scalar" else result[0]["value"][1]
+        value = float(raw)
+    except (IndexError, KeyError, TypeError, ValueError):
+        return missing(f"Prometheus' {kind} answer is malformed")
     if math.isnan(value) or math.isinf(value):
         return missing(f"the query's value is {raw} (a division by zero, or no traffic?)")
     return CustomMetric(value=value)

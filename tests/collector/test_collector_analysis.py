@@ -64,6 +64,24 @@ def test_placeholders_are_filled_and_promql_braces_left_alone():
     assert analysis.window_duration(2.5) == "2500ms"
 
 
+def test_an_answer_is_one_number_or_says_why_not():
+    def vector(*values: str) -> dict:
+        result = [{"metric": {"i": str(n)}, "value": [1.0, v]} for n, v in enumerate(values)]
+        return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+    assert analysis.value_of(vector("0.25")).value == 0.25
+    assert analysis.value_of({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3"]}}).value == 3
+    assert analysis.value_of(vector("NaN")).reason == "the query's value is NaN (a division by zero, or no traffic?)"
+    assert analysis.value_of(vector("1", "2")).reason.startswith("the query returned 2 series")
+    assert analysis.value_of(vector()).reason == "no data: the query returned an empty result"
+    assert analysis.value_of({"status": "success", "data": {"resultType": "matrix", "result": []}}).reason == (
+        "the query returned a matrix, not a single number"
+    )
+    assert analysis.value_of({"status": "success", "data": {"resultType": "vector", "result": [{}]}}).reason == (
+        "Prometheus' vector answer is malformed"
+    )
+
+
 async def test_promql_metrics_reach_the_policy_input_and_missing_values_deny_with_their_reason(tmp_path):
     service = NotOursService({"METRICS": "1", "VERSION": "2.0.0", "FAIL_RATE": "0.25"}, tmp_path / "svc.log").start()
     prom = PrometheusServer(require_binary("prometheus"), tmp_path).start([service.url], {"version": "2.0.0"})
