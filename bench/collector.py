@@ -6,24 +6,30 @@ buckets each, counters that grow every second, bodies different per target). Thi
 
   baseline   the same 100 GETs a second over the same kind of session, bodies read, not parsed
   collector  the collector's own cycle: scrape, parse (prometheus_client), windows, snapshots
+  router     the same cycle with router measurement on: the child also appends `--router-rate`
+             nginx access-log lines a second (the router template's JSON format, 2 tracks, 2 %
+             probes) that the collector tails, and the tracks' figures come from them (60 s window)
 
 and reports CPU as a share of one core (process CPU time / wall time) and the scrape-cycle
 P99, with the collector / baseline CPU ratio.
 
-    python bench/collector.py [--targets 100] [--seconds 20] [--interval 1]
+    python bench/collector.py [--targets 100] [--seconds 20] [--interval 1] [--router-rate 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +38,9 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.collector.router import RouterLog
 from services.collector.scrape import Scraper, Target
+from services.collector.targets import Project
 from services.collector.tracking import Tracker
 from workload.metrics import Metrics
 
@@ -62,8 +70,32 @@ class FakeWorkload:
         return self.body
 
 
-async def serve(count: int) -> None:
-    """The child: `count` /metrics endpoints; prints their ports as JSON, runs until SIGTERM."""
+async def write_log(path: Path, rate: float, stop: asyncio.Event) -> None:
+    """`rate` access-log lines a second, in nginx's swiftdeploy_json format, written about 10 times
+    a second (paced on the clock: a busy loop writes more lines per batch, not fewer in all)."""
+    rng, n, start = random.Random(7), 0, time.monotonic()
+    with path.open("ab", buffering=0) as log:
+        while not stop.is_set():
+            lines = []
+            for _ in range(int((time.monotonic() - start) * rate) - n):
+                n += 1
+                track = "canary" if rng.random() < 0.1 else "stable"
+                kind = "probe" if n % 50 == 0 else "app"
+                status = 500 if rng.random() < 0.01 else 200
+                lines.append(json.dumps({
+                    "time": "2026-01-01T00:00:00+00:00", "request_id": f"{n:032x}", "remote_addr": "127.0.0.1",
+                    "method": "GET", "uri": f"/orders/{n}", "status": status, "bytes_sent": 120,
+                    "request_time": 0.012, "upstream": f"app_{track}", "upstream_addr": "127.0.0.1:3000",
+                    "upstream_status": str(status), "upstream_response_time": f"{rng.expovariate(100):.3f}",
+                    "user_agent": "bench", "msec": round(time.time(), 3), "track": track, "kind": kind, "chaos": "",
+                }, separators=(",", ":")))  # fmt: skip
+            log.write(("\n".join(lines) + "\n").encode())
+            await asyncio.sleep(0.1)
+
+
+async def serve(count: int, log: Path | None = None, rate: float = 0) -> None:
+    """The child: `count` /metrics endpoints; prints their ports as JSON, runs until SIGTERM.
+    With `log`, also appends `rate` access-log lines a second to it."""
     started = time.monotonic()
     app = web.Application()
     runner = web.AppRunner(app, access_log=None)
@@ -83,7 +115,10 @@ async def serve(count: int) -> None:
     print(json.dumps(ports), flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    writer = asyncio.create_task(write_log(log, rate, stop)) if log else None
     await stop.wait()
+    if writer:
+        await writer
     await runner.cleanup()
 
 
@@ -108,7 +143,7 @@ async def measure(cycle, seconds: float, interval: float) -> dict[str, float]:
     }
 
 
-async def bench(targets: list[Target], seconds: float, interval: float) -> dict[str, dict[str, float]]:
+async def bench(targets: list[Target], seconds: float, interval: float, log: Path) -> dict[str, dict[str, float]]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         timeout = aiohttp.ClientTimeout(total=interval * 0.8)
 
@@ -139,7 +174,58 @@ async def bench(targets: list[Target], seconds: float, interval: float) -> dict[
 
         collector = await measure(collector_cycle, seconds, interval)
         collector["failed_scrapes"] = failures
-    return {"baseline": baseline, "collector": collector}
+
+    routed = [dataclasses.replace(target, source="router") for target in targets]
+    projects = {"bench": Project("bench", "process", log.parent, source="router", router_log=log)}
+    async with Scraper(timeout=interval * 0.8) as scraper:
+        tracker = Tracker(scraper, window=60)
+        failures = 0
+
+        async def router_cycle() -> None:
+            nonlocal failures
+            report = await tracker.cycle(routed, projects)
+            failures += sum(not outcome.ok for outcome in report.outcomes)
+
+        await asyncio.sleep(0 if log.stat().st_size else 1)
+        router = await measure(router_cycle, seconds, interval)
+        router["failed_scrapes"] = failures
+        router["samples"] = sum(len(w.samples) for r in tracker.routers.values() for w in r.tracks.values())
+    return {"baseline": baseline, "collector": collector, "router": router}
+
+
+def router_alone(rate: float, window: float = 60, cycles: int = 120) -> float:
+    """CPU seconds per 1 s cycle of router measurement alone (tail, parse, both tracks' figures)
+    at `rate` lines a second, once the window is full: no scrapes, no other process involved."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-router-"))
+    log_path, rng = folder / "access.log", random.Random(3)
+    router = RouterLog(log_path)
+    spent = 0.0
+    try:
+        with log_path.open("ab", buffering=0) as log:
+            for second in range(int(window) + cycles):
+                now = 1_000_000.0 + second
+                log.write(b"".join(_line(rng, now - 1 + i / rate) for i in range(int(rate))))
+                started = time.process_time()
+                router.read()
+                for track in ("stable", "canary"):
+                    router.figures(track, "1", now, window)
+                if second >= window:
+                    spent += time.process_time() - started
+    finally:
+        router.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return spent / cycles
+
+
+def _line(rng: random.Random, at: float) -> bytes:
+    track = "canary" if rng.random() < 0.1 else "stable"
+    return (json.dumps({
+        "time": "2026-01-01T00:00:00+00:00", "request_id": f"{rng.getrandbits(128):032x}", "remote_addr": "127.0.0.1",
+        "method": "GET", "uri": "/orders", "status": 500 if rng.random() < 0.01 else 200, "bytes_sent": 120,
+        "request_time": 0.012, "upstream": f"app_{track}", "upstream_addr": "127.0.0.1:3000", "upstream_status": "200",
+        "upstream_response_time": f"{rng.expovariate(100):.3f}", "user_agent": "bench", "msec": round(at, 3),
+        "track": track, "kind": "app", "chaos": "",
+    }, separators=(",", ":")) + "\n").encode()  # fmt: skip
 
 
 def main() -> int:
@@ -147,27 +233,39 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--router-rate", type=float, default=200, help="access-log lines a second")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve))
+        asyncio.run(serve(args.serve, args.log, args.router_rate))
         return 0
+    folder = Path(tempfile.mkdtemp(prefix="bench-collector-"))
+    log = folder / "access.log"
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(args.targets)], stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, __file__, "--serve", str(args.targets), "--log", str(log), "--router-rate",
+         str(args.router_rate)], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         ports = json.loads(server.stdout.readline())  # type: ignore[union-attr]
         targets = [Target(url=f"http://127.0.0.1:{port}", project="bench") for port in ports]
-        results = asyncio.run(bench(targets, args.seconds, args.interval))
+        results = asyncio.run(bench(targets, args.seconds, args.interval, log))
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
     base, coll = results["baseline"], results["collector"]
     print(f"targets={args.targets} interval={args.interval:g}s seconds={args.seconds:g} cores={os.cpu_count()}")
     for name, r in results.items():
         print(f"{name:9s} cpu={r['cpu_share'] * 100:5.1f}% of one core  cycle p50={r['cycle_p50_ms']:6.1f} ms  "
               f"p99={r['cycle_p99_ms']:6.1f} ms  failed={r['failed_scrapes']:.0f}")  # fmt: skip
     print(f"collector/baseline cpu ratio = {coll['cpu_share'] / base['cpu_share']:.2f}")
+    routed = results["router"]
+    alone = router_alone(args.router_rate)
+    print(f"router measurement alone at {args.router_rate:g} req/s, full 60 s window: "
+          f"{alone * 1000:.1f} ms of CPU per 1 s cycle ({alone * 100:.1f}% of one core)")  # fmt: skip
+    print(f"router on ({args.router_rate:g} lines/s, {routed['samples']:.0f} samples in the window): "
+          f"+{(routed['cpu_share'] - coll['cpu_share']) * 100:.1f} points of one core over the collector")  # fmt: skip
     for name, r in results.items():  # per answered scrape: fair when a loaded machine made some time out
         answered = r["cycles"] * args.targets - r["failed_scrapes"]
         print(f"{name:9s} cpu per answered scrape = {r['cpu_seconds'] / max(1, answered) * 1000:.2f} ms")

@@ -78,3 +78,15 @@ deny contains msg if {
 		lib.near(data.thresholds.min_requests), ": too little traffic to judge the canary",
 	])
 }
+
+# Analysis queries (manifest `analysis.metrics`): a query that gave no value fails closed, with the
+# collector's reason (no data, NaN, a query error, Prometheus unreachable). input.metrics maps
+# each name to its number or null; input.metric_reasons maps the nulls' names to why.
+deny contains msg if {
+	some name, value in object.get(lib.fields, "metrics", {})
+	value == null
+	msg := concat("", ["metric ", name, " has no value: ", metric_reason(name)])
+}
+
+# One definition, defined for every name: a reason missing from the input is said so.
+metric_reason(name) := object.get(object.get(lib.fields, "metric_reasons", {}), name, "no reason given")

@@ -52,3 +52,15 @@ test_a_boolean_is_not_a_number if {
 test_min_requests_comes_from_data if {
 	canary.allow with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 5 with data.thresholds.min_requests as 5
 }
+
+test_a_custom_metric_with_a_value_passes if {
+	canary.allow with input.error_rate as 0 with input.p99_latency_ms as 120 with input.requests as 400 with input.metrics as {"ratio": 0.5} with input.metric_reasons as {} with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}
+
+test_a_custom_metric_without_a_value_is_denied_with_its_reason if {
+	canary.deny == {"metric ratio has no value: no data: the query returned an empty result"} with input.error_rate as 0 with input.p99_latency_ms as 120 with input.requests as 400 with input.metrics as {"ratio": null} with input.metric_reasons as {"ratio": "no data: the query returned an empty result"} with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}
+
+test_a_null_custom_metric_without_a_reason_is_still_denied if {
+	canary.deny == {"metric ratio has no value: no reason given"} with input.error_rate as 0 with input.p99_latency_ms as 120 with input.requests as 400 with input.metrics as {"ratio": null} with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}

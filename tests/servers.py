@@ -6,16 +6,19 @@ on a developer's machine without it, it is skipped with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 REQUIRE_SERVERS = os.environ.get("SWIFTDEPLOY_REQUIRE_SERVERS") == "1"
@@ -235,8 +238,6 @@ class WorkloadServer:
         return self.workdir / f"workload-{self.port}.log"
 
     def start(self, timeout: float = 20.0) -> WorkloadServer:
-        import sys
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ, "PYTHONPATH": str(REPO_ROOT), "HOST": "127.0.0.1", "PORT": str(self.port),
@@ -353,3 +354,91 @@ def docker_login(registry: RegistryServer, user: str, password: str, config: Pat
     if done.returncode != 0:
         pytest.fail(f"docker login {registry.host} failed: {done.stderr.strip()}", pytrace=False)
     return config / "config.json"
+
+
+@dataclass
+class PrometheusServer:
+    """A real Prometheus scraping `targets` every second, with its own config and storage."""
+
+    binary: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, targets: list[str], labels: dict[str, str] | None = None) -> PrometheusServer:
+        """Scrape each `http://host:port` target's /metrics every second (job "workload"),
+        with `labels` added to every series."""
+        config = self.workdir / "prometheus.yml"
+        hosts = ", ".join(f"'{t.removeprefix('http://')}'" for t in targets)
+        extra = ", ".join(f"{k}: '{v}'" for k, v in (labels or {}).items())
+        config.write_text(
+            "global: {scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}\n"
+            f"scrape_configs:\n  - job_name: workload\n    static_configs: [{{targets: [{hosts}], labels: {{{extra}}}}}]\n"
+        )
+        log = (self.workdir / "prometheus.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+        wait_for_port(self.port, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+    async def query(self, session: aiohttp.ClientSession, expr: str, at_ms: int) -> list[dict]:
+        params = {"query": expr, "time": f"{at_ms / 1000:.3f}"}
+        async with session.get(f"{self.url}/api/v1/query", params=params) as response:
+            body = await response.json()
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    async def scraping(self, session: aiohttp.ClientSession, count: int, timeout: float = 20) -> None:
+        """Wait until every target has been scraped once (discovery starts scraping after ~5 s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ContentTypeError):  # 503 text while it starts
+                if len(await self.query(session, "up == 1", int(time.time() * 1000))) == count:
+                    return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"Prometheus did not scrape {count} targets within {timeout}s")
+
+    async def scalar(self, session: aiohttp.ClientSession, expr: str, at_ms: int) -> float | None:
+        result = await self.query(session, expr, at_ms)
+        value = float(result[0]["value"][1]) if result else None
+        return None if value is None or value != value else value
+
+
+@dataclass
+class NotOursService:
+    """`python -m tests.not_ours` on a free port."""
+
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> NotOursService:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PORT": str(self.port), **self.env}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.not_ours"], env=env, cwd=REPO_ROOT, stdout=out, stderr=out
+            )
+        wait_for_port(self.port, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

@@ -40,6 +40,7 @@ class Row:
     kind: str
     details: str
     extra: str = ""
+    source: str = ""  # violations: where the judged figures came from (router, app), if given
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def policy_violations(entries: list[Entry], status_ids: set[Any]) -> list[Row]:
         key = entry.get("decision_id") or entry.get("event_id", "")
         if key not in rows:
             reasons = "; ".join(entry.get("reasons") or []) or "denied"
-            rows[key] = Row(entry["timestamp"], str(entry.get("domain")), reasons, str(key))
+            source = (entry.get("input") or {}).get("source") or ""
+            rows[key] = Row(entry["timestamp"], str(entry.get("domain")), reasons, str(key), str(source))
     return list(rows.values())
 
 

@@ -16,13 +16,47 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.collector.window import BucketKey, Labels, Scrape, labels_of
-from swiftdeploy_core.bus.events import Track
+from swiftdeploy_core.bus.events import MetricSource, Track
 
 REQUESTS = "http_requests_total"
 BUCKETS = "http_request_duration_seconds_bucket"
 CHAOS = "chaos_active"
-WANTED = (REQUESTS, BUCKETS, CHAOS)  # line prefixes worth parsing (the name is checked after)
 MAX_BODY_BYTES = 4_000_000  # a /metrics body larger than this is refused, not parsed
+STATUS_LABEL, PATH_LABEL = "status_code", "path"
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """Which families of a service's /metrics the figures read (`services.app_metrics`).
+
+    A service's own label names are renamed to the seed's (`status_code`, `path`) as lines are
+    parsed, so the window's maths reads one vocabulary.
+    """
+
+    requests: str = REQUESTS  # a counter with a status label (5xx are errors)
+    latency: str = BUCKETS.removesuffix("_bucket")  # a histogram (its _bucket series)
+    status_label: str = STATUS_LABEL
+    path_label: str = PATH_LABEL  # control-plane paths (/metrics, /healthz, /chaos) never count
+
+    @property
+    def buckets(self) -> str:
+        return f"{self.latency}_bucket"
+
+    @property
+    def wanted(self) -> tuple[str, ...]:
+        """Line prefixes worth parsing (the sample name is checked after)."""
+        return (self.requests, self.buckets, CHAOS)
+
+    def canonical(self, name: str) -> str:
+        """The seed's name for one of these families' sample names."""
+        return REQUESTS if name == self.requests else BUCKETS if name == self.buckets else name
+
+    def relabel(self, labels: dict[str, str]) -> dict[str, str]:
+        renames = {self.status_label: STATUS_LABEL, self.path_label: PATH_LABEL}
+        return {renames.get(k, k): v for k, v in labels.items()}
+
+
+SEED_NAMES = MetricNames()
 
 
 @dataclass(frozen=True)
@@ -33,6 +67,10 @@ class Target:
     project: str
     track: Track = "stable"
     version: str | None = None
+    # "router": the figures come from nginx's log; the scrape only says whether the instance
+    # answers (any HTTP answer, even a 404 from a service without /metrics) and reads its chaos gauge.
+    source: MetricSource = "app"
+    names: MetricNames = SEED_NAMES
 
     @property
     def metrics_url(self) -> str:
@@ -69,18 +107,19 @@ class LineCache:
     one sample per line.
     """
 
-    __slots__ = ("_previous",)
+    __slots__ = ("_previous", "names")
 
-    def __init__(self) -> None:
+    def __init__(self, names: MetricNames = SEED_NAMES) -> None:
         self._previous: dict[str, Entry] = {}
+        self.names = names
 
     def parse(self, text: str, at: float) -> Scrape:
         entries: dict[str, Entry] = {}
         missed: list[str] = []
-        previous = self._previous
+        previous, wanted, names = self._previous, self.names.wanted, self.names
         for line in text.split("\n"):
             line = line.strip()
-            if not line.startswith(WANTED):
+            if not line.startswith(wanted):
                 continue
             entry = previous.get(line)
             if entry is None:
@@ -92,7 +131,8 @@ class LineCache:
             if len(samples) != len(missed):
                 raise ValueError(f"{len(missed)} sample lines gave {len(samples)} samples")
             for line, sample in zip(missed, samples):
-                entries[line] = _entry(sample.name, sample.labels, sample.value)
+                labels = sample.labels if names is SEED_NAMES else names.relabel(sample.labels)
+                entries[line] = _entry(names.canonical(sample.name), labels, sample.value)
         self._previous = entries
         return _scrape(at, entries.values())
 
@@ -165,14 +205,26 @@ class Scraper:
         try:
             async with asyncio.timeout(self.timeout):
                 text = await self._fetch(target)
-            scrape = self._caches.setdefault(target.url, LineCache()).parse(text, at)
+            scrape = self._cache(target).parse(text, at)
         except TimeoutError:
             return self._failed(target, at, started, f"no answer within {self.timeout:g}s")
+        except aiohttp.ClientResponseError as exc:
+            if target.source == "router":  # it answered: up, with no figures of its own
+                return Outcome(target, at, time.perf_counter() - started, scrape=Scrape(at=at))
+            return self._failed(target, at, started, _describe(exc))
         except aiohttp.ClientError as exc:
             return self._failed(target, at, started, _describe(exc))
         except ValueError as exc:  # the parser's complaint about a malformed exposition
+            if target.source == "router":  # answered with something that is not Prometheus text
+                return Outcome(target, at, time.perf_counter() - started, scrape=Scrape(at=at))
             return self._failed(target, at, started, f"unparsable /metrics: {exc}")
         return Outcome(target, at, time.perf_counter() - started, scrape=scrape)
+
+    def _cache(self, target: Target) -> LineCache:
+        cache = self._caches.get(target.url)
+        if cache is None or cache.names != target.names:
+            cache = self._caches[target.url] = LineCache(target.names)
+        return cache
 
     async def scrape_all(self, targets: Iterable[Target]) -> list[Outcome]:
         targets = list(targets)

@@ -123,7 +123,7 @@ class Collector:
     async def tick(self) -> CycleReport:
         started = time.perf_counter()
         await self._discover()
-        report = await self.tracker.cycle(self.found.targets)
+        report = await self.tracker.cycle(self.found.targets, self.found.projects)
         hosts = {name: await self._host(project) for name, project in self.found.projects.items()}
         self.metrics.observe(report, time.perf_counter() - started)
         try:

@@ -8,11 +8,15 @@ the gauge changes. No I/O but the scrapes, so it runs the same under the service
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from services.collector import analysis
+from services.collector.router import RouterLog
 from services.collector.scrape import Outcome, Scraper, Target
+from services.collector.targets import Project
 from services.collector.window import TargetWindow, figures
 from swiftdeploy_core.bus.events import (
     AnyPayload,
@@ -50,13 +54,47 @@ class Tracker:
         self.scraper = scraper
         self.window = window
         self.states: dict[str, TargetState] = {}
+        self.routers: dict[str, RouterLog] = {}  # by project: its nginx access log, followed
+        self.projects: Mapping[str, Project] = {}
 
-    async def cycle(self, targets: Sequence[Target]) -> CycleReport:
+    async def cycle(self, targets: Sequence[Target], projects: Mapping[str, Project] | None = None) -> CycleReport:
+        """One scrape of every target; `projects` say which read nginx's log and which have
+        analysis queries (without them every track is measured from /metrics, as in the seed)."""
         self.sync(targets)
+        self.follow(projects or {})
         outcomes = await self.scraper.scrape_all(targets)
         events = [event for outcome in outcomes for event in self.record(outcome)]
         end = time.time()
-        return CycleReport(end, outcomes, self.snapshots(end), events)
+        for router in self.routers.values():  # after `end`: a line stamped before it is in the file
+            router.read()
+        snapshots = self.snapshots(end)
+        return CycleReport(end, outcomes, await self.analyse(snapshots, end), events)
+
+    def follow(self, projects: Mapping[str, Project]) -> None:
+        """Tail the access log of every project measured at the router; forget the others."""
+        self.projects = projects
+        for name in list(self.routers):
+            project = projects.get(name)
+            if project is None or project.router_log != self.routers[name].tail.path:
+                self.routers.pop(name).close()
+        for name, project in projects.items():
+            if project.source == "router" and project.router_log and name not in self.routers:
+                self.routers[name] = RouterLog(project.router_log)
+
+    async def analyse(self, snapshots: list[MetricsSnapshot], end: float) -> list[MetricsSnapshot]:
+        """Attach each project's analysis queries' values, evaluated per track at `end`."""
+
+        async def one(snapshot: MetricsSnapshot) -> MetricsSnapshot:
+            spec = getattr(self.projects.get(snapshot.project), "analysis", None)
+            if spec is None or not spec.metrics or spec.prometheus is None:
+                return snapshot
+            values = {"track": snapshot.track, "version": snapshot.version or "", "project": snapshot.project,
+                      "window": analysis.window_duration(self.window)}  # fmt: skip
+            found = await analysis.evaluate(self.scraper.session, spec.prometheus.url, spec.metrics, values, end,
+                                            self.scraper.timeout)  # fmt: skip
+            return snapshot.model_copy(update={"metrics": found})
+
+        return list(await asyncio.gather(*(one(snapshot) for snapshot in snapshots)))
 
     def sync(self, targets: Iterable[Target]) -> None:
         """Follow the current target list: new targets start empty, removed ones are forgotten."""
@@ -107,10 +145,11 @@ class Tracker:
         up = [state for state in states if state.up]
         chaos: ChaosMode = next((s.chaos for s in up if s.chaos is not None and s.chaos != "none"), "none")
         versions = [state.target.version for state in states if state.target.version]
-        return MetricsSnapshot(
+        version = max(set(versions), key=versions.count) if versions else None
+        snapshot = MetricsSnapshot(
             project=project,
             track=track,
-            version=max(set(versions), key=versions.count) if versions else None,
+            version=version,
             window_seconds=self.window,
             request_rate=track_figures.request_rate,
             error_rate=track_figures.error_rate,
@@ -119,4 +158,38 @@ class Tracker:
             chaos=chaos,
             targets=sorted(state.target.url for state in states),
             targets_up=len(up),
+            source="app",
+            samples=max((len(s) for state in states for s in state.window.requests.values()), default=0),
         )
+        router = self.routers.get(project)
+        return snapshot if router is None else router_snapshot(snapshot, router, end, self.window)
+
+
+NO_FIGURES = {"source": "router", "request_rate": None, "error_rate": None, "p99_latency_ms": None, "requests": None}
+
+
+def router_snapshot(snapshot: MetricsSnapshot, router: RouterLog, end: float, window: float) -> MetricsSnapshot:
+    """The track's snapshot with nginx's figures in place of /metrics' (no log yet: no data)."""
+    if not router.tail.opened:
+        return snapshot.model_copy(update={"samples": None, **NO_FIGURES})
+    found = router.figures(snapshot.track, snapshot.version, end, window)
+    if not router.covered(snapshot.track, end, window):  # watched for less than a window: no data yet
+        return snapshot.model_copy(update={"samples": found.samples, **NO_FIGURES})
+    return snapshot.model_copy(
+        update={
+            "source": "router",
+            "window_seconds": found.window,
+            "samples": found.samples,
+            "requests": float(found.samples),
+            "request_rate": found.request_rate,
+            "error_rate": found.error_rate,
+            "client_error_rate": found.client_error_rate,
+            "p50_latency_ms": _ms(found.p50_seconds),
+            "p90_latency_ms": _ms(found.p90_seconds),
+            "p99_latency_ms": _ms(found.p99_seconds),
+        }
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0

@@ -342,6 +342,8 @@ class Chaos:
         canary = self.rollout.record.canary
         if canary is None or not canary.instances:
             raise Refused("no canary is running; chaos is injected into the canary track only")
+        if self.request.at == "router":
+            return await self.at_router(canary)
         body = {k: v for k, v in self.request.model_dump(include={"mode", "rate", "duration"}).items() if v is not None}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHAOS_TIMEOUT)) as session:
             for instance in canary.instances:
@@ -353,6 +355,18 @@ class Chaos:
             ChaosInjected(
                 mode=req.mode, rate=req.rate, duration=req.duration, instances=[i.name for i in canary.instances]
             )
+        )
+
+    async def at_router(self, canary: TrackState) -> None:
+        """nginx answers 500 to `rate` of the canary's requests itself (or stops: recover)."""
+        req = self.request
+        if req.mode == "slow":
+            raise Refused("chaos at the router injects errors only (error --rate R, or recover)")
+        percent = round((req.rate if req.rate is not None else 1.0) * 100, 2) if req.mode == "error" else 0.0
+        record = await self.rollout.save(canary=canary.model_copy(update={"router_error_percent": percent}))
+        await self.rollout.route(record)
+        await self.rollout.emit(
+            ChaosInjected(mode=req.mode, rate=req.rate, at="router", instances=[i.name for i in canary.instances])
         )
 
 

@@ -60,7 +60,8 @@ async def repair_drift(rollout: Rollout) -> None:
     canary = record.canary.instances if record.canary else []
     weight = record.canary.weight if record.canary else 0
     found = served_split(live)
-    expected = served_split(rollout.driver.render_router(rollout.manifest, stable, canary, weight))
+    chaos = record.canary.router_error_percent if record.canary else 0.0
+    expected = served_split(rollout.driver.render_router(rollout.manifest, stable, canary, weight, chaos))
     if found == expected:
         return
     await rollout.route()
@@ -129,11 +130,14 @@ async def analyse(rollout: Rollout) -> Decision | None:
 
 def _warming_up(rollout: Rollout) -> bool:
     """A canary that just started has no figures yet through no fault of its own: the collector
-    needs to find it and scrape it twice before a rate exists. Until then no data is no failure."""
+    needs to find it and scrape it twice before a rate exists, and router figures come once it
+    has watched the new version for a whole window. Until then no data is no failure."""
     record, manifest = rollout.record, rollout.manifest
     if record.step != 0 or record.stepped_at is None:
         return False
     grace = manifest.canary.interval + 2 * manifest.collector.interval
+    if manifest.services.metrics == "router":
+        grace += manifest.collector.window
     return datetime.now(UTC) - record.stepped_at < timedelta(seconds=grace)
 
 

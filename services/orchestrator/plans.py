@@ -25,6 +25,7 @@ from services.orchestrator.drivers.base import (
 from swiftdeploy_core.bus.events import MetricsSnapshot, Track
 from swiftdeploy_core.project.manifest import Manifest
 from swiftdeploy_core.project.router import (
+    CONTAINER_LOG_DIR,
     RouterPlan,
     Upstream,
     plan_for_compose,
@@ -152,8 +153,10 @@ def instance_config(spec: InstanceSpec) -> dict[str, Any]:
     return config
 
 
-def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
-    """The nginx container config: published on 127.0.0.1 only."""
+def router_config(manifest: Manifest, project: str, log_dir: Path | None = None) -> dict[str, Any]:
+    """The nginx container config: published on 127.0.0.1 only; with `log_dir`, the host folder
+    mounted on its log folder (the image's access.log is a symlink to stdout, which the mount
+    hides: nginx writes a real file there, which the collector tails)."""
     port = f"{manifest.nginx.port}/tcp"
     return {
         "Image": manifest.nginx.image,
@@ -164,6 +167,7 @@ def router_config(manifest: Manifest, project: str) -> dict[str, Any]:
             "NetworkMode": manifest.network.name,
             "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": str(manifest.nginx.port)}]},
             "RestartPolicy": {"Name": "no"},
+            "Binds": [f"{log_dir}:{CONTAINER_LOG_DIR}"] if log_dir else [],
         },
     }
 
@@ -184,24 +188,30 @@ def docker_upstream(instance: Instance, port: int) -> Upstream:
 
 
 def process_router_plan(
-    manifest: Manifest, state_dir: Path, stable: list[Instance], canary: list[Instance], weight: int
-) -> RouterPlan:
-    return plan_for_process(
+    manifest: Manifest, state_dir: Path, stable: list[Instance], canary: list[Instance], weight: int,
+    canary_error_percent: float = 0.0,
+) -> RouterPlan:  # fmt: skip
+    plan = plan_for_process(
         manifest,
         state_dir,
         [process_upstream(i) for i in stable],
         [process_upstream(i) for i in canary],
         canary_weight=weight if canary else 0,
     )
+    return plan.model_copy(update={"canary_error_percent": canary_error_percent if canary else 0.0})
 
 
-def docker_router_plan(manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> RouterPlan:
+def docker_router_plan(
+    manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+    canary_error_percent: float = 0.0,
+) -> RouterPlan:  # fmt: skip
     port = manifest.services.port
     base = plan_for_compose(manifest).model_dump()
     base.update(
         stable=[docker_upstream(i, port) for i in stable],
         canary=[docker_upstream(i, port) for i in canary],
         canary_weight=weight if canary else 0,
+        canary_error_percent=canary_error_percent if canary else 0.0,
     )
     return RouterPlan.model_validate(base)
 
@@ -269,14 +279,31 @@ def canary_input(snapshot: MetricsSnapshot | None, canary: TrackState | None) ->
         return None
     if not snapshot.requests or snapshot.error_rate is None:
         return None
-    return {"error_rate": snapshot.error_rate, "p99_latency_ms": snapshot.p99_latency_ms, "requests": snapshot.requests}
+    figures = {
+        "error_rate": snapshot.error_rate,
+        "p99_latency_ms": snapshot.p99_latency_ms,
+        "requests": snapshot.requests,
+    }
+    return figures | provenance(snapshot)
 
 
 def promotion_input(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
     """The promotion gate always asks; missing figures go as null and the policy decides."""
     s = snapshot
-    return {
+    figures = {
         "error_rate": s.error_rate if s else None,
         "p99_latency_ms": s.p99_latency_ms if s else None,
         "requests": s.requests if s else 0,
+    }
+    return figures | provenance(s) if s else figures
+
+
+def provenance(snapshot: MetricsSnapshot) -> dict:
+    """Where the figures came from, and the analysis queries' values (null with a reason)."""
+    return {
+        "source": snapshot.source or "app",
+        "window_seconds": snapshot.window_seconds,
+        "samples": snapshot.samples,
+        "metrics": {name: metric.value for name, metric in snapshot.metrics.items()},
+        "metric_reasons": {name: metric.reason for name, metric in snapshot.metrics.items() if metric.reason},
     }

@@ -124,8 +124,9 @@ class Rollout:
         stable = record.stable.instances if record.stable else []
         canary = record.canary.instances if record.canary else []
         weight = record.canary.weight if record.canary else 0
+        chaos = record.canary.router_error_percent if record.canary else 0.0
         await self.fenced()
-        return await self.driver.apply_router(self.manifest, stable, canary, weight)
+        return await self.driver.apply_router(self.manifest, stable, canary, weight, chaos)
 
     async def start(self, specs: list[InstanceSpec]) -> list[Instance]:
         """Start instances and wait until every one is healthy; on failure stop them all again."""

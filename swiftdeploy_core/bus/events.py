@@ -311,23 +311,25 @@ class OperationFailed(Payload):
 
 
 class ChaosRequested(Payload):
-    """`swiftdeploy chaos ...`: inject into every canary instance."""
+    """`swiftdeploy chaos ...`: inject into every canary instance, or (`--router`) at nginx."""
 
     type: Literal["chaos.requested"] = "chaos.requested"
     mode: Literal["slow", "error", "recover"]
     rate: float | None = None
     duration: float | None = None
     project: str | None = None  # None: the only deployed project
+    at: Literal["app", "router"] = "app"  # the instances' /chaos, or nginx in front of them
 
 
 class ChaosInjected(Payload):
-    """Chaos was posted to every canary instance (`swiftdeploy chaos`)."""
+    """Chaos was posted to every canary instance, or applied by nginx to the canary's requests."""
 
     type: Literal["chaos.injected"] = "chaos.injected"
     mode: Literal["slow", "error", "recover"]
     rate: float | None = None
     duration: float | None = None
     instances: list[str] = []
+    at: Literal["app", "router"] = "app"
 
 
 class ChaosDetected(Payload):
@@ -391,6 +393,16 @@ class HostStats(BaseModel):
     path: str = ""
 
 
+MetricSource = Literal["router", "app"]  # nginx's per-request log, or the app's own /metrics
+
+
+class CustomMetric(BaseModel):
+    """One named analysis query's value (`analysis.metrics`); None with the reason it has none."""
+
+    value: float | None = None
+    reason: str | None = None  # why `value` is None: no data, NaN, a query error, unreachable
+
+
 class MetricsSnapshot(Payload):
     """Windowed figures of one track; None means the window holds no data."""
 
@@ -408,6 +420,13 @@ class MetricsSnapshot(Payload):
     targets_up: int = 0
     host: HostStats | None = None
     at: datetime | None = None  # when the collector published it: the orchestrator analyses each once
+    # Where the figures came from (optional: a snapshot without them is the app's /metrics).
+    source: MetricSource | None = None
+    samples: int | None = None  # router: requests logged in the window; app: scrapes in the window
+    client_error_rate: float | None = None  # router: 4xx share, counted apart from the error rate
+    p50_latency_ms: float | None = None  # router: exact over the window
+    p90_latency_ms: float | None = None
+    metrics: dict[str, CustomMetric] = {}  # analysis.metrics, by name
 
 
 class TargetDown(Payload):

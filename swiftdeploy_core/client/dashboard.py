@@ -42,6 +42,8 @@ class TrackView(BaseModel):
     error_rate: float | None = None
     p99_latency_ms: float | None = None
     chaos: str = "none"
+    source: str | None = None  # where the figures came from: router (nginx's log) or app (/metrics)
+    samples: int | None = None
 
 
 class PolicyView(BaseModel):
@@ -141,6 +143,8 @@ def _track_view(track: TrackState, snapshot: MetricsSnapshot | None, health: dic
         error_rate=snapshot.error_rate if snapshot else None,
         p99_latency_ms=snapshot.p99_latency_ms if snapshot else None,
         chaos=snapshot.chaos if snapshot else "none",
+        source=snapshot.source if snapshot else None,
+        samples=snapshot.samples if snapshot else None,
     )
 
 
@@ -246,7 +250,7 @@ def _header(view: StatusView) -> Text:
 
 def _tracks_table(view: StatusView) -> Table:
     table = Table(title="Tracks", expand=True, title_justify="left")
-    for column in ("Track", "Version", "Image", "Weight", "Replicas", "Health", "Req/s", "Errors", "P99"):
+    for column in ("Track", "Version", "Image", "Weight", "Replicas", "Health", "Req/s", "Errors", "P99", "Source"):
         table.add_column(column, no_wrap=column in ("Health", "Track"), overflow="fold")
     for t in view.tracks:
         table.add_row(
@@ -259,10 +263,17 @@ def _tracks_table(view: StatusView) -> Table:
             fmt_rate(t.request_rate),
             fmt_pct(t.error_rate),
             fmt_ms(t.p99_latency_ms),
+            _source(t),
         )
     if not view.tracks:
         table.add_row("—", "nothing deployed", "", "", "", "", "", "", "")
     return table
+
+
+def _source(track: TrackView) -> str:
+    if track.source is None:
+        return "—"
+    return track.source if track.samples is None else f"{track.source} · {track.samples} samples"
 
 
 def _policies_table(view: StatusView) -> Table:

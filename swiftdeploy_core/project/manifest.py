@@ -164,6 +164,19 @@ class ResourcesSpec(_Section):
         return int(self.memory[:-1]) * scale[unit] if unit in scale else int(self.memory)
 
 
+MetricName = Annotated[str, Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", max_length=200)]
+LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=200)]
+
+
+class AppMetricsSpec(_Section):
+    """`services.app_metrics`: the names in the app's /metrics the `app` source reads."""
+
+    requests: MetricName = "http_requests_total"  # counter, by status label
+    latency: MetricName = "http_request_duration_seconds"  # histogram (its _bucket series)
+    status_label: LabelName = "status_code"
+    path_label: LabelName = "path"
+
+
 class ServiceSpec(_Section):
     """`services`: the one web service SwiftDeploy deploys."""
 
@@ -182,6 +195,10 @@ class ServiceSpec(_Section):
     secrets: list[SecretSpec] = []
     health: HealthSpec = HealthSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    # Where canary figures come from: nginx's per-request log (any HTTP service), or the app's
+    # own /metrics (the seed's metric names).
+    metrics: Literal["router", "app"] = "router"
+    app_metrics: AppMetricsSpec = AppMetricsSpec()
 
     @model_validator(mode="after")
     def _secrets_apart(self) -> ServiceSpec:
@@ -363,6 +380,36 @@ class ImagesSpec(_Section):
     credentials: Path | None = None  # a Docker config.json; None: $DOCKER_CONFIG or ~/.docker/config.json
 
 
+class AnalysisQuery(_Section):
+    """One named PromQL query; `{{ track }}`, `{{ version }}`, `{{ project }}`, `{{ window }}` are
+    filled in per track before it is sent."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
+    query: Annotated[str, Field(min_length=1, max_length=4000)]
+
+
+class PrometheusSpec(_Section):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+
+
+class AnalysisSpec(_Section):
+    """`analysis`: PromQL queries evaluated each interval; each value reaches the canary policy
+    as `input.metrics.<name>`."""
+
+    prometheus: PrometheusSpec | None = None
+    metrics: list[AnalysisQuery] = []
+
+    @model_validator(mode="after")
+    def _queries_need_prometheus(self) -> AnalysisSpec:
+        if self.metrics and self.prometheus is None:
+            raise ValueError("metrics need prometheus.url (where to send the queries)")
+        names = [query.name for query in self.metrics]
+        doubled = sorted({name for name in names if names.count(name) > 1})
+        if doubled:
+            raise ValueError(f"metric names must be unique (repeated: {', '.join(doubled)})")
+        return self
+
+
 class PathsSpec(_Section):
     """`paths`: where SwiftDeploy writes, relative to the manifest's folder."""
 
@@ -392,6 +439,7 @@ class Manifest(_Section):
     runtime: Runtime = Runtime.docker
     collector: CollectorSpec = CollectorSpec()
     images: ImagesSpec = ImagesSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
     paths: PathsSpec = PathsSpec()
     notifications: list[NotificationSpec] = []
 

@@ -30,6 +30,7 @@ TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 # Where the official nginx image keeps things; the compose file mounts named volumes on them.
 CONTAINER_LOG_DIR = "/var/log/nginx"
+ACCESS_LOG = "access.log"
 CONTAINER_PID = "/var/run/nginx.pid"
 # nginx creates only the last folder of a temp path: /tmp exists in every image (the official
 # one has /var/cache/nginx, Debian's package /var/lib/nginx, neither both).
@@ -71,6 +72,8 @@ class RouterPlan(BaseModel):
     temp_dir: NginxPath | None = None  # nginx-client_body, nginx-proxy, ... temp folders go under it
     worker_processes: Annotated[int, Field(ge=1, le=64)] = 1
     health_path: NginxPath = "/healthz"  # nginx's own /healthz asks the service here (services.health.path)
+    # Router chaos: nginx itself answers 500 to this share of the canary's requests (0 = off).
+    canary_error_percent: Annotated[float, Field(ge=0, le=100)] = 0
 
     @model_validator(mode="after")
     def _weight_needs_a_canary(self) -> RouterPlan:
@@ -118,7 +121,7 @@ def plan_for_compose(manifest: Manifest) -> RouterPlan:
             Upstream(host=instance_name(manifest.project, "stable", i), port=port)
             for i in range(1, manifest.services.replicas + 1)
         ],
-        access_log=f"{CONTAINER_LOG_DIR}/access.log",
+        access_log=f"{CONTAINER_LOG_DIR}/{ACCESS_LOG}",
         error_log=f"{CONTAINER_LOG_DIR}/error.log",
         pid=CONTAINER_PID,
         temp_dir=CONTAINER_TEMP_DIR,
@@ -143,12 +146,30 @@ def plan_for_process(
         stable=list(stable),
         canary=list(canary),
         canary_weight=canary_weight,
-        access_log=str(base / "logs" / "access.log"),
-        error_log=str(base / "logs" / "error.log"),
+        access_log=str(router_log_dir(state_dir) / ACCESS_LOG),
+        error_log=str(router_log_dir(state_dir) / "error.log"),
         pid=str(base / "nginx.pid"),
         temp_dir=str(base / "tmp"),
         health_path=manifest.services.health.path,
     )
+
+
+def runtime_dir(manifest: Manifest, root: str | Path) -> Path:
+    """Where the runtime keeps a project's pids, ports, logs and rendered router config."""
+    base = Path(manifest.paths.state)
+    base = base if base.is_absolute() else Path(root) / base
+    return base / "runtime" / manifest.project
+
+
+def router_log_dir(state_dir: Path) -> Path:
+    """The folder nginx writes its logs to, on the host: the process runtime's nginx writes there
+    directly; the docker runtime bind-mounts it on the container's /var/log/nginx. The collector
+    tails `access.log` in it."""
+    return state_dir.resolve() / "nginx" / "logs"
+
+
+def router_access_log(manifest: Manifest, root: str | Path) -> Path:
+    return router_log_dir(runtime_dir(manifest, root)) / ACCESS_LOG
 
 
 def render_nginx_conf(plan: RouterPlan, header: str) -> str:

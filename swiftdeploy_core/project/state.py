@@ -49,6 +49,9 @@ class TrackState(BaseModel):
     settings: str = ""  # sha256 of version, image, env, secret names, command, args (never values)
     weight: int = 0  # percent of traffic
     instances: list[Instance] = []
+    # Router chaos (`swiftdeploy chaos error --router`): nginx answers 500 to this percent of the
+    # track's requests. Kept on the canary track, so it goes when the canary goes.
+    router_error_percent: float = 0.0
 
 
 class Pause(BaseModel):

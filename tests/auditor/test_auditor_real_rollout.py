@@ -88,7 +88,8 @@ async def test_a_real_rollout_is_audited_and_reported(stack) -> None:
         assert kind in seen, (kind, seen)
     violations = table(markdown, "Policy violations")
     assert sorted(tuple(r) for r in violations) == sorted(
-        (e["timestamp"], e["domain"], "; ".join(e["reasons"])) for e in denied_gates(lines).values()
+        (e["timestamp"], e["domain"], "; ".join(e["reasons"]), e["input"].get("source") or "—")
+        for e in denied_gates(lines).values()
     )
     assert len(violations) >= 2  # the blocked promotion and the failing analyses
     counts = {row[0]: [int(n) for n in row[1:]] for row in table(markdown, "Policy decisions")}

@@ -89,7 +89,10 @@ def test_violation_rows_are_the_denied_gating_decisions_of_the_history(tmp_path:
     denied = denied_gates(history(path))
     rows = table(render(path), "Policy violations")
     assert len(rows) == len(denied) == 3  # dec-3, dec-4, dec-6; the status refresh's dec-5 is not a gate
-    expected = sorted((e["timestamp"], e["domain"], "; ".join(e["reasons"])) for e in denied.values())
+    expected = sorted(
+        (e["timestamp"], e["domain"], "; ".join(e["reasons"]), (e.get("input") or {}).get("source") or "—")
+        for e in denied.values()
+    )
     assert sorted(tuple(row) for row in rows) == expected
     assert any(ERROR_REASON in row[2] and "p99 latency" in row[2] for row in rows)
 
@@ -168,6 +171,18 @@ def test_an_empty_history_renders_every_section_with_a_note(tmp_path: Path) -> N
     assert "_Nothing was rolled out in this period._" in markdown
 
 
+def test_a_violation_names_where_the_judged_figures_came_from(tmp_path: Path) -> None:
+    entry = {
+        "timestamp": "2026-01-01T00:00:00.000Z", "type": "decision.made", "allow": False, "domain": "canary",
+        "reasons": ["error rate 52% is above the maximum of 1%"], "input": {"error_rate": 0.52, "source": "router"},
+        "decision_id": "d", "event_id": "e", "correlation_id": "c",
+    }  # fmt: skip
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(encode_line(entry, GENESIS))
+    (row,) = table(render(path), "Policy violations")
+    assert row[1:] == ["canary", "error rate 52% is above the maximum of 1%", "router"]
+
+
 def test_a_pipe_in_a_reason_does_not_break_the_table(tmp_path: Path) -> None:
     entry = {
         "timestamp": "2026-01-01T00:00:00.000Z",
@@ -181,7 +196,7 @@ def test_a_pipe_in_a_reason_does_not_break_the_table(tmp_path: Path) -> None:
     }
     path = tmp_path / "history.jsonl"
     path.write_bytes(encode_line(entry, GENESIS))
-    assert table(render(path), "Policy violations") == [["2026-01-01T00:00:00.000Z", "infra", "disk \\| full"]]
+    assert table(render(path), "Policy violations") == [["2026-01-01T00:00:00.000Z", "infra", "disk \\| full", "—"]]
 
 
 def test_a_held_external_gate_is_a_violation_row_and_an_allowing_one_is_not(tmp_path: Path) -> None:
@@ -200,4 +215,4 @@ def test_a_held_external_gate_is_a_violation_row_and_an_allowing_one_is_not(tmp_
     path = tmp_path / "history.jsonl"
     path.write_bytes(b"".join(lines))
     rows = table(render(path), "Policy violations")
-    assert [row[1:] for row in rows] == [["gate:promotion", reason]]
+    assert [row[1:] for row in rows] == [["gate:promotion", reason, "—"]]

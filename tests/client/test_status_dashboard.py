@@ -119,6 +119,18 @@ def test_a_frame_shows_tracks_health_policies_events_and_sparklines() -> None:
     assert sparkline([0.0, 0.0, 0.2, 0.5]) in text
 
 
+def test_each_track_shows_where_its_figures_came_from() -> None:
+    snapshots = {
+        "stable": snapshot("stable", 0.0, 120.0).model_copy(update={"source": "router", "samples": 750}),
+        "canary": snapshot("canary", 0.5, 850.0).model_copy(update={"source": "app", "samples": 30}),
+    }
+    view = build_view("app", canary_rollout(), snapshots, now=NOW)
+    stable, canary = view.to_json()["tracks"]
+    assert (stable["source"], stable["samples"], canary["source"]) == ("router", 750, "app")
+    text = frame_text(view)
+    assert "router · 750 samples" in text and "app · 30 samples" in text
+
+
 def test_an_unanswered_policy_shows_unknown_never_passing() -> None:
     view = build_view(
         "app",

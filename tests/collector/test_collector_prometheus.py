@@ -12,11 +12,8 @@ live collector's rate never goes negative and never spikes.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -24,8 +21,7 @@ import pytest
 from services.collector.scrape import BUCKETS, REQUESTS, Scraper, Target
 from services.collector.tracking import CycleReport, Tracker
 from services.collector.window import Scrape, TargetWindow, figures, labels_of
-from tests.eventually import eventually
-from tests.servers import free_port, require_binary, wait_for_port
+from tests.servers import PrometheusServer, require_binary
 
 WINDOW = 10  # seconds
 INTERVAL = 1.0
@@ -33,63 +29,6 @@ APP = 'path!~"/metrics|/healthz|/chaos"'  # application traffic only, as the col
 P99 = f"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{APP}}}[{WINDOW}s])))"
 ERRORS = f'sum(rate(http_requests_total{{status_code=~"5..",{APP}}}[{WINDOW}s])) / sum(rate(http_requests_total{{{APP}}}[{WINDOW}s]))'
 RATE = f"sum(rate(http_requests_total{{{APP}}}[{WINDOW}s]))"
-
-
-@dataclass
-class PrometheusServer:
-    """A real Prometheus scraping `targets` every second, with its own config and storage."""
-
-    binary: str
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, targets: list[str]) -> PrometheusServer:
-        config = self.workdir / "prometheus.yml"
-        hosts = ", ".join(f"'{t.removeprefix('http://')}'" for t in targets)
-        config.write_text(
-            "global: {scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}\n"
-            f"scrape_configs:\n  - job_name: workload\n    static_configs: [{{targets: [{hosts}]}}]\n"
-        )
-        log = (self.workdir / "prometheus.log").open("ab")
-        self.process = subprocess.Popen(
-            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=log, stderr=log,
-        )  # fmt: skip
-        wait_for_port(self.port, timeout=20)
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-
-    async def query(self, session: aiohttp.ClientSession, expr: str, at_ms: int) -> list[dict]:
-        params = {"query": expr, "time": f"{at_ms / 1000:.3f}"}
-        async with session.get(f"{self.url}/api/v1/query", params=params) as response:
-            body = await response.json()
-        assert body["status"] == "success", body
-        return body["data"]["result"]
-
-    async def scraping(self, session: aiohttp.ClientSession, count: int, timeout: float = 20) -> None:
-        """Wait until every target has been scraped once (discovery starts scraping after ~5 s)."""
-
-        async def scraped() -> bool:
-            return len(await self.query(session, "up == 1", int(time.time() * 1000))) == count
-
-        # ContentTypeError: Prometheus answers 503 in plain text while it starts
-        await eventually(scraped, f"Prometheus to scrape {count} targets", timeout, interval=0.2,
-                         ignoring=(aiohttp.ContentTypeError,))  # fmt: skip
-
-    async def scalar(self, session: aiohttp.ClientSession, expr: str, at_ms: int) -> float | None:
-        result = await self.query(session, expr, at_ms)
-        value = float(result[0]["value"][1]) if result else None
-        return None if value is None or value != value else value
 
 
 async def paced(session: aiohttp.ClientSession, url: str, per_second: float, stop: asyncio.Event) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from services.collector.scrape import Scraper, Target, parse
+from services.collector.scrape import LineCache, MetricNames, Scraper, Target, parse
 from tests.servers import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -111,3 +112,24 @@ def test_scrapes_health_probes_and_chaos_calls_are_not_application_traffic():
     scrape = parse(text, at=1.0)
     assert sum(scrape.requests.values()) == 7
     assert sum(scrape.buckets.values()) == 7
+
+
+def test_a_service_with_its_own_metric_names_is_read_in_the_seed_vocabulary():
+    names = MetricNames(requests="svc_requests_total", latency="svc_latency_seconds", status_label="code",
+                        path_label="route")  # fmt: skip
+    text = (
+        "# TYPE svc_requests_total counter\n"
+        'svc_requests_total{code="200",route="/orders"} 90\n'
+        'svc_requests_total{code="500",route="/orders"} 10\n'
+        'svc_requests_total{code="200",route="/healthz"} 50\n'
+        "# TYPE svc_latency_seconds histogram\n"
+        'svc_latency_seconds_bucket{route="/orders",le="0.1"} 60\n'
+        'svc_latency_seconds_bucket{route="/orders",le="+Inf"} 100\n'
+        'http_requests_total{status_code="200",path="/"} 7\n'  # the seed's names: not this service's
+    )
+    scrape = LineCache(names).parse(text, at=1.0)
+    assert scrape.requests == {
+        (("path", "/orders"), ("status_code", "200")): 90.0,
+        (("path", "/orders"), ("status_code", "500")): 10.0,
+    }  # the health probes' series is left out, as for the seed's /healthz
+    assert scrape.buckets == {((("path", "/orders"),), 0.1): 60.0, ((("path", "/orders"),), math.inf): 100.0}

@@ -125,13 +125,14 @@ class FakeDriver(RuntimeDriver):
             self.calls.append(f"stop {name}")
 
     async def apply_router(
-        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
-    ) -> str:
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
         if self.fail_router is not None:
             raise RuntimeDriverError(self.fail_router)
         weight = weight if canary else 0  # as the real plans do: no canary, no canary share
         plan = plan_for_process(manifest, self.dir, _upstreams(stable), _upstreams(canary), canary_weight=weight)
-        conf = self.render_router(manifest, stable, canary, weight)
+        conf = self.render_router(manifest, stable, canary, weight, canary_error_percent)
         split = Split(tuple(i.name for i in stable), tuple(i.name for i in canary), weight, conf)
         if split != self.split:
             self.calls.append(f"router stable={len(stable)} canary={len(canary)} weight={weight}")
@@ -139,9 +140,13 @@ class FakeDriver(RuntimeDriver):
         self.router_url = plan.url
         return plan.url
 
-    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
+    def render_router(
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
         weight = weight if canary else 0
         plan = plan_for_process(manifest, self.dir, _upstreams(stable), _upstreams(canary), canary_weight=weight)
+        plan = plan.model_copy(update={"canary_error_percent": canary_error_percent if canary else 0.0})
         return render_nginx_conf(plan, "fake")
 
     async def router_running(self) -> bool:

@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import InstanceSpec, NetworkSpec, RuntimeObject
-from swiftdeploy_core.bus.events import MetricsSnapshot
+from swiftdeploy_core.bus.events import CustomMetric, MetricsSnapshot
 from swiftdeploy_core.project.manifest import CanarySpec, validate_manifest
 from swiftdeploy_core.project.router import Upstream, render_nginx_conf
 from swiftdeploy_core.project.service_env import ServiceEnv
@@ -121,8 +121,23 @@ CANARY = TrackState(
 
 
 def test_analysis_input_comes_from_a_fresh_snapshot_of_this_canary():
-    assert plans.canary_input(_snapshot(), CANARY) == {"error_rate": 0.5, "p99_latency_ms": 30.0, "requests": 40.0}
+    assert plans.canary_input(_snapshot(), CANARY) == {
+        "error_rate": 0.5, "p99_latency_ms": 30.0, "requests": 40.0,
+        "source": "app", "window_seconds": 10, "samples": None, "metrics": {}, "metric_reasons": {},
+    }  # fmt: skip
     assert plans.canary_input(_snapshot(targets=["http://127.0.0.1:4002"]), CANARY) is not None
+
+
+def test_analysis_input_says_where_the_figures_came_from_and_carries_each_custom_metric():
+    snapshot = _snapshot(
+        source="router", samples=40, window_seconds=9.5,
+        metrics={"ratio": CustomMetric(value=0.25), "latency": CustomMetric(reason="no data: the query returned an empty result")},
+    )  # fmt: skip
+    found = plans.canary_input(snapshot, CANARY)
+    assert found is not None
+    assert (found["source"], found["window_seconds"], found["samples"]) == ("router", 9.5, 40)
+    assert found["metrics"] == {"ratio": 0.25, "latency": None}
+    assert found["metric_reasons"] == {"latency": "no data: the query returned an empty result"}
 
 
 def test_analysis_waits_when_the_snapshot_is_missing_empty_or_about_another_canary():

@@ -7,13 +7,12 @@ from pathlib import Path
 from services.orchestrator.drivers.base import RuntimeDriver
 from swiftdeploy_core.project.images import docker_config_file
 from swiftdeploy_core.project.manifest import Manifest, Runtime
+from swiftdeploy_core.project.router import runtime_dir
 
 
 def state_dir(manifest: Manifest, root: str | Path) -> Path:
     """Where the runtime keeps a project's pids, ports, logs and rendered router config."""
-    base = Path(manifest.paths.state)
-    base = base if base.is_absolute() else Path(root) / base
-    return base / "runtime" / manifest.project
+    return runtime_dir(manifest, root)
 
 
 def make_driver(

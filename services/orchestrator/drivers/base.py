@@ -145,16 +145,21 @@ class RuntimeDriver(ABC):
 
     @abstractmethod
     async def apply_router(
-        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
-    ) -> str:
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
         """Start nginx, or reload it gracefully, so it serves exactly this split; return its URL.
+        `canary_error_percent` of the canary's requests nginx answers with a 500 itself (router chaos).
 
         Returns only once the new configuration serves and the old workers have drained, so
         instances that left the configuration may be stopped right after.
         """
 
     @abstractmethod
-    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
+    def render_router(
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
         """The nginx.conf that serves exactly this split (what `apply_router` installs)."""
 
     @abstractmethod

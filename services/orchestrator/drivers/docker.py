@@ -48,7 +48,7 @@ from swiftdeploy_core.project.images import (
     pull_error,
 )
 from swiftdeploy_core.project.manifest import Manifest, PullPolicy
-from swiftdeploy_core.project.router import CONTAINER_CONF, render_nginx_conf, router_container
+from swiftdeploy_core.project.router import CONTAINER_CONF, render_nginx_conf, router_container, router_log_dir
 from swiftdeploy_core.project.state import Instance
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
@@ -214,13 +214,18 @@ class DockerDriver(RuntimeDriver):
 
     # --- router --------------------------------------------------------------------------------
 
-    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
-        return render_nginx_conf(plans.docker_router_plan(manifest, stable, canary, weight), plans.ROUTER_HEADER)
+    def render_router(
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
+        plan = plans.docker_router_plan(manifest, stable, canary, weight, canary_error_percent)
+        return render_nginx_conf(plan, plans.ROUTER_HEADER)
 
     async def apply_router(
-        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
-    ) -> str:
-        conf = self.render_router(manifest, stable, canary, weight)
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
+        conf = self.render_router(manifest, stable, canary, weight, canary_error_percent)
         url = f"http://127.0.0.1:{manifest.nginx.port}"
         name = router_container(self.project)
         with docker_errors(f"configuring {name}"):
@@ -239,7 +244,9 @@ class DockerDriver(RuntimeDriver):
     async def _start_router(self, manifest: Manifest, name: str, conf: str, old: Any) -> None:
         if old is not None:
             await old.delete(force=True)
-        container = await self.docker.containers.create(plans.router_config(manifest, self.project), name=name)
+        logs = router_log_dir(self.dir)
+        logs.mkdir(parents=True, exist_ok=True)  # bind-mounted: the collector tails access.log there
+        container = await self.docker.containers.create(plans.router_config(manifest, self.project, logs), name=name)
         await container.put_archive(  # type: ignore[no-untyped-call]  # aiodocker leaves it unannotated
             str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf)
         )

@@ -132,16 +132,19 @@ class ProcessDriver(RuntimeDriver):
 
     # --- router --------------------------------------------------------------------------------
 
-    def render_router(self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int) -> str:
-        return render_nginx_conf(
-            plans.process_router_plan(manifest, self.dir, stable, canary, weight), plans.ROUTER_HEADER
-        )
+    def render_router(
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
+        plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight, canary_error_percent)
+        return render_nginx_conf(plan, plans.ROUTER_HEADER)
 
     async def apply_router(
-        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int
-    ) -> str:
-        plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight)
-        conf = self.render_router(manifest, stable, canary, weight)
+        self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
+        canary_error_percent: float = 0.0,
+    ) -> str:  # fmt: skip
+        plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight, canary_error_percent)
+        conf = self.render_router(manifest, stable, canary, weight, canary_error_percent)
         running = self._router()
         if running and _alive(running) and read_text(self.nginx_conf) == conf:
             return plan.url

@@ -126,17 +126,22 @@ def chaos(
     mode: str = typer.Argument(..., help="slow, error or recover."),
     rate: float | None = typer.Option(None, "--rate", min=0.0, max=1.0, help="error: share of requests that fail."),
     duration: float | None = typer.Option(None, "--duration", min=0.0, help="slow: seconds each request sleeps."),
+    router: bool = typer.Option(
+        False, "--router", help="error/recover at nginx: for a service with no /chaos of its own."
+    ),
     manifest: ManifestOption = None,
     timeout: float = TimeoutOption,
 ) -> None:
-    """Inject chaos into every canary instance (and record it).
+    """Inject chaos into every canary instance, or with --router at nginx (and record it).
 
-    Example: swiftdeploy chaos error --rate 0.5
+    Example: swiftdeploy chaos error --rate 0.5 --router
     """
     if mode not in ("slow", "error", "recover"):
         raise typer.BadParameter(f"must be slow, error or recover (got {mode!r})", param_hint="MODE")
     project = load_project(manifest).manifest.project
-    _send(ChaosRequested(mode=mode, rate=rate, duration=duration, project=project), CHAOS_END, timeout, manifest)  # type: ignore[arg-type]
+    at = "router" if router else "app"
+    payload = ChaosRequested(mode=mode, rate=rate, duration=duration, project=project, at=at)  # type: ignore[arg-type]
+    _send(payload, CHAOS_END, timeout, manifest)
 
 
 def teardown(manifest: ManifestOption = None, timeout: float = TimeoutOption) -> None:
