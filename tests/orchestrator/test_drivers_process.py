@@ -6,6 +6,9 @@ phase tests check on the in-memory `FakeDriver`, answered here by real nginx and
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 from collections import Counter
 from pathlib import Path
@@ -23,6 +26,7 @@ from services.orchestrator.rollout import RecordStore
 from swiftdeploy_core.errors import RuntimeDriverError
 from swiftdeploy_core.project.manifest import load_manifest
 from swiftdeploy_core.project.state import Phase
+from tests.eventually import eventually
 from tests.orchestration import get_json, write_manifest
 from tests.orchestrator.fakes import Harness, harness
 from tests.servers import require_binary
@@ -154,3 +158,26 @@ async def test_a_promotion_on_real_nginx_serves_the_new_version_in_stable_mode(r
     names = sorted(o.name for o in await rollout.driver.list_objects() if o.role == "instance")
     assert names == sorted(i.name for i in rollout.record.stable.instances)
     assert rollout.types()[-2:] == ["promotion.completed", "mode.changed"]
+
+
+async def test_a_hand_edited_weight_in_the_live_nginx_is_put_back_and_the_event_says_what_was_found(rollout):
+    await deployed_with_canary(rollout)
+    conf = rollout.driver.nginx_conf
+    conf.write_text(conf.read_text().replace("10%   app_canary", "90%   app_canary"))  # an operator's edit
+    pid = json.loads((rollout.driver.dir / "router.json").read_text())["pid"]
+    os.kill(pid, signal.SIGHUP)  # ... and reload: nginx now serves 90% to the canary
+
+    async def mostly_canary() -> bool:
+        versions = [(await get_json(rollout.record.router_url))["version"] for _ in range(40)]
+        return versions.count("2.0.0") > 24
+
+    await eventually(mostly_canary, "nginx serving the edited 90% split")  # really live, not only on disk
+    await phases.repair_drift(rollout)
+    assert "10%   app_canary" in await rollout.driver.router_config()
+    repaired = rollout.events[-1]
+    assert repaired.type == "router.drift_repaired"
+    assert (repaired.found.canary_weight, repaired.expected.canary_weight) == (90, 10)
+    assert repaired.found.stable == repaired.expected.stable and len(repaired.expected.canary) == 1
+    before = len(rollout.events)
+    await phases.repair_drift(rollout)  # nothing drifted since: nothing to say
+    assert len(rollout.events) == before

@@ -191,3 +191,35 @@ async def test_a_record_lost_with_redis_is_rebuilt_from_the_runtime_labels(stack
 async def _at_step(stack, step: int) -> bool:
     record = await stack.record()
     return record is not None and record.step >= step
+
+
+async def test_a_hand_edited_nginx_weight_is_repaired_within_one_interval_and_recorded(stack):
+    import json
+    import os
+    import signal
+
+    from swiftdeploy_core.bus.events import Event
+
+    assert (await stack.sd("deploy")).code == 0
+    assert (await stack.sd("promote", "canary")).code == 0
+    await stack.phase("progressing")
+    driver = stack.driver()
+    conf = driver.nginx_conf
+    edited = conf.read_text().replace("10%   app_canary", "90%   app_canary")
+    assert edited != conf.read_text()
+    conf.write_text(edited)
+    os.kill(json.loads((driver.dir / "router.json").read_text())["pid"], signal.SIGHUP)
+    edited_at = time.monotonic()
+
+    async def repaired() -> Event | None:
+        for _, fields in await stack.redis.xrange(streams.EVENTS):
+            if fields[b"type"] == b"router.drift_repaired":
+                return Event.from_json(fields[b"event"])
+        return None
+
+    event = await eventually(repaired, "a router.drift_repaired event", timeout=5)
+    elapsed = time.monotonic() - edited_at
+    interval = stack.driver_manifest().canary.interval
+    assert elapsed <= interval + 0.5, f"repaired after {elapsed:.2f}s"
+    assert (event.payload.found.canary_weight, event.payload.expected.canary_weight) == (90, 10)
+    assert "10%   app_canary" in conf.read_text()
