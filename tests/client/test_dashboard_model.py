@@ -67,3 +67,17 @@ def test_the_rollout_view_has_the_steps_weight_and_each_instances_health() -> No
     first = model.set_rollout(view)
     assert first is not None and first["kind"] == "state"
     assert model.set_rollout(view) is None  # unchanged: nothing to send
+
+
+def test_a_paused_canary_can_be_continued_from_the_dashboard(tmp_path) -> None:
+    from swiftdeploy_core.client.cli import app  # noqa: F401 - the CLI first, as `swiftdeploy dashboard` loads it
+    from swiftdeploy_core.client.web.server import ACTIONS
+    from swiftdeploy_core.project.manifest import load_manifest
+    from tests.orchestration import write_manifest
+
+    payload, ends = ACTIONS["continue"](load_manifest(write_manifest(tmp_path, "app")))
+    assert (payload.type, getattr(payload, "resume", None), list(ends)) == (
+        "canary.requested",
+        True,
+        ["canary.resumed"],
+    )

@@ -4,8 +4,8 @@ One `Feed` per server follows `streams.EVENTS` and `streams.METRICS`, folds each
 `LiveModel` and hands the resulting update to every connected browser's queue (`Hub`); the rollout
 record and instance health are re-read when an event says the rollout moved (and every
 `HEALTH_EVERY_S` for health), once per server, never per browser. Bound anywhere but loopback,
-every request needs `?token=<random>` (printed with the URL). Actions (promote canary, promote
-stable, rollback) exist only with `--allow-actions`; they are sent as the CLI sends them
+every request needs `?token=<random>` (printed with the URL). Actions (promote canary, continue a
+paused canary, promote stable, rollback) exist only with `--allow-actions`; they are sent as the CLI sends them
 (`cli.common.send_command`) and need the `X-SwiftDeploy-Action` header, which a cross-site form
 cannot send.
 """
@@ -39,7 +39,7 @@ from swiftdeploy_core.bus.events import (
 )
 from swiftdeploy_core.bus.wire import B_EVENT, decode
 from swiftdeploy_core.client.cli.common import client_source, send_command
-from swiftdeploy_core.client.cli.rollout import CANARY_END, PROMOTE_END, ROLLBACK_END, as_data
+from swiftdeploy_core.client.cli.rollout import CANARY_END, CONTINUE_END, PROMOTE_END, ROLLBACK_END, as_data
 from swiftdeploy_core.client.status_probe import probe_health
 from swiftdeploy_core.client.web.model import OUTCOMES, QUIET, LiveModel, Update, rollout_view
 from swiftdeploy_core.errors import SwiftDeployError
@@ -161,6 +161,10 @@ ACTIONS: dict[str, ActionBuilder] = {
     "canary": lambda loaded: (
         CanaryRequested(manifest=as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root)),
         CANARY_END,
+    ),
+    "continue": lambda loaded: (
+        CanaryRequested(manifest=as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root), resume=True),
+        CONTINUE_END,
     ),
     "promote": lambda loaded: (PromotionRequested(project=loaded.manifest.project), PROMOTE_END),
     "rollback": lambda loaded: (

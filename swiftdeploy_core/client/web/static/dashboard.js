@@ -23,7 +23,10 @@
     const steps = $("steps");
     steps.replaceChildren(...r.steps.map((w, i) => {
       const cls = i === r.step ? "current" : i < r.step ? "done" : "";
-      return el("li", cls, w + "%" + (i === r.step ? "  ← current" : ""));
+      // a weight, or a pause step: {pause: seconds} or {pause: {}} (until `promote canary --continue`)
+      const label = typeof w === "number" ? w + "%"
+        : typeof w.pause === "number" ? "pause " + w.pause + " s" : "pause until continue";
+      return el("li", cls, label + (i === r.step ? "  ← current" : ""));
     }));
     $("reasons").textContent = (r.last_reasons || []).join("; ");
     $("track-list").replaceChildren(...r.tracks.map((t) => {
