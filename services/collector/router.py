@@ -25,7 +25,7 @@ import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from swiftdeploy_core.bus.events import Track
 
@@ -53,7 +53,7 @@ def parse_line(line: bytes) -> tuple[Track, Sample] | None:
         return None
 
 
-def latency_of(entry: dict) -> float:
+def latency_of(entry: dict[str, Any]) -> float:  # a parsed nginx JSON log line
     """The upstreams' response times summed ("0.004, 0.120" after a retry), else request_time."""
     times = [part.strip() for part in str(entry.get("upstream_response_time", "")).split(",")]
     try:

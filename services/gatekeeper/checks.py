@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import policies
@@ -89,7 +90,7 @@ def input_schemas(context: CheckContext) -> CheckResult:
     name = "input schemas"
     if blocked := _blocked(name, context):
         return blocked
-    folder = policies.project_dir(context.loaded.root)
+    folder = policies.project_dir(context.loaded_manifest.root)
     properties: dict[str, set[str]] = {}
     for domain in REQUIRED_DOMAINS:
         path = policies.schema_path(folder, domain)
@@ -103,7 +104,9 @@ def input_schemas(context: CheckContext) -> CheckResult:
             validator = load_validator(path)
         except ValueError as exc:
             return CheckResult(name=name, ok=False, reason=str(exc))
-        properties[domain] = set(validator.schema.get("properties", {}))
+        schema = validator.schema
+        assert isinstance(schema, Mapping)  # load_validator accepts only `"type": "object"` schemas
+        properties[domain] = set(schema.get("properties", {}))
     problem = _test_inputs_problem(folder, properties)
     if problem:
         return CheckResult(name=name, ok=False, reason=problem)
@@ -140,7 +143,7 @@ def policy_engine(context: CheckContext) -> CheckResult:
         return CheckResult(name=name, ok=True, reason="embedded (regopy in the gatekeeper): nothing to reach")
     url = spec.external_url
     if spec.opa is not OpaRun.external:
-        managed = opa_api.read_managed(context.loaded.root)
+        managed = opa_api.read_managed(context.loaded_manifest.root)
         if managed is None:
             return CheckResult(
                 name=name,
@@ -149,7 +152,9 @@ def policy_engine(context: CheckContext) -> CheckResult:
             )
         url = managed.url
     problem, drift = asyncio.run(
-        _opa_state(url, spec.timeout, policies.project_dir(context.loaded.root), spec.opa is not OpaRun.external)
+        _opa_state(
+            url, spec.timeout, policies.project_dir(context.loaded_manifest.root), spec.opa is not OpaRun.external
+        )
     )
     if problem:
         return CheckResult(name=name, ok=False, reason=f"OPA does not answer GET /health: {problem}")
@@ -164,7 +169,7 @@ def policy_engine(context: CheckContext) -> CheckResult:
     return CheckResult(
         name=name,
         ok=True,
-        reason=f"{where} answers GET /health and serves the project's policies (revision {policies.revision(read_folder(policies.project_dir(context.loaded.root), include_tests=False))})",
+        reason=f"{where} answers GET /health and serves the project's policies (revision {policies.revision(read_folder(policies.project_dir(context.loaded_manifest.root), include_tests=False))})",
     )
 
 

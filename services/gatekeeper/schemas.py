@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class InputSchemas:
             return []
         reasons: list[str] = []
         for error in loaded.validator.iter_errors(input):
-            for reason in _reasons(error, domain, loaded.validator.schema):
+            for reason in _reasons(error, domain):
                 if reason not in reasons:
                     reasons.append(reason)
         return sorted(reasons)
@@ -110,21 +111,21 @@ def _compile(path: Path) -> tuple[Validator | None, str | None]:
     return cls(schema), None
 
 
-def _reasons(error: ValidationError, domain: str, schema: dict[str, Any]) -> list[str]:
+def _reasons(error: ValidationError, domain: str) -> list[str]:
     """One error of jsonschema in the policies' words, naming the field."""
     where = ".".join(str(part) for part in error.absolute_path)
     instance = error.instance
-    if error.validator == "required" and isinstance(instance, dict):
-        return [
-            f"{_field(where, name)} is missing from the input" for name in error.validator_value if name not in instance
-        ]
-    if error.validator == "additionalProperties" and isinstance(instance, dict):
+    value = error.validator_value  # a checked schema: "required" is a list, "type" a name or a list
+    if error.validator == "required" and isinstance(instance, dict) and isinstance(value, list):
+        return [f"{_field(where, name)} is missing from the input" for name in value if name not in instance]
+    # the error's schema is the (sub)schema holding the keyword: an object for additionalProperties
+    if error.validator == "additionalProperties" and isinstance(instance, dict) and isinstance(error.schema, Mapping):
         known = set(error.schema.get("properties", {}))
         extra = sorted(name for name in instance if name not in known)
         takes = ", ".join(error.schema.get("properties", {})) or "no fields"
         return [f"{_field(where, name)} is not an input of the {domain} policy (it takes {takes})" for name in extra]
     if error.validator == "type":
-        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        wanted: list[str] = value if isinstance(value, list) else [str(value)]
         kinds = " or ".join(_ARTICLES.get(kind, f"a {kind}") for kind in wanted)
         return [f"{where or 'the input'} must be {kinds} (got {describe(instance)})"]
     return [f"{where or 'the input'}: {error.message}"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +23,7 @@ import aiohttp
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.describe import describe_event
 from swiftdeploy_core.bus.events import PAYLOADS, Event, NotificationFailed, NotificationSent, Payload
+from swiftdeploy_core.bus.handlers import Handler
 from swiftdeploy_core.bus.wire import matches
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.project.manifest import LoadedManifest, NotificationSpec, load_manifest
@@ -138,7 +138,7 @@ async def started_at(ctx: Context) -> datetime | None:
     return datetime.fromisoformat(raw.decode() if isinstance(raw, bytes) else raw) if raw else None
 
 
-def make_handler(source: ManifestSource) -> Callable[[Event, Context], Awaitable[None]]:
+def make_handler(source: ManifestSource) -> Handler[Payload]:
     async def notify(payload: Payload, event: Event, ctx: Context) -> None:
         targets = [(i, t) for i, t in enumerate(source.targets()) if matches(event.type, t.events)]
         since = await started_at(ctx) if targets else None

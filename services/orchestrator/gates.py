@@ -24,7 +24,7 @@ GateOn = Literal["promotion", "step"]
 REASON_BODY_CHARS = 200
 
 
-def gate_state(rollout: Rollout, on: GateOn, step: int) -> dict:
+def gate_state(rollout: Rollout, on: GateOn, step: int) -> dict[str, object]:
     """What a gate is told: the transition asked for and the rollout's state."""
     record = rollout.record
     return {
@@ -41,7 +41,7 @@ def gate_state(rollout: Rollout, on: GateOn, step: int) -> dict:
     }
 
 
-async def ask(gate: GateSpec, state: dict) -> tuple[bool, str, int | None]:
+async def ask(gate: GateSpec, state: dict[str, object]) -> tuple[bool, str, int | None]:
     """One gate's answer: (allow, reason, HTTP status)."""
     secret = secret_from_env(gate.secret) if gate.secret else None
     where = origin(gate.url)

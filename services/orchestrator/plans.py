@@ -298,7 +298,7 @@ def promotion_input(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
     return figures | provenance(s) if s else figures
 
 
-def provenance(snapshot: MetricsSnapshot) -> dict:
+def provenance(snapshot: MetricsSnapshot) -> dict[str, Any]:
     """Where the figures came from, and the analysis queries' values (null with a reason)."""
     return {
         "source": snapshot.source or "app",

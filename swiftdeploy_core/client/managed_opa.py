@@ -115,7 +115,7 @@ class ManagedOpaRunner:
         self.folder = policies.project_dir(loaded.root).resolve()
         self.state_dir = state_dir
         self.record = opa_api.ManagedOpa(mode=self.spec.opa.value, url="")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._crashes: list[float] = []
         self._checked = 0.0
         self._ticked = 0.0

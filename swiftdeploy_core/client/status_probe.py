@@ -188,22 +188,22 @@ async def bus_backlog(bus: Bus) -> BusView:
             queue.undelivered += undelivered
             if service == "auditor" and stream == streams.EVENTS:
                 lag = int(info["pending"]) + undelivered
-    dead = await bus.redis.xrevrange(streams.DEAD_LETTER, count=BACKLOG_CAP)
+    dead = await bus.redis.xrevrange(streams.DEAD_LETTER, count=BACKLOG_CAP) or []
     capped |= len(dead) >= BACKLOG_CAP
     for _, fields in dead:
-        service = decode(fields.get(b"service", b"?"))
+        service = decode((fields or {}).get(b"service", b"?"))  # redis-py types a deleted entry's fields None
         queues.setdefault(service, ServiceQueue(service=service)).dead_letters += 1
     order = {name: i for i, name in enumerate(streams.INBOXES)}
     ordered = sorted(queues.values(), key=lambda q: (order.get(q.service, 99), q.service))
     return BusView(auditor_lag=lag, services=ordered, capped=capped)
 
 
-async def _undelivered(bus: Bus, stream: str, info: dict) -> int:
+async def _undelivered(bus: Bus, stream: str, info: dict[str, Any]) -> int:
     """Entries after the group's last delivered id: Redis 7's `lag` when it has one, else counted."""
     if info.get("lag") is not None:
         return int(info["lag"])
     last = decode(info["last-delivered-id"])
-    return len(await bus.redis.xrange(stream, min=f"({last}", max="+", count=BACKLOG_CAP))
+    return len(await bus.redis.xrange(stream, min=f"({last}", max="+", count=BACKLOG_CAP) or [])
 
 
 async def gather_status(

@@ -68,7 +68,7 @@ class SupervisedChild:
     def __init__(self, name: str, argv: list[str], log: Path, marker: str,
                  ready: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.name, self.argv, self.log, self.marker, self.ready = name, argv, log, marker, ready
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.crashes: list[float] = []
         self.identity: Identity | None = None

@@ -537,17 +537,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._path: list[Any] = []
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
         try:
             if len(self._path) > INPUT_MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                # types-PyYAML leaves Parser.peek_event unannotated; the next event always has a mark
+                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+                mark = event.start_mark
+                assert mark is not None  # the parser marks every event it builds from a stream
                 raise ManifestError(
                     f"{self._field()}: nested more than {INPUT_MAX_DEPTH} levels deep"
                     f" (line {mark.line + 1}, column {mark.column + 1})"
                 )
             node = super().compose_node(parent, index)
-            if node.tag == _INT_TAG and isinstance(node, yaml.ScalarNode):
+            if isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG:
                 digits = sum(c.isalnum() for c in node.value)
                 if digits > INPUT_MAX_DIGITS:
                     raise ManifestError(

@@ -29,10 +29,10 @@ from aiohttp import web
 
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import (
+    AnyPayload,
     AuditRequested,
     CanaryRequested,
     Event,
-    Payload,
     PromotionRequested,
     RollbackRequested,
     Source,
@@ -89,7 +89,7 @@ class Hub:
                 self.queues.discard(queue)  # too slow: dropped; it reconnects and gets a snapshot
 
 
-def _decode(fields: dict) -> Event | None:
+def _decode(fields: dict[bytes | str, bytes | str]) -> Event | None:
     with contextlib.suppress(ValueError, KeyError):
         return Event.from_json(fields[B_EVENT])
     return None
@@ -156,7 +156,7 @@ class Feed:
         )
 
 
-ActionBuilder = Callable[[LoadedManifest], tuple[Payload, dict[str, int]]]
+ActionBuilder = Callable[[LoadedManifest], tuple[AnyPayload, dict[str, int]]]
 ACTIONS: dict[str, ActionBuilder] = {
     "canary": lambda loaded: (
         CanaryRequested(manifest=as_data(loaded), manifest_sha256=loaded.sha256, root=str(loaded.root)),
