@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.servers import missing
 
@@ -21,3 +22,11 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
         missing(f"a tmpfs mount (needs root: {done.stderr.decode().strip()})")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's redis-server, enough connections for many appends in flight."""
+    client = aioredis.Redis.from_url(redis_url, max_connections=64)
+    yield client
+    await client.aclose()

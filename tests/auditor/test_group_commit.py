@@ -7,39 +7,21 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from services.auditor import history as history_module
 from services.auditor.chain import verify
 from services.auditor.history import HistoryWriteError, HistoryWriter, history_id
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import DeployStep, Event, Source
-from swiftdeploy_core.client.cli.common import connected
+from tests.auditor.test_auditor_replicas import publish
+from tests.auditor.test_history_writer import entry
 from tests.projects import Project, wait_until
 
 ORCHESTRATOR = Source(service="orchestrator", instance="o1")
-
-
-def entry(index: int) -> dict:
-    return {
-        "timestamp": "2026-01-01T00:00:00.000Z",
-        "type": "deploy.step",
-        "mode": "stable",
-        "step": f"step {index}",
-        "event_id": f"ev{index}",
-    }
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, max_connections=64)
-    yield client
-    await client.aclose()
 
 
 async def test_lines_appended_together_share_one_fsync_each_batch(tmp_path: Path, redis_client, monkeypatch) -> None:
@@ -96,12 +78,6 @@ async def test_a_failed_batch_write_fails_every_line_in_it_and_leaves_the_file_a
     filler.unlink()
     assert await writer.append("ev1", big[0])  # the same event goes in once the disk has room
     assert verify(writer.path).lines == 2
-
-
-async def publish(project: Project, events: list[Event]) -> None:
-    async with connected(project.settings()) as bus:
-        for start in range(0, len(events), 500):
-            await bus.publish_many(streams.EVENTS, events[start : start + 500])
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,6 @@ def entry(index: int) -> dict:
         "step": f"step {index}",
         "event_id": f"ev{index}",
     }
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_appends_chain_and_a_redelivered_event_is_written_once(tmp_path: Path, redis_client) -> None:
