@@ -3,8 +3,8 @@
 
 One OPA process (the project's stand-in, `tests/bin/opa run --server`, listening on a loopback
 port and on a unix socket at once) serves the default policies. Each round, for each transport
-(HTTP, unix socket), one decision at a time, the three kinds taken in turn request by request
-(this machine's load changes faster than a run of a thousand requests):
+(HTTP, unix socket), one decision at a time, the three kinds taken in turn request by request,
+in a rotating order (this machine's load changes faster than a run of a thousand requests):
 
 - direct (the baseline): this process POSTs `/v1/data/<domain>` with `{"input": ...}` over one
   pooled keep-alive aiohttp session, the request the gatekeeper makes;
@@ -43,7 +43,9 @@ import policies  # noqa: E402
 from bench.gatekeeper import ask, inputs, percentile, wait_for_gatekeeper  # noqa: E402
 from services.gatekeeper.decide import engine_input  # noqa: E402
 from services.gatekeeper.opa import OpaEngine  # noqa: E402
+from swiftdeploy_core.bus import streams  # noqa: E402
 from swiftdeploy_core.bus.connection import Bus  # noqa: E402
+from swiftdeploy_core.bus.events import DecisionMade, DecisionRequested, Event, Source  # noqa: E402
 from swiftdeploy_core.project import opa as opa_api  # noqa: E402
 from swiftdeploy_core.settings import Settings  # noqa: E402
 from tests.servers import RedisServer, free_port  # noqa: E402
@@ -67,37 +69,48 @@ async def wait_for_opa(url: str, process: subprocess.Popen) -> None:
 
 
 async def interleaved(url: str, folder: Path, bus: Bus, requests: int) -> dict[str, list[float]]:
-    """Seconds per decision of each kind, taken in turn (direct, engine, bus, direct...) so that
-    the three see the same machine: its load changes faster than a run of a thousand requests."""
+    """Seconds per decision of each kind, taken in turn so that the three see the same machine
+    (its load changes faster than a run of a thousand requests), the order rotated each time
+    (what runs just after a bus request shares the cores with the gatekeeper finishing up)."""
     work = inputs()
     base = opa_api.base_url(url)
     opa = OpaEngine(url, 5.0, folder)
     timings: dict[str, list[float]] = {"direct": [], "engine": [], "bus": []}
+
+    async def direct(domain: str, document: dict) -> None:  # POST /v1/data/<domain>, one keep-alive session
+        async with http.post(f"{base}/v1/data/{domain}", data=json.dumps({"input": engine_input(document)}),
+                             headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
+            answer = await resp.read()
+        assert resp.status == 200 and b"allow" in answer, (resp.status, answer[:200])
+
+    async def engine(domain: str, document: dict) -> None:  # the gatekeeper's client code, drift checks included
+        verdict = await opa.evaluate(domain, document)
+        assert not any("policy engine" in r for r in verdict.reasons), verdict
+
+    async def through_bus(domain: str, document: dict) -> None:  # -> the gatekeeper process -> OPA -> decision.made
+        await ask(bus, domain, document)
+
+    kinds = [("direct", direct), ("engine", engine), ("bus", through_bus)]
     try:
         async with opa_api.session(url, 5.0) as http:
             for i in range(requests + WARM_UP):
                 domain, document = work[i % len(work)]
-                # direct: POST /v1/data/<domain> over one keep-alive session
-                body = json.dumps({"input": engine_input(document)})
-                started = time.perf_counter()
-                async with http.post(f"{base}/v1/data/{domain}", data=body,
-                                     headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
-                    answer = await resp.read()
-                took = {"direct": time.perf_counter() - started}
-                assert resp.status == 200 and b"allow" in answer, (resp.status, answer[:200])
-                # engine: the gatekeeper's client code (drift checks included), in this process
-                started = time.perf_counter()
-                verdict = await opa.evaluate(domain, document)
-                took["engine"] = time.perf_counter() - started
-                assert not any("policy engine" in r for r in verdict.reasons), verdict
-                # bus: decision.requested -> the gatekeeper process -> OPA -> decision.made
-                took["bus"] = await ask(bus, domain, document)
-                if i >= WARM_UP:
-                    for kind, seconds in took.items():
-                        timings[kind].append(seconds)
+                for kind, run in kinds[i % 3 :] + kinds[: i % 3]:
+                    started = time.perf_counter()
+                    await run(domain, document)
+                    if i >= WARM_UP:
+                        timings[kind].append(time.perf_counter() - started)
     finally:
         await opa.close()
     return timings
+
+
+async def check_engine(bus: Bus) -> None:
+    """The gatekeeper decides with OPA (not the embedded engine a broken manifest would fall back to)."""
+    request = Event(payload=DecisionRequested(domain="infra", input={"disk_free_gb": 50, "cpu_load": 0.5}),
+                    source=Source(service="bench", instance="bench"))  # fmt: skip
+    made = await bus.request(streams.GATEKEEPER_INBOX, request, expect={"decision.made"}, timeout=10)
+    assert isinstance(made.payload, DecisionMade) and made.payload.engine == "opa", made.payload
 
 
 def start_gatekeeper(project: Path, redis_url: str, opa_url: str) -> subprocess.Popen:
@@ -118,6 +131,7 @@ async def rounds(project: Path, redis: RedisServer, urls: dict[str, str], args: 
             bus = await Bus.connect(Settings(redis_url=redis.url))
             try:
                 await wait_for_gatekeeper(bus, process)
+                await check_engine(bus)
                 timings = await interleaved(url, project / "policies", bus, args.requests)
             finally:
                 await bus.close()
