@@ -2,7 +2,7 @@
 """Bus benchmark: events/s publish -> handle -> ack with 1 and 2 replicas, request/reply latency,
 and `redis-benchmark` XADD on the same machine as the baseline.
 
-Usage: /work/.venv/bin/python bench/bus.py [--events 40000] [--requests 2000] [--batch 200]
+Usage: /work/.venv/bin/python bench/bus.py [--events 40000] [--requests 2000] [--batch 200] [--profile DIR]
 Starts its own redis-server on a free loopback port and stops everything it started.
 The replicas are real processes (`python bench/bus.py serve`), consuming through the group.
 """
@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,19 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
+PROFILE: Path | None = None  # --profile DIR: each replica sampled by py-spy while it consumes
+
+
+def profile(pid: int, name: str) -> subprocess.Popen:
+    """py-spy sampling `pid` (pip install py-spy) into PROFILE/replica-<name>.txt, collapsed stacks."""
+    assert PROFILE is not None
+    out = PROFILE / f"replica-{name}.txt"
+    spy = subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "--pid", str(pid), "--format", "raw",
+                            "--rate", "500", "--output", str(out)], stdout=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(1.0)  # attached before the first event
+    return spy
+
+
 async def wait_joined(bus: Bus, stream: str, group: str, consumers: int) -> None:
     while True:
         if await bus.redis.exists(stream):
@@ -76,6 +90,7 @@ async def throughput(url: str, replicas: int, events: int, batch: int) -> tuple[
         await wait_joined(bus, INBOX, streams.group("orchestrator"), replicas)
         payloads = [Event(payload=DeployStep(step=str(i)), source=CLI) for i in range(events)]
         cpu = [psutil.Process(p.pid) for p in procs]
+        spies = [profile(p.pid, f"{replicas}-{i}") for i, p in enumerate(procs)] if PROFILE else []
         cpu_before = sum(sum(p.cpu_times()[:2]) for p in cpu)
         started = time.perf_counter()
         for i in range(0, events, 1000):
@@ -83,9 +98,12 @@ async def throughput(url: str, replicas: int, events: int, batch: int) -> tuple[
         while int(await bus.redis.get(COUNTER) or 0) < events:
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait(30)
         cpu_used = sum(sum(p.cpu_times()[:2]) for p in cpu) - cpu_before
         group = (await bus.redis.xinfo_groups(INBOX))[0]
-        assert group["pending"] == 0 and group["lag"] == 0, group
+        assert group["pending"] == 0 and group.get("lag", 0) == 0, group
         return events / elapsed, cpu_used / events * 1e6
     finally:
         await bus.close()
@@ -159,4 +177,7 @@ if __name__ == "__main__":
         parser.add_argument("--events", type=int, default=40_000)
         parser.add_argument("--requests", type=int, default=2_000)
         parser.add_argument("--batch", type=int, default=200)
-        asyncio.run(main(parser.parse_args()))
+        parser.add_argument("--profile", type=Path, help="write py-spy profiles of the replicas here")
+        parsed = parser.parse_args()
+        PROFILE = parsed.profile
+        asyncio.run(main(parsed))

@@ -610,17 +610,15 @@ class Event(BaseModel):
     timestamp: datetime = Field(default_factory=_now)
     payload: AnyPayload
 
-    @model_validator(mode="before")
-    @classmethod
-    def _type_from_payload(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            payload = data.get("payload")
-            ptype = getattr(payload, "type", None) if isinstance(payload, Payload) else (payload or {}).get("type")
-            if not data.get("type"):
-                data = {**data, "type": ptype}
-            elif ptype and data["type"] != ptype:
-                raise ValueError(f"envelope type {data['type']!r} does not match payload {ptype!r}")
-        return data
+    @model_validator(mode="after")
+    def _type_from_payload(self) -> Event:
+        # After validation, not before: a "before" validator makes pydantic build the whole
+        # document as Python objects first, on the bus's hot path (decoding every entry).
+        if not self.type:
+            object.__setattr__(self, "type", self.payload.type)  # frozen: set once, while validating
+        elif self.type != self.payload.type:
+            raise ValueError(f"envelope type {self.type!r} does not match payload {self.payload.type!r}")
+        return self
 
     def caused(self, payload: AnyPayload, source: Source, id: str | None = None) -> Event:
         """A new event that follows from this one: same correlation id, causation = this id

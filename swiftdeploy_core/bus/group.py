@@ -69,6 +69,16 @@ end
 for stream, ids in pairs(acks) do redis.call('XACK', stream, group, unpack(ids)) end
 return {dups, cjson.encode(broken)}
 """
+# Which of the event ids in ARGV[1] (a JSON list, for the same reason) are in KEYS[1], the
+# processed set: 1 or 0 each, in order. ZMSCORE with one argument an id costs the replica ~3 µs
+# an id to pack in redis-py; one JSON argument a whole batch, a tenth of that.
+SEEN_SCRIPT = """
+local out = {}
+for i, id in ipairs(cjson.decode(ARGV[1])) do
+  out[i] = redis.call('ZSCORE', KEYS[1], id) and 1 or 0
+end
+return out
+"""
 PROCESSED_RETENTION_MS = 6 * 3600 * 1000  # how long an event id is remembered as processed
 REFUSALS = uuid.UUID("7c0e3a52-4f1b-4d8e-a6c3-2b9d5e8f1a04")  # namespace of `refusal` ids
 
@@ -115,6 +125,7 @@ class Group:
         self.processed = streams.processed_key(service)
         self.failures = streams.delivery_count_key(service)
         self._commit = bus.redis.register_script(COMMIT_SCRIPT)
+        self._seen = bus.redis.register_script(SEEN_SCRIPT)
 
     @mapped("joining the consumer group")
     async def join(self, names: Collection[str]) -> None:
@@ -177,14 +188,14 @@ class Group:
         """Which of `event_ids` were already processed by this service."""
         if not event_ids:
             return []
-        scores = await self.bus.redis.zmscore(self.processed, event_ids)
-        return [s is not None for s in scores]
+        flags = await self._seen(keys=[self.processed], args=[json.dumps(event_ids)])
+        return [flag == 1 for flag in flags]
 
     @mapped("committing")
     async def commit(self, commits: Collection[Commit]) -> tuple[int, dict[str, str]]:
         """Apply, mark and ack `commits` atomically. Returns how many were duplicates, and the
         entries (by key) whose queued writes Redis refused, with its error."""
-        entries = [[c.entry.stream, c.entry.entry_id, c.event_id, c.failed, [list(cmd) for cmd in c.commands]]
+        entries = [[c.entry.stream, c.entry.entry_id, c.event_id, c.failed, c.commands]  # tuples dump as arrays
                    for c in commits]  # fmt: skip
         batch = json.dumps({"g": self.name, "t": int(time.time() * 1000), "e": entries})
         dups, broken = await self._commit(keys=[self.processed, self.failures], args=[batch])

@@ -6,12 +6,10 @@ context variable, so every log line it writes carries them without passing them 
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,14 +61,20 @@ def configure(settings: Settings, service: str | None = None) -> None:
     root.propagate = False
 
 
-@contextlib.contextmanager
-def event_context(event_id: str, event_type: str, correlation_id: str) -> Iterator[None]:
-    """Log lines written inside carry the event's ids."""
-    token = _event_ctx.set({"event_id": event_id, "event_type": event_type, "correlation_id": correlation_id})
-    try:
-        yield
-    finally:
-        _event_ctx.reset(token)
+class event_context:  # lower case: used like the function it was, `with event_context(...)`
+    """Log lines written inside carry the event's ids. A class, not a generator context manager:
+    it is entered for every event a worker handles."""
+
+    __slots__ = ("_ids", "_token")
+
+    def __init__(self, event_id: str, event_type: str, correlation_id: str) -> None:
+        self._ids = {"event_id": event_id, "event_type": event_type, "correlation_id": correlation_id}
+
+    def __enter__(self) -> None:
+        self._token = _event_ctx.set(self._ids)
+
+    def __exit__(self, *exc: object) -> None:
+        _event_ctx.reset(self._token)
 
 
 def job(logger: logging.Logger, marker: str, text: str, level: int = logging.INFO, **extra: Any) -> None:
