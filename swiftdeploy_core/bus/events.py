@@ -380,6 +380,48 @@ class PolicyViolation(Payload):
     decision_id: str
 
 
+class PolicyReplayRequested(Payload):
+    """`swiftdeploy policy replay`: decide the recorded decisions again under other policies.
+
+    `policies` is a folder on the gatekeeper's host, `revision` a revision the gatekeeper kept
+    (neither: the project's current files); `since` (ISO-8601) and `domain` filter the history's
+    `decision.made` lines; `history` overrides the manifest's `paths.history`."""
+
+    type: Literal["policy.replay.requested"] = "policy.replay.requested"
+    since: str | None = None
+    domain: str | None = None
+    policies: str | None = None
+    revision: str | None = None
+    history: str | None = None
+
+
+class ReplayedDecision(BaseModel):
+    """One recorded decision whose outcome or reasons would change."""
+
+    decision_id: str
+    timestamp: str
+    domain: str
+    policy_revision: str  # the revision it was decided with
+    was_allow: bool
+    was_reasons: list[str]
+    now_allow: bool
+    now_reasons: list[str]
+
+
+class PolicyReplayed(Payload):
+    """The gatekeeper's answer to a replay: what it decided with, how many, what would change."""
+
+    type: Literal["policy.replayed"] = "policy.replayed"
+    policies: str  # the folder the replay decided with
+    revision: str  # its revision
+    history: str
+    decisions: int
+    allow_to_deny: int
+    deny_to_allow: int
+    reasons_changed: int  # same outcome, other reasons
+    changes: list[ReplayedDecision]
+
+
 # --- metrics -----------------------------------------------------------------------------------
 
 
@@ -556,6 +598,8 @@ AnyPayload = Annotated[
     | DecisionRequested
     | DecisionMade
     | PolicyViolation
+    | PolicyReplayRequested
+    | PolicyReplayed
     | MetricsSnapshot
     | TargetDown
     | TargetUp
