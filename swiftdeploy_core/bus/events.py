@@ -445,6 +445,44 @@ class CustomMetric(BaseModel):
     reason: str | None = None  # why `value` is None: no data, NaN, a query error, unreachable
 
 
+class LatencyComparison(BaseModel):
+    """Canary vs stable latency over the same window: Mann-Whitney U, alternative "canary slower"."""
+
+    model_config = ConfigDict(frozen=True)
+
+    u: float  # the canary's U statistic (scipy.stats.mannwhitneyu(canary, stable).statistic)
+    p_value: float
+    canary_median_ms: float
+    stable_median_ms: float
+    ratio: float | None  # canary median / stable median; None when stable's median is 0
+    canary_samples: int
+    stable_samples: int
+
+
+class ErrorComparison(BaseModel):
+    """Canary vs stable error rate over the same window: a one-sided two-proportion z-test."""
+
+    model_config = ConfigDict(frozen=True)
+
+    z: float
+    p_value: float
+    canary_error_rate: float
+    stable_error_rate: float
+    canary_samples: int
+    stable_samples: int
+
+
+class Comparison(BaseModel):
+    """The canary judged against stable; a comparison that could not be made is None, with its
+    reason in `reasons` (by metric name)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    latency: LatencyComparison | None = None
+    errors: ErrorComparison | None = None
+    reasons: dict[str, str] = {}
+
+
 class MetricsSnapshot(Payload):
     """Windowed figures of one track; None means the window holds no data."""
 
@@ -469,6 +507,7 @@ class MetricsSnapshot(Payload):
     p50_latency_ms: float | None = None  # router: exact over the window
     p90_latency_ms: float | None = None
     metrics: dict[str, CustomMetric] = {}  # analysis.metrics, by name
+    comparison: Comparison | None = None  # router, canary track: against stable over the same window
 
 
 class TargetDown(Payload):
