@@ -118,7 +118,7 @@ deny contains msg if {
 	msg := concat("", [
 		"canary error rate is significantly worse than stable: ", lib.up(c.canary_error_rate * 100), "% vs ",
 		lib.down(c.stable_error_rate * 100), "% (more than ", lib.near(data.thresholds.comparison_error_rate_tolerance * 100),
-		" points higher), two-proportion z-test ", p_text(c.p_value), " below ",
+		" points higher), Fisher exact test ", p_text(c.p_value), " below ",
 		lib.near(data.thresholds.comparison_p_value), ", ", samples_text(c),
 	])
 }

@@ -74,7 +74,7 @@ test_a_significant_but_small_slowdown_passes if {
 }
 
 test_a_canary_with_significantly_more_errors_is_denied if {
-	canary.deny == {"canary error rate is significantly worse than stable: 5% vs 0.5% (more than 0.5 points higher), two-proportion z-test p = 0.012 below 0.05, 300 canary and 2700 stable requests"} with input.error_rate as 0.005 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"errors": {"z": 2.3, "p_value": 0.0111, "canary_error_rate": 0.05, "stable_error_rate": 0.005, "canary_samples": 300, "stable_samples": 2700}} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20, "comparison_p_value": 0.05, "comparison_latency_tolerance": 0.1, "comparison_error_rate_tolerance": 0.005}
+	canary.deny == {"canary error rate is significantly worse than stable: 5% vs 0.5% (more than 0.5 points higher), Fisher exact test p = 0.012 below 0.05, 300 canary and 2700 stable requests"} with input.error_rate as 0.005 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"errors": {"z": 2.3, "p_value": 0.0111, "canary_error_rate": 0.05, "stable_error_rate": 0.005, "canary_samples": 300, "stable_samples": 2700}} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20, "comparison_p_value": 0.05, "comparison_latency_tolerance": 0.1, "comparison_error_rate_tolerance": 0.005}
 }
 
 test_no_comparison_or_a_null_one_does_not_deny if {
