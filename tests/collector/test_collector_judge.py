@@ -29,9 +29,8 @@ from services.gatekeeper.schemas import InputSchemas
 from services.gatekeeper.service import Gatekeeper
 from services.orchestrator import plans
 from swiftdeploy_core.bus.events import DecisionRequested, MetricsSnapshot
-from swiftdeploy_core.project.router import RouterPlan, Upstream, nginx_binary, render_nginx_conf
 from swiftdeploy_core.project.state import TrackState
-from tests.servers import NginxProcess, WorkloadServer, free_port, require_binary
+from tests.servers import WorkloadServer, split_router
 
 # Real window sizes: the default 60 s window at 50 requests/s, the canary at 10% and at 50%.
 SIZES = [(300, 2700), (1500, 1500)]
@@ -186,21 +185,9 @@ async def paced(session: aiohttp.ClientSession, url: str) -> None:
 
 
 async def test_on_real_traffic_a_canary_slowed_by_50_ms_is_denied_by_the_comparison(tmp_path, gatekeeper):
-    nginx = nginx_binary() or require_binary("nginx")
     stable = WorkloadServer(tmp_path / "stable", mode="stable", version="1.0.0").start()
     canary = WorkloadServer(tmp_path / "canary", mode="canary", version="2.0.0").start()
-    prefix = tmp_path / "nginx"
-    (prefix / "tmp").mkdir(parents=True)
-    port = free_port()
-    plan = RouterPlan(
-        listen_port=port, stable=[Upstream(host="127.0.0.1", port=stable.port)],
-        canary=[Upstream(host="127.0.0.1", port=canary.port)], canary_weight=50,
-        access_log=str(prefix / "access.log"), error_log=str(prefix / "error.log"),
-        pid=str(prefix / "nginx.pid"), temp_dir=str(prefix / "tmp"),
-    )  # fmt: skip
-    conf = prefix / "nginx.conf"
-    conf.write_text(render_nginx_conf(plan, "test"))
-    router = NginxProcess(nginx, prefix, conf).start(port)
+    plan, router = split_router(tmp_path / "nginx", stable.port, canary.port, canary_weight=50)
     project = Project("p", "process", tmp_path, source="router", router_log=Path(plan.access_log))
     targets = [
         Target(stable.url, "p", "stable", "1.0.0", "router"),
