@@ -93,19 +93,22 @@ metric_reason(name) := object.get(object.get(lib.fields, "metric_reasons", {}), 
 
 # Canary against stable (input.comparison, measured by the collector over the same window from the
 # router's per-request samples): deny when the canary is significantly worse (p below
-# comparison_p_value) AND worse by more than a tolerance (the latency medians by more than
-# comparison_latency_tolerance, a fraction; the error rates by more than
+# comparison_p_value) AND worse by more than a tolerance (the canary's median latency above
+# stable's by more than comparison_latency_tolerance, a fraction, and by more than
+# comparison_latency_min_ms: nginx logs whole milliseconds, so 2 ms against 3 ms is no evidence of
+# a slower service); the error rates by more than
 # comparison_error_rate_tolerance, a fraction of requests). The absolute thresholds above still
 # apply. A comparison that is absent, or null (too few requests on a side), does not deny.
 deny contains msg if {
 	c := compared("latency")
 	c.p_value < data.thresholds.comparison_p_value
 	c.canary_median_ms > c.stable_median_ms * (1 + data.thresholds.comparison_latency_tolerance)
+	c.canary_median_ms > c.stable_median_ms + data.thresholds.comparison_latency_min_ms
 	is_number(c.p_value)
 	msg := concat("", [
 		"canary latency is significantly worse than stable: median ", lib.up(c.canary_median_ms), " ms vs ",
 		lib.down(c.stable_median_ms), " ms (more than ", lib.near(data.thresholds.comparison_latency_tolerance * 100),
-		"% slower), Mann-Whitney U ", p_text(c.p_value), " below ", lib.near(data.thresholds.comparison_p_value),
+		"% and ", lib.near(data.thresholds.comparison_latency_min_ms), " ms slower), Mann-Whitney U ", p_text(c.p_value), " below ", lib.near(data.thresholds.comparison_p_value),
 		", ", samples_text(c),
 	])
 }
@@ -126,7 +129,7 @@ deny contains msg if {
 # A comparison present without usable thresholds fails closed (without one, nothing is asked).
 deny contains msg if {
 	is_object(object.get(lib.fields, "comparison", null))
-	some name in ["comparison_p_value", "comparison_latency_tolerance", "comparison_error_rate_tolerance"]
+	some name in ["comparison_p_value", "comparison_latency_tolerance", "comparison_latency_min_ms", "comparison_error_rate_tolerance"]
 	not lib.threshold_ok(name)
 	msg := lib.bad_threshold(name)
 }

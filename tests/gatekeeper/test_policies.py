@@ -35,6 +35,7 @@ def test_thresholds_live_only_in_data_json():
         "min_requests": 20,
         "comparison_p_value": 0.05,
         "comparison_latency_tolerance": 0.1,
+        "comparison_latency_min_ms": 5,
         "comparison_error_rate_tolerance": 0.005,
     }
     for name in ("infra.rego", "canary.rego"):
