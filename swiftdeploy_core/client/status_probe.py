@@ -100,6 +100,8 @@ def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> di
             "p99_latency_ms": serving.p99_latency_ms,
             "requests": serving.requests or 0,
         }
+        if serving.comparison is not None:  # judged against stable, as the orchestrator's analyses are
+            inputs["canary"]["comparison"] = serving.comparison.model_dump(mode="json")
     return inputs
 
 
