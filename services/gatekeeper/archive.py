@@ -7,7 +7,8 @@ revision's folder is written once (into a temporary folder, then renamed) and ne
 
 The gatekeeper asks `keep` after each decision: a revision already kept costs one set lookup.
 For a new one it reads the folder the decision came from and keeps it when the files still hash
-to that revision (a file edited in between is kept by the next decision made with it).
+to that revision (a file edited in between is kept by the next decision made with it); a revision
+no folder hashes to (an OPA serving other files) is looked for again at most every RETRY_S.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import policies
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "policies"  # under the state folder
 _REVISION = re.compile(r"^[0-9a-f]{4,64}$")
+RETRY_S = 5.0  # a revision no folder hashes to (OPA serving other files) is looked for again after this
 
 
 class PolicyArchive:
@@ -33,11 +36,14 @@ class PolicyArchive:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / FOLDER
         self._kept: set[str] = set()
+        self._missed: dict[str, float] = {}  # revision -> when no source matched it
 
     def keep(self, revision: str, sources: list[Path]) -> bool:
         """Keep `revision` from the first of `sources` whose files hash to it; True when it is kept."""
         if not revision or revision in self._kept:
             return bool(revision)
+        if time.monotonic() - self._missed.get(revision, -RETRY_S) < RETRY_S:
+            return False
         if (self.root / revision).is_dir():
             self._kept.add(revision)
             return True
@@ -47,6 +53,7 @@ class PolicyArchive:
                 self._write(revision, files, source)
                 self._kept.add(revision)
                 return True
+        self._missed[revision] = time.monotonic()
         return False
 
     def folder(self, revision: str) -> Path:
