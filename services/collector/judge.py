@@ -21,7 +21,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from scipy.stats import fisher_exact, mannwhitneyu
+from scipy.stats import fisher_exact, mannwhitneyu  # type: ignore[import-untyped]  # scipy ships no stubs
 
 from services.collector.router import Sample
 from swiftdeploy_core.bus.events import Comparison, ErrorComparison, LatencyComparison
