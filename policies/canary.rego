@@ -90,3 +90,65 @@ deny contains msg if {
 
 # One definition, defined for every name: a reason missing from the input is said so.
 metric_reason(name) := object.get(object.get(lib.fields, "metric_reasons", {}), name, "no reason given")
+
+# Canary against stable (input.comparison, measured by the collector over the same window from the
+# router's per-request samples): deny when the canary is significantly worse (p below
+# comparison_p_value) AND worse by more than a tolerance (the canary's median latency above
+# stable's by more than comparison_latency_tolerance, a fraction, and by more than
+# comparison_latency_min_ms: nginx logs whole milliseconds, so 2 ms against 3 ms is no evidence of
+# a slower service); the error rates by more than
+# comparison_error_rate_tolerance, a fraction of requests). The absolute thresholds above still
+# apply. A comparison that is absent, or null (too few requests on a side), does not deny.
+deny contains msg if {
+	c := compared("latency")
+	c.p_value < data.thresholds.comparison_p_value
+	c.canary_median_ms > c.stable_median_ms * (1 + data.thresholds.comparison_latency_tolerance)
+	c.canary_median_ms > c.stable_median_ms + data.thresholds.comparison_latency_min_ms
+	is_number(c.p_value)
+	msg := concat("", [
+		"canary latency is significantly worse than stable: median ", lib.up(c.canary_median_ms), " ms vs ",
+		lib.down(c.stable_median_ms), " ms (more than ", lib.near(data.thresholds.comparison_latency_tolerance * 100),
+		"% and ", lib.near(data.thresholds.comparison_latency_min_ms), " ms slower), Mann-Whitney U ", p_text(c.p_value), " below ", lib.near(data.thresholds.comparison_p_value),
+		", ", samples_text(c),
+	])
+}
+
+deny contains msg if {
+	c := compared("errors")
+	c.p_value < data.thresholds.comparison_p_value
+	c.canary_error_rate > c.stable_error_rate + data.thresholds.comparison_error_rate_tolerance
+	is_number(c.p_value)
+	msg := concat("", [
+		"canary error rate is significantly worse than stable: ", lib.up(c.canary_error_rate * 100), "% vs ",
+		lib.down(c.stable_error_rate * 100), "% (more than ", lib.near(data.thresholds.comparison_error_rate_tolerance * 100),
+		" points higher), Fisher exact test ", p_text(c.p_value), " below ",
+		lib.near(data.thresholds.comparison_p_value), ", ", samples_text(c),
+	])
+}
+
+# A comparison present without usable thresholds fails closed (without one, nothing is asked).
+deny contains msg if {
+	is_object(object.get(lib.fields, "comparison", null))
+	some name in ["comparison_p_value", "comparison_latency_tolerance", "comparison_latency_min_ms", "comparison_error_rate_tolerance"]
+	not lib.threshold_ok(name)
+	msg := lib.bad_threshold(name)
+}
+
+# The comparison of one metric, defined only when it is an object (presence tested on defined values).
+compared(name) := c if {
+	comparison := object.get(lib.fields, "comparison", {})
+	is_object(comparison)
+	c := object.get(comparison, name, null)
+	is_object(c)
+}
+
+# A p-value as text: "p < 0.001", else "p = 0.012" (rounded up to thousandths; p < 1 on the deny path).
+p_text(p) := "p < 0.001" if p < 0.001
+
+p_text(p) := concat("", ["p = 0.", substring(format_int(ceil(round(p * 1000000) / 1000) + 1000, 10), 1, 3)]) if {
+	p >= 0.001
+}
+
+samples_text(c) := concat("", [
+	format_int(c.canary_samples, 10), " canary and ", format_int(c.stable_samples, 10), " stable requests",
+])

@@ -64,3 +64,28 @@ test_a_custom_metric_without_a_value_is_denied_with_its_reason if {
 test_a_null_custom_metric_without_a_reason_is_still_denied if {
 	canary.deny == {"metric ratio has no value: no reason given"} with input.error_rate as 0 with input.p99_latency_ms as 120 with input.requests as 400 with input.metrics as {"ratio": null} with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
+
+test_a_canary_significantly_slower_than_stable_is_denied_with_both_medians_p_and_counts if {
+	canary.deny == {"canary latency is significantly worse than stable: median 61 ms vs 11 ms (more than 10% and 5 ms slower), Mann-Whitney U p < 0.001 below 0.05, 300 canary and 2700 stable requests"} with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"latency": {"u": 780000, "p_value": 1e-20, "canary_median_ms": 61, "stable_median_ms": 11, "ratio": 5.5, "canary_samples": 300, "stable_samples": 2700}, "errors": null, "reasons": {}} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20, "comparison_p_value": 0.05, "comparison_latency_tolerance": 0.1, "comparison_latency_min_ms": 5, "comparison_error_rate_tolerance": 0.005}
+}
+
+test_a_significant_slowdown_of_a_millisecond_or_two_passes if {
+	canary.allow with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"latency": {"u": 480000, "p_value": 0.0001, "canary_median_ms": 3, "stable_median_ms": 2, "ratio": 1.5, "canary_samples": 300, "stable_samples": 2700}} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20, "comparison_p_value": 0.05, "comparison_latency_tolerance": 0.1, "comparison_latency_min_ms": 5, "comparison_error_rate_tolerance": 0.005}
+}
+
+test_a_significant_but_small_slowdown_passes if {
+	canary.allow with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"latency": {"u": 480000, "p_value": 0.012, "canary_median_ms": 11.5, "stable_median_ms": 11, "ratio": 1.045, "canary_samples": 300, "stable_samples": 2700}} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20, "comparison_p_value": 0.05, "comparison_latency_tolerance": 0.1, "comparison_latency_min_ms": 5, "comparison_error_rate_tolerance": 0.005}
+}
+
+test_a_canary_with_significantly_more_errors_is_denied if {
+	canary.deny == {"canary error rate is significantly worse than stable: 5% vs 0.5% (more than 0.5 points higher), Fisher exact test p = 0.012 below 0.05, 300 canary and 2700 stable requests"} with input.error_rate as 0.005 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"errors": {"z": 2.3, "p_value": 0.0111, "canary_error_rate": 0.05, "stable_error_rate": 0.005, "canary_samples": 300, "stable_samples": 2700}} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20, "comparison_p_value": 0.05, "comparison_latency_tolerance": 0.1, "comparison_latency_min_ms": 5, "comparison_error_rate_tolerance": 0.005}
+}
+
+test_no_comparison_or_a_null_one_does_not_deny if {
+	canary.allow with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"latency": null, "errors": null, "reasons": {"latency": "too few requests"}} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20, "comparison_p_value": 0.05, "comparison_latency_tolerance": 0.1, "comparison_latency_min_ms": 5, "comparison_error_rate_tolerance": 0.005}
+	canary.allow with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 300 with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}
+
+test_a_comparison_without_its_thresholds_fails_closed if {
+	canary.deny["threshold data.thresholds.comparison_p_value is missing or not a usable number (fix policies/data.json)"] with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 300 with input.comparison as {"latency": null} with data.thresholds as {"error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}

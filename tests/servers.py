@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -213,6 +214,25 @@ class NginxProcess:
         err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
         self.process = None
         return err
+
+
+def split_router(prefix: Path, stable_port: int, canary_port: int, canary_weight: int) -> tuple[Any, NginxProcess]:
+    """A real nginx on a free port splitting traffic between two loopback services, its config
+    rendered from the project's template (logs, pid and temp files under `prefix`)."""
+    from swiftdeploy_core.project.router import RouterPlan, Upstream, nginx_binary, render_nginx_conf
+
+    nginx = nginx_binary() or require_binary("nginx")
+    (prefix / "tmp").mkdir(parents=True)
+    port = free_port()
+    plan = RouterPlan(
+        listen_port=port, stable=[Upstream(host="127.0.0.1", port=stable_port)],
+        canary=[Upstream(host="127.0.0.1", port=canary_port)], canary_weight=canary_weight,
+        access_log=str(prefix / "access.log"), error_log=str(prefix / "error.log"),
+        pid=str(prefix / "nginx.pid"), temp_dir=str(prefix / "tmp"),
+    )  # fmt: skip
+    conf = prefix / "nginx.conf"
+    conf.write_text(render_nginx_conf(plan, "test"))
+    return plan, NginxProcess(nginx, prefix, conf).start(port)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -41,7 +41,8 @@ from swiftdeploy_core.project.state import RolloutState
 from swiftdeploy_core.settings import Settings
 
 NAME = "auditor"
-NOT_AUDITED = {"ping.requested", "pong", "audit.requested", "audit.rendered", "metrics.snapshot"}
+NOT_AUDITED = {"ping.requested", "pong", "audit.requested", "audit.rendered", "metrics.snapshot",
+               "policy.replay.requested", "policy.replayed"}  # fmt: skip
 AUDITED = tuple(model for kind, model in PAYLOADS.items() if kind not in NOT_AUDITED)
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0

@@ -169,6 +169,10 @@ class RouterWindow:
         if len(samples) < (samples.maxlen or 0):
             self.dropped = False
 
+    def kept(self, start: float, end: float) -> list[Sample]:
+        """The samples in (start, end]."""
+        return [s for s in self.samples if start < s.at <= end]
+
     def figures(self, end: float, window: float) -> RouterFigures:
         """Figures over (end - window, end]; samples after `end` wait for the next evaluation."""
         self.prune(end - window)

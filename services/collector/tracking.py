@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.collector import analysis
+from services.collector import analysis, judge
 from services.collector.router import RouterLog
 from services.collector.scrape import Outcome, Scraper, Target
 from services.collector.targets import Project
@@ -22,6 +22,7 @@ from swiftdeploy_core.bus.events import (
     AnyPayload,
     ChaosDetected,
     ChaosMode,
+    Comparison,
     MetricsSnapshot,
     TargetDown,
     TargetUp,
@@ -136,7 +137,23 @@ class Tracker:
         groups: dict[tuple[str, Track], list[TargetState]] = {}
         for state in self.states.values():
             groups.setdefault((state.target.project, state.target.track), []).append(state)
-        return [self._snapshot(project, track, states, end) for (project, track), states in sorted(groups.items())]
+        found = [self._snapshot(project, track, states, end) for (project, track), states in sorted(groups.items())]
+        return [self._compared(snapshot, found, end) for snapshot in found]
+
+    def _compared(self, snapshot: MetricsSnapshot, found: list[MetricsSnapshot], end: float) -> MetricsSnapshot:
+        """A router-measured canary's snapshot with its comparison against stable over the same
+        window (both tracks watched for a whole window; the shorter window when the cap cut one)."""
+        router = self.routers.get(snapshot.project)
+        if router is None or snapshot.track != "canary" or snapshot.source != "router" or snapshot.requests is None:
+            return snapshot
+        stable = next((s for s in found if s.project == snapshot.project and s.track == "stable"), None)
+        if stable is None or stable.source != "router" or stable.requests is None:
+            reason = "no stable figures over the window to compare with"
+            return snapshot.model_copy(update={"comparison": Comparison(reasons={"latency": reason, "errors": reason})})
+        start = end - min(snapshot.window_seconds, stable.window_seconds)
+        canary_samples = router.tracks["canary"].kept(start, end)
+        stable_samples = router.tracks["stable"].kept(start, end)
+        return snapshot.model_copy(update={"comparison": judge.compare(canary_samples, stable_samples)})
 
     def _snapshot(self, project: str, track: Track, states: list[TargetState], end: float) -> MetricsSnapshot:
         for state in states:

@@ -6,6 +6,10 @@ before any engine is asked), asks its policy engine (embedded regopy or OPA, as 
 `policy.engine` says), and emits `decision.made` with the verdict,
 the engine, a decision id, the policy revision and the time the engine took; a denial also emits
 `policy.violation`. The engine fails closed, so every request gets an answer.
+
+Every revision it decides with is kept under the state folder (`archive.py`), and
+`policy.replay.requested` decides the history's recorded decisions again under a policies folder
+or a kept revision, answered with `policy.replayed` (`replay.py`).
 """
 
 from __future__ import annotations
@@ -13,22 +17,33 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import policies
-from services.gatekeeper import decide
+from policies import default_dir as default_policy_dir
+from services.gatekeeper import decide, replay
+from services.gatekeeper.archive import PolicyArchive
 from services.gatekeeper.embedded import EmbeddedEngine
 from services.gatekeeper.engines import PolicyEngine, UnavailableEngine, Verdict
 from services.gatekeeper.opa import OpaEngine
 from services.gatekeeper.schemas import InputSchemas
 from swiftdeploy_core.bus import streams
-from swiftdeploy_core.bus.events import CommandRejected, DecisionMade, DecisionRequested, Event, PolicyViolation
+from swiftdeploy_core.bus.events import (
+    CommandRejected,
+    DecisionMade,
+    DecisionRequested,
+    Event,
+    PolicyReplayRequested,
+    PolicyViolation,
+)
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.limits import INPUT_MAX_DEPTH, INPUT_MAX_DIGITS, InputTooLarge, check_value
 from swiftdeploy_core.project.manifest import PolicyEngine as EngineName
 from swiftdeploy_core.project.manifest import load_manifest
-from swiftdeploy_core.settings import Settings
+from swiftdeploy_core.settings import STATE_DIR, Settings
 
 NAME = "gatekeeper"
 CONCURRENCY = 16  # decisions in flight: overlaps Redis round trips (and OPA's, with that engine)
@@ -42,12 +57,24 @@ def decision_id(request_id: str) -> str:
     return uuid.uuid5(_DECISIONS, request_id).hex
 
 
+@dataclass(frozen=True)
+class Places:
+    """Where the project's policies, history and kept revisions are (from the manifest)."""
+
+    policies: Path
+    history: Path
+    state: Path
+    fallback: Path | None = field(default_factory=default_policy_dir)
+
+
 class Gatekeeper:
     """Turns decision requests into decisions: the input schemas first, then one policy engine."""
 
-    def __init__(self, engine: PolicyEngine, schemas: InputSchemas) -> None:
+    def __init__(self, engine: PolicyEngine, schemas: InputSchemas, places: Places | None = None) -> None:
         self.engine = engine
         self.schemas = schemas
+        self.places = places
+        self.archive = PolicyArchive(places.state) if places else None
 
     async def decide(self, request: DecisionRequested, request_id: str) -> DecisionMade:
         started = time.perf_counter()
@@ -87,6 +114,7 @@ class Gatekeeper:
             ctx.emit_on_commit(CommandRejected(command=event.type, reason=str(exc)), cause=event)
             return
         made = await self.decide(request, event.id)
+        self._keep(made.policy_revision)
         ctx.emit_on_commit(made, cause=event)
         if not made.allow:
             violation = PolicyViolation(
@@ -99,6 +127,62 @@ class Gatekeeper:
             made.decision_id[:12], made.domain, "ALLOW" if made.allow else "DENY", made.duration_ms,
             made.engine, made.policy_revision, "" if made.allow else ": " + "; ".join(made.reasons),
         )  # fmt: skip
+
+    def _keep(self, revision: str) -> None:
+        """Keep the revision a decision was made with (once; a failure to keep never fails it)."""
+        if self.archive is None or self.places is None:
+            return
+        sources = [self.places.policies, *([self.places.fallback] if self.places.fallback else [])]
+        try:
+            self.archive.keep(revision, sources)
+        except OSError as exc:
+            log.warning("cannot keep policy revision %s in %s: %s", revision, self.archive.root, exc)
+
+    async def replay(self, request: PolicyReplayRequested, event: Event, ctx: Context) -> None:
+        """`policy.replay.requested` → `policy.replayed`; a request that cannot be replayed →
+        `command.rejected` with one line."""
+        try:
+            folder, history, since = self._replay_places(request)
+        except (LookupError, ValueError) as exc:
+            ctx.emit_on_commit(CommandRejected(command=event.type, reason=str(exc)), cause=event)
+            return
+        engine = EmbeddedEngine(folder)
+        judge = Gatekeeper(engine, InputSchemas(folder))
+        try:
+            answer = await replay.replay(judge.decide, engine, folder, history, since, request.domain)
+        finally:
+            await engine.close()
+        log.info(
+            "replayed %d decisions under %s (revision %s): %d would change",
+            answer.decisions, folder, answer.revision, len(answer.changes),
+        )  # fmt: skip
+        ctx.emit_on_commit(answer, cause=event)
+
+    def _replay_places(self, request: PolicyReplayRequested) -> tuple[Path, Path, datetime | None]:
+        if self.places is None:
+            raise LookupError("this gatekeeper has no project (no manifest): nothing to replay")
+        if request.policies and request.revision:
+            raise ValueError("give at most one of --policies DIR and --revision REV")
+        if request.domain is not None and decide.domain_problem(request.domain):
+            raise ValueError(decide.domain_problem(request.domain) or "")
+        try:
+            since = replay.moment(request.since) if request.since else None
+        except ValueError:
+            raise ValueError(f"since {request.since!r} is not an ISO-8601 time") from None
+        if request.revision:
+            folder = PolicyArchive(self.places.state).folder(request.revision)
+        elif request.policies:
+            folder = Path(request.policies)
+            if not policies.policy_files(folder):
+                raise LookupError(f"{folder} holds no policy files (*.rego, data.json)")
+        else:
+            folder = self.places.policies
+            if not policies.has_policies(folder) and self.places.fallback is not None:
+                folder = self.places.fallback
+        history = Path(request.history) if request.history else self.places.history
+        if not history.exists():
+            raise LookupError(f"no history at {history}: nothing was decided yet")
+        return folder, history, since
 
     async def on_start(self, ctx: Context) -> None:
         problem = await self.engine.health()
@@ -141,6 +225,20 @@ def policy_folder(root: Path) -> Path:
     return folder
 
 
+def places_for(settings: Settings) -> Places:
+    """The project's policies, history and state folder, as the manifest names them."""
+    manifest_path = Path(settings.manifest)
+    root = manifest_path.resolve().parent
+    try:
+        loaded = load_manifest(manifest_path) if manifest_path.exists() else None
+    except ManifestError:
+        loaded = None  # engine_for says so; decisions deny
+    if loaded is None:
+        return Places(policies.project_dir(root), root / "history.jsonl", root / STATE_DIR)
+    paths = loaded.manifest.paths
+    return Places(policies.project_dir(loaded.root), loaded.resolve(paths.history), loaded.resolve(paths.state))
+
+
 def schemas_for(settings: Settings) -> InputSchemas:
     """The input schemas of the project's policies (the packaged ones while it has none)."""
     root = Path(settings.manifest).resolve().parent
@@ -149,11 +247,11 @@ def schemas_for(settings: Settings) -> InputSchemas:
 
 def build_spec(settings: Settings, engine: PolicyEngine | None = None) -> ServiceSpec:
     """The gatekeeper as the worker runs it."""
-    gatekeeper = Gatekeeper(engine or engine_for(settings), schemas_for(settings))
+    gatekeeper = Gatekeeper(engine or engine_for(settings), schemas_for(settings), places_for(settings))
     return ServiceSpec(
         name=NAME,
         streams=[streams.GATEKEEPER_INBOX],
-        handlers={DecisionRequested: gatekeeper.handle},
+        handlers={DecisionRequested: gatekeeper.handle, PolicyReplayRequested: gatekeeper.replay},
         on_start=gatekeeper.on_start,
         on_stop=gatekeeper.on_stop,
         concurrency=CONCURRENCY,

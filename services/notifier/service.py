@@ -40,7 +40,14 @@ NOTIFIED_TTL_S = 6 * 3600
 CLAIM_MS = 120_000  # longer than a whole delivery (ATTEMPTS × POST_TIMEOUT_S + backoff)
 CLAIM_POLL_S = 0.1
 # Never notified: the bus's own chatter, and the notifier's own outcomes (that would loop).
-NOT_NOTIFIED = {"ping.requested", "pong", "notification.sent", "notification.failed"}
+NOT_NOTIFIED = {
+    "ping.requested",
+    "pong",
+    "notification.sent",
+    "notification.failed",
+    "policy.replay.requested",
+    "policy.replayed",
+}
 
 log = logging.getLogger("swiftdeploy.notifier")
 

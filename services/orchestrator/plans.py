@@ -299,8 +299,10 @@ def promotion_input(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
 
 
 def provenance(snapshot: MetricsSnapshot) -> dict[str, Any]:
-    """Where the figures came from, and the analysis queries' values (null with a reason)."""
-    return {
+    """Where the figures came from, the analysis queries' values (null with a reason) and, when
+    the collector compared the canary with stable, the comparison."""
+    comparison = {"comparison": snapshot.comparison.model_dump(mode="json")} if snapshot.comparison else {}
+    return comparison | {
         "source": snapshot.source or "app",
         "window_seconds": snapshot.window_seconds,
         "samples": snapshot.samples,

@@ -380,6 +380,48 @@ class PolicyViolation(Payload):
     decision_id: str
 
 
+class PolicyReplayRequested(Payload):
+    """`swiftdeploy policy replay`: decide the recorded decisions again under other policies.
+
+    `policies` is a folder on the gatekeeper's host, `revision` a revision the gatekeeper kept
+    (neither: the project's current files); `since` (ISO-8601) and `domain` filter the history's
+    `decision.made` lines; `history` overrides the manifest's `paths.history`."""
+
+    type: Literal["policy.replay.requested"] = "policy.replay.requested"
+    since: str | None = None
+    domain: str | None = None
+    policies: str | None = None
+    revision: str | None = None
+    history: str | None = None
+
+
+class ReplayedDecision(BaseModel):
+    """One recorded decision whose outcome or reasons would change."""
+
+    decision_id: str
+    timestamp: str
+    domain: str
+    policy_revision: str  # the revision it was decided with
+    was_allow: bool
+    was_reasons: list[str]
+    now_allow: bool
+    now_reasons: list[str]
+
+
+class PolicyReplayed(Payload):
+    """The gatekeeper's answer to a replay: what it decided with, how many, what would change."""
+
+    type: Literal["policy.replayed"] = "policy.replayed"
+    policies: str  # the folder the replay decided with
+    revision: str  # its revision
+    history: str
+    decisions: int
+    allow_to_deny: int
+    deny_to_allow: int
+    reasons_changed: int  # same outcome, other reasons
+    changes: list[ReplayedDecision]
+
+
 # --- metrics -----------------------------------------------------------------------------------
 
 
@@ -401,6 +443,44 @@ class CustomMetric(BaseModel):
 
     value: float | None = None
     reason: str | None = None  # why `value` is None: no data, NaN, a query error, unreachable
+
+
+class LatencyComparison(BaseModel):
+    """Canary vs stable latency over the same window: Mann-Whitney U, alternative "canary slower"."""
+
+    model_config = ConfigDict(frozen=True)
+
+    u: float  # the canary's U statistic (scipy.stats.mannwhitneyu(canary, stable).statistic)
+    p_value: float
+    canary_median_ms: float
+    stable_median_ms: float
+    ratio: float | None  # canary median / stable median; None when stable's median is 0
+    canary_samples: int
+    stable_samples: int
+
+
+class ErrorComparison(BaseModel):
+    """Canary vs stable error rate over the same window: a one-sided two-proportion z-test."""
+
+    model_config = ConfigDict(frozen=True)
+
+    z: float
+    p_value: float
+    canary_error_rate: float
+    stable_error_rate: float
+    canary_samples: int
+    stable_samples: int
+
+
+class Comparison(BaseModel):
+    """The canary judged against stable; a comparison that could not be made is None, with its
+    reason in `reasons` (by metric name)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    latency: LatencyComparison | None = None
+    errors: ErrorComparison | None = None
+    reasons: dict[str, str] = {}
 
 
 class MetricsSnapshot(Payload):
@@ -427,6 +507,7 @@ class MetricsSnapshot(Payload):
     p50_latency_ms: float | None = None  # router: exact over the window
     p90_latency_ms: float | None = None
     metrics: dict[str, CustomMetric] = {}  # analysis.metrics, by name
+    comparison: Comparison | None = None  # router, canary track: against stable over the same window
 
 
 class TargetDown(Payload):
@@ -556,6 +637,8 @@ AnyPayload = Annotated[
     | DecisionRequested
     | DecisionMade
     | PolicyViolation
+    | PolicyReplayRequested
+    | PolicyReplayed
     | MetricsSnapshot
     | TargetDown
     | TargetUp

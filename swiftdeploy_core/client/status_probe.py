@@ -95,11 +95,14 @@ def policy_inputs(host: HostStats | None, serving: MetricsSnapshot | None) -> di
     if serving is None or serving.error_rate is None or serving.p99_latency_ms is None:
         inputs["canary"] = "no traffic in the metrics window yet"
     else:
-        inputs["canary"] = {
+        canary: dict[str, Any] = {
             "error_rate": serving.error_rate,
             "p99_latency_ms": serving.p99_latency_ms,
             "requests": serving.requests or 0,
         }
+        if serving.comparison is not None:  # judged against stable, as the orchestrator's analyses are
+            canary["comparison"] = serving.comparison.model_dump(mode="json")
+        inputs["canary"] = canary
     return inputs
 
 

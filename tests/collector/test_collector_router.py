@@ -22,8 +22,7 @@ from services.collector.router import LogTail, RouterLog, RouterWindow, Sample, 
 from services.collector.scrape import Scraper, Target
 from services.collector.targets import Project
 from services.collector.tracking import Tracker
-from swiftdeploy_core.project.router import RouterPlan, Upstream, nginx_binary, render_nginx_conf
-from tests.servers import NginxProcess, NotOursService, PrometheusServer, free_port, require_binary
+from tests.servers import NotOursService, PrometheusServer, require_binary, split_router
 
 
 def line(track: str = "stable", status: int = 200, upstream: str = "0.120", kind: str = "app", msec: float = 100.0):
@@ -148,24 +147,13 @@ def promql_errors(instance: str) -> str:
 
 
 async def test_router_figures_equal_the_log_lines_and_agree_with_the_services_own_metrics(tmp_path):
-    prometheus, nginx = require_binary("prometheus"), nginx_binary() or require_binary("nginx")
+    prometheus = require_binary("prometheus")
     # Latencies large against the few ms nginx and the service's event loop add to the service's
     # own timing, on a busy machine.
     latency = {"METRICS": "1", "LATENCY_MIN": "0.2", "LATENCY_MAX": "0.6"}
     stable = NotOursService({**latency, "VERSION": "1.0.0", "FAIL_RATE": "0"}, tmp_path / "stable.log").start()
     canary = NotOursService({**latency, "VERSION": "2.0.0", "FAIL_RATE": "0.2"}, tmp_path / "canary.log").start()
-    prefix = tmp_path / "nginx"
-    (prefix / "tmp").mkdir(parents=True)
-    port = free_port()
-    plan = RouterPlan(
-        listen_port=port, stable=[Upstream(host="127.0.0.1", port=stable.port)],
-        canary=[Upstream(host="127.0.0.1", port=canary.port)], canary_weight=40,
-        access_log=str(prefix / "access.log"), error_log=str(prefix / "error.log"),
-        pid=str(prefix / "nginx.pid"), temp_dir=str(prefix / "tmp"),
-    )  # fmt: skip
-    conf = prefix / "nginx.conf"
-    conf.write_text(render_nginx_conf(plan, "test"))
-    router = NginxProcess(nginx, prefix, conf).start(port)
+    plan, router = split_router(tmp_path / "nginx", stable.port, canary.port, canary_weight=40)
     prom = PrometheusServer(prometheus, tmp_path).start([stable.url, canary.url])
     project = Project("p", "process", tmp_path, source="router", router_log=Path(plan.access_log))
     targets = [

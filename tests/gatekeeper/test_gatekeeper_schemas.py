@@ -28,8 +28,9 @@ HEALTHY = {
     "infra": {"disk_free_gb": 50, "cpu_load": 0.5},
     "canary": {"error_rate": 0.001, "p99_latency_ms": 120, "requests": 400},
 }
-# Optional canary fields: where the figures came from and the analysis queries (issue 17).
-OPTIONAL = {"canary": ["source", "window_seconds", "samples", "metrics", "metric_reasons"], "infra": []}
+# Optional canary fields: where the figures came from and the analysis queries (issue 17), the
+# comparison against stable (issue 21).
+OPTIONAL = {"canary": ["source", "window_seconds", "samples", "metrics", "metric_reasons", "comparison"], "infra": []}
 WRONG = ["lots", True, None, [1], {"value": 1}]  # a string, a boolean, null, a list, an object
 KIND = {str: 'string "lots"', bool: "boolean", type(None): "null", list: "array", dict: "object"}
 
@@ -76,6 +77,24 @@ def test_what_the_orchestrator_sends_fits_the_schemas():
         "error_rate must be a number (got null)",  # no figures yet: denied, saying why
         "p99_latency_ms must be a number (got null)",
     ]
+
+
+def test_a_canary_input_with_its_comparison_against_stable_fits_the_schema():
+    from services.collector.judge import compare
+    from services.collector.router import Sample
+    from services.orchestrator import plans
+    from swiftdeploy_core.bus.events import MetricsSnapshot
+
+    schemas = InputSchemas(policies.default_dir())
+    few = [Sample(0.0, 200, 0.01)] * 10
+    many = [Sample(0.0, 500 if i % 50 == 0 else 200, 0.001 * (i % 40)) for i in range(400)]
+    for comparison in (compare(many, many), compare(few, many)):
+        snapshot = MetricsSnapshot(project="p", track="canary", window_seconds=60, error_rate=0.0, requests=400,
+                                   p99_latency_ms=40, source="router", samples=400, comparison=comparison)  # fmt: skip
+        document = plans.promotion_input(snapshot)
+        assert set(document["comparison"]) == {"latency", "errors", "reasons"}
+        assert schemas.problems("canary", document) == []
+    assert schemas.problems("canary", {**HEALTHY["canary"], "comparison": {"latency": {"p_value": "low"}}}) != []
 
 
 @pytest.mark.parametrize(("case", "domain", "document", "reason"), CASES, ids=IDS)

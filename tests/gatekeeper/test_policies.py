@@ -33,10 +33,14 @@ def test_thresholds_live_only_in_data_json():
         "error_rate": 0.01,
         "p99_latency_ms": 500,
         "min_requests": 20,
+        "comparison_p_value": 0.05,
+        "comparison_latency_tolerance": 0.1,
+        "comparison_latency_min_ms": 5,
+        "comparison_error_rate_tolerance": 0.005,
     }
     for name in ("infra.rego", "canary.rego"):
         text = policies.default_files()[name].decode()
-        for number in ("10", "2.0", "0.01", "500", "20"):
+        for number in ("10", "2.0", "0.01", "500", "20", "0.05", "0.1", "0.005"):
             assert f" {number}\n" not in text and f" {number} " not in text, f"{name} hard-codes {number}"
 
 
