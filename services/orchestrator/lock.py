@@ -39,6 +39,7 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 # SET KEYS[2] to ARGV[2] only while the lock KEYS[1] still holds the lease's value ARGV[1].
 _FENCED_SET = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0"
 RENEW_SHARE = 1 / 3  # renew every third of the lease
+KEEPER_STOP_S = 1.0  # how long the end of an operation waits for its renewal task to stop
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,9 @@ async def holding(
         yield fence
     finally:
         keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+        # Bounded: a cancel that lands inside a redis-py command can be swallowed, and an unbounded
+        # wait here would hold the lease (and the command) until the lease ran out.
+        await asyncio.wait({keeper}, timeout=KEEPER_STOP_S)
         with contextlib.suppress(Exception):  # a lost lease is not ours to release; Redis may be away
             await asyncio.shield(release(redis, held))
 

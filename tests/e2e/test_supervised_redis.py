@@ -63,7 +63,8 @@ async def rollout(url: str) -> dict:
 async def test_the_embedded_redis_killed_mid_canary_is_back_in_5s_and_nothing_is_lost(tmp_path: Path) -> None:
     root = tmp_path / "project"
     path = write_manifest(root, PROJECT, canary={"steps": [10, 20, 30, 40, 50, 60, 70, 80, 90], "interval": 0.5,
-                                                 "failure_limit": 10})  # fmt: skip
+                                                 "failure_limit": 10},
+                          collector={"interval": 0.5, "window": 4})  # fmt: skip  # figures within seconds
     write_policies(root, min_requests=0)
     nginx_url = f"http://127.0.0.1:{load_manifest(path).manifest.nginx.port}/"
     started = await sd(root, "up", "--timeout", "90")

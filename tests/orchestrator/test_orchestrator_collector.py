@@ -9,7 +9,10 @@ import time
 from tests.orchestration import LoadLoop
 
 COLLECTOR = {"interval": 0.5, "window": 4}
-MANIFEST = {"canary": {"version": "2.0.0", "steps": [50], "interval": 1.0, "failure_limit": 2, "no_data": "fail"}}
+MANIFEST = {
+    "canary": {"version": "2.0.0", "steps": [50], "interval": 1.0, "failure_limit": 2, "no_data": "fail"},
+    "collector": COLLECTOR,  # the project says what the collector does: the warm-up follows it
+}
 
 
 async def test_real_error_chaos_on_the_canary_is_measured_denied_and_rolled_back(stack):
