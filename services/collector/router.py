@@ -196,8 +196,9 @@ class RouterWindow:
 
 
 class RouterLog:
-    """One project's access log and its tracks' windows. A track whose version changes starts
-    empty: the old version's requests are not the new one's.
+    """One project's access log and its tracks' windows. A track whose identity (its version and
+    its instances) changes starts empty: the old version's requests are not the new one's, and a
+    fresh canary of the same version (its instances new) is not the one rolled back before it.
 
     A track has figures once it has been watched for a whole window (`covered`), as the seed's
     /metrics figures need samples spanning the window: exact counts over a half-filled window
@@ -208,8 +209,8 @@ class RouterLog:
         self.tail = LogTail(path)
         self.max_samples = max_samples
         self.tracks: dict[Track, RouterWindow] = {}
-        self.versions: dict[Track, str | None] = {}
-        self.since: dict[Track, float] = {}  # when the collector began watching the track's version
+        self.versions: dict[Track, str | None] = {}  # each track's identity (see `figures`)
+        self.since: dict[Track, float] = {}  # when the collector began watching that identity
 
     def covered(self, track: Track, end: float, window: float) -> bool:
         return end - self.since.get(track, end) >= window
@@ -227,6 +228,8 @@ class RouterLog:
         return count
 
     def figures(self, track: Track, version: str | None, end: float, window: float) -> RouterFigures:
+        """The track's figures; `version` names what runs on it (its version and instances): when
+        it changes, the window starts again."""
         if track not in self.versions:
             self.since[track] = end
         elif self.versions[track] != version:

@@ -189,7 +189,8 @@ def router_snapshot(snapshot: MetricsSnapshot, router: RouterLog, end: float, wi
     """The track's snapshot with nginx's figures in place of /metrics' (no log yet: no data)."""
     if not router.tail.opened:
         return snapshot.model_copy(update={"samples": None, **NO_FIGURES})
-    found = router.figures(snapshot.track, snapshot.version, end, window)
+    identity = f"{snapshot.version}@{','.join(snapshot.targets)}"  # a new generation, a new window
+    found = router.figures(snapshot.track, identity, end, window)
     if not router.covered(snapshot.track, end, window):  # watched for less than a window: no data yet
         return snapshot.model_copy(update={"samples": found.samples, **NO_FIGURES})
     return snapshot.model_copy(

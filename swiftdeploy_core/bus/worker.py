@@ -125,7 +125,13 @@ class Worker:
             try:
                 if not self.joined:
                     await self._join()
-                free = self.settings.batch_size if self.spec.concurrency == 1 else self._free_slots()
+                # At most a batch per read, so replicas share a burst (a service handling many at once
+                # takes no more than its free slots either).
+                free = (
+                    min(self.settings.batch_size, self._free_slots())
+                    if self.spec.concurrency > 1
+                    else self.settings.batch_size
+                )
                 batch = await self.group.read(self._reader, self.streams, max(1, free), self.settings.block_ms)
                 self.redis_ok = True
                 backoff.reset()
