@@ -128,10 +128,12 @@ def test_a_process_opa_listens_only_on_a_private_unix_socket_is_supervised_and_d
         f"{project.files_revision()}: the control plane reloads it"
     )
     wait_for(lambda: project.record().reloads == 1, 30, "a reload of the drifting OPA")
-    reloaded = wait_for(lambda: (m := json.loads(project.check("infra", HEALTHY_HOST).stdout)) and not m["allow"] and m,
+    # While OPA restarts, decisions fail closed ("policy engine unavailable"): wait for the new threshold's own reason.
+    edited = ["disk free 1000000 GB is below the minimum of 2000000 GB"]
+    reloaded = wait_for(lambda: (m := json.loads(project.check("infra", HEALTHY_HOST).stdout)) and m["reasons"] == edited and m,
                         30, "a decision with the edited threshold")  # fmt: skip
+    assert reloaded["allow"] is False
     assert reloaded["policy_revision"] == project.files_revision() and reloaded["policy_drift"] is None
-    assert reloaded["reasons"] == ["disk free 1000000 GB is below the minimum of 2000000 GB"]
 
     # A killed OPA is started again, like any replica.
     old_pid = project.record().pid
