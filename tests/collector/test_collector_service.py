@@ -88,7 +88,8 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
             for _ in range(20):  # application traffic: scrapes and probes alone are no data
                 async with http.get(f"{canary.url}/") as response:
                     await response.read()
-            await asyncio.sleep(2 * INTERVAL)
+            # A new series has a rate from its second scrape on: a busy machine may need more than two intervals.
+            await wait_for(lambda: _canary_rate(client))
 
             latest = MetricsSnapshot.model_validate_json(await client.get(streams.latest_snapshot_key("app", "canary")))
             ttl = await client.pttl(streams.latest_snapshot_key("app", "canary"))
@@ -125,6 +126,11 @@ async def test_the_service_publishes_per_track_and_reports_edges(redis_url, make
     served = CollectorRegistry()  # what a health server's registry does with them
     served.register(metrics)
     assert b"swiftdeploy_collector_cycle_seconds_count" in generate_latest(served)
+
+
+async def _canary_rate(client: aioredis.Redis) -> bool:
+    raw = await client.get(streams.latest_snapshot_key("app", "canary"))
+    return raw is not None and MetricsSnapshot.model_validate_json(raw).request_rate is not None
 
 
 async def _has(client: aioredis.Redis, kind: str, url: str) -> bool:
