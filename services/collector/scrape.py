@@ -71,6 +71,7 @@ class Target:
     # answers (any HTTP answer, even a 404 from a service without /metrics) and reads its chaos gauge.
     source: MetricSource = "app"
     names: MetricNames = SEED_NAMES
+    instance: str | None = None  # the container id or pid behind the URL (a new one may reuse the URL)
 
     @property
     def metrics_url(self) -> str:

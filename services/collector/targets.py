@@ -68,7 +68,13 @@ async def discover(redis: aioredis.Redis, manifest: LoadedManifest | None = None
         found.projects[state.project] = project
         for instance in state.instances():
             by_url[instance.url] = Target(
-                instance.url, state.project, instance.track, instance.version, project.source, project.names
+                instance.url,
+                state.project,
+                instance.track,
+                instance.version,
+                project.source,
+                project.names,
+                instance.id,
             )
     if manifest is not None:
         spec = manifest.manifest

@@ -105,8 +105,10 @@ class Tracker:
                 del self.states[url]
         for url, target in wanted.items():
             state = self.states.get(url)
-            if state is None or (state.target.project, state.target.track) != (target.project, target.track):
-                self.states[url] = TargetState(target)  # its old samples belong to another track
+            if state is None or _owner(state.target) != _owner(target):
+                # Its old samples belong to another track, or to an instance removed before this one took
+                # its address (docker hands a removed container's IP to the next one).
+                self.states[url] = TargetState(target)
             else:
                 state.target = target
 
@@ -183,6 +185,10 @@ class Tracker:
 
 
 NO_FIGURES = {"source": "router", "request_rate": None, "error_rate": None, "p99_latency_ms": None, "requests": None}
+
+
+def _owner(target: Target) -> tuple[str, str, str | None]:
+    return target.project, target.track, target.instance
 
 
 def router_snapshot(snapshot: MetricsSnapshot, router: RouterLog, end: float, window: float) -> MetricsSnapshot:

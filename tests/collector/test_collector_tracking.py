@@ -107,3 +107,30 @@ async def test_the_figures_follow_the_traffic_between_scrapes(serve):
         (snapshot,) = (await tracker.cycle([target])).snapshots
     assert snapshot.requests > 0 and snapshot.error_rate == pytest.approx(0.1)
     assert 0 < snapshot.p99_latency_ms <= 10
+
+
+async def test_a_new_instance_at_a_removed_ones_address_starts_with_an_empty_window(serve):
+    # Docker hands a removed container's bridge IP to the next one: the broken canary's errors
+    # must not be judged as the healthy canary's that took its address.
+    broken, healthy = TinyApp(), TinyApp()
+    current = {"app": broken}
+
+    async def metrics(request: web.Request) -> web.Response:
+        return await current["app"].metrics(request)
+
+    url = await serve(metrics)
+    failed = broken.requests.labels("GET", "/", "500")
+    async with Scraper(timeout=1.0) as scraper:
+        tracker = Tracker(scraper, window=30)
+        await tracker.cycle([Target(url=url, project="app", track="canary", instance="c1")])
+        failed.inc(50)
+        (snapshot,) = (await tracker.cycle([Target(url=url, project="app", track="canary", instance="c1")])).snapshots
+        assert snapshot.error_rate == 1.0
+
+        current["app"] = healthy
+        ok = healthy.requests.labels("GET", "/", "200")
+        replaced = Target(url=url, project="app", track="canary", instance="c2")
+        await tracker.cycle([replaced])
+        ok.inc(20)
+        (snapshot,) = (await tracker.cycle([replaced])).snapshots
+    assert snapshot.requests > 0 and snapshot.error_rate == 0.0  # requests: increase() extrapolates, as PromQL does
