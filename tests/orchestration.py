@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,6 +203,17 @@ class LoadLoop:
     errors: list[str] = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: asyncio.Task | None = field(default=None, repr=False)
+
+    async def __aenter__(self) -> LoadLoop:
+        """`async with LoadLoop(url, rate) as load:` sends requests until the block ends."""
+        self._runner = asyncio.create_task(self.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        if self._runner is not None:
+            await self._runner
 
     @property
     def sent(self) -> int:
@@ -305,6 +317,25 @@ class Stack:
 
     async def phase(self, *phases: str, timeout: float = 20.0):
         return await wait_for_phase(self.redis, self.project, *phases, timeout=timeout)
+
+    async def rolled_back_after(self, *chaos: str, timeout: float = 20.0) -> tuple[RolloutState, float]:
+        """`swiftdeploy chaos *chaos`, then the automatic rollback: its record, and the seconds it took."""
+        assert (await self.sd("chaos", *chaos)).code == 0
+        injected = time.monotonic()
+        back = await self.phase("stable", timeout=timeout)
+        return back, time.monotonic() - injected
+
+    async def deploy_onto_a_taken_router_port(self) -> CliResult:
+        """`swiftdeploy deploy` while another socket listens on the manifest's nginx port; the
+        refusal's one line is checked here."""
+        port = self.driver_manifest().nginx.port
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            failed = await self.sd("deploy")
+        assert failed.code == 1
+        assert failed.line.startswith(f"error: failed: nginx.port {port} on 127.0.0.1 is already in use")
+        return failed
 
     async def url(self) -> str:
         current = await self.record()

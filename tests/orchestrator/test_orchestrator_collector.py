@@ -3,9 +3,6 @@ windowed figures, the real gatekeeper's canary policy, the orchestrator's automa
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from tests.orchestration import LoadLoop
 
 COLLECTOR = {"interval": 0.5, "window": 4}
@@ -17,18 +14,10 @@ MANIFEST = {
 
 async def test_real_error_chaos_on_the_canary_is_measured_denied_and_rolled_back(stack):
     assert (await stack.sd("deploy")).code == 0
-    load = LoadLoop(await stack.url(), rate=50)
-    runner = asyncio.create_task(load.run())
-    try:
+    async with LoadLoop(await stack.url(), rate=50) as load:
         assert (await stack.sd("promote", "canary")).code == 0
         await stack.phase("canary_complete", timeout=20)  # healthy figures first: the canary passes
-        assert (await stack.sd("chaos", "error", "--rate", "0.5")).code == 0
-        injected = time.monotonic()
-        back = await stack.phase("stable", timeout=20)
-        elapsed = time.monotonic() - injected
-    finally:
-        load.stop()
-        await runner
+        back, elapsed = await stack.rolled_back_after("error", "--rate", "0.5")
     # Collector scrape (0.5 s) + failure_limit analyses (1 s apart) + removing the canary.
     assert elapsed < COLLECTOR["window"] + 3 * MANIFEST["canary"]["interval"], f"rolled back after {elapsed:.1f}s"
     assert back.canary is None and back.stable.version == "1.0.0"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -90,13 +89,7 @@ async def test_an_unknown_image_fails_the_deploy_in_one_line_with_nothing_create
 
 
 async def test_a_taken_nginx_port_fails_the_docker_deploy_and_undoes_it(stack):
-    port = stack.driver_manifest().nginx.port
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", port))
-        squatter.listen()
-        failed = await stack.sd("deploy")
-    assert failed.code == 1
-    assert failed.line.startswith(f"error: failed: nginx.port {port} on 127.0.0.1 is already in use")
+    await stack.deploy_onto_a_taken_router_port()
     assert nothing_left(stack.project)
 
 

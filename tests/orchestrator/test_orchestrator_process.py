@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 
 import psutil
@@ -115,13 +114,7 @@ async def test_a_deploy_whose_instance_crashes_is_undone_and_says_why(stack):
 
 
 async def test_a_deploy_onto_a_taken_nginx_port_is_refused_in_one_line(stack):
-    port = stack.driver_manifest().nginx.port
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", port))
-        squatter.listen()
-        failed = await stack.sd("deploy")
-    assert failed.code == 1
-    assert failed.line.startswith(f"error: failed: nginx.port {port} on 127.0.0.1 is already in use")
+    await stack.deploy_onto_a_taken_router_port()
     assert await stack.objects() == []
 
 

@@ -7,9 +7,6 @@ requests (the service's /chaos is never called), and the canary is rolled back a
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from swiftdeploy_core.project.router import router_access_log
@@ -33,20 +30,12 @@ def docker_images(request: pytest.FixtureRequest, docker_daemon: str, workload_i
 
 async def test_router_figures_from_the_containers_log_roll_a_failing_canary_back(stack):
     assert (await stack.sd("deploy")).code == 0
-    load = LoadLoop(await stack.url(), rate=50)
-    runner = asyncio.create_task(load.run())
-    try:
+    async with LoadLoop(await stack.url(), rate=50) as load:
         assert (await stack.sd("promote", "canary")).code == 0
         await stack.phase("canary_complete", timeout=60)  # healthy router figures first
         log = router_access_log(stack.driver_manifest(), stack.root)
         assert '"track":"canary","kind":"app"' in log.read_text()  # written by nginx in its container
-        assert (await stack.sd("chaos", "error", "--rate", "0.5", "--router")).code == 0
-        started = time.monotonic()
-        back = await stack.phase("stable", timeout=30)
-        elapsed = time.monotonic() - started
-    finally:
-        load.stop()
-        await runner
+        back, elapsed = await stack.rolled_back_after("error", "--rate", "0.5", "--router", timeout=30)
     print(f"docker: rolled back {elapsed:.1f}s after router chaos; reasons {back.last_reasons}")
     assert back.canary is None and back.stable.version == "1.0.0"
     assert "error rate" in " ".join(back.last_reasons)

@@ -7,7 +7,6 @@ started with FAIL_RATE=0.5 is denied on its router-measured error rate and rolle
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 
@@ -21,16 +20,11 @@ MANIFEST = {"services": {"command": SERVICE, "metrics": "router"}, "canary": CAN
 
 async def test_a_healthy_canary_without_metrics_goes_through_every_step_and_is_promoted(stack):
     assert (await stack.sd("deploy")).code == 0
-    load = LoadLoop(await stack.url(), rate=60)
-    runner = asyncio.create_task(load.run())
-    try:
+    async with LoadLoop(await stack.url(), rate=60) as load:
         assert (await stack.sd("promote", "canary")).code == 0
         done = await stack.phase("canary_complete", timeout=40)
         assert (await stack.sd("promote", "stable")).code == 0
         final = await stack.phase("stable", timeout=20)
-    finally:
-        load.stop()
-        await runner
     assert done.step == len(CANARY["steps"]) - 1
     assert final.canary is None and final.stable.version == "2.0.0"
     assert load.versions["2.0.0"] > 0 and load.failed == 0
@@ -38,9 +32,7 @@ async def test_a_healthy_canary_without_metrics_goes_through_every_step_and_is_p
 
 async def test_a_failing_canary_without_metrics_is_rolled_back_on_router_figures(stack):
     assert (await stack.sd("deploy")).code == 0
-    load = LoadLoop(await stack.url(), rate=60)
-    runner = asyncio.create_task(load.run())
-    try:
+    async with LoadLoop(await stack.url(), rate=60) as load:
         # The new version's manifest starts it with FAIL_RATE=0.5 (the same router port as before).
         nginx = stack.driver_manifest().nginx.model_dump()
         stack.manifest(services={"command": ["env", "FAIL_RATE=0.5", *SERVICE], "metrics": "router"}, nginx=nginx)
@@ -49,9 +41,6 @@ async def test_a_failing_canary_without_metrics_is_rolled_back_on_router_figures
         serving = time.monotonic()
         back = await stack.phase("stable", timeout=30)
         elapsed = time.monotonic() - serving
-    finally:
-        load.stop()
-        await runner
     print(f"rolled back {elapsed:.1f}s after the canary took traffic; reasons {back.last_reasons}")
     # The window's first figures (min_requests), then failure_limit denied analyses, one interval apart.
     bound = COLLECTOR["window"] + (CANARY["failure_limit"] + 1) * CANARY["interval"]
@@ -63,9 +52,7 @@ async def test_a_failing_canary_without_metrics_is_rolled_back_on_router_figures
 
 async def test_router_chaos_fails_a_canary_that_has_no_chaos_endpoint_and_it_is_rolled_back(stack):
     assert (await stack.sd("deploy")).code == 0
-    load = LoadLoop(await stack.url(), rate=60)
-    runner = asyncio.create_task(load.run())
-    try:
+    async with LoadLoop(await stack.url(), rate=60) as load:
         assert (await stack.sd("promote", "canary")).code == 0
         await stack.phase("canary_complete", timeout=40)  # healthy: it passes every step first
         injected = await stack.sd("chaos", "error", "--rate", "0.5", "--router")
@@ -75,9 +62,6 @@ async def test_router_chaos_fails_a_canary_that_has_no_chaos_endpoint_and_it_is_
         started = time.monotonic()
         back = await stack.phase("stable", timeout=30)
         elapsed = time.monotonic() - started
-    finally:
-        load.stop()
-        await runner
     print(f"rolled back {elapsed:.1f}s after router chaos; reasons {back.last_reasons}")
     assert back.canary is None and back.stable.version == "1.0.0"
     assert "error rate" in " ".join(back.last_reasons)

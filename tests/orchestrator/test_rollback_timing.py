@@ -26,18 +26,10 @@ MANIFEST = {
 
 async def test_error_chaos_rolls_back_within_failure_limit_plus_one_intervals(stack):
     assert (await stack.sd("deploy")).code == 0
-    load = LoadLoop(await stack.url(), rate=50)
-    runner = asyncio.create_task(load.run())
-    try:
+    async with LoadLoop(await stack.url(), rate=50):
         assert (await stack.sd("promote", "canary")).code == 0
         await stack.phase("canary_complete", timeout=20)
-        assert (await stack.sd("chaos", "error", "--rate", "0.9")).code == 0
-        injected = time.monotonic()
-        back = await stack.phase("stable", timeout=20)
-        elapsed = time.monotonic() - injected
-    finally:
-        load.stop()
-        await runner
+        back, elapsed = await stack.rolled_back_after("error", "--rate", "0.9")
     print(f"rolled back {elapsed:.2f}s after the chaos ({elapsed / INTERVAL:.2f} intervals)")
     assert elapsed <= (FAILURE_LIMIT + 1) * INTERVAL, f"rolled back after {elapsed:.2f}s"
     assert back.canary is None and back.stable.version == "1.0.0"
