@@ -376,6 +376,27 @@ def docker_login(registry: RegistryServer, user: str, password: str, config: Pat
     return config / "config.json"
 
 
+def credential_helper(folder: Path, name: str, known: dict[str, tuple[str, str]]) -> Path:
+    """A real `docker-credential-<name>` executable in `folder` speaking the credential helper
+    protocol: `get` reads a server URL on stdin and answers `{"ServerURL", "Username", "Secret"}`
+    for the `known` ones (server -> (user, secret)), else "credentials not found" with exit 1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / f"docker-credential-{name}"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"known = {known!r}\n"
+        "server = sys.stdin.read().strip()\n"
+        "if sys.argv[1:] != ['get'] or server not in known:\n"
+        "    print('credentials not found in native keychain')\n"
+        "    sys.exit(1)\n"
+        "user, secret = known[server]\n"
+        "print(json.dumps({'ServerURL': server, 'Username': user, 'Secret': secret}))\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
 @dataclass
 class PrometheusServer:
     """A real Prometheus scraping `targets` every second, with its own config and storage."""

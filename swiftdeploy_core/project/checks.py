@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from swiftdeploy_core.bus.retry import redis_errors
-from swiftdeploy_core.errors import BusError, ControlPlaneDown, ManifestError
+from swiftdeploy_core.errors import BusError, ConfigError, ControlPlaneDown, ManifestError
 from swiftdeploy_core.project.manifest import (
     LoadedManifest,
     Manifest,
@@ -303,9 +303,9 @@ async def _images_available(manifest: Manifest, config: Path) -> list[str]:
     from aiodocker.exceptions import DockerError
     from aiodocker.utils import compose_auth_header
 
-    from swiftdeploy_core.project.images import auth_for, load_auths, parse_reference, pull_error
+    from swiftdeploy_core.project.images import load_credentials, parse_reference, pull_error
 
-    auths = load_auths(config)
+    credentials = load_credentials(config)
     lines = []
     async with aiodocker.Docker() as docker:
         for image in _images(manifest):
@@ -320,7 +320,10 @@ async def _images_available(manifest: Manifest, config: Path) -> list[str]:
                 if manifest.images.pull is PullPolicy.never:
                     raise ImageProblem(f"{image} is not on this docker host and images.pull is `never`") from None
             ref = parse_reference(image)
-            auth = auth_for(ref.registry, auths)
+            try:
+                auth = await asyncio.to_thread(credentials.for_registry, ref.registry)
+            except ConfigError as exc:
+                raise ImageProblem(str(exc)) from None
             headers = {"X-Registry-Auth": compose_auth_header(auth, ref.registry)} if auth else {}
             try:
                 found = await docker._query_json(f"distribution/{image}/json", headers=headers)

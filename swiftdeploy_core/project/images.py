@@ -4,9 +4,11 @@ see them. Pure except for reading a Docker config file.
 A reference is `[registry/]repository[:tag][@sha256:digest]`, with Docker's rule for the first
 component: it names a registry when it holds a `.` or a `:` or is `localhost`; otherwise the image
 is on Docker Hub (`docker.io`, `library/` added to a one-part name). Credentials come from a Docker
-config file (`auths.<registry>.auth`, base64 `user:password`): the manifest's
-`images.credentials`, else `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. Credential
-helpers (`credsStore`, `credHelpers`) are not run.
+config file: the manifest's `images.credentials`, else `$DOCKER_CONFIG/config.json`, else
+`~/.docker/config.json`, read as the docker CLI reads it: the registry's `credHelpers` entry, else
+the `credsStore`, runs `docker-credential-<name> get` (the credential helper protocol: the server
+URL on stdin, `{"Username", "Secret"}` on stdout; a `<token>` user is an identity token); without
+either, `auths.<registry>.auth` (base64 `user:password`). Nothing a helper prints is kept.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ import base64
 import binascii
 import json
 import re
+import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from swiftdeploy_core.errors import ManifestError
+from swiftdeploy_core.errors import ConfigError, ManifestError
 
 DOCKER_HUB = "docker.io"
 HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io", "docker.io")
+HUB_SERVER_URL = "https://index.docker.io/v1/"  # what the docker CLI asks credential helpers for Hub
+HELPER_TIMEOUT = 10.0  # seconds for one `docker-credential-<name> get`
+IDENTITY_TOKEN_USER = "<token>"  # a helper's Username for an identity (OAuth refresh) token
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REFERENCE = re.compile(
     rf"^(?:(?P<registry>[A-Za-z0-9.-]+(?::[0-9]+)?)/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
@@ -76,22 +83,80 @@ def docker_config_file(credentials: Path | None, docker_config: str | None, home
     return home / ".docker" / "config.json"
 
 
-def load_auths(path: Path) -> dict[str, str]:
-    """`auths` of a Docker config file: registry host -> base64 `user:password`. A missing file
-    is no credentials; an unreadable or malformed one is a one-line ManifestError."""
+RegistryAuth = str | dict[str, str]  # base64 `user:password`, or aiodocker's auth mapping
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a Docker config file says about registry credentials (see the module's docstring)."""
+
+    path: Path
+    auths: Mapping[str, str] = field(default_factory=dict)  # registry host -> base64 `user:password`
+    helpers: Mapping[str, str] = field(default_factory=dict)  # credHelpers: registry host -> helper name
+    store: str | None = None  # credsStore: the helper for every registry without its own
+
+    def for_registry(self, registry: str) -> RegistryAuth | None:
+        """The credentials to present to `registry`, or None (anonymous). A helper that cannot
+        answer is a one-line ConfigError; one that has no credentials for it is anonymous."""
+        host = DOCKER_HUB if registry in HUB_KEYS else registry
+        helper = self.helpers.get(host) or self.store
+        if helper is None:
+            return self.auths.get(host)
+        return run_credential_helper(helper, HUB_SERVER_URL if host == DOCKER_HUB else host, self.path)
+
+
+def load_credentials(path: Path) -> Credentials:
+    """The credentials of a Docker config file. A missing file is no credentials; an unreadable or
+    malformed one is a one-line ManifestError."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return {}
+        return Credentials(path)
     except (OSError, ValueError) as exc:
         raise ManifestError(f"credentials file {path}: cannot be read as a Docker config ({exc})") from None
-    auths = data.get("auths") if isinstance(data, dict) else None
-    found: dict[str, str] = {}
-    for key, entry in (auths or {}).items():
+    if not isinstance(data, dict):
+        raise ManifestError(f"credentials file {path}: cannot be read as a Docker config (not an object)")
+    auths: dict[str, str] = {}
+    for key, entry in (data.get("auths") or {}).items():
         if isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]:
             _check_auth(path, key, entry["auth"])
-            found[_host(key)] = entry["auth"]
-    return found
+            auths[_host(key)] = entry["auth"]
+    helpers = {
+        _host(key): name for key, name in (data.get("credHelpers") or {}).items() if isinstance(name, str) and name
+    }
+    store = data.get("credsStore")
+    return Credentials(path, auths, helpers, store if isinstance(store, str) and store else None)
+
+
+def run_credential_helper(name: str, server_url: str, config: Path) -> RegistryAuth | None:
+    """`docker-credential-<name> get` for `server_url`: aiodocker's auth mapping, or None when the
+    helper has no credentials for it."""
+    binary = f"docker-credential-{name}"
+    where = f"credential helper {binary} for {server_url} (named in {config})"
+    try:
+        done = subprocess.run([binary, "get"], input=server_url, capture_output=True, text=True,
+                              timeout=HELPER_TIMEOUT, check=False)  # fmt: skip
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: not found on PATH; install it, or remove it from the config") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{where}: no answer within {HELPER_TIMEOUT:g}s") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot run it ({exc.strerror or exc})") from None
+    if done.returncode != 0:
+        said = " ".join((done.stdout or done.stderr).split())
+        if "credentials not found" in said.lower():
+            return None
+        raise ConfigError(f"{where}: exited with code {done.returncode} ({said[:200] or 'no output'})")
+    try:
+        answer = json.loads(done.stdout)
+        username, secret = answer["Username"], answer["Secret"]
+        if not isinstance(username, str) or not isinstance(secret, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{where}: its answer is not the helper protocol's {{Username, Secret}} JSON") from None
+    if username == IDENTITY_TOKEN_USER:
+        return {"identitytoken": secret}
+    return {"username": username, "password": secret}
 
 
 def _check_auth(path: Path, key: str, auth: str) -> None:
@@ -107,10 +172,6 @@ def _host(key: str) -> str:
     """`https://index.docker.io/v1/` -> `index.docker.io`; `127.0.0.1:5000` stays."""
     host = key.split("://", 1)[-1].split("/", 1)[0]
     return DOCKER_HUB if host in HUB_KEYS else host
-
-
-def auth_for(registry: str, auths: Mapping[str, str]) -> str | None:
-    return auths.get(DOCKER_HUB if registry in HUB_KEYS else registry)
 
 
 def pull_cause(message: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -20,14 +21,19 @@ import aiohttp
 import pytest
 import yaml
 
+from services.orchestrator.drivers.docker import DockerDriver
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event
+from swiftdeploy_core.errors import ImagePullError
+from swiftdeploy_core.project.images import load_credentials
+from swiftdeploy_core.project.manifest import PullPolicy
 from tests.orchestration import ServiceProcess, Stack, docker_sections, get_json, record, wait_ready, write_snapshot
 from tests.servers import (
     LEDGER,
     REPO_ROOT,
     RegistryServer,
     build_images,
+    credential_helper,
     docker_cli,
     docker_login,
     forget_image,
@@ -190,6 +196,38 @@ def test_validate_says_whether_each_image_is_present_or_pullable(
     pullable = f"✓ images present or pullable: {private} pullable from {auth_registry.host}"
     assert images_line(private, images={"credentials": str(config)}).startswith(pullable)
     assert images_line(private, env={"DOCKER_CONFIG": str(config.parent)}).startswith(pullable)
+
+
+async def test_a_credential_helper_named_in_the_docker_config_pulls_from_a_registry_with_basic_auth(
+    tmp_path: Path, auth_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+):
+    private = f"{auth_registry.host}/team/helped:1"
+    push_image(MANIFEST["nginx"]["image"], private, config=docker_login(auth_registry, "team", auth_registry.users["team"], tmp_path / "login").parent)  # fmt: skip
+    helpers = tmp_path / "bin"
+    credential_helper(helpers, "sdtest", {auth_registry.host: ("team", auth_registry.users["team"])})
+    credential_helper(helpers, "stale", {auth_registry.host: ("team", "an-old-password")})
+    monkeypatch.setenv("PATH", f"{helpers}:{os.environ['PATH']}")
+    config = tmp_path / "docker-config" / "config.json"
+    config.parent.mkdir()
+    pulled: list[Any] = []
+
+    async def progress(event: Any) -> None:
+        pulled.append(event)
+
+    driver = DockerDriver("credhelper", tmp_path / "state", docker_config=config)
+    try:
+        config.write_text(json.dumps({"credHelpers": {auth_registry.host: "stale"}}))
+        with pytest.raises(
+            ImagePullError, match=rf"cannot pull image '{private}' from {auth_registry.host}: unauthorized"
+        ):
+            await driver.ensure_image(private, PullPolicy.missing, load_credentials(config), progress)
+        config.write_text(json.dumps({"credHelpers": {auth_registry.host: "sdtest"}}))
+        digest = await driver.ensure_image(private, PullPolicy.missing, load_credentials(config), progress)
+    finally:
+        await driver.close()
+        forget_image(private)
+    assert digest.startswith(f"{auth_registry.host}/team/helped@sha256:")
+    assert auth_registry.users["team"] not in " ".join(map(repr, pulled))
 
 
 # --- a service that is not ours, on both runtimes ---------------------------------------------

@@ -7,6 +7,7 @@ reached from the host by their bridge IP; nginx reaches them by container name o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import tarfile
@@ -41,9 +42,10 @@ from swiftdeploy_core.bus.events import ImagePulled, ImagePulling
 from swiftdeploy_core.errors import ImagePullError, RuntimeDriverError, RuntimeUnavailable
 from swiftdeploy_core.project.images import (
     DOCKER_HUB,
-    auth_for,
+    Credentials,
+    RegistryAuth,
     docker_config_file,
-    load_auths,
+    load_credentials,
     parse_reference,
     pull_error,
 )
@@ -102,17 +104,18 @@ class DockerDriver(RuntimeDriver):
             await self.docker.version()
 
     async def ensure_images(self, manifest: Manifest, images: list[str], progress: Progress) -> dict[str, str | None]:
-        auths = load_auths(self.docker_config)
-        return {image: await self.ensure_image(image, manifest.images.pull, auths, progress) for image in images}
+        credentials = load_credentials(self.docker_config)
+        return {image: await self.ensure_image(image, manifest.images.pull, credentials, progress) for image in images}
 
-    async def ensure_image(self, image: str, policy: PullPolicy, auths: dict[str, str], progress: Progress) -> str:
+    async def ensure_image(self, image: str, policy: PullPolicy, credentials: Credentials, progress: Progress) -> str:
         """The image on this host per the pull policy; returns the digest that runs."""
         started = time.monotonic()
         with docker_errors(f"inspecting image {image!r}"):
             info = await self._image(image)
             pull = policy == PullPolicy.always or (info is None and policy == PullPolicy.missing)
             if pull:
-                await self._pull(image, auth_for(parse_reference(image).registry, auths), progress)
+                auth = await asyncio.to_thread(credentials.for_registry, parse_reference(image).registry)
+                await self._pull(image, auth, progress)
                 info = await self._image(image)
         if info is None:
             raise ImagePullError(
@@ -133,7 +136,7 @@ class DockerDriver(RuntimeDriver):
                 return None
             raise
 
-    async def _pull(self, image: str, auth: str | None, progress: Progress) -> None:
+    async def _pull(self, image: str, auth: RegistryAuth | None, progress: Progress) -> None:
         ref = parse_reference(image)
         name = (
             f"{DOCKER_HUB}/{image}"
