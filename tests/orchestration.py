@@ -201,6 +201,7 @@ class LoadLoop:
     statuses: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
+    injected: int = 0  # 500s the workload's error chaos answered on purpose
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -210,6 +211,11 @@ class LoadLoop:
     @property
     def failed(self) -> int:
         return len(self.errors) + sum(n for status, n in self.statuses.items() if status >= 500)
+
+    @property
+    def unplanned(self) -> int:
+        """Failures nobody injected: connection errors, 502/504s, 500s that are not error chaos's."""
+        return self.failed - self.injected
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(force_close=True, limit=200)
@@ -229,6 +235,8 @@ class LoadLoop:
         try:
             async with session.get(self.url) as response:
                 body = await response.json(content_type=None) if response.status == 200 else {}
+                if response.status == 500 and "injected by error chaos" in await response.text():
+                    self.injected += 1
                 self.statuses[response.status] += 1
                 self.versions[body.get("version")] += 1
         except Exception as exc:
