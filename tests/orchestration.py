@@ -202,6 +202,7 @@ class LoadLoop:
     errors: list[str] = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
     injected: int = 0  # 500s the workload's error chaos answered on purpose
+    failed_at: list[float] = field(default_factory=list)  # wall-clock ends of the unplanned failures
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -237,10 +238,13 @@ class LoadLoop:
                 body = await response.json(content_type=None) if response.status == 200 else {}
                 if response.status == 500 and "injected by error chaos" in await response.text():
                     self.injected += 1
+                elif response.status >= 500:
+                    self.failed_at.append(time.time())
                 self.statuses[response.status] += 1
                 self.versions[body.get("version")] += 1
         except Exception as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.failed_at.append(time.time())
 
     def stop(self) -> None:
         self._stop.set()

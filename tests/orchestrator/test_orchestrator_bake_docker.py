@@ -136,15 +136,20 @@ async def test_a_bad_stable_during_its_bake_goes_back_to_the_previous_digest_wit
         f"{load.unplanned - before} other failures from the bake on ({load.unplanned} in all); "
         f"versions {dict(load.versions)}; reasons {back.last_reasons}"
     )
+    [failed] = await events(stack, back.correlation_id, "bake.failed")
+    [done] = await events(stack, back.correlation_id, "rollback.completed")
+    reverting = [t for t in load.failed_at if failed.timestamp.timestamp() <= t <= done.timestamp.timestamp() + 1]
+    print(
+        f"bake.failed to rollback.completed: {(done.timestamp - failed.timestamp).total_seconds():.2f}s, "
+        f"{len(reverting)} failures in it (+1 s)"
+    )
     assert load.unplanned - before == 0, (load.statuses, load.errors[:5])
     assert load.injected > 0  # the bad stable did serve, and was judged on it
     assert (back.stable.version, back.stable.digest, back.bake) == ("1.0.0", first.digest, None)
     assert image_ids([i.name for i in back.stable.instances]) == {image_id(first.digest)}
     assert image_id(first.digest) != image_id(baking.stable.digest)  # not the baked image
     assert (await get_json(await stack.url()))["version"] == "1.0.0"
-    [failed] = await events(stack, back.correlation_id, "bake.failed")
     assert failed.payload.previous_version == "1.0.0" and "error rate" in " ".join(failed.payload.reasons)
-    [done] = await events(stack, back.correlation_id, "rollback.completed")
     assert (done.payload.automatic, done.payload.replaced, done.payload.digest) == (True, "2.0.0", first.digest)
     containers = {o.name for o in await stack.objects() if o.role == "instance"}
     assert containers == {i.name for i in back.stable.instances}  # the baked 2.0.0 is gone
