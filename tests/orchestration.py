@@ -202,6 +202,8 @@ class LoadLoop:
     statuses: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
+    injected: int = 0  # 500s the workload's error chaos answered on purpose
+    failed_at: list[float] = field(default_factory=list)  # wall-clock ends of the unplanned failures
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: asyncio.Task | None = field(default=None, repr=False)
 
@@ -223,6 +225,11 @@ class LoadLoop:
     def failed(self) -> int:
         return len(self.errors) + sum(n for status, n in self.statuses.items() if status >= 500)
 
+    @property
+    def unplanned(self) -> int:
+        """Failures nobody injected: connection errors, 502/504s, 500s that are not error chaos's."""
+        return self.failed - self.injected
+
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(force_close=True, limit=200)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -241,10 +248,15 @@ class LoadLoop:
         try:
             async with session.get(self.url) as response:
                 body = await response.json(content_type=None) if response.status == 200 else {}
+                if response.status == 500 and "injected by error chaos" in await response.text():
+                    self.injected += 1
+                elif response.status >= 500:
+                    self.failed_at.append(time.time())
                 self.statuses[response.status] += 1
                 self.versions[body.get("version")] += 1
         except Exception as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.failed_at.append(time.time())
 
     def stop(self) -> None:
         self._stop.set()

@@ -27,7 +27,7 @@ TIMELINE_TYPES = (
     "deploy.requested", "deploy.started", "deploy.step", "image.pulled", "deploy.blocked", "deploy.completed",
     "deploy.failed", "canary.requested", "canary.started", "canary.weight_changed",
     "canary.analysis", "canary.paused", "canary.resumed", "canary.replaced", "canary.completed", "promotion.requested", "promotion.blocked",
-    "promotion.completed", "rollback.requested", "rollback.completed", "mode.changed",
+    "promotion.completed", "bake.started", "bake.analysis", "bake.completed", "bake.failed", "rollback.requested", "rollback.completed", "mode.changed",
     "chaos.injected", "teardown.requested", "teardown.completed", "operation.failed",
     "command.rejected",
 )  # fmt: skip

@@ -37,7 +37,7 @@ from swiftdeploy_core.bus.events import (
 from swiftdeploy_core.errors import SwiftDeployError
 from swiftdeploy_core.project.host import INFRA_FIELDS, DataRoots, host_stats
 from swiftdeploy_core.project.service_env import ServiceEnv
-from swiftdeploy_core.project.state import Instance, Phase, TrackState
+from swiftdeploy_core.project.state import Instance, Phase, RolloutState, TrackState
 
 CANARY_PHASES = frozenset({Phase.canary_starting, Phase.progressing, Phase.canary_complete})
 BUSY_PHASES = CANARY_PHASES | {Phase.promoting, Phase.rolling_back}
@@ -91,13 +91,11 @@ class Deploy:
         r = self.rollout
         if r.record.phase in BUSY_PHASES:
             raise Refused(f"a canary is in progress ({r.record.phase.value}); run `promote stable` or `rollback` first")
+        refuse_while_baking(r.record)
         self.env = r.service_env()
         self.router_was_running = await r.driver.router_running()
         await r.driver.preflight(r.manifest, router_running=self.router_was_running)
-        stats = host_stats(await DATA_ROOTS.for_runtime(r.driver.name, Path(r.record.root)))
-        decision = await r.gate.decide("infra", stats.model_dump(include=INFRA_FIELDS)) or silent("infra")
-        if not decision.allow:
-            await r.emit(DeployBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
+        if not await infra_allows(r):
             return False
         digests = await r.driver.ensure_images(r.manifest, plans.images(r.manifest), r.emit)
         self.digest = digests.get(r.manifest.services.image)
@@ -143,7 +141,11 @@ class Deploy:
     async def complete(self) -> None:
         r = self.rollout
         assert self.track is not None
-        await r.save(phase=Phase.stable, stable=self.track, canary=None, step=-1, router_url=self.url, last_reasons=[])
+        release = plans.release_of(self.track, r.record.manifest)
+        await r.save(
+            phase=Phase.stable, stable=self.track, canary=None, step=-1, router_url=self.url, last_reasons=[],
+            releases=plans.remember(r.record.releases, release),
+        )  # fmt: skip
         names = [i.name for i in self.started]
         track = self.track
         done = DeployCompleted(
@@ -199,6 +201,7 @@ class StartCanary:
 
     def check(self) -> None:
         record = self.rollout.record
+        refuse_while_baking(record)
         if record.phase in BUSY_PHASES:
             running = record.canary.version if record.canary else "?"
             hint = (
@@ -313,10 +316,67 @@ class Rollback:
 
     async def run(self) -> None:
         r = self.rollout
+        if r.record.phase is Phase.baking and r.record.bake is not None:  # back to the version it replaced
+            await r.save(phase=Phase.reverting, reverting_to=r.record.bake.previous, last_reasons=[self.reason])
+            await phases.settle(r)
+            return
         if r.record.phase not in CANARY_PHASES | {Phase.rolling_back}:
             raise Refused("no canary is running to roll back")
         await r.save(phase=Phase.rolling_back, consecutive_failures=0, last_reasons=[self.reason])
         await phases.settle(r)
+
+
+@dataclass
+class RollbackTo:
+    """`rollback --to VERSION`: start an earlier recorded release as the stable track (its image
+    by digest, its settings), through the infra gate as a deploy is; refused before any effect
+    when the version is not recorded."""
+
+    rollout: Rollout
+    version: str
+    reason: str
+    correlation_id: str
+
+    async def run(self) -> None:
+        r = self.rollout
+        record = r.record
+        if record.phase not in (Phase.stable, Phase.baking) or record.stable is None:
+            raise Refused(f"rollback --to needs a stable track at rest (the rollout is {record.phase.value})")
+        target = plans.find_release(record.releases, self.version)
+        if target is None:
+            known = ", ".join(dict.fromkeys(x.version for x in record.releases)) or "none"
+            raise Refused(f"version {self.version} is not recorded for {record.project}; known versions: {known}")
+        if (target.version, target.settings) == (record.stable.version, record.stable.settings):
+            raise Refused(f"version {self.version} already serves")
+        if not await infra_allows(r):
+            return
+        await r.save(
+            phase=Phase.reverting, reverting_to=target, correlation_id=self.correlation_id,
+            last_reasons=[self.reason], automatic=False, consecutive_failures=0,
+        )  # fmt: skip
+        await phases.settle(r)
+
+
+def refuse_while_baking(record: RolloutState) -> None:
+    """A new deploy or canary waits for the bake (or a revert) to end."""
+    if record.phase is Phase.reverting:
+        raise Refused("an earlier version is being started again (reverting); try again when it serves")
+    if record.phase is Phase.baking and record.bake is not None:
+        bake = record.bake
+        raise Refused(
+            f"{bake.version} is baking until {bake.until:%H:%M:%S} UTC (canary.bake); wait for the bake to end, "
+            f"or `rollback` to {bake.previous.version}"
+        )
+
+
+async def infra_allows(r: Rollout) -> bool:
+    """The infra policy on this host's figures (the collector's own measure); a deny is
+    `deploy.blocked` and nothing is created."""
+    stats = host_stats(await DATA_ROOTS.for_runtime(r.driver.name, Path(r.record.root)))
+    decision = await r.gate.decide("infra", stats.model_dump(include=INFRA_FIELDS)) or silent("infra")
+    if not decision.allow:
+        await r.emit(DeployBlocked(reasons=decision.reasons, decision_id=decision.decision_id))
+    return decision.allow
 
 
 @dataclass

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from services.orchestrator import gates, plans
+from services.orchestrator.drivers.base import InstanceSpec
 from services.orchestrator.rollout import Decision, Rollout
 from swiftdeploy_core.bus.events import (
+    BakeAnalysis,
+    BakeCompleted,
+    BakeFailed,
+    BakeStarted,
     CanaryAnalysis,
     CanaryCompleted,
     CanaryPaused,
@@ -25,17 +31,18 @@ from swiftdeploy_core.bus.events import (
     RouterDriftRepaired,
 )
 from swiftdeploy_core.errors import SwiftDeployError
-from swiftdeploy_core.project.manifest import NoData
+from swiftdeploy_core.project import service_env as envs
+from swiftdeploy_core.project.manifest import Manifest, NoData, validate_manifest
 from swiftdeploy_core.project.router import served_split
-from swiftdeploy_core.project.state import Pause, Phase
+from swiftdeploy_core.project.state import Bake, Pause, Phase, Release
 
 Handler = Callable[[Rollout], Awaitable[None]]
 
-ANALYSED = frozenset({Phase.progressing, Phase.canary_complete})
+ANALYSED = frozenset({Phase.progressing, Phase.canary_complete, Phase.baking})
 # Phases whose router is read back each tick and put back when it drifted from the record.
 WATCHED = ANALYSED | {Phase.stable}
 # Phases a command passes through; finding one at start-up means a command was interrupted.
-TRANSITIONAL = frozenset({Phase.deploying, Phase.canary_starting, Phase.promoting, Phase.rolling_back})
+TRANSITIONAL = frozenset({Phase.deploying, Phase.canary_starting, Phase.promoting, Phase.rolling_back, Phase.reverting})
 
 
 async def advance(rollout: Rollout) -> Phase:
@@ -135,10 +142,15 @@ def _warming_up(rollout: Rollout) -> bool:
     record, manifest = rollout.record, rollout.manifest
     if record.step != 0 or record.stepped_at is None:
         return False
+    return datetime.now(UTC) - record.stepped_at < timedelta(seconds=warm_up(manifest))
+
+
+def warm_up(manifest: Manifest) -> float:
+    """Seconds before the collector can have figures for a track that just began to serve."""
     grace = manifest.canary.interval + 2 * manifest.collector.interval
     if manifest.services.metrics == "router":
         grace += manifest.collector.window
-    return datetime.now(UTC) - record.stepped_at < timedelta(seconds=grace)
+    return grace
 
 
 def no_traffic(interval: float) -> str:
@@ -248,9 +260,120 @@ async def on_promoting(rollout: Rollout) -> None:
     old = [i.name for i in record.instances()]
     await rollout.stop(old)
     previous = record.stable.version if record.stable else ""
-    await rollout.save(phase=Phase.stable, stable=new_stable, canary=None, step=-1, consecutive_failures=0, pause=None)
+    bake = bake_after(rollout, new_stable.version)
+    await rollout.save(
+        phase=Phase.baking if bake else Phase.stable, stable=new_stable, canary=None, step=-1, consecutive_failures=0,
+        pause=None, bake=bake, releases=plans.remember(record.releases, plans.release_of(new_stable, record.manifest, promoted=True)),
+    )  # fmt: skip
     await rollout.emit(PromotionCompleted(version=new_stable.version, previous_version=previous))
     await rollout.emit(ModeChanged(mode="stable", previous="canary", version=new_stable.version))
+    if bake is not None:
+        await rollout.emit(BakeStarted(version=bake.version, previous_version=bake.previous.version, until=bake.until))
+
+
+# --- the bake after a promotion, and going back to an earlier release ---------------------------
+
+
+def bake_after(rollout: Rollout, version: str) -> Bake | None:
+    """`canary.bake`: the watch a promotion starts, keeping the stable it replaces to go back to."""
+    seconds, previous = rollout.manifest.canary.bake, plans.release_serving(rollout.record)
+    if not seconds or previous is None:
+        return None
+    now = datetime.now(UTC)
+    return Bake(version=version, since=now, until=now + timedelta(seconds=seconds), previous=previous)
+
+
+async def on_baking(rollout: Rollout) -> None:
+    """Past the bake's end: done, the previous version's record dropped. Else judge the stable
+    track's window by the canary policy; failure_limit denials go back to the previous version."""
+    record = rollout.record
+    bake = record.bake
+    if bake is None or record.stable is None:
+        await rollout.save(phase=Phase.stable, bake=None)
+        return
+    if datetime.now(UTC) >= bake.until:
+        await rollout.save(phase=Phase.stable, bake=None, consecutive_failures=0)
+        await rollout.emit(BakeCompleted(version=bake.version, previous_version=bake.previous.version))
+        return
+    decision = await judge_stable(rollout, bake)
+    if decision is None:
+        return
+    failures = 0 if decision.allow else record.consecutive_failures + 1
+    await rollout.save(consecutive_failures=failures, last_reasons=decision.reasons)
+    await rollout.emit(
+        BakeAnalysis(
+            version=bake.version, allow=decision.allow, reasons=decision.reasons,
+            decision_id=decision.decision_id, consecutive_failures=failures,
+        )
+    )  # fmt: skip
+    if failures >= rollout.manifest.canary.failure_limit:
+        await rollout.save(phase=Phase.reverting, reverting_to=bake.previous, automatic=True)
+        await rollout.emit(
+            BakeFailed(version=bake.version, previous_version=bake.previous.version, reasons=decision.reasons)
+        )
+
+
+async def judge_stable(rollout: Rollout, bake: Bake) -> Decision | None:
+    """The canary policy on the stable track's latest snapshot, as a canary's is judged (no data
+    after the warm-up is a failed check under `no_data: fail`); None: nothing to decide on yet."""
+    record, canary = rollout.record, rollout.manifest.canary
+    snapshot = await rollout.store.snapshot(record.project, "stable")
+    data = plans.canary_input(snapshot, record.stable)
+    if data is not None:
+        decided = await rollout.gate.decide("canary", data)
+        if decided is not None:
+            await rollout.save(analysed_at=snapshot and snapshot.at)
+        return decided
+    warming = datetime.now(UTC) - bake.since < timedelta(seconds=warm_up(rollout.manifest))
+    if canary.no_data is NoData.hold or warming:
+        return None
+    return Decision(
+        allow=False, reasons=[f"no traffic reached the baking stable track in the last {canary.interval:g} s"]
+    )
+
+
+async def on_reverting(rollout: Rollout) -> None:
+    """Start the recorded release (its image by digest, its settings), move all traffic to it,
+    remove what served before. If it cannot start, what serves keeps serving."""
+    record = rollout.record
+    target = record.reverting_to
+    if target is None:
+        await rollout.save(phase=Phase.stable, bake=None)
+        return
+    try:
+        specs, settings = release_specs(rollout, target)
+        instances = await rollout.start(specs)
+    except SwiftDeployError as exc:
+        await rollout.save(phase=Phase.stable, bake=None, reverting_to=None, automatic=False)
+        await rollout.emit(OperationFailed(command="rollback", error=f"{target.version} did not start: {exc}"))
+        return
+    stable = plans.track_state(specs, instances, 100, target.digest, settings)
+    await rollout.route(record.model_copy(update={"stable": stable, "canary": None}))
+    await rollout.stop([i.name for i in record.instances()])
+    replaced = record.stable.version if record.stable else None
+    await rollout.save(
+        phase=Phase.stable, stable=stable, canary=None, step=-1, pause=None, consecutive_failures=0, bake=None,
+        reverting_to=None, automatic=False, releases=plans.remember(record.releases, target),
+    )  # fmt: skip
+    await rollout.emit(
+        RollbackCompleted(
+            version=stable.version, reasons=record.last_reasons, automatic=record.automatic, replaced=replaced,
+            digest=stable.digest,
+        )
+    )  # fmt: skip
+
+
+def release_specs(rollout: Rollout, release: Release) -> tuple[list[InstanceSpec], str]:
+    """The stable instances of an earlier release, from the manifest it was started from, and
+    their settings' fingerprint."""
+    record = rollout.record
+    manifest = validate_manifest(release.manifest or record.manifest)
+    env = envs.resolve(manifest, Path(record.root), rollout.environ, canary=release.promoted)
+    gen = plans.generation(f"{record.correlation_id}:revert:{release.version}:{release.at.isoformat()}")
+    specs = plans.track_specs(
+        manifest, "stable", gen, promoted=release.promoted, service_env=env, digest=release.digest
+    )
+    return specs, plans.settings_of(specs[0], env)
 
 
 # --- interrupted commands ----------------------------------------------------------------------
@@ -278,6 +401,8 @@ HANDLERS: dict[Phase, Handler] = {
     Phase.canary_complete: on_canary_complete,
     Phase.rolling_back: on_rolling_back,
     Phase.promoting: on_promoting,
+    Phase.baking: on_baking,
+    Phase.reverting: on_reverting,
     Phase.canary_starting: on_canary_starting,
     Phase.deploying: on_deploying,
 }

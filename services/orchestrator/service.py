@@ -42,7 +42,7 @@ from swiftdeploy_core.bus.retry import redis_errors
 from swiftdeploy_core.bus.worker import Context, ServiceSpec
 from swiftdeploy_core.errors import BusLost, OperationInProgress, RequestTimeout, SwiftDeployError
 from swiftdeploy_core.project.manifest import Manifest, validate_manifest
-from swiftdeploy_core.project.state import RolloutState
+from swiftdeploy_core.project.state import Phase, RolloutState
 from swiftdeploy_core.settings import Settings
 
 NAME = "orchestrator"
@@ -187,7 +187,13 @@ async def on_promotion(payload: PromotionRequested, event: Event, ctx: Context) 
 async def on_rollback(payload: RollbackRequested, event: Event, ctx: Context) -> None:
     project = await _project(payload.project, event, ctx, "rollback")
     if project:
-        await run_command(event, ctx, "rollback", project, lambda r: operations.Rollback(r, payload.reason).run())
+        to, reason = payload.to, payload.reason
+        await run_command(
+            event, ctx, "rollback", project,
+            lambda r: (
+                operations.RollbackTo(r, to, reason, event.correlation_id) if to else operations.Rollback(r, reason)
+            ).run(),
+        )  # fmt: skip
 
 
 async def on_teardown(payload: TeardownRequested, event: Event, ctx: Context) -> None:
@@ -254,7 +260,7 @@ async def _due(store: RecordStore, record: RolloutState) -> bool:
         return True
     if since < interval / 2:
         return False
-    snapshot = await store.snapshot(record.project, "canary")
+    snapshot = await store.snapshot(record.project, "stable" if record.phase is Phase.baking else "canary")
     return snapshot is not None and snapshot.at is not None and snapshot.at != record.analysed_at
 
 

@@ -63,7 +63,9 @@ def _analysis(entry: Entry) -> str:
 def _rollback(entry: Entry) -> str:
     how = "automatic" if entry.get("automatic") else "manual"
     reasons = f": {_reasons(entry)}" if entry.get("reasons") else ""
-    return f"back on {entry.get('version')} ({how}){reasons}"
+    runs = f" ({entry['digest']})" if entry.get("digest") else ""
+    replaced = f", {entry['replaced']} removed" if entry.get("replaced") else ""
+    return f"back on {entry.get('version')}{runs} ({how}{replaced}){reasons}"
 
 
 def _progress(entry: Entry) -> str:
@@ -116,6 +118,13 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
     "promotion.requested": lambda e: "promote the canary to stable",
     "promotion.blocked": _reasons,
     "promotion.completed": lambda e: f"{e.get('previous_version')} → {e.get('version')}",
+    "bake.started": lambda e: f"{e.get('version')} baking until {e.get('until')}, {e.get('previous_version')} kept",
+    "bake.analysis": lambda e: (
+        f"{e.get('version')}: "
+        + ("allow" if e.get("allow") else f"deny ({e.get('consecutive_failures')}): {_reasons(e)}")
+    ),
+    "bake.completed": lambda e: f"{e.get('version')} baked; {e.get('previous_version')}'s record dropped",
+    "bake.failed": lambda e: f"{e.get('version')} denied, back to {e.get('previous_version')}: {_reasons(e)}",
     "mode.changed": lambda e: f"{e.get('previous')} → {e.get('mode')} ({e.get('version')})",
     "teardown.requested": lambda e: f"{e.get('project')}",
     "teardown.completed": lambda e: f"removed {_count(e, 'removed', 'object')}",

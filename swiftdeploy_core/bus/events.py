@@ -235,20 +235,25 @@ class CanaryCompleted(Payload):
 
 
 class RollbackRequested(Payload):
-    """`swiftdeploy rollback`: abort the canary at whatever step it is."""
+    """`swiftdeploy rollback`: abort the canary at whatever step it is (during a bake: back to the
+    version it replaced); with `to`, start that earlier recorded version again."""
 
     type: Literal["rollback.requested"] = "rollback.requested"
     reason: str = "requested by operator"
     project: str | None = None  # None: the only deployed project
+    to: str | None = None  # `rollback --to VERSION`: start that earlier recorded version as stable
 
 
 class RollbackCompleted(Payload):
-    """All traffic is back on stable and the canary is gone."""
+    """All traffic is back on stable and the canary is gone; or, after a denied bake or
+    `rollback --to`, an earlier version serves again (`replaced` was removed, `digest` runs)."""
 
     type: Literal["rollback.completed"] = "rollback.completed"
     version: str
     reasons: list[str] = []
     automatic: bool = False
+    replaced: str | None = None  # the version that served before, when an earlier one was started again
+    digest: str | None = None  # the image that serves now, by digest (docker)
 
 
 class PromotionRequested(Payload):
@@ -272,6 +277,44 @@ class PromotionCompleted(Payload):
     type: Literal["promotion.completed"] = "promotion.completed"
     version: str
     previous_version: str
+
+
+class BakeStarted(Payload):
+    """`canary.bake`: the promoted stable is judged by the canary policy until `until`; a denial
+    (failure_limit) goes back to `previous_version`, whose record is kept until then."""
+
+    type: Literal["bake.started"] = "bake.started"
+    version: str
+    previous_version: str
+    until: datetime
+
+
+class BakeAnalysis(Payload):
+    """One judgement of the baking stable track (its own window, the canary policy)."""
+
+    type: Literal["bake.analysis"] = "bake.analysis"
+    version: str
+    allow: bool
+    reasons: list[str] = []
+    decision_id: str | None = None
+    consecutive_failures: int = 0
+
+
+class BakeCompleted(Payload):
+    """The bake ran out with no denial at failure_limit: the previous version's record is dropped."""
+
+    type: Literal["bake.completed"] = "bake.completed"
+    version: str
+    previous_version: str
+
+
+class BakeFailed(Payload):
+    """The baking stable was denied failure_limit times: it goes back to `previous_version`."""
+
+    type: Literal["bake.failed"] = "bake.failed"
+    version: str
+    previous_version: str
+    reasons: list[str] = []
 
 
 class ModeChanged(Payload):
@@ -627,6 +670,10 @@ AnyPayload = Annotated[
     | PromotionRequested
     | PromotionBlocked
     | PromotionCompleted
+    | BakeStarted
+    | BakeAnalysis
+    | BakeCompleted
+    | BakeFailed
     | ModeChanged
     | TeardownRequested
     | TeardownCompleted

@@ -107,6 +107,7 @@ class StatusView(BaseModel):
     chaos: str
     router_url: str | None = None
     step: str | None = None  # "2 of 5", with the pause and its deadline when waiting at one
+    bake: str | None = None  # "2.0.0 baking until 12:03:01 UTC (a denial goes back to 1.0.0)"
     tracks: list[TrackView]
     request_rate: float | None
     error_rate: float | None
@@ -175,6 +176,7 @@ def build_view(
         chaos=chaos or next((v.chaos for v in views if v.chaos != "none"), "none"),
         router_url=rollout.router_url if rollout else None,
         step=step_line(rollout),
+        bake=bake_line(rollout),
         tracks=views,
         request_rate=serving.request_rate if serving else None,
         error_rate=serving.error_rate if serving else None,
@@ -239,6 +241,14 @@ def step_line(rollout: RolloutState | None) -> str | None:
     return f"{line}, paused until {pause.until:%H:%M:%S} UTC"
 
 
+def bake_line(rollout: RolloutState | None) -> str | None:
+    """While the promoted stable bakes: its deadline and what a denial goes back to."""
+    bake = rollout.bake if rollout is not None else None
+    if bake is None:
+        return None
+    return f"{bake.version} baking until {bake.until:%H:%M:%S} UTC (a denial goes back to {bake.previous.version})"
+
+
 def _header(view: StatusView) -> Text:
     text = Text.assemble(("SwiftDeploy ", "bold"), (view.project, "bold cyan"), f" · phase {view.phase} · mode ")
     text.append(view.mode.upper(), style="bold magenta" if view.mode == "canary" else "bold green")
@@ -246,6 +256,8 @@ def _header(view: StatusView) -> Text:
     text.append(view.chaos, style="bold red" if view.chaos != "none" else "green")
     if view.step:
         text.append(f" · {view.step}")
+    if view.bake:
+        text.append(f" · {view.bake}")
     text.append(f" · checked {view.checked_at:%H:%M:%S} UTC", style="dim")
     return text
 

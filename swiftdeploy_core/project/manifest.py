@@ -286,6 +286,9 @@ class CanarySpec(_Section):
     no_data: NoData = NoData.fail
     # Seconds a step (not an open pause) may take before the rollout rolls back; None: no limit.
     progress_deadline: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+    # Seconds the promoted stable keeps being judged by the canary policy after `promote stable`;
+    # a denial (failure_limit) then goes back to the previous version. 0: no bake.
+    bake: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
 
     @field_validator("steps")
     @classmethod

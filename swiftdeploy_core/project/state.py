@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from swiftdeploy_core.bus.events import Track
 
+RELEASES_KEPT = 10  # how many earlier stable versions `rollback --to` can go back to
+
 
 class Phase(str, Enum):
     """Where a deployment is in its life."""
@@ -25,6 +27,8 @@ class Phase(str, Enum):
     progressing = "progressing"  # the canary serves a step's weight and is analysed each interval
     canary_complete = "canary_complete"  # the canary reached the last step; awaiting promote stable
     promoting = "promoting"  # the canary is becoming stable
+    baking = "baking"  # the promoted stable serves alone and is judged until `canary.bake` runs out
+    reverting = "reverting"  # an earlier release is starting to replace the stable track (bake denied, rollback --to)
     rolling_back = "rolling_back"  # traffic is returning to stable and the canary is being removed
     failed = "failed"  # an operation failed and was undone; stable (if any) still serves
 
@@ -63,6 +67,29 @@ class Pause(BaseModel):
     released: bool = False
 
 
+class Release(BaseModel):
+    """A version that served as the stable track, with what it takes to start it again: its image
+    by digest, its settings' fingerprint, and the manifest it was started from (its env, command,
+    secrets' sources — never a secret's value)."""
+
+    version: str
+    image: str
+    digest: str | None = None
+    settings: str = ""
+    manifest: dict[str, Any] = {}
+    promoted: bool = False  # it was started from that manifest's canary fields (a promotion)
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Bake(BaseModel):
+    """The watch after `promote stable`: until `until`, a denial goes back to `previous`."""
+
+    version: str
+    since: datetime  # when the promoted stable began to serve alone (its warm-up counts from it)
+    until: datetime
+    previous: Release
+
+
 class RolloutState(BaseModel):
     """Everything needed to continue, or roll back, after a restart."""
 
@@ -84,6 +111,9 @@ class RolloutState(BaseModel):
     # The command whose events the rollout's later ticks continue (so `promote canary --wait`
     # can follow its analysis and rollback); also seeds the names of the instances it starts.
     correlation_id: str | None = None
+    bake: Bake | None = None  # set while the promoted stable bakes (phase baking)
+    reverting_to: Release | None = None  # what phase reverting starts
+    releases: list[Release] = []  # the versions that served as stable, oldest first (bounded: RELEASES_KEPT)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

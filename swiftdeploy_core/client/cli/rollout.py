@@ -48,6 +48,7 @@ CANARY_WAIT_END = {"canary.completed": EXIT_OK, "rollback.completed": EXIT_DENIE
 CONTINUE_END = {"canary.resumed": EXIT_OK}
 PROMOTE_END = {"mode.changed": EXIT_OK, "promotion.blocked": EXIT_DENIED}
 ROLLBACK_END = {"rollback.completed": EXIT_OK}
+ROLLBACK_TO_END = {"rollback.completed": EXIT_OK, "deploy.blocked": EXIT_DENIED}
 TEARDOWN_END = {"teardown.completed": EXIT_OK}
 CHAOS_END = {"chaos.injected": EXIT_OK}
 
@@ -108,15 +109,19 @@ def promote_stable(manifest: ManifestOption = None, timeout: float = TimeoutOpti
 def rollback(
     manifest: ManifestOption = None,
     reason: str = typer.Option("requested by operator", "--reason", help="Recorded with the rollback."),
+    to: str | None = typer.Option(
+        None, "--to", metavar="VERSION", help="Start an earlier recorded version as stable (infra gate as deploy)."
+    ),
     timeout: float = TimeoutOption,
 ) -> None:
-    """Abort the canary: all traffic back to stable, canary removed.
+    """Abort the canary (all traffic back to stable, canary removed), end a bake on the version it
+    replaced, or with --to start an earlier recorded version again.
 
-    Example: swiftdeploy rollback --reason "latency looks off"
+    Examples: swiftdeploy rollback --reason "latency looks off"; swiftdeploy rollback --to 1.0.0
     """
     _send(
-        RollbackRequested(project=load_project(manifest).manifest.project, reason=reason),
-        ROLLBACK_END,
+        RollbackRequested(project=load_project(manifest).manifest.project, reason=reason, to=to),
+        ROLLBACK_TO_END if to else ROLLBACK_END,
         timeout,
         manifest,
     )
