@@ -73,6 +73,11 @@ class Decision:
     allow: bool
     reasons: list[str]
     decision_id: str | None = None
+    inconclusive: bool = False  # not allowed, not a failure: too few samples to judge (the policy's answer)
+
+    @property
+    def outcome(self) -> str:
+        return "allow" if self.allow else ("inconclusive" if self.inconclusive else "deny")
 
 
 class Gate(Protocol):

@@ -76,7 +76,9 @@ class BusGate:
         made = reply.payload
         if not isinstance(made, DecisionMade):  # `expect` lets only decision.made through
             return None
-        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)
+        return Decision(
+            allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id, inconclusive=made.inconclusive
+        )
 
 
 def emitter(

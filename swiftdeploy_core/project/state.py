@@ -77,6 +77,10 @@ class RolloutState(BaseModel):
     stepped_at: datetime | None = None  # when `step` was reached: the progress deadline counts from it
     pause: Pause | None = None  # set while the rollout waits at a pause step
     consecutive_failures: int = 0
+    # The last analysis's outcome (`allow`, `deny`, `inconclusive`) and how many of this canary's
+    # analyses were inconclusive (too few samples: the rollout held at its step, no failure counted).
+    last_outcome: str | None = None
+    inconclusive_checks: int = 0
     automatic: bool = False  # the rollback under way was decided by the rollout itself (not an operator)
     analysed_at: datetime | None = None  # the `at` of the last canary snapshot analysed
     last_reasons: list[str] = []
