@@ -100,7 +100,9 @@ def verdict(domain: str, document: Any) -> Verdict:
         return Verdict.deny(f"policy result malformed: {where}.deny is not a list of strings")
     inconclusive = document.get("inconclusive", False)  # a policy without the rule is never inconclusive
     if not isinstance(inconclusive, bool):
-        return Verdict.deny(f"policy result malformed: {where}.inconclusive is not a boolean (got {_kind(inconclusive)})")
+        return Verdict.deny(
+            f"policy result malformed: {where}.inconclusive is not a boolean (got {_kind(inconclusive)})"
+        )
     if allow and not deny:
         if inconclusive:
             return Verdict.deny(f"policy result malformed: {where} both allows and is inconclusive")
