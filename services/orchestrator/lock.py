@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,11 @@ log = logging.getLogger("swiftdeploy.orchestrator.lock")
 DEFAULT_LEASE = 30.0
 POLL = 0.05
 
+# Take the lock (SET NX PX) and, only if taken, the next fencing number, in one step: a number is
+# never handed to a holder that did not get the lock, and a later holder always gets a larger one.
+_ACQUIRE = (
+    "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('incr', KEYS[2]) end return 0"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 # SET KEYS[2] to ARGV[2] only while the lock KEYS[1] still holds the lease's value ARGV[1].
@@ -49,6 +55,13 @@ class Lease:
     owner: str
     since: datetime
     token: str
+    fence: int = 0  # the fencing number: larger for every later lease on the project
+    # time.monotonic() just before the request that took the lock: Redis started the TTL no earlier
+    taken_at: float = dataclasses.field(default=0.0, compare=False)
+
+    def stamp(self) -> str:
+        """`17 promote-canary orch-a`: who holds which fencing number (written beside effects)."""
+        return f"{self.fence} {self.operation} {self.owner}"
 
     def value(self) -> str:
         return json.dumps(
@@ -69,7 +82,9 @@ class Fence:
     def __init__(self, lease: Lease, seconds: float) -> None:
         self.lease = lease
         self.seconds = seconds
-        self.valid_until = time.monotonic() + seconds  # the lease cannot have outlived this
+        # The lease cannot have outlived this: counted from before the request that took it (Redis
+        # starts the TTL when it serves it, which is no earlier), never from when the reply came.
+        self.valid_until = (lease.taken_at or time.monotonic()) + seconds
         self.lost_reason: str | None = None
 
     @property
@@ -88,7 +103,7 @@ class Fence:
             self.lose(f"it could not be renewed for {self.seconds:g} s")
         if self.lost_reason is not None:
             raise LeaseLost(
-                f"the lease on {self.lease.project} was lost ({self.lost_reason}); "
+                f"the lease on {self.lease.project} (fence {self.lease.fence}) was lost ({self.lost_reason}); "
                 f"{self.lease.operation} stopped before its next step"
             )
 
@@ -114,9 +129,12 @@ async def acquire(
     """Take the project's lock, waiting up to `wait` seconds; OperationInProgress if it stays held."""
     mine = Lease(project, operation, owner, datetime.now(UTC), uuid.uuid4().hex)
     deadline = time.monotonic() + wait
+    keys = (streams.lock_key(project), streams.fence_key(project))
     while True:
-        if await redis.set(streams.lock_key(project), mine.value(), nx=True, px=int(lease * 1000)):
-            return mine
+        asked = time.monotonic()
+        taken = await redis.eval(_ACQUIRE, 2, *keys, mine.value(), int(lease * 1000))
+        if taken:
+            return dataclasses.replace(mine, fence=int(taken), taken_at=asked)
         holder = await redis.get(streams.lock_key(project))
         if holder and _holder_died(holder):
             await redis.eval(_RELEASE, 1, streams.lock_key(project), holder)

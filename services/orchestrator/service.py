@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from services.orchestrator import lock, operations, phases, plans
+from services.orchestrator import fencing, lock, operations, phases, plans
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.rollout import Decision, RecordStore, Rollout
 from swiftdeploy_core.bus import streams
@@ -117,6 +117,8 @@ async def open_rollout(
     gate = BusGate(ctx, ctx.settings.request_timeout)
     validated = validate_manifest(record.manifest)
     driver = make_driver(validated, record.root, record.runtime, docker_config=ctx.settings.docker_config)
+    if fence is not None:
+        driver = fencing.fence_driver(driver, fence, ctx.bus.redis)
     rollout = Rollout(record, driver, store, gate, emit, environ=DEPLOY_ENVIRON, _manifest=validated, fence=fence)
     if stored is None:  # Redis lost the record (the command brought its manifest): the runtime's labels say the rest
         rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
@@ -135,7 +137,9 @@ async def run_command(
     """Lock, open, run, close; every refusal or failure becomes one event the client shows."""
     emit = emitter(ctx, event)
     try:
-        async with lock.holding(ctx.bus.redis, project, command, ctx.source.instance, wait=LOCK_WAIT) as fence:
+        async with lock.holding(
+            ctx.bus.redis, project, command, ctx.source.instance, wait=LOCK_WAIT, lease=ctx.settings.operation_lease
+        ) as fence:
             rollout = await open_rollout(ctx, project, emit, manifest, root, fence)
             try:
                 await operation(rollout)
@@ -262,7 +266,8 @@ async def _due(store: RecordStore, record: RolloutState) -> bool:
 
 async def tick(ctx: Context, project: str) -> None:
     """One analysis tick under the lock (skipped when a command holds it)."""
-    async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance) as fence:
+    lease = ctx.settings.operation_lease
+    async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance, lease=lease) as fence:
         record = await RecordStore(ctx.bus.redis).load(project)
         if record is None or record.phase not in phases.WATCHED:
             return
@@ -283,7 +288,8 @@ async def recover_all(ctx: Context) -> None:
     store = RecordStore(ctx.bus.redis)
     for project in await store.projects():
         try:
-            async with lock.holding(ctx.bus.redis, project, "recover", ctx.source.instance) as fence:
+            lease = ctx.settings.operation_lease
+            async with lock.holding(ctx.bus.redis, project, "recover", ctx.source.instance, lease=lease) as fence:
                 record = await store.load(project)
                 if record is None or not record.manifest:
                     continue

@@ -88,6 +88,7 @@ class RolloutState(BaseModel):
     # The command whose events the rollout's later ticks continue (so `promote canary --wait`
     # can follow its analysis and rollback); also seeds the names of the instances it starts.
     correlation_id: str | None = None
+    fence: int | None = None  # the fencing number of the operation that wrote this record (lock.Lease.fence)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
