@@ -42,8 +42,12 @@ _ACQUIRE = (
 )
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-# SET KEYS[2] to ARGV[2] only while the lock KEYS[1] still holds the lease's value ARGV[1].
-_FENCED_SET = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0"
+# SET KEYS[2] to ARGV[2] only while the lock KEYS[1] still holds the lease's value ARGV[1]: 1 when
+# written, 0 when another lease holds the lock, -1 when no lease does (ours ran out).
+_FENCED_SET = (
+    "local held = redis.call('get', KEYS[1]) if held == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) return 1 end"
+    " if held then return 0 end return -1"
+)
 RENEW_SHARE = 1 / 3  # renew every third of the lease
 KEEPER_STOP_S = 1.0  # how long the end of an operation waits for its renewal task to stop
 
@@ -110,15 +114,17 @@ class Fence:
     async def fenced_set(self, redis: aioredis.Redis, key: str, value: str) -> None:
         """SET `key` only while the lock holds this lease; LeaseLost (and nothing written) if not."""
         self.check()
-        if not await redis.eval(_FENCED_SET, 2, streams.lock_key(self.lease.project), key, self.lease.value(), value):
-            self.lose("another holder has it")
+        written = await redis.eval(_FENCED_SET, 2, streams.lock_key(self.lease.project), key, self.lease.value(), value)
+        if written != 1:
+            self.lose("another holder has it" if written == 0 else "it ran out in Redis")
             self.check()
 
     async def verify(self, redis: aioredis.Redis) -> None:
         """Before an effect outside Redis (the router, the runtime): the lock still holds this lease."""
         self.check()
-        if await redis.get(streams.lock_key(self.lease.project)) != self.lease.value().encode():
-            self.lose("another holder has it")
+        held = await redis.get(streams.lock_key(self.lease.project))
+        if held != self.lease.value().encode():
+            self.lose("another holder has it" if held else "it ran out in Redis")
             self.check()
 
 
