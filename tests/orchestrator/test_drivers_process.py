@@ -51,12 +51,18 @@ async def versions(url: str, n: int, headers: dict | None = None) -> Counter:
         return seen
 
 
-async def test_instances_serve_behind_nginx_and_a_reload_moves_the_split(project):
-    manifest, driver = project
+async def both_tracks(manifest, driver) -> tuple[list, list]:
+    """One healthy stable and one healthy canary instance."""
     stable = [await driver.start_instance(s) for s in plans.track_specs(manifest, "stable", "s1")]
     canary = [await driver.start_instance(s) for s in plans.track_specs(manifest, "canary", "c1")]
     for i in stable + canary:
         await driver.wait_healthy(i, 20)
+    return stable, canary
+
+
+async def test_instances_serve_behind_nginx_and_a_reload_moves_the_split(project):
+    manifest, driver = project
+    stable, canary = await both_tracks(manifest, driver)
     url = await driver.apply_router(manifest, stable, [], 0)
     assert await versions(url, 10) == Counter({"1.0.0": 10})
     await driver.apply_router(manifest, stable, canary, 100)
@@ -68,10 +74,7 @@ async def test_instances_serve_behind_nginx_and_a_reload_moves_the_split(project
 
 async def test_a_router_change_never_replaces_one_stamped_by_a_newer_lease(project):
     manifest, driver = project
-    stable = [await driver.start_instance(s) for s in plans.track_specs(manifest, "stable", "s1")]
-    canary = [await driver.start_instance(s) for s in plans.track_specs(manifest, "canary", "c1")]
-    for i in stable + canary:
-        await driver.wait_healthy(i, 20)
+    stable, canary = await both_tracks(manifest, driver)
     older, newer = (make_driver(manifest, driver.root) for _ in range(2))  # two replicas' drivers
     older.fence_stamp, newer.fence_stamp = "5 canary-analysis orch-a", "7 rollback orch-b"
     url = await older.apply_router(manifest, stable, canary, 25)
