@@ -5,6 +5,9 @@ anything, a router change, a teardown) first check that the lock still holds the
 lease (`Fence.verify`): a replica that lost its lease stops with `LeaseLost` before its next
 effect, whichever code path asks for it. Reads (list, logs, router_config) are left alone.
 
+A lease whose number does not exceed the one on the router's config (Redis lost its counter, as a
+restart without persistence does) takes a number above it first (`Fence.renumber_past`).
+
 A router change also carries the lease's fencing number (`Lease.stamp()`, a larger number for
 each later lease on the project) as the first line of the nginx.conf it writes:
 `# swiftdeploy fence 17 canary-analysis orch-a`. A driver that writes the file itself (the process
@@ -26,7 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.orchestrator.drivers.base import RuntimeDriver
+from services.orchestrator.drivers.base import RuntimeDriver, read_text
 from services.orchestrator.lock import Fence
 from swiftdeploy_core.errors import LeaseLost
 
@@ -37,8 +40,15 @@ _STAMP = re.compile(r"\A# swiftdeploy fence (\d+)[^\n]*\n")
 LOCK_POLL = 0.01
 
 
-def fence_driver(driver: RuntimeDriver, fence: Fence, redis: aioredis.Redis) -> RuntimeDriver:
-    """`driver` with every effect method checking `fence` first, and router changes stamped."""
+async def fence_driver(driver: RuntimeDriver, fence: Fence, redis: aioredis.Redis) -> RuntimeDriver:
+    """`driver` with every effect method checking `fence` first, and router changes stamped.
+
+    When the router's config carries a number this lease's does not exceed, Redis lost the
+    counter (a restart without persistence; a newer lease would have replaced this one's lock):
+    the lease takes a number above it, so the router is not refused to every later operation."""
+    left = fence_number(read_text(driver.nginx_conf))
+    if left is not None and left >= fence.lease.fence:
+        await fence.renumber_past(redis, left)
     driver.fence_stamp = fence.lease.stamp()
     for name in EFFECTS:
         setattr(driver, name, _checked(getattr(driver, name), fence, redis))

@@ -48,6 +48,13 @@ _FENCED_SET = (
     "local held = redis.call('get', KEYS[1]) if held == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) return 1 end"
     " if held then return 0 end return -1"
 )
+# While the lock KEYS[1] holds ARGV[1]: the fencing counter KEYS[2] moved past ARGV[2] (at least), and
+# the holder's new number returned; 0 when the lock is not the holder's.
+_RENUMBER = (
+    "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end"
+    " local n = math.max(tonumber(redis.call('get', KEYS[2]) or '0'), tonumber(ARGV[2])) + 1"
+    " redis.call('set', KEYS[2], n) return n"
+)
 RENEW_SHARE = 1 / 3  # renew every third of the lease
 KEEPER_STOP_S = 1.0  # how long the end of an operation waits for its renewal task to stop
 
@@ -118,6 +125,17 @@ class Fence:
         if written != 1:
             self.lose("another holder has it" if written == 0 else "it ran out in Redis")
             self.check()
+
+    async def renumber_past(self, redis: aioredis.Redis, floor: int) -> None:
+        """Take a fencing number above `floor` (a number left on a resource by a lease from before
+        Redis lost its counter), while the lock still holds this lease; LeaseLost if it does not."""
+        self.check()
+        keys = (streams.lock_key(self.lease.project), streams.fence_key(self.lease.project))
+        number = int(await redis.eval(_RENUMBER, 2, *keys, self.lease.value(), floor))
+        if not number:
+            self.lose("another holder has it")
+            self.check()
+        self.lease = dataclasses.replace(self.lease, fence=number)
 
     async def verify(self, redis: aioredis.Redis) -> None:
         """Before an effect outside Redis (the router, the runtime): the lock still holds this lease."""

@@ -118,7 +118,7 @@ async def open_rollout(
     validated = validate_manifest(record.manifest)
     driver = make_driver(validated, record.root, record.runtime, docker_config=ctx.settings.docker_config)
     if fence is not None:
-        driver = fencing.fence_driver(driver, fence, ctx.bus.redis)
+        driver = await fencing.fence_driver(driver, fence, ctx.bus.redis)
     rollout = Rollout(record, driver, store, gate, emit, environ=DEPLOY_ENVIRON, _manifest=validated, fence=fence)
     if stored is None:  # Redis lost the record (the command brought its manifest): the runtime's labels say the rest
         rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
