@@ -4,6 +4,7 @@
 # Thresholds: data.thresholds (data.json). Each reason states the observed value and the
 # threshold. A missing or malformed input field, or a broken threshold, is itself a reason, and
 # so is a canary that served too little traffic: a canary that served nothing has proven nothing.
+# Some traffic but too little, and nothing else wrong, is also `inconclusive` (see below).
 #
 # Most canaries are healthy, so each rule is written to fail as early as it can on a healthy one:
 # a rule body is a conjunction, so the order of its tests changes what it costs, never the answer.
@@ -19,6 +20,22 @@ import data.lib
 default allow := false
 
 allow if count(deny) == 0
+
+# Inconclusive: the canary served some traffic, but less than min_requests, and nothing else is
+# wrong. It is neither allowed (the too-little-traffic reason stays in deny, so a reader of allow
+# and deny alone still holds) nor a failure: the rollout holds at its step and asks again. Any
+# other reason (an error rate above the maximum, a missing field, a broken threshold) denies.
+# Written with no negation and presence tested on defined values: undefined input makes the body
+# fail in OPA and regopy alike, and the default answers.
+default inconclusive := false
+
+inconclusive if {
+	input.requests > 0
+	input.requests < data.thresholds.min_requests
+	count(deny) == 1
+	is_number(input.requests)
+	is_number(data.thresholds.min_requests)
+}
 
 deny contains msg if {
 	some name in ["error_rate", "p99_latency_ms", "requests"]

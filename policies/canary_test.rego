@@ -32,6 +32,28 @@ test_too_little_traffic_is_denied if {
 	canary.deny == {"only 19 requests in the window, below the minimum of 20: too little traffic to judge the canary"} with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 19 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }
 
+test_some_traffic_but_too_little_is_inconclusive_and_still_not_allowed if {
+	canary.inconclusive with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 7.77 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+	not canary.allow with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 7.77 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}
+
+test_enough_traffic_is_never_inconclusive if {
+	not canary.inconclusive with input.error_rate as 0 with input.p99_latency_ms as 100 with input.requests as 20 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}
+
+test_zero_traffic_is_not_inconclusive if {
+	not canary.inconclusive with input.error_rate as 0 with input.p99_latency_ms as 0 with input.requests as 0 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}
+
+test_too_little_traffic_with_another_reason_denies if {
+	not canary.inconclusive with input.error_rate as 0.5 with input.p99_latency_ms as 100 with input.requests as 4 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+	not canary.inconclusive with input.error_rate as 0 with input.requests as 4 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
+}
+
+test_no_input_is_not_inconclusive if {
+	not canary.inconclusive
+}
+
 test_zero_traffic_proves_nothing if {
 	not canary.allow with input.error_rate as 0 with input.p99_latency_ms as 0 with input.requests as 0 with data.thresholds as {"disk_free_gb": 10, "cpu_load": 2.0, "error_rate": 0.01, "p99_latency_ms": 500, "min_requests": 20}
 }

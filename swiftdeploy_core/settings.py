@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_deliveries: int = 5  # after this many failed tries an entry is dead-lettered
     shutdown_grace: float = 4.0  # the whole budget from a stop request to exit, in-flight work included
     request_timeout: float = 10.0
+    # How long an orchestrator's lease on a project lasts without a renewal (renewed every third):
+    # a replica that lost Redis for longer stops its operation before the next effect.
+    operation_lease: float = 30.0
     # Set by the control plane for the gatekeeper when it runs OPA itself (policy.opa: process or
     # container): where that OPA listens (unix:///... or http://<bridge ip>:8181), and that it is
     # managed (a drift is reloaded, not only reported).

@@ -48,10 +48,11 @@ class PolicyCount:
     policy: str
     allowed: int
     denied: int
+    inconclusive: int = 0  # neither allowed nor denied: too few samples to judge
 
     @property
     def total(self) -> int:
-        return self.allowed + self.denied
+        return self.allowed + self.denied + self.inconclusive
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,9 @@ def summary_counts(entries: list[Entry]) -> dict[str, int]:
         "canaries started": kinds["canary.started"],
         "promotions": kinds["promotion.completed"],
         "promotions blocked": kinds["promotion.blocked"],
+        "canary analyses inconclusive": sum(
+            1 for e in entries if e.get("type") == "canary.analysis" and e.get("inconclusive")
+        ),
         "rollbacks (automatic)": sum(1 for e in rollbacks if e.get("automatic")),
         "rollbacks (manual)": sum(1 for e in rollbacks if not e.get("automatic")),
         "mode changes": kinds["mode.changed"],
@@ -160,7 +164,9 @@ def policy_violations(entries: list[Entry], status_ids: set[Any]) -> list[Row]:
             key = entry.get("event_id", "")
             rows[key] = Row(entry["timestamp"], f"gate:{entry.get('on')}", str(entry.get("reason")), str(key))
             continue
-        denied = kind == "policy.violation" or (kind == "decision.made" and entry.get("allow") is False)
+        denied = kind == "policy.violation" or (
+            kind == "decision.made" and entry.get("allow") is False and not entry.get("inconclusive")
+        )
         if not denied or entry.get("correlation_id") in status_ids:
             continue
         key = entry.get("decision_id") or entry.get("event_id", "")
@@ -174,9 +180,12 @@ def policy_violations(entries: list[Entry], status_ids: set[Any]) -> list[Row]:
 def policy_counts(decisions: list[Entry]) -> list[PolicyCount]:
     allowed: Counter[str] = Counter()
     denied: Counter[str] = Counter()
+    inconclusive: Counter[str] = Counter()
     for entry in decisions:
-        (allowed if entry.get("allow") else denied)[str(entry.get("domain"))] += 1
-    return [PolicyCount(p, allowed[p], denied[p]) for p in sorted(set(allowed) | set(denied))]
+        outcome = allowed if entry.get("allow") else (inconclusive if entry.get("inconclusive") else denied)
+        outcome[str(entry.get("domain"))] += 1
+    names = sorted(set(allowed) | set(denied) | set(inconclusive))
+    return [PolicyCount(p, allowed[p], denied[p], inconclusive[p]) for p in names]
 
 
 def policy_revisions(decisions: list[Entry]) -> list[Revision]:

@@ -2,7 +2,8 @@
 
 Pure functions, shared by both engines so that their answers agree: the domain and input checks
 made before asking, and the reading of the answer (`allow` must be a boolean, `deny` a list of
-strings). Anything unexpected denies with a reason that says which check failed.
+strings, `inconclusive` a boolean when present: not allowed, and not a failure either). Anything
+unexpected denies with a reason that says which check failed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Verdict:
     reasons: tuple[str, ...] = ()
     revision: str = field(default="", compare=False)
     drift: str = field(default="", compare=False)
+    # Not allowed, and no failure either: the policy saw too little to judge (its `inconclusive`).
+    inconclusive: bool = False
 
     @classmethod
     def deny(cls, *reasons: str) -> Verdict:
@@ -81,7 +84,7 @@ def engine_input(input: dict[str, Any]) -> dict[str, Any]:
 
 
 def verdict(domain: str, document: Any) -> Verdict:
-    """Read the document at `data.<domain>`: {"allow": bool, "deny": [reason, ...]}."""
+    """Read the document at `data.<domain>`: {"allow": bool, "deny": [reason, ...], "inconclusive": bool}."""
     where = f"data.{domain}"
     if document is UNDEFINED:
         return Verdict.deny(f"policy undefined: {where} has no result")
@@ -95,11 +98,19 @@ def verdict(domain: str, document: Any) -> Verdict:
     deny = document.get("deny", [])
     if not isinstance(deny, list) or not all(isinstance(reason, str) for reason in deny):
         return Verdict.deny(f"policy result malformed: {where}.deny is not a list of strings")
+    inconclusive = document.get("inconclusive", False)  # a policy without the rule is never inconclusive
+    if not isinstance(inconclusive, bool):
+        return Verdict.deny(
+            f"policy result malformed: {where}.inconclusive is not a boolean (got {_kind(inconclusive)})"
+        )
     if allow and not deny:
+        if inconclusive:
+            return Verdict.deny(f"policy result malformed: {where} both allows and is inconclusive")
         return Verdict(True, ())
     if not deny:
         return Verdict.deny(f"policy {where} denied without giving a reason")
-    return Verdict.deny(*deny)  # an allow that still lists reasons is treated as a deny
+    # An allow that still lists reasons is treated as a deny, and never as inconclusive.
+    return Verdict(False, tuple(sorted(deny)), inconclusive=inconclusive and not allow)
 
 
 def _kind(value: Any) -> str:

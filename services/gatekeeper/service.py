@@ -91,6 +91,7 @@ class Gatekeeper:
             policy_revision=verdict.revision,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             policy_drift=verdict.drift or None,
+            inconclusive=verdict.inconclusive,
         )
 
     async def check_schema(self, domain: str, input: object) -> Verdict | None:
@@ -116,7 +117,7 @@ class Gatekeeper:
         made = await self.decide(request, event.id)
         self._keep(made.policy_revision)
         ctx.emit_on_commit(made, cause=event)
-        if not made.allow:
+        if not made.allow and not made.inconclusive:  # too little to judge is no violation
             violation = PolicyViolation(
                 domain=made.domain, reasons=made.reasons, input=made.input, decision_id=made.decision_id
             )
@@ -124,7 +125,7 @@ class Gatekeeper:
         log.log(
             logging.DEBUG if made.allow else logging.INFO,  # every decision is on record as an event
             "decision %s %s %s in %.2f ms (engine %s, revision %s)%s",
-            made.decision_id[:12], made.domain, "ALLOW" if made.allow else "DENY", made.duration_ms,
+            made.decision_id[:12], made.domain, made.outcome.upper(), made.duration_ms,
             made.engine, made.policy_revision, "" if made.allow else ": " + "; ".join(made.reasons),
         )  # fmt: skip
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,10 +35,26 @@ log = logging.getLogger("swiftdeploy.orchestrator.lock")
 DEFAULT_LEASE = 30.0
 POLL = 0.05
 
+# Take the lock (SET NX PX) and, only if taken, the next fencing number, in one step: a number is
+# never handed to a holder that did not get the lock, and a later holder always gets a larger one.
+_ACQUIRE = (
+    "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('incr', KEYS[2]) end return 0"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-# SET KEYS[2] to ARGV[2] only while the lock KEYS[1] still holds the lease's value ARGV[1].
-_FENCED_SET = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) return 1 end return 0"
+# SET KEYS[2] to ARGV[2] only while the lock KEYS[1] still holds the lease's value ARGV[1]: 1 when
+# written, 0 when another lease holds the lock, -1 when no lease does (ours ran out).
+_FENCED_SET = (
+    "local held = redis.call('get', KEYS[1]) if held == ARGV[1] then redis.call('set', KEYS[2], ARGV[2]) return 1 end"
+    " if held then return 0 end return -1"
+)
+# While the lock KEYS[1] holds ARGV[1]: the fencing counter KEYS[2] moved past ARGV[2] (at least), and
+# the holder's new number returned; 0 when the lock is not the holder's.
+_RENUMBER = (
+    "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end"
+    " local n = math.max(tonumber(redis.call('get', KEYS[2]) or '0'), tonumber(ARGV[2])) + 1"
+    " redis.call('set', KEYS[2], n) return n"
+)
 RENEW_SHARE = 1 / 3  # renew every third of the lease
 KEEPER_STOP_S = 1.0  # how long the end of an operation waits for its renewal task to stop
 
@@ -49,6 +66,13 @@ class Lease:
     owner: str
     since: datetime
     token: str
+    fence: int = 0  # the fencing number: larger for every later lease on the project
+    # time.monotonic() just before the request that took the lock: Redis started the TTL no earlier
+    taken_at: float = dataclasses.field(default=0.0, compare=False)
+
+    def stamp(self) -> str:
+        """`17 promote-canary orch-a`: who holds which fencing number (written beside effects)."""
+        return f"{self.fence} {self.operation} {self.owner}"
 
     def value(self) -> str:
         return json.dumps(
@@ -69,7 +93,9 @@ class Fence:
     def __init__(self, lease: Lease, seconds: float) -> None:
         self.lease = lease
         self.seconds = seconds
-        self.valid_until = time.monotonic() + seconds  # the lease cannot have outlived this
+        # The lease cannot have outlived this: counted from before the request that took it (Redis
+        # starts the TTL when it serves it, which is no earlier), never from when the reply came.
+        self.valid_until = (lease.taken_at or time.monotonic()) + seconds
         self.lost_reason: str | None = None
 
     @property
@@ -88,22 +114,35 @@ class Fence:
             self.lose(f"it could not be renewed for {self.seconds:g} s")
         if self.lost_reason is not None:
             raise LeaseLost(
-                f"the lease on {self.lease.project} was lost ({self.lost_reason}); "
+                f"the lease on {self.lease.project} (fence {self.lease.fence}) was lost ({self.lost_reason}); "
                 f"{self.lease.operation} stopped before its next step"
             )
 
     async def fenced_set(self, redis: aioredis.Redis, key: str, value: str) -> None:
         """SET `key` only while the lock holds this lease; LeaseLost (and nothing written) if not."""
         self.check()
-        if not await redis.eval(_FENCED_SET, 2, streams.lock_key(self.lease.project), key, self.lease.value(), value):
+        written = await redis.eval(_FENCED_SET, 2, streams.lock_key(self.lease.project), key, self.lease.value(), value)
+        if written != 1:
+            self.lose("another holder has it" if written == 0 else "it ran out in Redis")
+            self.check()
+
+    async def renumber_past(self, redis: aioredis.Redis, floor: int) -> None:
+        """Take a fencing number above `floor` (a number left on a resource by a lease from before
+        Redis lost its counter), while the lock still holds this lease; LeaseLost if it does not."""
+        self.check()
+        keys = (streams.lock_key(self.lease.project), streams.fence_key(self.lease.project))
+        number = int(await redis.eval(_RENUMBER, 2, *keys, self.lease.value(), floor))
+        if not number:
             self.lose("another holder has it")
             self.check()
+        self.lease = dataclasses.replace(self.lease, fence=number)
 
     async def verify(self, redis: aioredis.Redis) -> None:
         """Before an effect outside Redis (the router, the runtime): the lock still holds this lease."""
         self.check()
-        if await redis.get(streams.lock_key(self.lease.project)) != self.lease.value().encode():
-            self.lose("another holder has it")
+        held = await redis.get(streams.lock_key(self.lease.project))
+        if held != self.lease.value().encode():
+            self.lose("another holder has it" if held else "it ran out in Redis")
             self.check()
 
 
@@ -114,9 +153,12 @@ async def acquire(
     """Take the project's lock, waiting up to `wait` seconds; OperationInProgress if it stays held."""
     mine = Lease(project, operation, owner, datetime.now(UTC), uuid.uuid4().hex)
     deadline = time.monotonic() + wait
+    keys = (streams.lock_key(project), streams.fence_key(project))
     while True:
-        if await redis.set(streams.lock_key(project), mine.value(), nx=True, px=int(lease * 1000)):
-            return mine
+        asked = time.monotonic()
+        taken = await redis.eval(_ACQUIRE, 2, *keys, mine.value(), int(lease * 1000))
+        if taken:
+            return dataclasses.replace(mine, fence=int(taken), taken_at=asked)
         holder = await redis.get(streams.lock_key(project))
         if holder and _holder_died(holder):
             await redis.eval(_RELEASE, 1, streams.lock_key(project), holder)

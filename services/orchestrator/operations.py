@@ -243,8 +243,9 @@ class StartCanary:
     async def start_track(self, specs: list[InstanceSpec], env: ServiceEnv) -> list[Instance]:
         r = self.rollout
         await r.save(
-            phase=Phase.canary_starting, correlation_id=self.correlation_id, consecutive_failures=0, last_reasons=[]
-        )
+            phase=Phase.canary_starting, correlation_id=self.correlation_id, consecutive_failures=0, last_reasons=[],
+            last_outcome=None, inconclusive_checks=0,
+        )  # fmt: skip
         instances = await r.start(specs)
         digest = specs[0].digest
         await r.save(canary=plans.track_state(specs, instances, 0, digest, plans.settings_of(specs[0], env)))

@@ -116,10 +116,27 @@ async def analyse(rollout: Rollout) -> Decision | None:
         decision = await rollout.gate.decide("canary", data)
     if decision is None:
         return None
-    failures = 0 if decision.allow else record.consecutive_failures + 1
-    await rollout.save(
-        consecutive_failures=failures, last_reasons=decision.reasons, analysed_at=snapshot and snapshot.at
+    await record_analysis(rollout, decision, snapshot.at if snapshot else None)
+    failures = rollout.record.consecutive_failures
+    if failures >= manifest.canary.failure_limit:
+        await rollout.save(phase=Phase.rolling_back, automatic=True)
+    return decision
+
+
+async def record_analysis(rollout: Rollout, decision: Decision, analysed_at: datetime | None) -> None:
+    """Save and emit one analysis: an allow clears the failures, a deny adds one, and an
+    inconclusive answer (too few samples) adds neither: it is counted apart and the step holds."""
+    record = rollout.record
+    failures = (
+        record.consecutive_failures
+        if decision.inconclusive
+        else (0 if decision.allow else record.consecutive_failures + 1)
     )
+    inconclusive = record.inconclusive_checks + (1 if decision.inconclusive else 0)
+    await rollout.save(
+        consecutive_failures=failures, last_reasons=decision.reasons, analysed_at=analysed_at,
+        last_outcome=decision.outcome, inconclusive_checks=inconclusive,
+    )  # fmt: skip
     await rollout.emit(
         CanaryAnalysis(
             step=record.step,
@@ -128,11 +145,10 @@ async def analyse(rollout: Rollout) -> Decision | None:
             reasons=decision.reasons,
             decision_id=decision.decision_id,
             consecutive_failures=failures,
+            inconclusive=decision.inconclusive,
+            inconclusive_checks=inconclusive,
         )
     )
-    if failures >= manifest.canary.failure_limit:
-        await rollout.save(phase=Phase.rolling_back, automatic=True)
-    return decision
 
 
 def _warming_up(rollout: Rollout) -> bool:

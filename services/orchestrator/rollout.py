@@ -43,7 +43,8 @@ class RecordStore:
 
     async def save(self, record: RolloutState, fence: Fence | None = None) -> RolloutState:
         """Write the record; with a fence, only while its lease is still held (else LeaseLost)."""
-        record = record.model_copy(update={"updated_at": datetime.now(UTC)})
+        stamp = {"fence": fence.lease.fence} if fence is not None else {}
+        record = record.model_copy(update={"updated_at": datetime.now(UTC), **stamp})
         key, value = streams.rollout_key(record.project), record.model_dump_json()
         if fence is None:
             await self.redis.set(key, value)
@@ -73,6 +74,11 @@ class Decision:
     allow: bool
     reasons: list[str]
     decision_id: str | None = None
+    inconclusive: bool = False  # not allowed, not a failure: too few samples to judge (the policy's answer)
+
+    @property
+    def outcome(self) -> str:
+        return "allow" if self.allow else ("inconclusive" if self.inconclusive else "deny")
 
 
 class Gate(Protocol):

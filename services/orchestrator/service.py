@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from services.orchestrator import lock, operations, phases, plans
+from services.orchestrator import fencing, lock, operations, phases, plans
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.rollout import Decision, RecordStore, Rollout
 from swiftdeploy_core.bus import streams
@@ -76,7 +76,9 @@ class BusGate:
         made = reply.payload
         if not isinstance(made, DecisionMade):  # `expect` lets only decision.made through
             return None
-        return Decision(allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id)
+        return Decision(
+            allow=made.allow, reasons=list(made.reasons), decision_id=made.decision_id, inconclusive=made.inconclusive
+        )
 
 
 def emitter(
@@ -115,6 +117,8 @@ async def open_rollout(
     gate = BusGate(ctx, ctx.settings.request_timeout)
     validated = validate_manifest(record.manifest)
     driver = make_driver(validated, record.root, record.runtime, docker_config=ctx.settings.docker_config)
+    if fence is not None:
+        driver = await fencing.fence_driver(driver, fence, ctx.bus.redis)
     rollout = Rollout(record, driver, store, gate, emit, environ=DEPLOY_ENVIRON, _manifest=validated, fence=fence)
     if stored is None:  # Redis lost the record (the command brought its manifest): the runtime's labels say the rest
         rebuilt = plans.reconstruct(project, record.runtime, await rollout.driver.list_objects())
@@ -133,7 +137,9 @@ async def run_command(
     """Lock, open, run, close; every refusal or failure becomes one event the client shows."""
     emit = emitter(ctx, event)
     try:
-        async with lock.holding(ctx.bus.redis, project, command, ctx.source.instance, wait=LOCK_WAIT) as fence:
+        async with lock.holding(
+            ctx.bus.redis, project, command, ctx.source.instance, wait=LOCK_WAIT, lease=ctx.settings.operation_lease
+        ) as fence:
             rollout = await open_rollout(ctx, project, emit, manifest, root, fence)
             try:
                 await operation(rollout)
@@ -266,7 +272,8 @@ async def _due(store: RecordStore, record: RolloutState) -> bool:
 
 async def tick(ctx: Context, project: str) -> None:
     """One analysis tick under the lock (skipped when a command holds it)."""
-    async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance) as fence:
+    lease = ctx.settings.operation_lease
+    async with lock.holding(ctx.bus.redis, project, "canary-analysis", ctx.source.instance, lease=lease) as fence:
         record = await RecordStore(ctx.bus.redis).load(project)
         if record is None or record.phase not in phases.WATCHED:
             return
@@ -287,7 +294,8 @@ async def recover_all(ctx: Context) -> None:
     store = RecordStore(ctx.bus.redis)
     for project in await store.projects():
         try:
-            async with lock.holding(ctx.bus.redis, project, "recover", ctx.source.instance) as fence:
+            lease = ctx.settings.operation_lease
+            async with lock.holding(ctx.bus.redis, project, "recover", ctx.source.instance, lease=lease) as fence:
                 record = await store.load(project)
                 if record is None or not record.manifest:
                     continue

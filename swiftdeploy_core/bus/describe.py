@@ -53,10 +53,18 @@ def _chaos(entry: Entry) -> str:
 
 
 def _analysis(entry: Entry) -> str:
-    verdict = "passed" if entry.get("allow") else f"failed: {_reasons(entry)}"
+    if entry.get("allow"):
+        verdict = "passed"
+    elif entry.get("inconclusive"):
+        verdict = f"inconclusive, holding: {_reasons(entry)}"
+    else:
+        verdict = f"failed: {_reasons(entry)}"
+    inconclusive = entry.get("inconclusive_checks") or 0
     return (
         f"step {entry.get('step')} at {_pct(entry.get('weight'))}: {verdict} "
-        f"(failures in a row: {entry.get('consecutive_failures', 0)})"
+        f"(failures in a row: {entry.get('consecutive_failures', 0)}"
+        + (f", inconclusive: {inconclusive}" if inconclusive else "")
+        + ")"
     )
 
 
@@ -75,7 +83,11 @@ def _progress(entry: Entry) -> str:
 
 
 def _decision(entry: Entry) -> str:
-    verdict = "allow" if entry.get("allow") else f"deny: {_reasons(entry)}"
+    verdict = (
+        "allow"
+        if entry.get("allow")
+        else f"{'inconclusive' if entry.get('inconclusive') else 'deny'}: {_reasons(entry)}"
+    )
     return f"{entry.get('domain')}: {verdict}"
 
 

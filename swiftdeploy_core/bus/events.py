@@ -174,6 +174,10 @@ class CanaryAnalysis(Payload):
     reasons: list[str] = []
     decision_id: str | None = None
     consecutive_failures: int = 0
+    # Too few samples to judge (some, fewer than min_requests): not allowed, not counted as a
+    # failure; the rollout holds at its step (bounded by canary.progress_deadline).
+    inconclusive: bool = False
+    inconclusive_checks: int = 0  # inconclusive analyses of this canary so far
 
 
 class CanaryPaused(Payload):
@@ -411,6 +415,14 @@ class DecisionMade(Payload):
     # Set when the engine's policies are not the project's files (an OPA serving another
     # revision): one line saying so, and what is done about it.
     policy_drift: str | None = None
+    # Not allowed, and no failure either: the policy saw some traffic, too little to judge (the
+    # reasons say how little). A consumer that reads `allow` alone holds, as before.
+    inconclusive: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """`allow`, `deny` or `inconclusive`."""
+        return "allow" if self.allow else ("inconclusive" if self.inconclusive else "deny")
 
 
 class PolicyViolation(Payload):

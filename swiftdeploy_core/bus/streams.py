@@ -49,6 +49,11 @@ def lock_key(project: str) -> str:
     return f"{PREFIX}:lock:{project}"
 
 
+def fence_key(project: str) -> str:
+    """The deployment's fencing counter: each lease taken gets the next number (never reused)."""
+    return f"{PREFIX}:fence:{project}"
+
+
 def latest_snapshot_key(project: str, track: str) -> str:
     """The collector's latest metrics snapshot for one track."""
     return f"{PREFIX}:snapshot:{project}:{track}"

@@ -57,6 +57,7 @@ class PolicyView(BaseModel):
     input: dict[str, Any] = {}
     policy_revision: str | None = None  # the revision the decision came from (with OPA: what it serves)
     policy_drift: str | None = None  # set when that is not the project's files
+    inconclusive: bool = False  # not allowed, no failure either: too few samples (status stays FAILING)
 
     @classmethod
     def unknown(cls, domain: str, reason: str, input: dict[str, Any] | None = None) -> PolicyView:
@@ -65,11 +66,20 @@ class PolicyView(BaseModel):
     @classmethod
     def decided(
         cls, domain: str, allow: bool, reasons: list[str], decision_id: str, input: dict[str, Any],
-        revision: str | None = None, drift: str | None = None,
+        revision: str | None = None, drift: str | None = None, inconclusive: bool = False,
     ) -> PolicyView:  # fmt: skip
         verdict: Verdict = "PASSING" if allow else "FAILING"
         return cls(domain=domain, status=verdict, allow=allow, reasons=reasons, decision_id=decision_id, input=input,
-                   policy_revision=revision, policy_drift=drift)  # fmt: skip
+                   policy_revision=revision, policy_drift=drift, inconclusive=inconclusive and not allow)  # fmt: skip
+
+
+class AnalysisView(BaseModel):
+    """The running canary's last analysis as the orchestrator recorded it."""
+
+    outcome: str  # allow, deny or inconclusive
+    consecutive_failures: int = 0
+    inconclusive_checks: int = 0  # analyses of this canary that saw too few samples to judge
+    reasons: list[str] = []
 
 
 class EventLine(BaseModel):
@@ -108,6 +118,7 @@ class StatusView(BaseModel):
     router_url: str | None = None
     step: str | None = None  # "2 of 5", with the pause and its deadline when waiting at one
     bake: str | None = None  # "2.0.0 baking until 12:03:01 UTC (a denial goes back to 1.0.0)"
+    analysis: AnalysisView | None = None  # the canary's last analysis (None before the first)
     tracks: list[TrackView]
     request_rate: float | None
     error_rate: float | None
@@ -177,6 +188,7 @@ def build_view(
         router_url=rollout.router_url if rollout else None,
         step=step_line(rollout),
         bake=bake_line(rollout),
+        analysis=analysis_view(rollout),
         tracks=views,
         request_rate=serving.request_rate if serving else None,
         error_rate=serving.error_rate if serving else None,
@@ -249,6 +261,24 @@ def bake_line(rollout: RolloutState | None) -> str | None:
     return f"{bake.version} baking until {bake.until:%H:%M:%S} UTC (a denial goes back to {bake.previous.version})"
 
 
+def analysis_view(rollout: RolloutState | None) -> AnalysisView | None:
+    if rollout is None or rollout.canary is None or rollout.last_outcome is None:
+        return None
+    return AnalysisView(
+        outcome=rollout.last_outcome, consecutive_failures=rollout.consecutive_failures,
+        inconclusive_checks=rollout.inconclusive_checks, reasons=rollout.last_reasons,
+    )  # fmt: skip
+
+
+def analysis_line(analysis: AnalysisView) -> Text:
+    """`Analysis  inconclusive, holding (3 inconclusive, 0 failures in a row): only 7 requests ...`."""
+    style = {"allow": "green", "deny": "bold red", "inconclusive": "bold yellow"}.get(analysis.outcome, "")
+    label = "inconclusive, holding" if analysis.outcome == "inconclusive" else analysis.outcome
+    counts = f" ({analysis.inconclusive_checks} inconclusive, {analysis.consecutive_failures} failures in a row)"
+    reasons = f": {'; '.join(analysis.reasons)}" if analysis.reasons and analysis.outcome != "allow" else ""
+    return Text.assemble(("Analysis ", "bold"), (label, style), counts + reasons)
+
+
 def _header(view: StatusView) -> Text:
     text = Text.assemble(("SwiftDeploy ", "bold"), (view.project, "bold cyan"), f" · phase {view.phase} · mode ")
     text.append(view.mode.upper(), style="bold magenta" if view.mode == "canary" else "bold green")
@@ -301,7 +331,7 @@ def _policies_table(view: StatusView) -> Table:
         "UNKNOWN": ("? UNKNOWN", "bold yellow"),
     }
     for name, policy in view.policies.items():
-        label, style = styles[policy.status]
+        label, style = ("? INCONCLUSIVE", "bold yellow") if policy.inconclusive else styles[policy.status]
         table.add_row(name, Text(label, style=style), "; ".join(policy.reasons) or "—")
     drifts = sorted({policy.policy_drift for policy in view.policies.values() if policy.policy_drift})
     if drifts:  # OPA decides with other policies than the project's files
@@ -373,6 +403,7 @@ def render(view: StatusView) -> RenderableType:
         _header(view),
         _traffic(view),
         *compared,
+        *([analysis_line(view.analysis)] if view.analysis is not None else []),
         _tracks_table(view),
         _policies_table(view),
         _events_table(view),

@@ -132,7 +132,7 @@ async def ask_policies(
         elif domain in decided:
             d = decided[domain]
             views[domain] = PolicyView.decided(
-                domain, d.allow, d.reasons, d.decision_id, figures, d.policy_revision, d.policy_drift
+                domain, d.allow, d.reasons, d.decision_id, figures, d.policy_revision, d.policy_drift, d.inconclusive
             )
         else:
             views[domain] = PolicyView.unknown(domain, f"the gatekeeper did not answer within {timeout:g}s", figures)

@@ -104,6 +104,10 @@ class RolloutState(BaseModel):
     stepped_at: datetime | None = None  # when `step` was reached: the progress deadline counts from it
     pause: Pause | None = None  # set while the rollout waits at a pause step
     consecutive_failures: int = 0
+    # The last analysis's outcome (`allow`, `deny`, `inconclusive`) and how many of this canary's
+    # analyses were inconclusive (too few samples: the rollout held at its step, no failure counted).
+    last_outcome: str | None = None
+    inconclusive_checks: int = 0
     automatic: bool = False  # the rollback under way was decided by the rollout itself (not an operator)
     analysed_at: datetime | None = None  # the `at` of the last canary snapshot analysed
     last_reasons: list[str] = []
@@ -114,6 +118,7 @@ class RolloutState(BaseModel):
     bake: Bake | None = None  # set while the promoted stable bakes (phase baking)
     reverting_to: Release | None = None  # what phase reverting starts
     releases: list[Release] = []  # the versions that served as stable, oldest first (bounded: RELEASES_KEPT)
+    fence: int | None = None  # the fencing number of the operation that wrote this record (lock.Lease.fence)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

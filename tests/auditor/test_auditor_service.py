@@ -59,7 +59,7 @@ async def test_audit_renders_the_scripted_rollout_and_its_rows_match_the_history
     )
     assert len(violations) == 3
     counts = {row[0]: row[1:] for row in table(markdown, "Policy decisions")}
-    assert counts["canary"] == ["1", "3", "4"] and counts["infra"] == ["1", "0", "1"]
+    assert counts["canary"] == ["1", "3", "0", "4"] and counts["infra"] == ["1", "0", "0", "1"]
     assert [r[1] for r in table(markdown, "Mode changes")] == ["stable", "canary"]
     assert "automatic rollback :crit, milestone" in markdown
 

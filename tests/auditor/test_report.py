@@ -37,15 +37,22 @@ def table(markdown: str, heading: str) -> list[list[str]]:
 
 def denied_gates(lines: list[dict]) -> dict[str, dict]:
     """From the history itself: the first entry of each denied decision that gated an operation
-    (a policy.violation, or a decision.made with allow=false), leaving out status refreshes."""
+    (a policy.violation, or a decision.made with allow=false that is not inconclusive), leaving out
+    status refreshes."""
     status = {e["correlation_id"] for e in lines if e["type"] == "status.checked"}
     denied: dict[str, dict] = {}
     for e in lines:
-        if (e["type"] == "policy.violation" or (e["type"] == "decision.made" and not e["allow"])) and e[
-            "correlation_id"
-        ] not in status:
+        refused = e["type"] == "decision.made" and not e["allow"] and not e.get("inconclusive")
+        if (e["type"] == "policy.violation" or refused) and e["correlation_id"] not in status:
             denied.setdefault(e["decision_id"], e)
     return denied
+
+
+def outcomes(decisions: list[dict]) -> tuple[int, int, int, int]:
+    """Allowed, denied, inconclusive and all of these `decision.made` entries."""
+    inconclusive = sum(bool(e.get("inconclusive")) for e in decisions)
+    allowed = sum(e["allow"] for e in decisions)
+    return allowed, len(decisions) - allowed - inconclusive, inconclusive, len(decisions)
 
 
 def history(path: Path) -> list[dict]:
@@ -104,10 +111,10 @@ def test_decision_counts_match_the_history_per_policy(tmp_path: Path) -> None:
     status = {e["correlation_id"] for e in lines if e["type"] == "status.checked"}
     gating = [e for e in lines if e["type"] == "decision.made" and e["correlation_id"] not in status]
     rows = {row[0]: [int(n) for n in row[1:]] for row in table(render(path), "Policy decisions")}
-    for policy, (allowed, denied, total) in rows.items():
+    for policy, (allowed, denied, inconclusive, total) in rows.items():
         mine = [e for e in gating if e["domain"] == policy]
-        assert (allowed, denied, total) == (sum(e["allow"] for e in mine), sum(not e["allow"] for e in mine), len(mine))
-    assert rows == {"canary": [1, 3, 4], "infra": [1, 0, 1]}
+        assert (allowed, denied, inconclusive, total) == outcomes(mine)
+    assert rows == {"canary": [1, 3, 0, 4], "infra": [1, 0, 0, 1]}
     assert "_1 decision asked by `swiftdeploy status` refreshes are not counted above._" in render(path)
 
 

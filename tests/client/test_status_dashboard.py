@@ -87,8 +87,28 @@ def test_the_json_carries_mode_chaos_tracks_figures_and_policies() -> None:
         "reasons": ["error rate 50.00% exceeds 1.00%"],
         "policy_revision": None,
         "policy_drift": None,
+        "inconclusive": False,
     }
     assert data["policies"]["infra"]["allow"] is True
+
+
+def test_an_inconclusive_canary_is_shown_as_its_own_outcome_in_text_and_json() -> None:
+    few = "only 7 requests in the window, below the minimum of 20: too little traffic to judge the canary"
+    rollout = canary_rollout().model_copy(
+        update={"last_outcome": "inconclusive", "inconclusive_checks": 3, "last_reasons": [few]}
+    )
+    policies = {"canary": PolicyView.decided("canary", False, [few], "d3", {}, inconclusive=True)}
+    view = build_view("app", rollout, {}, policies=policies, now=NOW)
+    data = view.to_json()
+    assert data["analysis"] == {
+        "outcome": "inconclusive", "consecutive_failures": 0, "inconclusive_checks": 3, "reasons": [few],
+    }  # fmt: skip
+    assert (data["policies"]["canary"]["status"], data["policies"]["canary"]["inconclusive"]) == ("FAILING", True)
+    console = Console(width=200, record=True)
+    console.print(render(view))
+    text = console.export_text()
+    assert "Analysis inconclusive, holding (3 inconclusive, 0 failures in a row): only 7 requests" in text
+    assert "? INCONCLUSIVE" in text
 
 
 def test_without_a_canary_the_headline_is_stables_and_empty_windows_are_null() -> None:

@@ -27,6 +27,14 @@ def healthy_canary(**fields):
 
 
 ALLOW: tuple[str, ...] = ()
+# Rows whose answer is inconclusive (some traffic, too little, nothing else wrong): not allowed,
+# with the too-little-traffic reason, and `inconclusive` set.
+INCONCLUSIVE = {
+    "min_requests edge: one short",
+    "min_requests edge: a fraction short",
+    "a trickle of traffic",
+    "a single request",
+}
 DEEP: list = []
 for _ in range(5000):
     DEEP = [DEEP]
@@ -165,6 +173,14 @@ TABLE = [
     ("min_requests edge: one short", "canary", healthy_canary(requests=19), (few("19"),)),
     ("min_requests edge: a fraction short", "canary", healthy_canary(requests=19.999), (few("19.99"),)),
     ("min_requests edge: exactly enough", "canary", healthy_canary(requests=20), ALLOW),
+    ("a trickle of traffic", "canary", healthy_canary(requests=7.77), (few("7.77"),)),
+    ("a single request", "canary", healthy_canary(requests=1), (few("1"),)),
+    (
+        "a trickle with errors is denied, not inconclusive",
+        "canary",
+        healthy_canary(requests=5, error_rate=0.2),
+        ("error rate 20% is above the maximum of 1%", few("5")),
+    ),
     ("requests as a float count", "canary", healthy_canary(requests=400.0), ALLOW),
     ("zero traffic", "canary", {"error_rate": 0, "p99_latency_ms": 0, "requests": 0}, (few("0"),)),
     (
@@ -252,7 +268,7 @@ async def test_both_engines_agree_on_every_row(engines, opa_api):
     embedded, opa = engines
     mismatches = []
     for name, domain, input, reasons in TABLE:
-        expected = Verdict(allow=not reasons, reasons=tuple(sorted(reasons)))
+        expected = Verdict(allow=not reasons, reasons=tuple(sorted(reasons)), inconclusive=name in INCONCLUSIVE)
         got_embedded = await embedded.evaluate(domain, input)
         got_opa = await opa.evaluate(domain, input)
         if not (got_embedded == got_opa == expected):

@@ -92,6 +92,21 @@ async def test_a_denial_also_emits_a_policy_violation(redis_url, bus, project):
     }
 
 
+async def test_a_trickle_of_canary_traffic_is_inconclusive_and_no_violation(redis_url, bus, project):
+    engine = EmbeddedEngine(policies.project_dir(project))
+    async with running(build_spec(fast_settings(redis_url), engine), fast_settings(redis_url)):
+        reply = await ask(bus, "canary", {"error_rate": 0, "p99_latency_ms": 10, "requests": 7})
+        # decision.made and a policy.violation are committed together: both are on the stream now
+        entries = await bus.redis.xrange(streams.EVENTS)
+        events = [f[b"type"].decode() for _, f in entries if f[b"cid"] == reply.correlation_id.encode()]
+    made = reply.payload
+    assert (made.allow, made.inconclusive, made.outcome) == (False, True, "inconclusive")
+    assert made.reasons == [
+        "only 7 requests in the window, below the minimum of 20: too little traffic to judge the canary"
+    ]
+    assert "decision.made" in events and "policy.violation" not in events  # too little to judge is no violation
+
+
 async def test_an_unreachable_opa_denies_and_the_gatekeeper_keeps_serving(redis_url, bus):
     url = f"http://127.0.0.1:{free_port()}"
     async with running(build_spec(fast_settings(redis_url), OpaEngine(url, timeout=0.5)), fast_settings(redis_url)):

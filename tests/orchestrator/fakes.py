@@ -196,15 +196,18 @@ def _upstreams(instances: list[Instance]) -> list[Upstream]:
 
 
 class ScriptedGate:
-    """Answers with the next scripted decision (allow when the script runs out)."""
+    """Answers with the next scripted decision (allow when the script runs out): True, False, or
+    a whole `Decision` (an inconclusive one, say)."""
 
-    def __init__(self, *answers: bool) -> None:
+    def __init__(self, *answers: bool | Decision) -> None:
         self.answers = list(answers)
         self.asked: list[tuple[str, dict[str, Any]]] = []
 
     async def decide(self, domain: str, data: dict[str, Any]) -> Decision | None:
         self.asked.append((domain, data))
         allow = self.answers.pop(0) if self.answers else True
+        if isinstance(allow, Decision):
+            return allow
         return Decision(allow, [] if allow else ["error_rate 50.0% exceeds 1.0%"], f"d{len(self.asked)}")
 
 

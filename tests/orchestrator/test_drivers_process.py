@@ -23,8 +23,9 @@ from services.orchestrator.drivers import make_driver
 from services.orchestrator.drivers.base import InstanceFailed
 from services.orchestrator.drivers.process import ProcessDriver
 from services.orchestrator.rollout import RecordStore
-from swiftdeploy_core.errors import RuntimeDriverError
+from swiftdeploy_core.errors import LeaseLost, RuntimeDriverError
 from swiftdeploy_core.project.manifest import load_manifest
+from swiftdeploy_core.project.router import served_split
 from swiftdeploy_core.project.state import Phase
 from tests.eventually import eventually
 from tests.orchestration import get_json, write_manifest
@@ -50,12 +51,18 @@ async def versions(url: str, n: int, headers: dict | None = None) -> Counter:
         return seen
 
 
-async def test_instances_serve_behind_nginx_and_a_reload_moves_the_split(project):
-    manifest, driver = project
+async def both_tracks(manifest, driver) -> tuple[list, list]:
+    """One healthy stable and one healthy canary instance."""
     stable = [await driver.start_instance(s) for s in plans.track_specs(manifest, "stable", "s1")]
     canary = [await driver.start_instance(s) for s in plans.track_specs(manifest, "canary", "c1")]
     for i in stable + canary:
         await driver.wait_healthy(i, 20)
+    return stable, canary
+
+
+async def test_instances_serve_behind_nginx_and_a_reload_moves_the_split(project):
+    manifest, driver = project
+    stable, canary = await both_tracks(manifest, driver)
     url = await driver.apply_router(manifest, stable, [], 0)
     assert await versions(url, 10) == Counter({"1.0.0": 10})
     await driver.apply_router(manifest, stable, canary, 100)
@@ -63,6 +70,21 @@ async def test_instances_serve_behind_nginx_and_a_reload_moves_the_split(project
     await driver.apply_router(manifest, stable, canary, 0)
     assert await versions(url, 5) == Counter({"1.0.0": 5})
     assert await versions(url, 3, {"X-Canary": "always"}) == Counter({"2.0.0": 3})
+
+
+async def test_a_router_change_never_replaces_one_stamped_by_a_newer_lease(project):
+    manifest, driver = project
+    stable, canary = await both_tracks(manifest, driver)
+    older, newer = (make_driver(manifest, driver.root) for _ in range(2))  # two replicas' drivers
+    older.fence_stamp, newer.fence_stamp = "5 canary-analysis orch-a", "7 rollback orch-b"
+    url = await older.apply_router(manifest, stable, canary, 25)
+    await newer.apply_router(manifest, stable, canary, 0)
+    assert driver.nginx_conf.read_text().startswith("# swiftdeploy fence 7 rollback orch-b\n")
+    with pytest.raises(LeaseLost, match=r"changed by a newer operation \(fence 7, this one holds 5\)"):
+        await older.apply_router(manifest, stable, canary, 50)  # the old lease's next router change
+    assert served_split(driver.nginx_conf.read_text()).canary_weight == 0
+    assert await versions(url, 5) == Counter({"1.0.0": 5})
+    assert await older.apply_router(manifest, stable, canary, 0) == url  # what serves already: nothing to do
 
 
 async def test_everything_started_is_listed_with_labels_and_teardown_leaves_no_process(project):

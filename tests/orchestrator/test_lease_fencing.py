@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from services.orchestrator import lock, phases
+from services.orchestrator import fencing, lock, phases
 from services.orchestrator.rollout import RecordStore
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.errors import LeaseLost
@@ -77,3 +77,36 @@ async def test_a_replica_that_lost_its_lease_while_redis_was_paused_cannot_write
     assert writes == ["a step 1", "b rolling_back"]
     for client in clients:
         await client.aclose()
+
+
+async def test_every_effect_of_a_fenced_driver_checks_the_lease_first(make_redis, tmp_path: Path):
+    server = make_redis()
+    redis = aioredis.Redis.from_url(server.url)
+    driver = FakeDriver(PROJECT, tmp_path / "state")
+    async with lock.holding(redis, PROJECT, "teardown", "orch-a", lease=LEASE) as fence:
+        await fencing.fence_driver(driver, fence, redis)
+        assert driver.fence_stamp == f"{fence.lease.fence} teardown orch-a"
+        await redis.delete(streams.lock_key(PROJECT))
+        taken = await lock.acquire(redis, PROJECT, "deploy", "orch-b")
+        assert taken.fence == fence.lease.fence + 1  # a later lease always gets a larger number
+        for effect in (driver.teardown(), driver.stop_instance("x"), driver.ensure_networks([])):
+            with pytest.raises(LeaseLost, match=r"another holder has it"):
+                await effect
+        assert await driver.list_objects() == []  # reads are not effects: still answered
+    assert driver.calls == []
+    await redis.aclose()
+
+
+async def test_a_router_stamped_before_redis_lost_the_fencing_counter_is_not_refused_for_ever(make_redis, tmp_path):
+    server = make_redis()
+    redis = aioredis.Redis.from_url(server.url)
+    driver = FakeDriver(PROJECT, tmp_path / "state")
+    driver.nginx_conf.parent.mkdir(parents=True)
+    driver.nginx_conf.write_text(fencing.stamped("events {}\n", "40 canary-analysis orch-a"))  # counter since lost
+    async with lock.holding(redis, PROJECT, "deploy", "orch-b", lease=LEASE) as fence:
+        assert fence.lease.fence == 1
+        await fencing.fence_driver(driver, fence, redis)
+        assert (fence.lease.fence, driver.fence_stamp) == (41, "41 deploy orch-b")
+        fencing.check_newer(driver.nginx_conf.read_text(), driver.fence_stamp, "the router")  # not refused
+    assert (await lock.acquire(redis, PROJECT, "rollback", "orch-a")).fence == 42  # and later leases go on from it
+    await redis.aclose()

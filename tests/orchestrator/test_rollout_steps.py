@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from services.orchestrator import operations, phases
+from services.orchestrator.rollout import Decision
 from swiftdeploy_core.project.state import Pause, Phase
 from tests.orchestration import write_snapshot
 from tests.orchestrator.conftest import PROJECT, given
@@ -98,6 +99,49 @@ async def test_no_traffic_counts_as_a_failed_check_and_rolls_back_after_failure_
     await phases.settle(rollout)
     done = rollout.events[-2]
     assert (done.type, done.automatic, done.reasons) == ("rollback.completed", True, [reason])
+
+
+TOO_FEW = "only 7 requests in the window, below the minimum of 20: too little traffic to judge the canary"
+INCONCLUSIVE = Decision(allow=False, reasons=[TOO_FEW], decision_id="d-few", inconclusive=True)
+
+
+async def test_an_inconclusive_analysis_holds_the_step_is_counted_apart_and_never_rolls_back(rollout):
+    await given(rollout, Phase.progressing, step=0)
+    await healthy(rollout)
+    rollout.gate.answers = [INCONCLUSIVE, INCONCLUSIVE, INCONCLUSIVE, True]  # failure_limit is 2
+    for _ in range(3):
+        assert await phases.advance(rollout) == Phase.progressing
+    record = await rollout.store.load(PROJECT)
+    assert record is not None
+    assert (record.step, record.consecutive_failures, record.inconclusive_checks) == (0, 0, 3)
+    assert (record.last_outcome, record.last_reasons) == ("inconclusive", [TOO_FEW])
+    assert rollout.driver.calls == []  # the router never moved
+    last = rollout.events[-1]
+    assert (last.type, last.allow, last.inconclusive, last.inconclusive_checks) == ("canary.analysis", False, True, 3)
+    assert (last.consecutive_failures, last.decision_id) == (0, "d-few")
+    await phases.advance(rollout)  # enough traffic now: allowed, the next step
+    assert (rollout.record.step, rollout.record.last_outcome, rollout.record.inconclusive_checks) == (1, "allow", 3)
+
+
+async def test_inconclusive_neither_adds_to_nor_clears_a_run_of_denials(rollout):
+    await given(rollout, Phase.progressing, step=0)
+    await healthy(rollout)
+    rollout.gate.answers = [False, INCONCLUSIVE, False]
+    await phases.advance(rollout)
+    await phases.advance(rollout)
+    assert rollout.record.consecutive_failures == 1
+    assert await phases.advance(rollout) == Phase.rolling_back
+
+
+async def test_a_canary_kept_inconclusive_rolls_back_at_its_progress_deadline(rollout):
+    await given(rollout, Phase.progressing, step=0, stepped_at=datetime.now(UTC) - timedelta(seconds=20))
+    await healthy(rollout)
+    rollout.gate.answers = [INCONCLUSIVE]
+    assert await phases.advance(rollout) == Phase.progressing  # inside the 30 s deadline: holds
+    stepped = datetime.now(UTC) - timedelta(seconds=31)
+    rollout.record = await rollout.store.save(rollout.record.model_copy(update={"stepped_at": stepped}))
+    assert await phases.advance(rollout) == Phase.rolling_back
+    assert rollout.record.last_reasons == ["the canary did not advance within its progress deadline of 30 s (step 0)"]
 
 
 async def test_a_step_that_outlives_the_progress_deadline_rolls_back_with_that_reason(rollout):

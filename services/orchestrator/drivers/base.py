@@ -113,6 +113,9 @@ class RuntimeDriver(ABC):
     project: str
     dir: Path  # the driver's state folder
     nginx_conf: Path  # the router's nginx.conf as last applied: `dir / "nginx" / "nginx.conf"`
+    # The fencing stamp of the operation this driver acts for (`lock.Lease.stamp()`, set by
+    # `fencing.fence_driver`): router changes carry it, and refuse to replace a newer one.
+    fence_stamp: str | None = None
 
     @abstractmethod
     async def preflight(self, manifest: Manifest, *, router_running: bool) -> None:

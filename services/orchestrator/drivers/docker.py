@@ -20,7 +20,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from services.orchestrator import plans
+from services.orchestrator import fencing, plans
 from services.orchestrator.drivers.base import (
     LABEL_PROJECT,
     LABEL_ROLE,
@@ -234,14 +234,18 @@ class DockerDriver(RuntimeDriver):
         with docker_errors(f"configuring {name}"):
             container = await self._get(name)
             running = container is not None and container["State"]["Running"]
-            if running and read_text(self.nginx_conf) == conf:
+            if running and fencing.unstamped(read_text(self.nginx_conf)) == conf:
                 return url
-            if running:
-                await self._reload(container, conf)
-            else:
-                await self._start_router(manifest, name, conf, container)
-        self.nginx_conf.parent.mkdir(parents=True, exist_ok=True)
-        self.nginx_conf.write_text(conf)
+            conf = fencing.stamped(conf, self.fence_stamp)
+            # Replicas of this host share the copy: never replace a newer operation's config.
+            async with fencing.file_lock(self.nginx_conf.with_suffix(".lock")):
+                fencing.check_newer(read_text(self.nginx_conf), self.fence_stamp, f"the router of {self.project}")
+                if running:
+                    await self._reload(container, conf)
+                else:
+                    await self._start_router(manifest, name, conf, container)
+                self.nginx_conf.parent.mkdir(parents=True, exist_ok=True)
+                self.nginx_conf.write_text(conf)
         return url
 
     async def _start_router(self, manifest: Manifest, name: str, conf: str, old: Any) -> None:

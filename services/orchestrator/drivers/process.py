@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
-from services.orchestrator import plans
+from services.orchestrator import fencing, plans
 from services.orchestrator.drivers.base import (
     LABEL_TRACK,
     LABEL_VERSION,
@@ -146,9 +146,9 @@ class ProcessDriver(RuntimeDriver):
         plan = plans.process_router_plan(manifest, self.dir, stable, canary, weight, canary_error_percent)
         conf = self.render_router(manifest, stable, canary, weight, canary_error_percent)
         running = self._router()
-        if running and _alive(running) and read_text(self.nginx_conf) == conf:
+        if running and _alive(running) and fencing.unstamped(read_text(self.nginx_conf)) == conf:
             return plan.url
-        await self._install_conf(conf)
+        await self._install_conf(fencing.stamped(conf, self.fence_stamp))
         if running and _alive(running):
             await _reload_nginx(running)
         else:
@@ -162,7 +162,7 @@ class ProcessDriver(RuntimeDriver):
     async def _install_conf(self, conf: str) -> None:
         for folder in conf_dirs(conf):
             folder.mkdir(parents=True, exist_ok=True)
-        candidate = self.nginx_conf.with_suffix(".conf.new")
+        candidate = self.nginx_conf.with_suffix(f".conf.{os.getpid()}.new")  # one per orchestrator process
         candidate.write_text(conf)
         proc = await asyncio.create_subprocess_exec(
             nginx_binary(), "-t", "-q", "-p", str(self.nginx_conf.parent), "-c", str(candidate),
@@ -171,7 +171,10 @@ class ProcessDriver(RuntimeDriver):
         _, err = await proc.communicate()
         if proc.returncode != 0:
             raise RuntimeDriverError(f"nginx refused the rendered config: {_last_line(err)}")
-        os.replace(candidate, self.nginx_conf)
+        # Another orchestrator of this host may be writing too: compare stamps and replace as one step.
+        async with fencing.file_lock(self.nginx_conf.with_suffix(".lock")):
+            fencing.check_newer(read_text(self.nginx_conf), self.fence_stamp, f"the router of {self.project}")
+            os.replace(candidate, self.nginx_conf)
 
     async def _start_nginx(self, port: int, labels: dict[str, str]) -> None:
         ensure_port_free(port)

@@ -29,9 +29,10 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision.made payload as JSON.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the decision.")] = None,
 ) -> None:
-    """Ask the gatekeeper whether an input passes a policy; print ALLOW or DENY with every reason.
+    """Ask the gatekeeper whether an input passes a policy; print ALLOW, DENY or INCONCLUSIVE (too
+    few samples to judge) with every reason.
 
-    Exit code 0 when allowed, 3 when denied.
+    Exit code 0 when allowed, 3 when denied or inconclusive.
 
     \b
     Examples:
@@ -97,7 +98,7 @@ async def ask(settings: Any, domain: str, document: dict[str, Any], timeout: flo
 
 
 def describe(made: dict[str, Any]) -> str:
-    verdict = "ALLOW" if made["allow"] else "DENY"
+    verdict = "ALLOW" if made["allow"] else ("INCONCLUSIVE" if made.get("inconclusive") else "DENY")
     head = (
         f"{verdict} {made['domain']} (engine {made['engine']}, policy revision {made['policy_revision'] or '-'}, "
         f"decision {made['decision_id'][:12]}, {made['duration_ms']:.2f} ms)"

@@ -61,6 +61,8 @@ def rollout_view(record: RolloutState | None, health: dict[str, bool | None]) ->
         "tracks": tracks,
         "failures": record.consecutive_failures,
         "last_reasons": record.last_reasons,
+        "last_outcome": record.last_outcome,
+        "inconclusive_checks": record.inconclusive_checks,
         "router_url": record.router_url,
     }
 
@@ -135,9 +137,11 @@ class LiveModel:
         payload = event.payload
         if isinstance(payload, DecisionMade):
             found = {"domain": payload.domain, "allow": payload.allow, "reasons": payload.reasons}
+            found["inconclusive"] = payload.inconclusive
             found |= {"engine": payload.engine, "decision_id": payload.decision_id, "revision": payload.policy_revision}
         elif isinstance(payload, CanaryAnalysis):
             found = {"domain": f"canary analysis (step {payload.step}, {payload.weight}%)", "allow": payload.allow}
+            found["inconclusive"] = payload.inconclusive
             found |= {"reasons": payload.reasons, "engine": "", "decision_id": payload.decision_id, "revision": ""}
         else:
             return None

@@ -57,7 +57,7 @@
 
   function addDecision(d) {
     const li = el("li", "decision");
-    li.append(el("span", "time", time(d.time)), el("span", d.allow ? "allow" : "deny", d.allow ? "ALLOW" : "DENY"),
+    li.append(el("span", "time", time(d.time)), el("span", d.allow ? "allow" : d.inconclusive ? "inconclusive" : "deny", d.allow ? "ALLOW" : d.inconclusive ? "INCONCLUSIVE" : "DENY"),
       el("span", "domain", " " + d.domain + " "));
     if (d.engine) li.append(el("span", "engine", "[" + d.engine + "] "));
     if (d.reasons && d.reasons.length) li.append(el("span", "reason", d.reasons.join("; ")));
