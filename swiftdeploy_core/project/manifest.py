@@ -272,6 +272,14 @@ class NoData(str, Enum):
     hold = "hold"  # it counts as nothing: the rollout waits (a progress deadline still applies)
 
 
+class CrashLoopSpec(_Section):
+    """`canary.crash_loop`: a canary instance restarted `restarts` times within `window` seconds
+    is in a crash loop; each analysis then fails with that reason (failure_limit rolls back)."""
+
+    restarts: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
+    window: Annotated[float, Field(gt=0, le=24 * 3600)] = 60.0
+
+
 class CanarySpec(_Section):
     """`canary`: how a canary is rolled out. version and image default to the service's."""
 
@@ -286,6 +294,7 @@ class CanarySpec(_Section):
     no_data: NoData = NoData.fail
     # Seconds a step (not an open pause) may take before the rollout rolls back; None: no limit.
     progress_deadline: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+    crash_loop: CrashLoopSpec = CrashLoopSpec()
 
     @field_validator("steps")
     @classmethod

@@ -207,7 +207,7 @@ def test_a_docker_instance_runs_its_digest_with_env_secrets_command_args_and_lim
         "Labels": {"swiftdeploy.project": "ledger", "swiftdeploy.role": "instance", "swiftdeploy.track": "stable",
                    "swiftdeploy.version": "1.0.0"},
         "ExposedPorts": {"8000/tcp": {}},
-        "HostConfig": {"NetworkMode": "ledger-net", "RestartPolicy": {"Name": "no"}, "NanoCpus": 500_000_000,
+        "HostConfig": {"NetworkMode": "ledger-net", "RestartPolicy": {"Name": "unless-stopped"}, "NanoCpus": 500_000_000,
                        "Memory": 128 * 1024**2},
         "NetworkingConfig": {"EndpointsConfig": {"ledger-net": {"Aliases": ["ledger-stable-g-1"]}}},
     }  # fmt: skip
@@ -218,7 +218,7 @@ def test_the_seed_like_manifest_keeps_the_images_cmd_and_sets_no_limits():
     [spec] = plans.track_specs(MANIFEST.model_copy(update={}), "stable", "g")[:1]
     config = plans.instance_config(spec)
     assert "Cmd" not in config and config["Image"] == "swiftdeploy/workload:1.0.0"
-    assert config["HostConfig"] == {"NetworkMode": "shop-net", "RestartPolicy": {"Name": "no"}}
+    assert config["HostConfig"] == {"NetworkMode": "shop-net", "RestartPolicy": {"Name": "unless-stopped"}}
 
 
 def test_a_canary_that_only_changes_env_has_another_fingerprint_and_one_identical_has_the_same():
