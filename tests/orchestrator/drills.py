@@ -78,9 +78,7 @@ async def kill_under_load(stack: Stack, kill: Callable[[Instance], Awaitable[Non
     finally:
         load.stop()
         await runner
-    return Drill(
-        load, event, time.monotonic() - started, restarted_after, back_after, load.failed - failed_before
-    )
+    return Drill(load, event, time.monotonic() - started, restarted_after, back_after, load.failed - failed_before)
 
 
 async def _answering(url: str) -> None:
