@@ -19,7 +19,7 @@ from services.orchestrator import plans
 from services.orchestrator.drivers.base import Examined, InstanceSpec
 from services.orchestrator.rollout import Rollout
 from swiftdeploy_core.bus.events import InstanceRestarted
-from swiftdeploy_core.errors import SwiftDeployError
+from swiftdeploy_core.errors import ConfigError, RuntimeDriverError
 from swiftdeploy_core.project.state import Instance, RolloutState, TrackState
 
 KEPT = 100  # restart times kept per instance at most (only the crash-loop window's are needed)
@@ -50,15 +50,19 @@ async def watch(rollout: Rollout) -> list[InstanceRestarted]:
                 events.append(_event(record.project, track, looked[instance.name], found.reason))
     held = _hold_out(record, looked, sick, seen)
     if _routing(held) != _routing(record):
-        await rollout.route(held)  # nginx stops sending requests to the sick ones first
+        try:
+            await rollout.route(held)  # nginx stops sending requests to the sick ones first
+        except RuntimeDriverError as exc:  # (docker: a stopped container's name may not resolve)
+            log.warning("could not hold %s out of nginx: %s", ", ".join(sick), exc)
     restarted = dict(looked)
     for track in _tracks(held):
         for instance in track.instances:
             if instance.name not in sick:
                 continue
+            await rollout.fenced()  # a runtime effect: only while this look holds the project's lease
             try:
                 started = await rollout.driver.restart_instance(instance, restart_spec(rollout, track, instance))
-            except SwiftDeployError as exc:  # tried again at the next look
+            except (RuntimeDriverError, ConfigError) as exc:  # tried again at the next look
                 log.warning("could not restart %s: %s", instance.name, exc)
                 continue
             restarted[instance.name] = _restarted(rollout, instance, started, now)

@@ -215,7 +215,8 @@ class DockerDriver(RuntimeDriver):
             return Examined(state="exited", reason="was removed")
         state = container["State"]
         if state.get("Restarting") or not state["Running"]:
-            return Examined(state="exited", reason=f"exited with code {state['ExitCode']}")
+            restarting = "; docker's restart policy restarts it" if state.get("Restarting") else ""
+            return Examined(state="exited", reason=f"exited with code {state['ExitCode']}{restarting}")
         if instance.started and state.get("StartedAt") != instance.started:
             info = await container.show()
             now = _instance(info)
