@@ -48,6 +48,12 @@ async def watch(rollout: Rollout) -> list[InstanceRestarted]:
                 sick[instance.name] = why
             if found.state == "restarted":  # docker did it: counted, nothing else to do
                 events.append(_event(record.project, track, looked[instance.name], found.reason))
+    for track in _tracks(record):  # a hung instance waits while a peer is down: it may still serve
+        peers_down = any(seen[i.name].state != "healthy" for i in track.instances if i.name not in sick)
+        hung = [i.name for i in track.instances if i.name in sick and seen[i.name].state == "unhealthy"]
+        exited = [i.name for i in track.instances if i.name in sick and seen[i.name].state == "exited"]
+        for name in hung if peers_down or exited else []:
+            del sick[name]
     held = _hold_out(record, looked, sick, seen)
     if _routing(held) != _routing(record):
         try:

@@ -134,3 +134,15 @@ async def test_a_promoted_stable_restarts_as_the_version_it_runs(rollout):
     await healing.watch(rollout)
     env = rollout.driver.env_of(instance.name)
     assert (env["VERSION"], env["MODE"]) == ("2.0.0", "stable")
+
+
+async def test_a_hung_instance_is_not_restarted_while_its_peer_is_down(rollout):
+    tune(rollout, services={"replicas": 2, "health": {"retries": 1}})
+    await given(rollout, Phase.stable, canary=False)
+    dead, hung = (i.name for i in rollout.record.stable.instances)
+    rollout.driver.dead[dead] = "exited with code 1"
+    rollout.driver.failing[hung] = "no answer within 3 s"  # it may still serve some requests
+    await healing.watch(rollout)
+    assert [c for c in rollout.driver.calls if c.startswith("restart")] == [f"restart {dead}"]
+    await healing.watch(rollout)  # its peer answers again: now it goes
+    assert [c for c in rollout.driver.calls if c.startswith("restart")] == [f"restart {dead}", f"restart {hung}"]
