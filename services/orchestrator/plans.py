@@ -186,7 +186,11 @@ def process_upstream(instance: Instance) -> Upstream:
 
 
 def docker_upstream(instance: Instance, port: int) -> Upstream:
-    return Upstream(host=instance.name, port=port, down=instance.down)
+    """By container name on the network; one held out (`down`) by its address: a stopped
+    container's name does not resolve, and nginx resolves every server line at each reload."""
+    if instance.down:
+        return Upstream(host=urlsplit(instance.url).hostname or instance.name, port=port, down=True)
+    return Upstream(host=instance.name, port=port)
 
 
 def process_router_plan(

@@ -109,6 +109,20 @@ def test_docker_router_plan_points_at_container_names_on_the_service_port():
     )  # fmt: skip
 
 
+def test_an_instance_held_out_while_it_restarts_is_marked_down_by_its_address_on_docker():
+    sick = instance("shop-stable-x-1").model_copy(update={"url": "http://172.27.0.3:3000", "down": True})
+    plan = plans.docker_router_plan(MANIFEST, [sick, instance("shop-stable-x-2")], [], 0)
+    assert plan.stable == [
+        Upstream(host="172.27.0.3", port=3000, down=True),
+        Upstream(host="shop-stable-x-2", port=3000),
+    ]
+    process = plans.process_router_plan(MANIFEST, Path("/tmp/s"), [sick], [], 0)
+    assert process.stable == [Upstream(host="172.27.0.3", port=3000, down=True)]
+    conf = render_nginx_conf(plan, "test")
+    assert "server 172.27.0.3:3000 max_fails=3 fail_timeout=10s down;" in conf
+    assert "server shop-stable-x-2:3000 max_fails=3 fail_timeout=10s;" in conf
+
+
 def _snapshot(**fields) -> MetricsSnapshot:
     base = {"project": "shop", "track": "canary", "version": "2.0.0", "window_seconds": 10, "error_rate": 0.5,
             "p99_latency_ms": 30.0, "requests": 40.0}  # fmt: skip
