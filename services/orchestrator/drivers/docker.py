@@ -316,7 +316,9 @@ class DockerDriver(RuntimeDriver):
         await container.put_archive(str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf))
         code, out = await _exec(container, ["nginx", "-t", "-q"])
         if code != 0:
-            raise RuntimeDriverError(f"nginx refused the rendered config: {out.strip().splitlines()[-1:]}")
+            lines = out.strip().splitlines()
+            why = [line for line in lines if "[emerg]" in line][:1] or lines[-1:]  # the reason, not "test failed"
+            raise RuntimeDriverError(f"nginx refused the rendered config: {why}")
         old = await _workers(container)
         code, out = await _exec(container, ["nginx", "-s", "reload"])
         if code != 0:
