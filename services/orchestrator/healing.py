@@ -57,9 +57,10 @@ async def watch(rollout: Rollout) -> list[InstanceRestarted]:
     held = _hold_out(record, looked, sick, seen)
     if _routing(held) != _routing(record):
         try:
-            await rollout.route(held)  # nginx stops sending requests to the sick ones first
-        except RuntimeDriverError as exc:  # (docker: a stopped container's name may not resolve)
-            log.warning("could not hold %s out of nginx: %s", ", ".join(sick), exc)
+            await rollout.route(held)  # nginx stops sending requests to the sick ones first (or takes one back)
+        except RuntimeDriverError as exc:  # the record keeps what nginx serves: tried again next look
+            log.warning("nginx could not hold out or take back instances of %s: %s", record.project, exc)
+            held = _with(record, {i.name: i for track in _tracks(held) for i in track.instances}, keep_down=True)
     restarted = dict(looked)
     for track in _tracks(held):
         for instance in track.instances:
@@ -75,7 +76,10 @@ async def watch(rollout: Rollout) -> list[InstanceRestarted]:
             events.append(_event(record.project, track, restarted[instance.name], sick[instance.name]))
     final = _with(held, restarted, keep_down=True)
     if _routing(final) != _routing(held):
-        await rollout.route(final)  # a restart on a new port, or an instance back in
+        try:
+            await rollout.route(final)  # a restart on a new address
+        except RuntimeDriverError as exc:  # the record says where it runs: the drift check routes it
+            log.warning("nginx could not take the new address of a restarted instance of %s: %s", record.project, exc)
     if final != record:
         await rollout.note(stable=final.stable, canary=final.canary)
     for event in events:

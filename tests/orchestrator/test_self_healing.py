@@ -146,3 +146,18 @@ async def test_a_hung_instance_is_not_restarted_while_its_peer_is_down(rollout):
     assert [c for c in rollout.driver.calls if c.startswith("restart")] == [f"restart {dead}"]
     await healing.watch(rollout)  # its peer answers again: now it goes
     assert [c for c in rollout.driver.calls if c.startswith("restart")] == [f"restart {dead}", f"restart {hung}"]
+
+
+async def test_a_router_that_refuses_the_hold_out_still_sees_the_instance_restarted_and_the_record_true(rollout):
+    tune(rollout, services={"replicas": 2})
+    await given(rollout, Phase.stable, canary=False)
+    sick = rollout.record.stable.instances[0].name
+    rollout.driver.dead[sick] = "exited with code 1"
+    rollout.driver.fail_router = "nginx refused the rendered config: host not found in upstream"
+    await healing.watch(rollout)
+    assert f"restart {sick}" in rollout.driver.calls
+    assert (await rollout.store.load(PROJECT)).stable.instances[0].down is False  # what nginx serves
+    rollout.driver.fail_router = None
+    await phases.advance(rollout)  # the drift check gives nginx the restarted instance's new address
+    assert rollout.record.stable.instances[0].url.removeprefix("http://") in await rollout.driver.router_config()
+    assert rollout.types() == ["instance.restarted", "router.drift_repaired"]
