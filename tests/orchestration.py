@@ -20,9 +20,11 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
+from services.orchestrator import lock
 from services.orchestrator.drivers import make_driver
 from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import MetricsSnapshot
+from swiftdeploy_core.errors import OperationInProgress
 from swiftdeploy_core.project.manifest import Manifest, load_manifest
 from swiftdeploy_core.project.state import RolloutState
 from tests.eventually import eventually, eventually_sync
@@ -415,10 +417,16 @@ async def stack(services: Services, tmp_path: Path, request: pytest.FixtureReque
     try:
         yield s
     finally:
+        # The record first, under the project's lock: the orchestrator's self-healing watch must
+        # not restart what this teardown removes.
+        try:
+            async with lock.holding(redis, project, "test-teardown", "tests", wait=30):
+                await redis.delete(streams.rollout_key(project), streams.latest_snapshot_key(project, "canary"))
+        except OperationInProgress:
+            await redis.delete(streams.rollout_key(project), streams.latest_snapshot_key(project, "canary"))
         driver = s.driver()
         await driver.teardown()
         await driver.close()
-        await redis.delete(streams.rollout_key(project), streams.latest_snapshot_key(project, "canary"))
         write_policies(services.root)
         await redis.aclose()
         print(services.orchestrator.log()[-3000:])

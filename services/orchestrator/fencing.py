@@ -34,7 +34,15 @@ from services.orchestrator.lock import Fence
 from swiftdeploy_core.errors import LeaseLost
 
 # The driver methods that change something outside Redis.
-EFFECTS = ("ensure_networks", "start_instance", "stop_instance", "apply_router", "remove", "teardown")
+EFFECTS = (
+    "ensure_networks",
+    "start_instance",
+    "restart_instance",
+    "stop_instance",
+    "apply_router",
+    "remove",
+    "teardown",
+)
 STAMP_PREFIX = "# swiftdeploy fence "
 _STAMP = re.compile(r"\A# swiftdeploy fence (\d+)[^\n]*\n")
 LOCK_POLL = 0.01

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from services.orchestrator import gates, plans
+from services.orchestrator import gates, healing, plans
 from services.orchestrator.drivers.base import InstanceSpec
 from services.orchestrator.rollout import Decision, Rollout
 from swiftdeploy_core.bus.events import (
@@ -108,10 +108,13 @@ async def analyse(rollout: Rollout) -> Decision | None:
     record, manifest = rollout.record, rollout.manifest
     snapshot = await rollout.store.snapshot(record.project, "canary")
     data = plans.canary_input(snapshot, record.canary)
-    if data is None:
+    crashing = healing.crash_loop(rollout)  # a canary in a crash loop fails, whatever its figures
+    if crashing is not None:
+        decision: Decision | None = Decision(allow=False, reasons=[crashing])
+    elif data is None:
         if manifest.canary.no_data is NoData.hold or _warming_up(rollout):
             return None
-        decision: Decision | None = Decision(allow=False, reasons=[no_traffic(manifest.canary.interval)])
+        decision = Decision(allow=False, reasons=[no_traffic(manifest.canary.interval)])
     else:
         decision = await rollout.gate.decide("canary", data)
     if decision is None:

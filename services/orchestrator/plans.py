@@ -168,7 +168,9 @@ def instance_config(spec: InstanceSpec) -> dict[str, Any]:
     """The docker container config of one instance: on its network, reachable by its name."""
     network = spec.network or "bridge"
     env = {"HOST": "0.0.0.0", "PORT": str(spec.port), **spec.environment()}
-    host: dict[str, Any] = {"NetworkMode": network, "RestartPolicy": {"Name": "no"}}
+    # A crashed instance is started again by dockerd at once; the orchestrator's watch sees the
+    # new run (State.StartedAt), counts it and restarts what docker does not (a hang, `docker kill`).
+    host: dict[str, Any] = {"NetworkMode": network, "RestartPolicy": {"Name": "unless-stopped"}}
     if spec.cpus is not None:
         host["NanoCpus"] = int(spec.cpus * 1e9)
     if spec.memory is not None:
@@ -213,10 +215,14 @@ def router_config(manifest: Manifest, project: str, log_dir: Path | None = None)
 
 def process_upstream(instance: Instance) -> Upstream:
     url = urlsplit(instance.url)
-    return Upstream(host=url.hostname or "127.0.0.1", port=url.port or 80)
+    return Upstream(host=url.hostname or "127.0.0.1", port=url.port or 80, down=instance.down)
 
 
 def docker_upstream(instance: Instance, port: int) -> Upstream:
+    """By container name on the network; one held out (`down`) by its address: a stopped
+    container's name does not resolve, and nginx resolves every server line at each reload."""
+    if instance.down:
+        return Upstream(host=urlsplit(instance.url).hostname or instance.name, port=port, down=True)
     return Upstream(host=instance.name, port=port)
 
 

@@ -41,10 +41,13 @@ class RecordStore:
         raw = await self.redis.get(streams.rollout_key(project))
         return RolloutState.model_validate_json(raw) if raw else None
 
-    async def save(self, record: RolloutState, fence: Fence | None = None) -> RolloutState:
-        """Write the record; with a fence, only while its lease is still held (else LeaseLost)."""
-        stamp = {"fence": fence.lease.fence} if fence is not None else {}
-        record = record.model_copy(update={"updated_at": datetime.now(UTC), **stamp})
+    async def save(self, record: RolloutState, fence: Fence | None = None, *, touch: bool = True) -> RolloutState:
+        """Write the record; with a fence, only while its lease is still held (else LeaseLost).
+        `touch=False` keeps `updated_at` (the last analysis tick): the watch's writes are no tick."""
+        stamp: dict[str, object] = {"fence": fence.lease.fence} if fence is not None else {}
+        if touch:
+            stamp["updated_at"] = datetime.now(UTC)
+        record = record.model_copy(update=stamp)
         key, value = streams.rollout_key(record.project), record.model_dump_json()
         if fence is None:
             await self.redis.set(key, value)
@@ -117,6 +120,11 @@ class Rollout:
 
     async def save(self, **changes: object) -> RolloutState:
         self.record = await self.store.save(self.record.model_copy(update=changes), self.fence)
+        return self.record
+
+    async def note(self, **changes: object) -> RolloutState:
+        """Save changes that are no tick of the rollout (the self-healing watch's)."""
+        self.record = await self.store.save(self.record.model_copy(update=changes), self.fence, touch=False)
         return self.record
 
     async def fenced(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from services.orchestrator import fencing, lock, operations, phases, plans
+from services.orchestrator import fencing, healing, lock, operations, phases, plans
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.rollout import Decision, RecordStore, Rollout
 from swiftdeploy_core.bus import streams
@@ -289,6 +289,40 @@ async def tick(ctx: Context, project: str) -> None:
             await rollout.driver.close()
 
 
+async def watch_loop(ctx: Context) -> None:
+    """Self-healing: every `services.health.interval`, one look at each instance of every
+    deployed rollout (`healing.watch`), under the project's lock (a command holding it wins)."""
+    store = RecordStore(ctx.bus.redis)
+    looked: dict[str, float] = {}  # when each project's instances were last looked at
+    while True:
+        with contextlib.suppress(BusLost), redis_errors("the watch"):
+            for project in await store.projects():
+                record = await store.load(project)
+                if record is None or record.phase not in phases.WATCHED:
+                    continue
+                interval = validate_manifest(record.manifest).services.health.interval
+                if time.monotonic() - looked.get(project, 0.0) >= interval:
+                    looked[project] = time.monotonic()
+                    with contextlib.suppress(OperationInProgress):  # a command or a tick has it: next pass
+                        await look(ctx, project)
+        await asyncio.sleep(LOOP_PAUSE)
+
+
+async def look(ctx: Context, project: str) -> None:
+    """One self-healing look at a project's instances under its lock."""
+    async with lock.holding(ctx.bus.redis, project, "watch", ctx.source.instance) as fence:
+        record = await RecordStore(ctx.bus.redis).load(project)
+        if record is None or record.phase not in phases.WATCHED:
+            return
+        rollout = await open_rollout(ctx, project, emitter(ctx, None, record.correlation_id), fence=fence)
+        try:
+            await healing.watch(rollout)
+        except SwiftDeployError as exc:
+            log.warning("watch of %s failed: %s", project, exc)
+        finally:
+            await rollout.driver.close()
+
+
 async def recover_all(ctx: Context) -> None:
     """At start-up: finish or undo what a previous orchestrator left half done."""
     store = RecordStore(ctx.bus.redis)
@@ -324,7 +358,7 @@ def build_spec(settings: Settings) -> ServiceSpec:
             TeardownRequested: on_teardown,
             ChaosRequested: on_chaos,
         },
-        background=[analysis_loop],
+        background=[analysis_loop, watch_loop],
         on_start=recover_all,
         concurrency=CONCURRENCY,
     )

@@ -124,6 +124,9 @@ DESCRIBERS: dict[str, Callable[[Entry], str]] = {
         + "; put back to "
         + RouterSplit.model_validate(e.get("expected") or {}).describe()
     ),
+    "instance.restarted": lambda e: (
+        f"{e.get('instance')} ({e.get('track')}) {e.get('reason')}; restart {e.get('restarts')}"
+    ),
     "canary.completed": lambda e: f"{e.get('version')} at {_pct(e.get('weight'))}, awaiting promote stable",
     "rollback.requested": lambda e: str(e.get("reason", "")),
     "rollback.completed": _rollback,

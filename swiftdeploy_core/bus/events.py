@@ -230,6 +230,18 @@ class RouterDriftRepaired(Payload):
     expected: RouterSplit
 
 
+class InstanceRestarted(Payload):
+    """An instance exited or stopped answering its health check and was restarted (by the
+    orchestrator's watch, or by docker's restart policy); `restarts` counts them for this instance."""
+
+    type: Literal["instance.restarted"] = "instance.restarted"
+    project: str
+    track: Track
+    instance: str
+    reason: str
+    restarts: int
+
+
 class CanaryCompleted(Payload):
     """The canary reached the last step; it waits for `promote stable`."""
 
@@ -677,6 +689,7 @@ AnyPayload = Annotated[
     | CanaryReplaced
     | CanaryCompleted
     | RouterDriftRepaired
+    | InstanceRestarted
     | RollbackRequested
     | RollbackCompleted
     | PromotionRequested

@@ -28,6 +28,8 @@ class InstanceView(BaseModel):
     url: str
     name: str = ""
     healthy: bool | None = None  # None: not probed / no answer yet
+    restarts: int = 0  # restarted by the orchestrator's watch (or docker's restart policy)
+    down: bool = False  # nginx holds it out while it restarts
 
 
 class TrackView(BaseModel):
@@ -38,6 +40,7 @@ class TrackView(BaseModel):
     weight: int
     replicas: int
     instances: list[InstanceView]
+    restarts: int = 0  # of its instances, in all
     request_rate: float | None = None
     error_rate: float | None = None
     p99_latency_ms: float | None = None
@@ -151,7 +154,11 @@ def _track_view(track: TrackState, snapshot: MetricsSnapshot | None, health: dic
         digest=track.digest,
         weight=track.weight,
         replicas=len(track.instances),
-        instances=[InstanceView(url=i.url, name=i.name, healthy=health.get(i.url)) for i in track.instances],
+        instances=[
+            InstanceView(url=i.url, name=i.name, healthy=health.get(i.url), restarts=i.restarts, down=i.down)
+            for i in track.instances
+        ],
+        restarts=track.restarts,
         request_rate=snapshot.request_rate if snapshot else None,
         error_rate=snapshot.error_rate if snapshot else None,
         p99_latency_ms=snapshot.p99_latency_ms if snapshot else None,
@@ -234,7 +241,8 @@ def _health(track: TrackView) -> Text:
     unknown = sum(1 for i in track.instances if i.healthy is None)
     style = "green" if up == track.replicas and track.replicas else ("yellow" if unknown else "red")
     mark = "✓" if style == "green" else ("?" if style == "yellow" else "✗")
-    return Text(f"{mark} {up}/{track.replicas} healthy", style=style)
+    restarts = f" · {track.restarts} restart{'s' if track.restarts != 1 else ''}" if track.restarts else ""
+    return Text(f"{mark} {up}/{track.replicas} healthy{restarts}", style=style)
 
 
 def step_line(rollout: RolloutState | None) -> str | None:

@@ -272,6 +272,14 @@ class NoData(str, Enum):
     hold = "hold"  # it counts as nothing: the rollout waits (a progress deadline still applies)
 
 
+class CrashLoopSpec(_Section):
+    """`canary.crash_loop`: a canary instance restarted `restarts` times within `window` seconds
+    is in a crash loop; each analysis then fails with that reason (failure_limit rolls back)."""
+
+    restarts: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
+    window: Annotated[float, Field(gt=0, le=24 * 3600)] = 60.0
+
+
 class CanarySpec(_Section):
     """`canary`: how a canary is rolled out. version and image default to the service's."""
 
@@ -289,6 +297,7 @@ class CanarySpec(_Section):
     # Seconds the promoted stable keeps being judged by the canary policy after `promote stable`;
     # a denial (failure_limit) then goes back to the previous version. 0: no bake.
     bake: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
+    crash_loop: CrashLoopSpec = CrashLoopSpec()
 
     @field_validator("steps")
     @classmethod

@@ -50,6 +50,7 @@ class Upstream(BaseModel):
 
     host: Host
     port: Annotated[int, Field(ge=1, le=65535)]
+    down: bool = False  # held out while it restarts (nginx's `down`): no request is sent to it
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"

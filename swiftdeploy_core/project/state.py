@@ -43,6 +43,14 @@ class Instance(BaseModel):
     track: Track
     version: str
     url: str  # e.g. http://127.0.0.1:41234
+    # Self-healing (services/orchestrator/healing.py): how often the orchestrator (or docker's
+    # restart policy) restarted this instance, when (the recent ones, for the crash-loop window),
+    # whether nginx holds it out (`down`) until it answers again, and its failed checks in a row.
+    restarts: int = 0
+    restarted_at: list[datetime] = []
+    down: bool = False
+    failed_checks: int = 0
+    started: str = ""  # the runtime's mark of this run (docker: State.StartedAt): a change is a restart
 
 
 class TrackState(BaseModel):
@@ -56,6 +64,11 @@ class TrackState(BaseModel):
     # Router chaos (`swiftdeploy chaos error --router`): nginx answers 500 to this percent of the
     # track's requests. Kept on the canary track, so it goes when the canary goes.
     router_error_percent: float = 0.0
+
+    @property
+    def restarts(self) -> int:
+        """Restarts of this track's instances (self-healing)."""
+        return sum(i.restarts for i in self.instances)
 
 
 class Pause(BaseModel):

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from services.orchestrator import plans
 from services.orchestrator.rollout import RecordStore
+from swiftdeploy_core.bus import streams
 from swiftdeploy_core.project.manifest import load_manifest
 from swiftdeploy_core.project.state import Phase
 from tests.orchestration import write_manifest
@@ -30,6 +31,9 @@ async def rollout(tmp_path: Path, redis_url: str, canary_spec: dict[str, Any]):
     loaded = load_manifest(write_manifest(tmp_path, PROJECT, canary=canary_spec))
     redis = aioredis.Redis.from_url(redis_url)
     yield harness(loaded, FakeDriver(PROJECT, tmp_path / "state"), RecordStore(redis), FakeHarness)
+    # A record left behind would be a real project to the next real orchestrator on this Redis
+    # (its recovery and self-healing watch would start nginx and workloads for it).
+    await redis.delete(streams.rollout_key(PROJECT))
     await redis.aclose()
 
 

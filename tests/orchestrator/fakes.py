@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from services.orchestrator import plans
 from services.orchestrator.drivers.base import (
+    Examined,
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
@@ -44,6 +45,7 @@ class Split:
     canary: tuple[str, ...]
     weight: int
     conf: str = field(repr=False, compare=False)
+    down: tuple[str, ...] = ()  # instances held out (nginx's `down`) while they restart
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class FakeDriver(RuntimeDriver):
         self.fail_start: dict[str, str] = {}  # instance name -> InstanceFailed message at start
         self.unhealthy: dict[str, str] = {}  # instance name -> InstanceFailed message at wait_healthy
         self.fail_router: str | None = None  # apply_router raises RuntimeDriverError(fail_router)
+        # What the self-healing watch finds (`examine`): instance name -> why it exited / its failed probe.
+        self.dead: dict[str, str] = {}  # cleared by a restart
+        self.failing: dict[str, str] = {}  # kept across restarts (a test clears it)
         self._ports = iter(range(FIRST_PORT, FIRST_PORT + 10_000))
 
     # --- what a test reads back ----------------------------------------------------------------
@@ -120,6 +125,19 @@ class FakeDriver(RuntimeDriver):
         if instance.name in self.unhealthy:
             raise InstanceFailed(instance.name, self.unhealthy[instance.name])
 
+    async def examine(self, instance: Instance, path: str, timeout: float) -> Examined:
+        if instance.name in self.dead or instance.name not in self.instances:
+            return Examined(state="exited", reason=self.dead.get(instance.name, "is gone"))
+        if instance.name in self.failing:
+            return Examined(state="unhealthy", reason=self.failing[instance.name])
+        return Examined(state="healthy")
+
+    async def restart_instance(self, instance: Instance, spec: InstanceSpec) -> Instance:
+        self.calls.append(f"restart {spec.name}")
+        self.dead.pop(spec.name, None)
+        self.instances.pop(spec.name, None)
+        return await self.start_instance(spec)
+
     async def stop_instance(self, name: str) -> None:
         if self.instances.pop(name, None) is not None:
             self.calls.append(f"stop {name}")
@@ -133,9 +151,11 @@ class FakeDriver(RuntimeDriver):
         weight = weight if canary else 0  # as the real plans do: no canary, no canary share
         plan = plan_for_process(manifest, self.dir, _upstreams(stable), _upstreams(canary), canary_weight=weight)
         conf = self.render_router(manifest, stable, canary, weight, canary_error_percent)
-        split = Split(tuple(i.name for i in stable), tuple(i.name for i in canary), weight, conf)
+        down = tuple(i.name for i in [*stable, *canary] if i.down)
+        split = Split(tuple(i.name for i in stable), tuple(i.name for i in canary), weight, conf, down)
         if split != self.split:
-            self.calls.append(f"router stable={len(stable)} canary={len(canary)} weight={weight}")
+            held = f" down={len(down)}" if down else ""
+            self.calls.append(f"router stable={len(stable)} canary={len(canary)} weight={weight}{held}")
         self.split = split
         self.router_url = plan.url
         return plan.url

@@ -7,6 +7,9 @@ teardown leaving nothing) is checked here against real processes and nginx too.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -71,3 +74,22 @@ async def test_an_instance_that_never_gets_healthy_is_named_and_keeps_its_last_l
         await driver.wait_healthy(instance, 10)
     assert caught.value.name == spec.name
     assert await driver.logs_tail(spec.name) == ["boom: missing config"]
+
+
+async def test_a_killed_instance_is_examined_as_exited_and_restarted_under_its_name(runtime):
+    manifest, driver = runtime
+    [spec] = plans.track_specs(manifest, "stable", "h1")
+    instance = await driver.start_instance(spec)
+    await driver.wait_healthy(instance, 20)
+    assert (await driver.examine(instance, "/healthz", 2)).state == "healthy"
+    if isinstance(driver, FakeDriver):  # the fake is told what kill -9 does to a real process
+        driver.dead[spec.name] = "was killed by SIGKILL"
+    else:
+        os.kill(int(instance.id), signal.SIGKILL)
+        await asyncio.sleep(0.2)
+    found = await driver.examine(instance, "/healthz", 2)
+    assert (found.state, found.reason) == ("exited", "was killed by SIGKILL")
+    again = await driver.restart_instance(instance, spec)
+    await driver.wait_healthy(again, 20)
+    assert again.name == spec.name and (await driver.examine(again, "/healthz", 2)).state == "healthy"
+    assert [o.name for o in await driver.list_objects() if o.role == "instance"] == [spec.name]

@@ -109,6 +109,20 @@ def test_docker_router_plan_points_at_container_names_on_the_service_port():
     )  # fmt: skip
 
 
+def test_an_instance_held_out_while_it_restarts_is_marked_down_by_its_address_on_docker():
+    sick = instance("shop-stable-x-1").model_copy(update={"url": "http://172.27.0.3:3000", "down": True})
+    plan = plans.docker_router_plan(MANIFEST, [sick, instance("shop-stable-x-2")], [], 0)
+    assert plan.stable == [
+        Upstream(host="172.27.0.3", port=3000, down=True),
+        Upstream(host="shop-stable-x-2", port=3000),
+    ]
+    process = plans.process_router_plan(MANIFEST, Path("/tmp/s"), [sick], [], 0)
+    assert process.stable == [Upstream(host="172.27.0.3", port=3000, down=True)]
+    conf = render_nginx_conf(plan, "test")
+    assert "server 172.27.0.3:3000 max_fails=3 fail_timeout=10s down;" in conf
+    assert "server shop-stable-x-2:3000 max_fails=3 fail_timeout=10s;" in conf
+
+
 def _snapshot(**fields) -> MetricsSnapshot:
     base = {"project": "shop", "track": "canary", "version": "2.0.0", "window_seconds": 10, "error_rate": 0.5,
             "p99_latency_ms": 30.0, "requests": 40.0}  # fmt: skip
@@ -207,7 +221,7 @@ def test_a_docker_instance_runs_its_digest_with_env_secrets_command_args_and_lim
         "Labels": {"swiftdeploy.project": "ledger", "swiftdeploy.role": "instance", "swiftdeploy.track": "stable",
                    "swiftdeploy.version": "1.0.0"},
         "ExposedPorts": {"8000/tcp": {}},
-        "HostConfig": {"NetworkMode": "ledger-net", "RestartPolicy": {"Name": "no"}, "NanoCpus": 500_000_000,
+        "HostConfig": {"NetworkMode": "ledger-net", "RestartPolicy": {"Name": "unless-stopped"}, "NanoCpus": 500_000_000,
                        "Memory": 128 * 1024**2},
         "NetworkingConfig": {"EndpointsConfig": {"ledger-net": {"Aliases": ["ledger-stable-g-1"]}}},
     }  # fmt: skip
@@ -218,7 +232,7 @@ def test_the_seed_like_manifest_keeps_the_images_cmd_and_sets_no_limits():
     [spec] = plans.track_specs(MANIFEST.model_copy(update={}), "stable", "g")[:1]
     config = plans.instance_config(spec)
     assert "Cmd" not in config and config["Image"] == "swiftdeploy/workload:1.0.0"
-    assert config["HostConfig"] == {"NetworkMode": "shop-net", "RestartPolicy": {"Name": "no"}}
+    assert config["HostConfig"] == {"NetworkMode": "shop-net", "RestartPolicy": {"Name": "unless-stopped"}}
 
 
 def test_a_canary_that_only_changes_env_has_another_fingerprint_and_one_identical_has_the_same():

@@ -14,8 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
 from enum import Enum
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from swiftdeploy_core.bus.events import AnyPayload, Track
@@ -106,6 +107,19 @@ class RuntimeObject(BaseModel):
         return self.labels.get(LABEL_VERSION)
 
 
+class Examined(BaseModel):
+    """What one look at a recorded instance found (the self-healing watch acts on it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # healthy: runs and answers its health path; unhealthy: runs, does not answer; exited: not
+    # running (dead pid, exited or removed container); restarted: the runtime itself started it
+    # again since it was recorded (docker's restart policy), `instance` is how it runs now.
+    state: Literal["healthy", "unhealthy", "exited", "restarted"]
+    reason: str = ""
+    instance: Instance | None = None
+
+
 class RuntimeDriver(ABC):
     """Executes plans on one runtime for one project. Every method is safe to repeat."""
 
@@ -141,6 +155,18 @@ class RuntimeDriver(ABC):
     @abstractmethod
     async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
         """Wait until `path` answers 200; RuntimeDriverError (with its last log lines) if not."""
+
+    async def examine(self, instance: Instance, path: str, timeout: float) -> Examined:
+        """Is a recorded instance running and answering `path` within `timeout`? (The runtime's
+        own knowledge first: a dead process need not be asked.) Default: ask it over HTTP."""
+        problem = await http_problem(f"{instance.url}{path}", timeout)
+        return Examined(state="healthy") if problem is None else Examined(state="unhealthy", reason=problem)
+
+    async def restart_instance(self, instance: Instance, spec: InstanceSpec) -> Instance:
+        """Start a dead or sick instance again under its name, from the spec it was started from;
+        returns once it was started (not yet healthy). Default: stop it, start it again."""
+        await self.stop_instance(instance.name)
+        return await self.start_instance(spec)
 
     @abstractmethod
     async def stop_instance(self, name: str) -> None:
@@ -232,6 +258,20 @@ async def wait_listening(host: str, port: int, exited: Reason, *, public: int, t
             return
         await asyncio.sleep(POLL)
     raise RuntimeDriverError(f"nginx did not listen on 127.0.0.1:{public} within {timeout:.0f}s")
+
+
+async def http_problem(url: str, timeout: float) -> str | None:
+    """None when `url` answers 200 within `timeout`; otherwise what went wrong, in a few words."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(url) as response:
+                return None if response.status == 200 else f"HTTP {response.status}"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except aiohttp.ClientConnectorError:
+        return "connection refused"
+    except (aiohttp.ClientError, OSError) as exc:
+        return type(exc).__name__
 
 
 def port_in_use(port: int, host: str = "127.0.0.1", detail: str = "") -> RuntimeDriverError:

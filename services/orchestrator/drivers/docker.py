@@ -26,12 +26,14 @@ from services.orchestrator.drivers.base import (
     LABEL_ROLE,
     LABEL_TRACK,
     LABEL_VERSION,
+    Examined,
     InstanceSpec,
     NetworkSpec,
     Progress,
     Role,
     RuntimeDriver,
     RuntimeObject,
+    http_problem,
     port_in_use,
     read_text,
     wait_drained,
@@ -54,6 +56,7 @@ from swiftdeploy_core.project.router import CONTAINER_CONF, render_nginx_conf, r
 from swiftdeploy_core.project.state import Instance
 
 STOP_GRACE = 5  # seconds docker waits after SIGTERM before SIGKILL
+RESTART_WAIT = 10.0  # seconds a restart waits for a container docker is restarting itself
 UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker Engine"
 PROGRESS_EVERY = 1.0  # seconds between two image.pulling events of one pull
 NO_DOCKER = "cannot reach dockerd ({error}); start it, or deploy with `runtime: process`"
@@ -207,6 +210,55 @@ class DockerDriver(RuntimeDriver):
         with docker_errors(f"waiting for {instance.name}"):
             await wait_http_ok(f"{instance.url}{path}", timeout, name=instance.name, alive=exited)
 
+    async def examine(self, instance: Instance, path: str, timeout: float) -> Examined:
+        with docker_errors(f"inspecting {instance.name}"):
+            container = await self._get(instance.name)
+        if container is None:
+            return Examined(state="exited", reason="was removed")
+        state = container["State"]
+        if state.get("Restarting") or not state["Running"]:
+            restarting = "; docker's restart policy restarts it" if state.get("Restarting") else ""
+            return Examined(state="exited", reason=f"exited with code {state['ExitCode']}{restarting}")
+        if instance.started and state.get("StartedAt") != instance.started:
+            info = await container.show()
+            now = _instance(info)
+            if now.url != instance.url:
+                await self._refresh_router()
+            restarts = info.get("RestartCount", 0)
+            reason = f"exited and was restarted by docker's restart policy ({restarts} so far)"
+            return Examined(state="restarted", reason=reason, instance=now)
+        problem = await http_problem(f"{instance.url}{path}", timeout)
+        return Examined(state="healthy") if problem is None else Examined(state="unhealthy", reason=problem)
+
+    async def restart_instance(self, instance: Instance, spec: InstanceSpec) -> Instance:
+        """docker restart (or start) the same container; one docker is restarting is waited for."""
+        with docker_errors(f"restarting {instance.name}"):
+            container = await self._get(instance.name)
+            if container is None:
+                return await self.start_instance(spec)
+            deadline = time.monotonic() + RESTART_WAIT
+            while container["State"].get("Restarting") and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                container = await self._get(instance.name) or container
+            if container["State"]["Running"] and container["State"].get("StartedAt") != instance.started:
+                info = await container.show()  # docker started it again meanwhile
+            else:
+                await container.restart(timeout=1)
+                info = await container.show()
+        now = _instance(info)
+        if now.url != instance.url:
+            await self._refresh_router()
+        return now
+
+    async def _refresh_router(self) -> None:
+        """Reload nginx on the config it serves: it resolves instance names again (a restarted
+        container may have a new address)."""
+        conf = read_text(self.nginx_conf)
+        with docker_errors("reloading the router"):
+            container = await self._get(router_container(self.project))
+            if conf is not None and container is not None and container["State"]["Running"]:
+                await self._reload(container, conf)
+
     async def stop_instance(self, name: str) -> None:
         with docker_errors(f"stopping {name}"):
             container = await self._get(name)
@@ -270,7 +322,9 @@ class DockerDriver(RuntimeDriver):
         await container.put_archive(str(Path(CONTAINER_CONF).parent), _tar(Path(CONTAINER_CONF).name, conf))
         code, out = await _exec(container, ["nginx", "-t", "-q"])
         if code != 0:
-            raise RuntimeDriverError(f"nginx refused the rendered config: {out.strip().splitlines()[-1:]}")
+            lines = out.strip().splitlines()
+            why = [line for line in lines if "[emerg]" in line][:1] or lines[-1:]  # the reason, not "test failed"
+            raise RuntimeDriverError(f"nginx refused the rendered config: {why}")
         old = await _workers(container)
         code, out = await _exec(container, ["nginx", "-s", "reload"])
         if code != 0:
@@ -351,6 +405,7 @@ def _instance(info: dict[str, Any]) -> Instance:
     return Instance(
         id=info["Id"][:12], name=info["Name"].lstrip("/"), track=labels.get(LABEL_TRACK, "stable"),
         version=labels.get(LABEL_VERSION, ""), url=f"http://{_ip(info)}:{port}",
+        started=str(info["State"].get("StartedAt") or ""),
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from services.orchestrator import fencing, plans
 from services.orchestrator.drivers.base import (
     LABEL_TRACK,
     LABEL_VERSION,
+    Examined,
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
@@ -32,6 +33,7 @@ from services.orchestrator.drivers.base import (
     RuntimeDriver,
     RuntimeObject,
     ensure_port_free,
+    http_problem,
     read_text,
     wait_drained,
     wait_listening,
@@ -93,7 +95,9 @@ class ProcessDriver(RuntimeDriver):
         existing = self._read(spec.name)
         if existing and _alive(existing):
             return _instance(existing)
-        port = free_port()
+        return self._spawn(spec, free_port())
+
+    def _spawn(self, spec: InstanceSpec, port: int) -> Instance:
         command = [*(spec.command or plans.DEFAULT_COMMAND), *spec.args]
         log = self.dir / "logs" / f"{spec.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,25 @@ class ProcessDriver(RuntimeDriver):
             return _exit_reason(record)
 
         await wait_http_ok(f"{instance.url}{path}", timeout, name=instance.name, alive=exited)
+
+    async def examine(self, instance: Instance, path: str, timeout: float) -> Examined:
+        record = self._read(instance.name)
+        if record is None:
+            return Examined(state="exited", reason="is gone (no process record)")
+        reason = _exit_reason(record)
+        if reason is not None:
+            return Examined(state="exited", reason=_signal_named(reason))
+        problem = await http_problem(f"{instance.url}{path}", timeout)
+        return Examined(state="healthy") if problem is None else Examined(state="unhealthy", reason=problem)
+
+    async def restart_instance(self, instance: Instance, spec: InstanceSpec) -> Instance:
+        """Kill what is left of it, start it again on its port (nginx's upstream stays as it is), or
+        on a new one when something else took that port meanwhile."""
+        record = self._read(spec.name)
+        if record is not None:
+            await _terminate(record, signal.SIGKILL)
+        port = record.port if record is not None and _port_free(record.port) else free_port()
+        return self._spawn(spec, port)
 
     async def stop_instance(self, name: str) -> None:
         record = self._read(name)
@@ -270,6 +293,23 @@ def child_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(extra)
     return env
+
+
+def _port_free(port: int) -> bool:
+    try:
+        ensure_port_free(port)
+    except RuntimeDriverError:
+        return False
+    return True
+
+
+def _signal_named(reason: str) -> str:
+    """`exited with code -9` as `was killed by SIGKILL` (a negative code is the signal)."""
+    code = reason.removeprefix("exited with code ")
+    if code.startswith("-") and code[1:].isdigit():
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-int(code)).name}"
+    return reason
 
 
 def _search_path(root: Path) -> str:
