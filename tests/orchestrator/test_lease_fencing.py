@@ -42,7 +42,8 @@ async def test_a_lease_refused_on_renewal_stops_the_operation_before_its_next_ef
 async def test_a_replica_that_lost_its_lease_while_redis_was_paused_cannot_write_or_route(make_redis, tmp_path: Path):
     server = make_redis()
     loaded = load_manifest(write_manifest(tmp_path / "p", PROJECT, canary={"steps": [10, 25, 50]}))
-    clients = [aioredis.Redis.from_url(server.url, socket_timeout=0.3) for _ in range(2)]
+    # A short timeout notices the paused Redis; not so short that a busy machine fails the set-up.
+    clients = [aioredis.Redis.from_url(server.url, socket_timeout=1.0) for _ in range(2)]
     a, b = (
         harness(loaded, FakeDriver(PROJECT, tmp_path / f"state-{n}"), RecordStore(c), FakeHarness)
         for n, c in zip("ab", clients)
