@@ -45,7 +45,7 @@ def swarm_info() -> dict[str, object]:
 @contextlib.contextmanager
 def swarm_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[IO[str]]:
     """Hold the machine-wide swarm lock (exclusive flock on LOCK_PATH) for the block."""
-    handle = open(LOCK_PATH, "a+")  # noqa: SIM115 (held across the yield)
+    handle = open(LOCK_PATH, "a+")
     deadline = time.monotonic() + timeout
     try:
         while True:
