@@ -229,6 +229,7 @@ class SwarmDriver(DockerDriver):
         self.conf_dir = state_dir / "nginx" / "live"  # bind-mounted into the nginx task
         self._addresses: dict[str, str] = {}  # instance (service-slot) -> its task's overlay IP
         self._nodes: dict[str, str] = {}  # node id -> its address
+        self._hostnames: dict[str, str] = {}  # node id -> its hostname
         self._auths: dict[str, str] | None = None
 
     # --- the swarm ---------------------------------------------------------------------------
@@ -368,10 +369,12 @@ class SwarmDriver(DockerDriver):
 
     async def _instance(self, task: dict[str, Any], name: str) -> Instance:
         labels = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
-        host = await self._node_addr(str(task.get("NodeID", "")))
+        node_id = str(task.get("NodeID", ""))
+        host = await self._node_addr(node_id)
         return Instance(
             id=str(task["ID"]), name=name, track=labels.get(LABEL_TRACK, "stable"),
             version=labels.get(LABEL_VERSION, ""), url=f"http://{host}:{published_port(task)}",
+            node=self._hostnames.get(node_id, node_id[:12]),
         )  # fmt: skip
 
     async def _node_addr(self, node_id: str) -> str:
@@ -379,6 +382,7 @@ class SwarmDriver(DockerDriver):
             node = await self.docker.nodes.inspect(node_id=node_id)
             addr = str((node.get("Status") or {}).get("Addr") or "127.0.0.1")
             self._nodes[node_id] = "127.0.0.1" if addr in ("0.0.0.0", "") else addr
+            self._hostnames[node_id] = str((node.get("Description") or {}).get("Hostname") or node_id[:12])
         return self._nodes[node_id]
 
     async def wait_healthy(self, instance: Instance, timeout: float, path: str = "/healthz") -> None:
