@@ -14,7 +14,7 @@ import pytest
 
 from services.orchestrator import plans
 from tests.eventually import eventually
-from tests.orchestration import LoadLoop, get_json
+from tests.orchestration import LoadLoop, get_json, write_policies
 
 pytestmark = pytest.mark.docker
 COLLECTOR = {"interval": 0.5, "window": 4}
@@ -44,7 +44,10 @@ def swarm_images(request: pytest.FixtureRequest, single_node_swarm, workload_ima
 async def completed(stack) -> None:
     """Wait for the canary to complete its steps; say why when it was rolled back instead."""
     done = await stack.phase("canary_complete", "stable", timeout=120)
-    assert done.phase.value == "canary_complete", f"the canary was rolled back: {done.last_reasons}"
+    if done.phase.value != "canary_complete":
+        tasks = subprocess.run(["docker", "service", "ps", "--no-trunc", *labelled("service", stack.project)],
+                               capture_output=True, text=True).stdout  # fmt: skip
+        raise AssertionError(f"the canary was rolled back: {done.last_reasons}\n{tasks}")
 
 
 def labelled(kind: str, project: str) -> list[str]:
@@ -75,6 +78,8 @@ async def loaded(stack, during):
 
 async def test_swarm_story_weighted_canary_rollback_promotion_and_a_clean_teardown(stack):
     project = stack.project
+    # This story is about errors: latency on this shared 2-core machine (load often above 10) is noise.
+    write_policies(stack.policies_root, p99_latency_ms=5000, comparison_latency_min_ms=2000)
     deployed = await stack.sd("deploy")
     assert deployed.code == 0, deployed.text
     assert f"deploy.step networks: {project}-net (overlay)" in deployed.err

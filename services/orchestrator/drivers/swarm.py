@@ -449,10 +449,13 @@ class SwarmDriver(DockerDriver):
 
     async def refresh_addresses(self) -> dict[str, str]:
         """Re-read every running task's overlay address (what nginx's upstreams list)."""
-        self._addresses = {
+        found = {
             t["name"]: t["address"] for t in await self.tasks() if t["role"] == Role.instance.value and t["address"]
             and t["state"] in ("starting", "running")
         }  # fmt: skip
+        # A slot between two tasks keeps its last address (nginx passes over it to the others)
+        # rather than a name nginx could not resolve while no task of the service runs.
+        self._addresses = {**self._addresses, **found}
         return self._addresses
 
     # --- router ------------------------------------------------------------------------------
