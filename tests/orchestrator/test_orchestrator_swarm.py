@@ -216,3 +216,9 @@ async def test_a_task_swarm_replaces_is_followed_by_nginx_within_an_interval_or_
     print(f"swarm: nginx lists the replacement task {address} {time.monotonic() - started:.1f}s after the kill")
     assert (await get_json(await stack.url()))["version"] == "1.0.0"
     assert (await stack.sd("teardown", timeout=120)).code == 0
+
+
+async def test_validate_checks_the_swarm_this_node_a_ready_manager(stack):
+    result = await stack.sd("validate")
+    [line] = [line for line in result.out.splitlines() if line.startswith(("✓ swarm ready", "✗ swarm ready"))]
+    assert line.startswith("✓ swarm ready: manager ") and "1/1 node(s) ready" in line, line
