@@ -33,6 +33,9 @@ def swarm_images(request: pytest.FixtureRequest, single_node_swarm, workload_ima
         "services": {
             "image": workload_image, "replicas": 2, "metrics": "router",
             "secrets": [{"name": "API_TOKEN", "env": "SDO_SWARM_TOKEN"}],
+            # The tasks' Docker HEALTHCHECK: generous, as this shared 2-core machine is often loaded
+            # past 10 and a healthcheck that times out makes Swarm replace a healthy task.
+            "health": {"interval": 5, "timeout": 15, "retries": 5},
         },
         "nginx": {"image": nginx_image},
         "canary": {"version": "2.0.0", "image": workload_image, "steps": [10, 50], "interval": INTERVAL,
@@ -48,6 +51,18 @@ async def completed(stack) -> None:
         tasks = subprocess.run(["docker", "service", "ps", "--no-trunc", *labelled("service", stack.project)],
                                capture_output=True, text=True).stdout  # fmt: skip
         raise AssertionError(f"the canary was rolled back: {done.last_reasons}\n{tasks}")
+
+
+@pytest.fixture(autouse=True)
+def task_history(stack):
+    """After each story: every task the project's services ran, and why each one ended."""
+    yield
+    services = labelled("service", stack.project)
+    if services:
+        out = subprocess.run(["docker", "service", "ps", "--no-trunc", "--format",
+                              "{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}", *services],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        print(f"tasks of {stack.project}:\n{out}")
 
 
 def labelled(kind: str, project: str) -> list[str]:

@@ -460,10 +460,12 @@ class SwarmDriver(DockerDriver):
 
     # --- router ------------------------------------------------------------------------------
 
-    def _upstream(self, instance: Instance, port: int) -> Upstream:
-        """The task's overlay address; before it is known, the service's dnsrr name."""
-        address = self._addresses.get(instance.name)
-        return Upstream(host=address or service_of(instance.name)[0], port=port)
+    def _upstreams(self, instances: list[Instance], port: int) -> list[Upstream]:
+        """The tasks' overlay addresses; when none of the track's is known, the services' dnsrr
+        names (nginx resolves them to the running tasks when it loads the config)."""
+        known = [Upstream(host=self._addresses[i.name], port=port) for i in instances if i.name in self._addresses]
+        names = dict.fromkeys(service_of(i.name)[0] for i in instances)
+        return known or [Upstream(host=name, port=port) for name in names]
 
     def render_router(
         self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
@@ -471,7 +473,7 @@ class SwarmDriver(DockerDriver):
     ) -> str:  # fmt: skip
         port = manifest.services.port
         base = plans.docker_router_plan(manifest, stable, canary, weight, canary_error_percent).model_dump()
-        base.update(stable=[self._upstream(i, port) for i in stable], canary=[self._upstream(i, port) for i in canary])
+        base.update(stable=self._upstreams(stable, port), canary=self._upstreams(canary, port))
         return render_nginx_conf(RouterPlan.model_validate(base), plans.ROUTER_HEADER)
 
     async def router_config(self) -> str | None:
