@@ -13,6 +13,8 @@ import time
 import pytest
 
 from services.orchestrator import plans
+from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import MetricsSnapshot
 from tests.eventually import eventually
 from tests.orchestration import LoadLoop, get_json, write_policies
 
@@ -208,6 +210,27 @@ async def live_router(stack) -> str:
         return await driver.router_config() or ""
     finally:
         await driver.close()
+
+
+async def test_the_collector_scrapes_every_task_and_status_shows_tasks_per_node(stack):
+    stack.manifest(services={**MANIFEST["services"], "metrics": "app"})
+    assert (await stack.sd("deploy")).code == 0
+    urls = sorted(i.url for i in (await stack.record()).stable.instances)
+    assert len(urls) == 2 and all(u.startswith("http://127.0.0.1:") for u in urls)  # node address, task port
+
+    async def scraped() -> MetricsSnapshot | None:
+        raw = await stack.redis.get(streams.latest_snapshot_key(stack.project, "stable"))
+        found = MetricsSnapshot.model_validate_json(raw) if raw else None
+        return found if found is not None and sorted(found.targets) == urls else None
+
+    snapshot = await eventually(scraped, "the collector to scrape both stable tasks", 30, interval=0.2)
+    assert snapshot.source == "app"
+    status = await stack.sd("status", "--json")
+    assert status.code == 0, status.text
+    [track] = json.loads(status.out)["tracks"]
+    hostname = inspect("node", "self")["Description"]["Hostname"]
+    assert [(i["node"], i["healthy"]) for i in track["instances"]] == [(hostname, True), (hostname, True)]
+    assert (await stack.sd("teardown", timeout=120)).code == 0
 
 
 async def test_a_task_swarm_replaces_is_followed_by_nginx_within_an_interval_or_two(stack):
