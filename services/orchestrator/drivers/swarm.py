@@ -41,6 +41,7 @@ from services.orchestrator.drivers.base import (
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
+    Progress,
     Role,
     RuntimeObject,
     ensure_port_free,
@@ -49,7 +50,7 @@ from services.orchestrator.drivers.base import (
 )
 from services.orchestrator.drivers.docker import DockerDriver, _exec, _workers, docker_errors
 from services.orchestrator.drivers.health import wait_http_ok
-from swiftdeploy_core.errors import RuntimeDriverError
+from swiftdeploy_core.errors import ImagePullError, RuntimeDriverError
 from swiftdeploy_core.project.images import auth_for, load_auths, parse_reference
 from swiftdeploy_core.project.manifest import HealthSpec, Manifest, PlacementSpec, SwarmSpec
 from swiftdeploy_core.project.router import (
@@ -270,6 +271,19 @@ class SwarmDriver(DockerDriver):
             raise RuntimeDriverError(f"runtime swarm: no node is ready ({', '.join(not_ready)})")
         if not router_running:
             ensure_port_free(manifest.nginx.port)
+
+    async def ensure_images(self, manifest: Manifest, images: list[str], progress: Progress) -> dict[str, str | None]:
+        """As on docker (pulled here, the digest resolved); on a swarm of several nodes a service
+        image must come from a registry, since the other nodes pull it by that digest (nginx,
+        which runs here, may be local)."""
+        digests = await super().ensure_images(manifest, images, progress)
+        local = [i for i, d in digests.items() if d and "@" not in d and i != manifest.nginx.image]
+        if local and len(await self.nodes()) > 1:
+            raise ImagePullError(
+                f"image {local[0]!r} is only on this node (never pushed to a registry): the swarm's other "
+                "nodes cannot pull it; push it to a registry and name it there"
+            )
+        return digests
 
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         """The networks as attachable overlays (whatever driver the manifest names: a swarm's
