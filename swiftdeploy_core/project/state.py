@@ -43,6 +43,7 @@ class Instance(BaseModel):
     track: Track
     version: str
     url: str  # e.g. http://127.0.0.1:41234
+    node: str = ""  # swarm runtime: the hostname of the node its task was started on
     # Self-healing (services/orchestrator/healing.py): how often the orchestrator (or docker's
     # restart policy) restarted this instance, when (the recent ones, for the crash-loop window),
     # whether nginx holds it out (`down`) until it answers again, and its failed checks in a row.

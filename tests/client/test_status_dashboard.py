@@ -78,7 +78,14 @@ def test_the_json_carries_mode_chaos_tracks_figures_and_policies() -> None:
     stable, canary = data["tracks"]
     assert (stable["track"], stable["version"], stable["weight"], stable["replicas"]) == ("stable", "1.0.0", 90, 2)
     assert canary["instances"] == [
-        {"url": "http://127.0.0.1:41003", "name": "app-canary-1", "healthy": False, "restarts": 0, "down": False}
+        {
+            "url": "http://127.0.0.1:41003",
+            "name": "app-canary-1",
+            "node": "",
+            "healthy": False,
+            "restarts": 0,
+            "down": False,
+        }
     ]
     assert (stable["error_rate"], stable["p99_latency_ms"]) == (0.001, 120.0)
     assert data["policies"]["canary"] == {
