@@ -7,6 +7,7 @@ gatekeeper's decisions and recent events into a `StatusView`; `render` draws one
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ SPARK_WIDTH = 30
 class InstanceView(BaseModel):
     url: str
     name: str = ""
+    node: str = ""  # swarm runtime: where its task runs
     healthy: bool | None = None  # None: not probed / no answer yet
 
 
@@ -139,7 +141,9 @@ def _track_view(track: TrackState, snapshot: MetricsSnapshot | None, health: dic
         digest=track.digest,
         weight=track.weight,
         replicas=len(track.instances),
-        instances=[InstanceView(url=i.url, name=i.name, healthy=health.get(i.url)) for i in track.instances],
+        instances=[
+            InstanceView(url=i.url, name=i.name, node=i.node, healthy=health.get(i.url)) for i in track.instances
+        ],
         request_rate=snapshot.request_rate if snapshot else None,
         error_rate=snapshot.error_rate if snapshot else None,
         p99_latency_ms=snapshot.p99_latency_ms if snapshot else None,
@@ -215,6 +219,13 @@ def fmt_ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f} ms"
 
 
+def _replicas(track: TrackView) -> str:
+    """`2`, or on a swarm the tasks per node: `2 (node-a 1, node-b 1)`."""
+    nodes = Counter(i.node for i in track.instances if i.node)
+    per_node = ", ".join(f"{node} {count}" for node, count in sorted(nodes.items()))
+    return f"{track.replicas} ({per_node})" if per_node else str(track.replicas)
+
+
 def _health(track: TrackView) -> Text:
     up = sum(1 for i in track.instances if i.healthy)
     unknown = sum(1 for i in track.instances if i.healthy is None)
@@ -260,7 +271,7 @@ def _tracks_table(view: StatusView) -> Table:
             t.version,
             t.digest or t.image,
             f"{t.weight}%",
-            str(t.replicas),
+            _replicas(t),
             _health(t),
             fmt_rate(t.request_rate),
             fmt_pct(t.error_rate),

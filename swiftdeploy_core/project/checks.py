@@ -220,12 +220,13 @@ def runtime_reachable(context: CheckContext) -> CheckResult:
                 name=name, ok=False, reason="runtime process needs the nginx binary (apt-get install nginx)"
             )
         return CheckResult(name=name, ok=True, reason=f"runtime process: nginx at {binary}")
+    runtime = context.loaded_manifest.manifest.runtime.value
     try:
         version = asyncio.run(asyncio.wait_for(_docker_version(), PROBE_TIMEOUT))
     except Exception as exc:
-        reason = f"runtime docker: dockerd not reachable ({_one_line(exc)}); start it, or set `runtime: process`"
+        reason = f"runtime {runtime}: dockerd not reachable ({_one_line(exc)}); start it, or set `runtime: process`"
         return CheckResult(name=name, ok=False, reason=reason)
-    return CheckResult(name=name, ok=True, reason=f"runtime docker: dockerd {version} answers")
+    return CheckResult(name=name, ok=True, reason=f"runtime {runtime}: dockerd {version} answers")
 
 
 async def _docker_version() -> str:
@@ -328,6 +329,64 @@ async def _images_available(manifest: Manifest, config: Path) -> list[str]:
                 raise ImageProblem(pull_error(image, exc.message, credentials=config)) from None
             lines.append(f"{image} pullable from {ref.registry} ({found['Descriptor']['digest'][:19]}…)")
     return lines
+
+
+@check
+def swarm_ready(context: CheckContext) -> CheckResult:
+    """runtime swarm: this dockerd a manager of an active swarm, its nodes ready, and every image
+    one each node can run by digest (on one node a local image does; on several, a registry's)."""
+    name = "swarm ready"
+    if blocked := needs_manifest(name, context):
+        return blocked
+    m = context.loaded_manifest.manifest
+    if m.runtime is not Runtime.swarm:
+        return CheckResult(name=name, ok=True, reason=f"runtime {m.runtime.value} needs no swarm")
+    try:
+        ok, reason = asyncio.run(asyncio.wait_for(_swarm_ready(m), IMAGE_PROBE_TIMEOUT))
+    except Exception as exc:
+        return CheckResult(name=name, ok=False, reason=f"cannot ask dockerd about its swarm ({_one_line(exc)})")
+    return CheckResult(name=name, ok=ok, reason=reason)
+
+
+async def _swarm_ready(manifest: Manifest) -> tuple[bool, str]:
+    import aiodocker
+    from aiodocker.exceptions import DockerError
+
+    from swiftdeploy_core.project.images import parse_reference
+
+    async with aiodocker.Docker() as docker:
+        swarm = (await docker.system.info())["Swarm"]
+        if swarm.get("LocalNodeState") != "active":
+            return False, "this dockerd is in no swarm (`docker swarm init`, or `runtime: docker`)"
+        if not swarm.get("ControlAvailable"):
+            return False, "this node is a swarm worker; run SwiftDeploy against a manager"
+        nodes = await docker.nodes.list()
+        down = [n["Description"]["Hostname"] for n in nodes if n["Status"]["State"] != "ready"]
+        if len(down) == len(nodes):
+            return False, f"no swarm node is ready ({', '.join(down)})"
+        lines = [f"manager {swarm['NodeID'][:12]}; {len(nodes) - len(down)}/{len(nodes)} node(s) ready"]
+        if down:
+            lines.append(f"not ready: {', '.join(down)}")
+        for image in _images(manifest):
+            if image == manifest.policy.opa_image and manifest.policy.engine is PolicyEngine.opa:
+                continue  # the control plane's, not the swarm's
+            try:
+                info = await docker.images.inspect(image)
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+                info = {}
+            repository = parse_reference(image).repository
+            digests = [d for d in info.get("RepoDigests") or [] if d.split("@", 1)[0] == repository]
+            if digests:
+                lines.append(f"{image} runs as {digests[0][: len(repository) + 20]}…")
+            elif len(nodes) == 1 and info:
+                lines.append(f"{image} is local only (fine on one node; push it to a registry before adding nodes)")
+            elif info:
+                return False, f"{image} has no registry digest: the other nodes cannot pull it (push it to a registry)"
+            else:
+                lines.append(f"{image} is not here yet (pulled by digest at deploy)")
+        return True, "; ".join(lines)
 
 
 @check

@@ -52,6 +52,7 @@ class Mode(str, Enum):
 class Runtime(str, Enum):
     docker = "docker"
     process = "process"
+    swarm = "swarm"  # Docker Swarm services across nodes (see the `swarm` section)
 
 
 class PolicyEngine(str, Enum):
@@ -373,6 +374,30 @@ class CollectorSpec(_Section):
         return self
 
 
+# A Swarm placement constraint as `docker service create --constraint` takes it, e.g.
+# `node.role==worker`, `node.labels.zone!=eu-1`, `node.hostname==web-2`.
+Constraint = Annotated[
+    str, Field(max_length=300, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*\s*(==|!=)\s*[A-Za-z0-9_.:/@-]+$")
+]
+# A spread preference: the node label the tasks spread over, e.g. `node.labels.zone`.
+SpreadLabel = Annotated[str, Field(max_length=200, pattern=r"^node\.labels\.[A-Za-z0-9_.-]+$")]
+
+
+class PlacementSpec(_Section):
+    """Where one track's tasks may run on a swarm: every constraint holds, spread over each label."""
+
+    constraints: list[Constraint] = []
+    spread: list[SpreadLabel] = []
+
+
+class SwarmSpec(_Section):
+    """`swarm` (runtime swarm): where each track's tasks are placed. nginx always runs on the
+    manager the orchestrator talks to (its config and access log are that node's files)."""
+
+    stable: PlacementSpec = PlacementSpec()
+    canary: PlacementSpec = PlacementSpec()
+
+
 class ImagesSpec(_Section):
     """`images` (docker runtime): when images are pulled, and with which credentials."""
 
@@ -439,6 +464,7 @@ class Manifest(_Section):
     runtime: Runtime = Runtime.docker
     collector: CollectorSpec = CollectorSpec()
     images: ImagesSpec = ImagesSpec()
+    swarm: SwarmSpec = SwarmSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     paths: PathsSpec = PathsSpec()
     notifications: list[NotificationSpec] = []

@@ -39,6 +39,7 @@ class Instance(BaseModel):
     track: Track
     version: str
     url: str  # e.g. http://127.0.0.1:41234
+    node: str = ""  # swarm runtime: the hostname of the node its task was started on
 
 
 class TrackState(BaseModel):

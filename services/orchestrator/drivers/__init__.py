@@ -1,4 +1,4 @@
-"""Runtime drivers behind one interface (`base.RuntimeDriver`): docker and local processes."""
+"""Runtime drivers behind one interface (`base.RuntimeDriver`): docker, swarm and local processes."""
 
 from __future__ import annotations
 
@@ -31,4 +31,11 @@ def make_driver(
     if credentials is not None and not credentials.is_absolute():
         credentials = Path(root) / credentials
     config = docker_config_file(credentials, docker_config, Path.home())
+    if kind == Runtime.swarm:
+        from services.orchestrator.drivers.swarm import SwarmDriver
+
+        return SwarmDriver(
+            manifest.project, state_dir(manifest, root), docker_config=config, replicas=manifest.services.replicas,
+            network=manifest.network.name, health=manifest.services.health, swarm=manifest.swarm,
+        )  # fmt: skip
     return DockerDriver(manifest.project, state_dir(manifest, root), docker_config=config)

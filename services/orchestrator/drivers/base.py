@@ -43,6 +43,7 @@ class Role(str, Enum):
     opa = "policy"  # the policy server, OPA (docker runtime, engine opa); as the compose file labels it
     network = "network"
     volume = "volume"
+    secret = "secret"  # swarm runtime: a Docker secret holding one of services.secrets
 
 
 class InstanceSpec(BaseModel):

@@ -1,0 +1,169 @@
+"""The seed's story on a single-node Docker Swarm (`runtime: swarm`): the same orchestrator,
+gatekeeper, collector and CLI as on docker, with each track a Swarm service (dnsrr, its tasks
+published in host mode) and nginx a service published in host mode, weighting the tracks' task
+addresses itself. The swarm is made for this module and left after it (tests/swarm.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+
+import pytest
+
+from services.orchestrator import plans
+from tests.orchestration import LoadLoop, get_json
+
+pytestmark = pytest.mark.docker
+COLLECTOR = {"interval": 0.5, "window": 4}
+SECRET = "sw4rm-t0ken-never-shown"
+ORCHESTRATOR_ENV = {"SDO_SWARM_TOKEN": SECRET}
+MANIFEST: dict = {}  # filled with the built images' tags by `swarm_images`
+INTERVAL = 1.0
+RATE = 100.0
+KINDS = ("service", "network", "secret", "config")
+
+
+@pytest.fixture(autouse=True)
+def swarm_images(request: pytest.FixtureRequest, single_node_swarm, workload_image: str, nginx_image: str) -> None:
+    request.module.MANIFEST = {
+        "runtime": "swarm",
+        "services": {
+            "image": workload_image, "replicas": 2, "metrics": "router",
+            "secrets": [{"name": "API_TOKEN", "env": "SDO_SWARM_TOKEN"}],
+        },
+        "nginx": {"image": nginx_image},
+        "canary": {"version": "2.0.0", "image": workload_image, "steps": [10, 50], "interval": INTERVAL,
+                   "failure_limit": 2, "no_data": "fail"},
+        "swarm": {"stable": {"constraints": ["node.role==manager"]}, "canary": {"spread": ["node.labels.zone"]}},
+    }  # fmt: skip
+
+
+def labelled(kind: str, project: str) -> list[str]:
+    """What `docker <kind> ls` lists with the project's label."""
+    out = subprocess.run(
+        ["docker", kind, "ls", "--filter", f"label=swiftdeploy.project={project}", "--format", "{{.Name}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.split()
+
+
+def inspect(kind: str, name: str) -> dict:
+    out = subprocess.run(["docker", kind, "inspect", name], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]
+
+
+async def loaded(stack, during):
+    """Run `during()` under a steady RATE req/s through nginx; return the load loop."""
+    load = LoadLoop(await stack.url(), rate=RATE)
+    runner = asyncio.create_task(load.run())
+    try:
+        await during()
+    finally:
+        load.stop()
+        await runner
+    return load
+
+
+async def test_swarm_story_weighted_canary_rollback_promotion_and_a_clean_teardown(stack):
+    project = stack.project
+    deployed = await stack.sd("deploy")
+    assert deployed.code == 0, deployed.text
+    assert f"deploy.step networks: {project}-net (overlay)" in deployed.err
+    record = await stack.record()
+    assert record.runtime == "swarm" and len(record.stable.instances) == 2
+    assert (await get_json(await stack.url()))["version"] == "1.0.0"
+
+    # Tracks are dnsrr services with replicas, nginx a host-mode service; the net an attachable overlay.
+    [stable_service] = {i.name.rpartition("-")[0] for i in record.stable.instances}
+    spec = inspect("service", stable_service)["Spec"]
+    assert spec["Mode"]["Replicated"]["Replicas"] == 2 and spec["EndpointSpec"]["Mode"] == "dnsrr"
+    assert spec["TaskTemplate"]["Placement"]["Constraints"] == ["node.role==manager"]
+    assert "@sha256:" in spec["TaskTemplate"]["ContainerSpec"]["Image"] or spec["TaskTemplate"]["ContainerSpec"][
+        "Image"
+    ].startswith("sha256:")
+    router = inspect("service", f"{project}-nginx")["Spec"]
+    assert router["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+    network = inspect("network", f"{project}-net")
+    assert (network["Driver"], network["Attachable"], network["Scope"]) == ("overlay", True, "swarm")
+
+    # The secret is a labelled Docker secret; the task has it in its environment, the spec does not.
+    [secret] = labelled("secret", project)
+    assert secret.startswith(stable_service)
+    assert SECRET not in json.dumps(spec)
+    container = task_container(stable_service)
+    environ = subprocess.run(["docker", "exec", container, "cat", "/proc/1/environ"], capture_output=True, check=True)
+    assert f"API_TOKEN={SECRET}".encode() in environ.stdout.split(b"\0")
+
+    # A weighted canary under 100 req/s: no request fails while the weights change.
+    async def to_complete() -> None:
+        assert (await stack.sd("promote", "canary")).code == 0
+        await stack.phase("canary_complete", timeout=90)
+
+    load = await loaded(stack, to_complete)
+    print(f"swarm canary: {load.sent} requests, {load.failed} failed, versions {dict(load.versions)}")
+    assert load.failed == 0, load.errors[:5] or load.statuses
+    assert load.versions["1.0.0"] > 0 and load.versions["2.0.0"] > 0
+    upstreams = (await stack.driver().router_config()) or ""
+    addresses = {t["address"] for t in await driver_tasks(stack) if t["role"] == "instance"}
+    assert len(addresses) == 4 and all(f"server {a}:3000" in upstreams for a in addresses)  # overlay IPs
+    canary = (await stack.record()).canary
+    assert canary.weight == 50 and len(canary.instances) == 2
+    assert (await get_json(await stack.url(), {"X-Canary": "always"}))["version"] == "2.0.0"
+
+    # A bad canary (the workload's own chaos) is judged on the router's figures and rolled back.
+    timing: dict[str, float] = {}
+
+    async def chaos() -> None:
+        assert (await stack.sd("chaos", "error", "--rate", "0.5")).code == 0
+        started = time.monotonic()
+        timing["back"] = (await stack.phase("stable", timeout=60)).canary is None
+        timing["seconds"] = time.monotonic() - started
+
+    load = await loaded(stack, chaos)
+    back = await stack.record()
+    print(f"swarm rollback: {timing['seconds']:.1f}s after chaos; reasons {back.last_reasons}")
+    assert timing["back"] and back.stable.version == "1.0.0" and "error rate" in " ".join(back.last_reasons)
+    assert load.statuses[500] > 0  # the canary's errors, through nginx
+    assert [s for s in labelled("service", project) if "-canary-" in s] == []
+
+    # A healthy canary again, then promotion, under load: no request fails.
+    async def promote() -> None:
+        assert (await stack.sd("promote", "canary")).code == 0
+        await stack.phase("canary_complete", timeout=90)
+        promoted = await stack.sd("promote", "stable", timeout=120)
+        assert promoted.code == 0, promoted.text
+
+    load = await loaded(stack, promote)
+    print(f"swarm promotion: {load.sent} requests, {load.failed} failed")
+    assert load.failed == 0, load.errors[:5] or load.statuses
+    body = await get_json(await stack.url())
+    assert (body["version"], body["mode"]) == ("2.0.0", "stable")
+
+    # The record rebuilt from labels finds the promoted stable track.
+    rebuilt = plans.reconstruct(project, "swarm", await stack.objects())
+    assert rebuilt is not None and rebuilt.stable.version == "2.0.0" and rebuilt.canary is None
+    assert sorted(i.name for i in rebuilt.stable.instances) == sorted(
+        i.name for i in (await stack.record()).stable.instances
+    )
+
+    gone = await stack.sd("teardown", timeout=120)
+    assert gone.code == 0, gone.text
+    assert {kind: labelled(kind, project) for kind in KINDS} == {kind: [] for kind in KINDS}
+
+
+def task_container(service: str) -> str:
+    out = subprocess.run(
+        ["docker", "ps", "--filter", f"label=com.docker.swarm.service.name={service}", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.split()[0]
+
+
+async def driver_tasks(stack) -> list[dict]:
+    driver = stack.driver()
+    try:
+        return await driver.tasks()
+    finally:
+        await driver.close()
