@@ -219,6 +219,24 @@ class TwoNodeSwarm:
         """'ready', 'down', 'unknown'... as the manager sees it."""
         return run("docker", "node", "inspect", node_id, "--format", "{{.Status.State}}").stdout.strip()
 
+    def wait_worker(self, state: str, timeout: float = 60.0) -> float:
+        """Seconds until the manager sees the worker in `state` ('ready' or 'down')."""
+        started = time.monotonic()
+        while self.node_state(self.worker_id) != state:
+            if time.monotonic() - started > timeout:
+                pytest.fail(f"the worker is not {state} after {timeout:.0f}s", pytrace=False)
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    def restart_worker(self) -> float:
+        """Start the worker's dockerd again (a test stopped it); it rejoins from its own state.
+        Seconds until the manager lists it ready."""
+        started = time.monotonic()
+        if not self.worker.running:
+            self.worker.start()
+        self.wait_worker("ready")
+        return time.monotonic() - started
+
 
 def join_worker(worker: WorkerDaemon) -> tuple[str, float]:
     """Join `worker` to the host's swarm; (its node id, seconds until the manager lists it Ready)."""

@@ -1,28 +1,56 @@
-"""Issue 20's two-node drill: a worker dockerd in its own network namespace joins the swarm.
+"""Issue 20's two-node drill: a worker dockerd in its own network namespace joins the swarm
+(tests/swarm_nodes.py), and the swarm runtime's canary runs on it.
 
-First the fixture itself, with plain Docker: a service constrained to the worker runs there and
-answers, over an overlay network from the manager and from the host at the worker's address.
+1. The fixture itself, with plain Docker: a service placed on the worker answers over an overlay
+   network from the manager, and from the host at the worker's address.
+2. The canary's tasks are constrained to the worker, stable's to the manager; the weighted canary
+   works through nginx (on the manager); stopping the worker's dockerd loses the canary's tasks
+   (Swarm cannot reschedule them: no other node matches), so the canary's figures drop to no
+   data (or errors) and it rolls back; stable keeps serving.
+3. Node failure with somewhere to go: stable tasks spread over both nodes; stopping the worker
+   makes Swarm reschedule its task on the manager, and nginx follows within one interval.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
 
 import pytest
 
+from tests.orchestration import LoadLoop, get_json
 from tests.servers import free_port
-from tests.swarm_nodes import WORKER_ADDR, WORKER_LABEL, TwoNodeSwarm, push_for_swarm, run, two_node_swarm
+from tests.swarm_nodes import WORKER_ADDR, WORKER_LABEL, TwoNodeSwarm, push_for_swarm, run
 
-pytestmark = pytest.mark.usefixtures("two_node_swarm")
-__all__ = ["two_node_swarm"]  # the module-scoped fixture, used by every test here
+pytestmark = pytest.mark.docker
+COLLECTOR = {"interval": 0.5, "window": 4}
+INTERVAL = 2.0
+RATE = 50.0
+MANIFEST: dict = {}  # filled by `drill_manifest` with the pushed image and the placements
+ON_MANAGER = f"node.labels.{WORKER_LABEL}==manager"
+ON_WORKER = f"node.labels.{WORKER_LABEL}==worker"
 
 
 @pytest.fixture(scope="module")
 def drill_image(two_node_swarm: TwoNodeSwarm, workload_image: str) -> str:
-    """The workload image in the swarm's registry, by digest (both nodes pull these bytes)."""
+    """The workload image pushed to the swarm's registry: its reference by digest (both nodes
+    pull these bytes). The manifest names the tag; the driver pins the digest itself."""
     return push_for_swarm(two_node_swarm, workload_image, "drill/workload:1")
+
+
+@pytest.fixture(autouse=True)
+def drill_manifest(request: pytest.FixtureRequest, drill_image: str, nginx_image: str) -> None:
+    tag = f"{drill_image.split('@')[0]}:1"
+    request.module.MANIFEST = {
+        "runtime": "swarm",
+        "services": {"image": tag, "replicas": 1, "metrics": "router"},
+        "nginx": {"image": nginx_image, "proxy_timeout": 2},
+        "canary": {"version": "2.0.0", "image": tag, "steps": [10, 50], "interval": INTERVAL,
+                   "failure_limit": 2, "no_data": "fail"},
+        "swarm": {"stable": {"constraints": [ON_MANAGER]}, "canary": {"constraints": [ON_WORKER]}},
+    }  # fmt: skip
 
 
 def running_task(service: str, timeout: float = 120.0) -> dict:
@@ -42,24 +70,31 @@ def running_task(service: str, timeout: float = 120.0) -> dict:
 def test_a_service_placed_on_the_worker_answers_over_the_overlay_and_at_the_worker_address(
     two_node_swarm: TwoNodeSwarm, drill_image: str
 ) -> None:
+    print(f"worker joined and Ready in {two_node_swarm.join_seconds:.2f}s")
     network, service, port = "swiftdeploy-drill-probe", "swiftdeploy-drill-probe", free_port()
     run("docker", "network", "create", "--driver", "overlay", "--attachable", network)
     try:
+        started = time.monotonic()
         run(
             "docker", "service", "create", "--detach", "--name", service, "--network", network,
-            "--endpoint-mode", "dnsrr", "--constraint", f"node.labels.{WORKER_LABEL}==worker",
+            "--endpoint-mode", "dnsrr", "--constraint", ON_WORKER,
             "--publish", f"mode=host,target=3000,published={port}",
             "--env", "MODE=stable", "--env", "VERSION=1.0.0", drill_image,
         )  # fmt: skip
         task = running_task(service)
+        print(f"a task on the worker (pull included) ran after {time.monotonic() - started:.1f}s")
         assert task["NodeID"] == two_node_swarm.worker_id
-        assert two_node_swarm.worker.docker(
+        worker_containers = two_node_swarm.worker.docker(
             "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={service}"
-        ).stdout.strip()
+        ).stdout.split()
+        assert len(worker_containers) == 1
 
-        address = next(
-            a for n in task["NetworksAttachments"] if n["Network"]["Spec"]["Name"] == network for a in n["Addresses"]
-        ).split("/")[0]
+        [address] = [
+            a.split("/")[0]
+            for n in task["NetworksAttachments"]
+            if n["Network"]["Spec"]["Name"] == network
+            for a in n["Addresses"]
+        ]
         probe = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
         from_manager = run(
             "docker", "run", "--rm", "--network", network, "--entrypoint", "python", drill_image, "-c", probe,
@@ -74,3 +109,119 @@ def test_a_service_placed_on_the_worker_answers_over_the_overlay_and_at_the_work
         deadline = time.monotonic() + 30
         while run("docker", "network", "rm", network, check=False).returncode and time.monotonic() < deadline:
             time.sleep(0.5)
+
+
+async def driver_tasks(stack) -> list[dict]:
+    driver = stack.driver()
+    try:
+        return await driver.tasks()
+    finally:
+        await driver.close()
+
+
+async def router_config(stack) -> str:
+    driver = stack.driver()
+    try:
+        return (await driver.router_config()) or ""
+    finally:
+        await driver.close()
+
+
+async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
+    stack, two_node_swarm: TwoNodeSwarm
+) -> None:
+    deployed = await stack.sd("deploy", timeout=180)
+    assert deployed.code == 0, deployed.text
+    url = await stack.url()
+
+    load = LoadLoop(url, rate=RATE)
+    runner = asyncio.create_task(load.run())
+    try:
+        started = time.monotonic()
+        assert (await stack.sd("promote", "canary", timeout=180)).code == 0
+        await stack.phase("canary_complete", timeout=180)
+        print(f"canary on the worker complete (50%) after {time.monotonic() - started:.1f}s")
+    finally:
+        load.stop()
+        await runner
+    print(f"weighted canary: {load.sent} requests, {load.failed} failed, versions {dict(load.versions)}")
+    assert load.failed == 0, load.errors[:5] or load.statuses
+    assert load.versions["1.0.0"] > 0 and load.versions["2.0.0"] > 0
+
+    placed = {(t["track"], t["node"]) for t in await driver_tasks(stack) if t["role"] == "instance"}
+    assert placed == {("stable", two_node_swarm.manager_id), ("canary", two_node_swarm.worker_id)}
+    record = await stack.record()
+    assert record.canary is not None and record.canary.weight == 50
+    assert all(i.url.startswith(f"http://{WORKER_ADDR}:") for i in record.canary.instances)
+    assert (await get_json(url, {"X-Canary": "always"}))["version"] == "2.0.0"  # from the worker
+
+    # The worker's dockerd stops (its containers with it): the canary's tasks have no node to go to.
+    load = LoadLoop(url, rate=RATE)
+    runner = asyncio.create_task(load.run())
+    try:
+        stopped_at = time.monotonic()
+        daemon_seconds = two_node_swarm.worker.stop()
+        down_seconds = daemon_seconds + two_node_swarm.wait_worker("down")
+        back = await stack.phase("stable", timeout=120)
+        rollback_seconds = time.monotonic() - stopped_at
+    finally:
+        load.stop()
+        await runner
+    print(
+        f"worker stopped: dockerd exited after {daemon_seconds:.1f}s, node down after {down_seconds:.1f}s, "
+        f"rolled back after {rollback_seconds:.1f}s; reasons {back.last_reasons}; "
+        f"{load.sent} requests meanwhile, {load.failed} failed ({dict(load.statuses)})"
+    )
+    assert back.canary is None and back.stable.version == "1.0.0"
+    assert any("no traffic reached the canary" in r or "error rate" in r for r in back.last_reasons)
+    body = await get_json(url)
+    assert (body["version"], body["mode"]) == ("1.0.0", "stable")
+    assert [t for t in await driver_tasks(stack) if t["track"] == "canary"] == []
+    assert two_node_swarm.restart_worker() < 60
+
+
+async def test_a_task_swarm_reschedules_off_a_stopped_worker_is_in_nginx_within_one_interval(
+    stack, two_node_swarm: TwoNodeSwarm
+) -> None:
+    two_node_swarm.restart_worker()
+    stack.base = {
+        **stack.base,
+        "services": {**stack.base["services"], "replicas": 2},
+        "swarm": {"stable": {"spread": [f"node.labels.{WORKER_LABEL}"]}},
+    }
+    stack.manifest()
+    deployed = await stack.sd("deploy", timeout=180)
+    assert deployed.code == 0, deployed.text
+    url = await stack.url()
+    nodes = {t["node"] for t in await driver_tasks(stack) if t["role"] == "instance"}
+    assert nodes == {two_node_swarm.manager_id, two_node_swarm.worker_id}
+
+    stopped_at = time.monotonic()
+    two_node_swarm.worker.stop()
+    two_node_swarm.wait_worker("down")
+    down_at = time.monotonic()
+    deadline = down_at + 120
+    while True:
+        tasks = [t for t in await driver_tasks(stack) if t["role"] == "instance"]
+        if len(tasks) == 2 and all(t["state"] == "running" and t["node"] == two_node_swarm.manager_id for t in tasks):
+            break
+        assert time.monotonic() < deadline, tasks
+        await asyncio.sleep(0.2)
+    rescheduled_at = time.monotonic()
+    addresses = {t["address"] for t in tasks}
+    while not all(f"server {a}:3000" in await router_config(stack) for a in addresses):
+        assert time.monotonic() - rescheduled_at < 10 * INTERVAL, await router_config(stack)
+        await asyncio.sleep(0.1)
+    followed = time.monotonic() - rescheduled_at
+    print(
+        f"worker stopped: node down after {down_at - stopped_at:.1f}s, its task running on the manager "
+        f"{rescheduled_at - down_at:.1f}s later, nginx lists it {followed:.2f}s after that"
+    )
+    assert followed <= INTERVAL + 1.0  # one interval (and the tick's own work)
+    load = LoadLoop(url, rate=RATE)
+    runner = asyncio.create_task(load.run())
+    await asyncio.sleep(3)
+    load.stop()
+    await runner
+    assert load.failed == 0, load.errors[:5] or load.statuses
+    assert two_node_swarm.restart_worker() < 60
