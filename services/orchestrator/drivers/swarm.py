@@ -411,9 +411,11 @@ class SwarmDriver(DockerDriver):
         with docker_errors(f"removing {service}"):
             with contextlib.suppress(DockerError):
                 await self.docker.services.delete(service)
+            # Swarm forgets the tasks at once; their containers (on this node) stop within the grace.
+            label = {"label": [f"com.docker.swarm.service.name={service}"]}
             deadline = time.monotonic() + GONE_TIMEOUT
             while time.monotonic() < deadline:
-                if not await self._tasks_of(service):
+                if not await self._tasks_of(service) and not await self.docker.containers.list(all=True, filters=label):
                     break
                 await asyncio.sleep(POLL)
             for secret in await self.docker.secrets.list(filters={"label": f"{LABEL_SERVICE}={service}"}):
@@ -565,7 +567,13 @@ class SwarmDriver(DockerDriver):
         return [dict(s) for s in await self.docker.services.list(filters={"label": f"{LABEL_PROJECT}={self.project}"})]
 
     async def _tasks_of(self, service: str) -> list[dict[str, Any]]:
-        return [dict(t) for t in await self.docker.tasks.list(filters={"service": service})]
+        """The service's tasks (none when the service is gone: dockerd answers 404 then)."""
+        try:
+            return [dict(t) for t in await self.docker.tasks.list(filters={"service": service})]
+        except DockerError as exc:
+            if exc.status == 404:
+                return []
+            raise
 
     async def _service(self, name: str) -> dict[str, Any] | None:
         try:
