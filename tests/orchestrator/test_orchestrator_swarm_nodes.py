@@ -27,7 +27,7 @@ from tests.swarm_nodes import WORKER_ADDR, WORKER_LABEL, TwoNodeSwarm, push_for_
 pytestmark = pytest.mark.docker
 COLLECTOR = {"interval": 0.5, "window": 4}
 INTERVAL = 2.0
-RATE = 50.0
+RATE = 100.0  # 10 req/s on the canary at 10%: twice min_requests in the collector's window
 MANIFEST: dict = {}  # filled by `drill_manifest` with the pushed image and the placements
 ON_MANAGER = f"node.labels.{WORKER_LABEL}==manager"
 ON_WORKER = f"node.labels.{WORKER_LABEL}==worker"
@@ -111,6 +111,15 @@ def test_a_service_placed_on_the_worker_answers_over_the_overlay_and_at_the_work
             time.sleep(0.5)
 
 
+async def reach(stack, phase: str, timeout: float):
+    """The record once in `phase`; on a timeout, the failure names the rollout's last reasons."""
+    try:
+        return await stack.phase(phase, timeout=timeout)
+    except AssertionError as exc:
+        current = await stack.record()
+        raise AssertionError(f"{exc}; last reasons {current.last_reasons if current else None}") from None
+
+
 async def driver_tasks(stack) -> list[dict]:
     driver = stack.driver()
     try:
@@ -139,7 +148,7 @@ async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
     try:
         started = time.monotonic()
         assert (await stack.sd("promote", "canary", timeout=180)).code == 0
-        await stack.phase("canary_complete", timeout=180)
+        await reach(stack, "canary_complete", 180)
         print(f"canary on the worker complete (50%) after {time.monotonic() - started:.1f}s")
     finally:
         load.stop()
@@ -162,7 +171,7 @@ async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
         stopped_at = time.monotonic()
         daemon_seconds = two_node_swarm.worker.stop()
         down_seconds = daemon_seconds + two_node_swarm.wait_worker("down")
-        back = await stack.phase("stable", timeout=120)
+        back = await reach(stack, "stable", 120)
         rollback_seconds = time.monotonic() - stopped_at
     finally:
         load.stop()
