@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def drill_manifest(request: pytest.FixtureRequest, drill_image: str, nginx_image
     request.module.MANIFEST = {
         "runtime": "swarm",
         "services": {"image": tag, "replicas": 1, "metrics": "router"},
-        "nginx": {"image": nginx_image, "proxy_timeout": 2},
+        "nginx": {"image": nginx_image},
         "canary": {"version": "2.0.0", "image": tag, "steps": [10, 50], "interval": INTERVAL,
                    "failure_limit": 2, "no_data": "fail"},
         "swarm": {"stable": {"constraints": [ON_MANAGER]}, "canary": {"constraints": [ON_WORKER]}},
@@ -117,23 +118,37 @@ async def reach(stack, phase: str, timeout: float):
         return await stack.phase(phase, timeout=timeout)
     except AssertionError as exc:
         current = await stack.record()
-        raise AssertionError(f"{exc}; last reasons {current.last_reasons if current else None}") from None
+        reasons = current.last_reasons if current else None
+        raise AssertionError(f"{exc}; last reasons {reasons}\n{await picture(stack)}") from None
 
 
-async def driver_tasks(stack) -> list[dict]:
+async def from_driver(stack, method: str) -> Any:
+    """What the project's swarm driver's `method()` answers (a driver of its own, closed after)."""
     driver = stack.driver()
     try:
-        return await driver.tasks()
+        return await getattr(driver, method)()
     finally:
         await driver.close()
 
 
-async def router_config(stack) -> str:
-    driver = stack.driver()
-    try:
-        return (await driver.router_config()) or ""
-    finally:
-        await driver.close()
+async def picture(stack) -> str:
+    """For a failure message: every task of the project (node, state, error) and nginx's upstreams."""
+    tasks = "\n".join(
+        f"{t['name']} {t['track']} {t['hostname']}/{t['node'][:6]} {t['state']} {t['address']}"
+        for t in await from_driver(stack, "tasks")
+    )
+    history = run(
+        "docker", "service", "ps", "--no-trunc", "--format", "{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}",
+        *run("docker", "service", "ls", "-q", "--filter", f"label=swiftdeploy.project={stack.project}").stdout.split(),
+        check=False,
+    ).stdout  # fmt: skip
+    conf = await from_driver(stack, "router_config") or ""
+    servers = "\n".join(line.strip() for line in conf.splitlines() if "upstream" in line or "server " in line)
+    return f"tasks now:\n{tasks}\ntask history:\n{history}\nnginx:\n{servers}"
+
+
+async def instance_tasks(stack) -> list[dict]:
+    return [t for t in await from_driver(stack, "tasks") if t["role"] == "instance"]
 
 
 async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
@@ -154,10 +169,10 @@ async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
         load.stop()
         await runner
     print(f"weighted canary: {load.sent} requests, {load.failed} failed, versions {dict(load.versions)}")
-    assert load.failed == 0, load.errors[:5] or load.statuses
+    assert load.failed == 0, f"{load.errors[:5] or load.statuses}\n{await picture(stack)}"
     assert load.versions["1.0.0"] > 0 and load.versions["2.0.0"] > 0
 
-    placed = {(t["track"], t["node"]) for t in await driver_tasks(stack) if t["role"] == "instance"}
+    placed = {(t["track"], t["node"]) for t in await instance_tasks(stack)}
     assert placed == {("stable", two_node_swarm.manager_id), ("canary", two_node_swarm.worker_id)}
     record = await stack.record()
     assert record.canary is not None and record.canary.weight == 50
@@ -185,7 +200,7 @@ async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
     assert any("no traffic reached the canary" in r or "error rate" in r for r in back.last_reasons)
     body = await get_json(url)
     assert (body["version"], body["mode"]) == ("1.0.0", "stable")
-    assert [t for t in await driver_tasks(stack) if t["track"] == "canary"] == []
+    assert [t for t in await instance_tasks(stack) if t["track"] == "canary"] == []
     assert two_node_swarm.restart_worker() < 60
 
 
@@ -202,7 +217,7 @@ async def test_a_task_swarm_reschedules_off_a_stopped_worker_is_in_nginx_within_
     deployed = await stack.sd("deploy", timeout=180)
     assert deployed.code == 0, deployed.text
     url = await stack.url()
-    nodes = {t["node"] for t in await driver_tasks(stack) if t["role"] == "instance"}
+    nodes = {t["node"] for t in await instance_tasks(stack)}
     assert nodes == {two_node_swarm.manager_id, two_node_swarm.worker_id}
 
     stopped_at = time.monotonic()
@@ -211,15 +226,15 @@ async def test_a_task_swarm_reschedules_off_a_stopped_worker_is_in_nginx_within_
     down_at = time.monotonic()
     deadline = down_at + 120
     while True:
-        tasks = [t for t in await driver_tasks(stack) if t["role"] == "instance"]
+        tasks = await instance_tasks(stack)
         if len(tasks) == 2 and all(t["state"] == "running" and t["node"] == two_node_swarm.manager_id for t in tasks):
             break
         assert time.monotonic() < deadline, tasks
         await asyncio.sleep(0.2)
     rescheduled_at = time.monotonic()
     addresses = {t["address"] for t in tasks}
-    while not all(f"server {a}:3000" in await router_config(stack) for a in addresses):
-        assert time.monotonic() - rescheduled_at < 10 * INTERVAL, await router_config(stack)
+    while not all(f"server {a}:3000" in (await from_driver(stack, "router_config") or "") for a in addresses):
+        assert time.monotonic() - rescheduled_at < 10 * INTERVAL, await from_driver(stack, "router_config") or ""
         await asyncio.sleep(0.1)
     followed = time.monotonic() - rescheduled_at
     print(
