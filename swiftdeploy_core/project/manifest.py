@@ -376,9 +376,7 @@ class CollectorSpec(_Section):
 
 # A Swarm placement constraint as `docker service create --constraint` takes it, e.g.
 # `node.role==worker`, `node.labels.zone!=eu-1`, `node.hostname==web-2`.
-Constraint = Annotated[
-    str, Field(max_length=300, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*\s*(==|!=)\s*[A-Za-z0-9_.:/@-]+$")
-]
+Constraint = Annotated[str, Field(max_length=300, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*\s*(==|!=)\s*[A-Za-z0-9_.:/@-]+$")]
 # A spread preference: the node label the tasks spread over, e.g. `node.labels.zone`.
 SpreadLabel = Annotated[str, Field(max_length=200, pattern=r"^node\.labels\.[A-Za-z0-9_.-]+$")]
 

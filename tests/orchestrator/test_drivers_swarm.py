@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
 from services.orchestrator import plans
 from services.orchestrator.drivers import make_driver
 from services.orchestrator.drivers.base import Role
 from services.orchestrator.drivers.swarm import SwarmDriver, instance_service_spec, router_service_spec, service_of
+from swiftdeploy_core.errors import ManifestError
 from swiftdeploy_core.project.manifest import validate_manifest
 from swiftdeploy_core.project.service_env import ServiceEnv
 
@@ -59,3 +61,21 @@ def test_the_swarm_driver_is_what_runtime_swarm_makes(tmp_path):
 
 def test_an_instance_is_a_slot_of_its_tracks_service():
     assert service_of(plans.instance_name("shop", "canary", "ab12cd", 2)) == ("shop-canary-ab12cd", 2)
+
+
+BASE = {
+    "services": {"name": "shop", "image": "w:1", "port": 3000, "version": "1.0.0"},
+    "nginx": {"image": "n:1", "port": 8080}, "network": {"name": "shop-net"}, "runtime": "swarm",
+}  # fmt: skip
+
+
+def test_swarm_placement_keys_are_validated_with_one_line_naming_the_field():
+    ok = validate_manifest({**BASE, "swarm": {"stable": {"constraints": ["node.role == worker"]}}})
+    assert ok.swarm.stable.constraints == ["node.role == worker"] and ok.swarm.canary.spread == []
+    with pytest.raises(ManifestError, match=r"^manifest.yaml: swarm.canary.constraints.0: ") as bad:
+        validate_manifest({**BASE, "swarm": {"canary": {"constraints": ["node.role=worker"]}}})
+    assert "\n" not in str(bad.value)
+    with pytest.raises(ManifestError, match=r"swarm.stable.spread.0: "):
+        validate_manifest({**BASE, "swarm": {"stable": {"spread": ["zone"]}}})
+    with pytest.raises(ManifestError, match=r"swarm.nodes"):
+        validate_manifest({**BASE, "swarm": {"nodes": 2}})

@@ -122,7 +122,7 @@ def instance_service_spec(
         "StopGracePeriod": STOP_GRACE * NS,
         "HealthCheck": {
             "Test": health_command(spec.port, health.path),
-            "Interval": int(min(health.interval, 2.0) * NS),
+            "Interval": int(health.interval * NS),
             "Timeout": int(health.timeout * NS),
             "Retries": health.retries,
             "StartPeriod": int((health.start_period or 30.0) * NS),
@@ -264,8 +264,9 @@ class SwarmDriver(DockerDriver):
 
     async def preflight(self, manifest: Manifest, *, router_running: bool) -> None:
         await self.swarm_node()
-        not_ready = [n["hostname"] or n["id"] for n in await self.nodes() if n["state"] != "ready"]
-        if not_ready and len(not_ready) == len(await self.nodes()):
+        nodes = await self.nodes()
+        not_ready = [n["hostname"] or n["id"] for n in nodes if n["state"] != "ready"]
+        if not_ready and len(not_ready) == len(nodes):
             raise RuntimeDriverError(f"runtime swarm: no node is ready ({', '.join(not_ready)})")
         if not router_running:
             ensure_port_free(manifest.nginx.port)
@@ -448,10 +449,13 @@ class SwarmDriver(DockerDriver):
 
     async def refresh_addresses(self) -> dict[str, str]:
         """Re-read every running task's overlay address (what nginx's upstreams list)."""
-        self._addresses = {
+        found = {
             t["name"]: t["address"] for t in await self.tasks() if t["role"] == Role.instance.value and t["address"]
             and t["state"] in ("starting", "running")
         }  # fmt: skip
+        # A slot between two tasks keeps its last address (nginx passes over it to the others)
+        # rather than a name nginx could not resolve while no task of the service runs.
+        self._addresses = {**self._addresses, **found}
         return self._addresses
 
     # --- router ------------------------------------------------------------------------------
