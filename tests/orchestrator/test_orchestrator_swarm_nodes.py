@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests.orchestration import LoadLoop, get_json
+from tests.orchestration import LoadLoop, get_json, write_policies
 from tests.servers import free_port
 from tests.swarm_nodes import WORKER_ADDR, WORKER_LABEL, TwoNodeSwarm, push_for_swarm, run
 
 pytestmark = pytest.mark.docker
-COLLECTOR = {"interval": 0.5, "window": 4}
+COLLECTOR = {"interval": 0.5, "window": 8}
 INTERVAL = 2.0
-RATE = 100.0  # 10 req/s on the canary at 10%: twice min_requests in the collector's window
+RATE = 50.0  # 5 req/s on the canary at 10%: 40 requests in the collector's window, twice min_requests
 MANIFEST: dict = {}  # filled by `drill_manifest` with the pushed image and the placements
 ON_MANAGER = f"node.labels.{WORKER_LABEL}==manager"
 ON_WORKER = f"node.labels.{WORKER_LABEL}==worker"
@@ -154,6 +154,8 @@ async def instance_tasks(stack) -> list[dict]:
 async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
     stack, two_node_swarm: TwoNodeSwarm
 ) -> None:
+    # The drill is about placement and lost tasks: latency on this shared 2-core machine is noise.
+    write_policies(stack.policies_root, p99_latency_ms=5000, comparison_latency_min_ms=2000)
     deployed = await stack.sd("deploy", timeout=180)
     assert deployed.code == 0, deployed.text
     url = await stack.url()
