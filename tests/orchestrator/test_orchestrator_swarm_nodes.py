@@ -186,10 +186,11 @@ async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
     runner = asyncio.create_task(load.run())
     try:
         stopped_at = time.monotonic()
-        daemon_seconds = two_node_swarm.worker.stop()
-        down_seconds = daemon_seconds + two_node_swarm.wait_worker("down")
+        daemon_seconds = await asyncio.to_thread(two_node_swarm.worker.stop)  # the load keeps going
+        down = asyncio.create_task(asyncio.to_thread(two_node_swarm.wait_worker, "down"))
         back = await reach(stack, "stable", 120)
         rollback_seconds = time.monotonic() - stopped_at
+        down_seconds = daemon_seconds + await down
     finally:
         load.stop()
         await runner
@@ -222,32 +223,43 @@ async def test_a_task_swarm_reschedules_off_a_stopped_worker_is_in_nginx_within_
     nodes = {t["node"] for t in await instance_tasks(stack)}
     assert nodes == {two_node_swarm.manager_id, two_node_swarm.worker_id}
 
-    stopped_at = time.monotonic()
-    two_node_swarm.worker.stop()
-    two_node_swarm.wait_worker("down")
-    down_at = time.monotonic()
-    deadline = down_at + 120
-    while True:
-        tasks = await instance_tasks(stack)
-        if len(tasks) == 2 and all(t["state"] == "running" and t["node"] == two_node_swarm.manager_id for t in tasks):
-            break
-        assert time.monotonic() < deadline, tasks
-        await asyncio.sleep(0.2)
-    rescheduled_at = time.monotonic()
-    addresses = {t["address"] for t in tasks}
-    while not all(f"server {a}:3000" in (await from_driver(stack, "router_config") or "") for a in addresses):
-        assert time.monotonic() - rescheduled_at < 10 * INTERVAL, await from_driver(stack, "router_config") or ""
-        await asyncio.sleep(0.1)
-    followed = time.monotonic() - rescheduled_at
+    during = LoadLoop(url, rate=RATE)
+    runner = asyncio.create_task(during.run())
+    try:
+        stopped_at = time.monotonic()
+        await asyncio.to_thread(two_node_swarm.worker.stop)
+        await asyncio.to_thread(two_node_swarm.wait_worker, "down")
+        down_at = time.monotonic()
+        while True:
+            tasks = await instance_tasks(stack)
+            if len(tasks) == 2 and all(
+                t["state"] == "running" and t["node"] == two_node_swarm.manager_id for t in tasks
+            ):
+                break
+            assert time.monotonic() < down_at + 120, tasks
+            await asyncio.sleep(0.2)
+        rescheduled_at = time.monotonic()
+        addresses = {t["address"] for t in tasks}
+        while True:
+            conf = await from_driver(stack, "router_config") or ""
+            if all(f"server {a}:3000" in conf for a in addresses):
+                break
+            assert time.monotonic() - rescheduled_at < 10 * INTERVAL, f"{addresses} not in\n{conf}"
+            await asyncio.sleep(0.1)
+        followed = time.monotonic() - rescheduled_at
+    finally:
+        during.stop()
+        await runner
     print(
         f"worker stopped: node down after {down_at - stopped_at:.1f}s, its task running on the manager "
-        f"{rescheduled_at - down_at:.1f}s later, nginx lists it {followed:.2f}s after that"
+        f"{rescheduled_at - down_at:.1f}s later, nginx lists it {followed:.2f}s after that; meanwhile "
+        f"{during.sent} requests, {during.failed} failed ({dict(during.statuses)}, {during.errors[:2]})"
     )
     assert followed <= INTERVAL + 1.0  # one interval (and the tick's own work)
-    load = LoadLoop(url, rate=RATE)
-    runner = asyncio.create_task(load.run())
+    after = LoadLoop(url, rate=RATE)
+    runner = asyncio.create_task(after.run())
     await asyncio.sleep(3)
-    load.stop()
+    after.stop()
     await runner
-    assert load.failed == 0, load.errors[:5] or load.statuses
+    assert after.failed == 0, after.errors[:5] or after.statuses
     assert two_node_swarm.restart_worker() < 60
