@@ -13,6 +13,8 @@ import time
 import pytest
 
 from services.orchestrator import plans
+from swiftdeploy_core.bus import streams
+from swiftdeploy_core.bus.events import MetricsSnapshot
 from tests.eventually import eventually
 from tests.orchestration import LoadLoop, get_json, write_policies
 
@@ -33,6 +35,9 @@ def swarm_images(request: pytest.FixtureRequest, single_node_swarm, workload_ima
         "services": {
             "image": workload_image, "replicas": 2, "metrics": "router",
             "secrets": [{"name": "API_TOKEN", "env": "SDO_SWARM_TOKEN"}],
+            # The tasks' Docker HEALTHCHECK: generous, as this shared 2-core machine is often loaded
+            # past 10 and a healthcheck that times out makes Swarm replace a healthy task.
+            "health": {"interval": 5, "timeout": 15, "retries": 5},
         },
         "nginx": {"image": nginx_image},
         "canary": {"version": "2.0.0", "image": workload_image, "steps": [10, 50], "interval": INTERVAL,
@@ -48,6 +53,18 @@ async def completed(stack) -> None:
         tasks = subprocess.run(["docker", "service", "ps", "--no-trunc", *labelled("service", stack.project)],
                                capture_output=True, text=True).stdout  # fmt: skip
         raise AssertionError(f"the canary was rolled back: {done.last_reasons}\n{tasks}")
+
+
+@pytest.fixture(autouse=True)
+def task_history(stack):
+    """After each story: every task the project's services ran, and why each one ended."""
+    yield
+    services = labelled("service", stack.project)
+    if services:
+        out = subprocess.run(["docker", "service", "ps", "--no-trunc", "--format",
+                              "{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}", *services],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        print(f"tasks of {stack.project}:\n{out}")
 
 
 def labelled(kind: str, project: str) -> list[str]:
@@ -195,6 +212,27 @@ async def live_router(stack) -> str:
         await driver.close()
 
 
+async def test_the_collector_scrapes_every_task_and_status_shows_tasks_per_node(stack):
+    stack.manifest(services={**MANIFEST["services"], "metrics": "app"})
+    assert (await stack.sd("deploy")).code == 0
+    urls = sorted(i.url for i in (await stack.record()).stable.instances)
+    assert len(urls) == 2 and all(u.startswith("http://127.0.0.1:") for u in urls)  # node address, task port
+
+    async def scraped() -> MetricsSnapshot | None:
+        raw = await stack.redis.get(streams.latest_snapshot_key(stack.project, "stable"))
+        found = MetricsSnapshot.model_validate_json(raw) if raw else None
+        return found if found is not None and sorted(found.targets) == urls else None
+
+    snapshot = await eventually(scraped, "the collector to scrape both stable tasks", 30, interval=0.2)
+    assert snapshot.source == "app"
+    status = await stack.sd("status", "--json")
+    assert status.code == 0, status.text
+    [track] = json.loads(status.out)["tracks"]
+    hostname = inspect("node", "self")["Description"]["Hostname"]
+    assert [(i["node"], i["healthy"]) for i in track["instances"]] == [(hostname, True), (hostname, True)]
+    assert (await stack.sd("teardown", timeout=120)).code == 0
+
+
 async def test_a_task_swarm_replaces_is_followed_by_nginx_within_an_interval_or_two(stack):
     assert (await stack.sd("deploy")).code == 0
     before = {t["slot"]: t for t in await driver_tasks(stack) if t["role"] == "instance"}
@@ -216,3 +254,9 @@ async def test_a_task_swarm_replaces_is_followed_by_nginx_within_an_interval_or_
     print(f"swarm: nginx lists the replacement task {address} {time.monotonic() - started:.1f}s after the kill")
     assert (await get_json(await stack.url()))["version"] == "1.0.0"
     assert (await stack.sd("teardown", timeout=120)).code == 0
+
+
+async def test_validate_checks_the_swarm_this_node_a_ready_manager(stack):
+    result = await stack.sd("validate")
+    [line] = [line for line in result.out.splitlines() if line.startswith(("✓ swarm ready", "✗ swarm ready"))]
+    assert line.startswith("✓ swarm ready: manager ") and "1/1 node(s) ready" in line, line

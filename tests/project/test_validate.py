@@ -26,6 +26,7 @@ CHECK_NAMES = [
     "runtime reachable",
     "service settings",
     "images present or pullable",
+    "swarm ready",
     "redis reachable",
     "policies compile",
     "policy tests",
@@ -73,7 +74,7 @@ def test_a_fresh_project_passes_every_check_and_exits_zero(project, redis_url):
     checklist = lines_of(result)
     assert list(checklist) == CHECK_NAMES
     assert all(mark.startswith("✓") for mark in checklist.values()), checklist
-    assert result.stdout.splitlines()[-1] == "all 13 checks passed"
+    assert result.stdout.splitlines()[-1] == "all 14 checks passed"
 
 
 def test_the_docker_runtime_is_checked_by_asking_dockerd(tmp_path, redis_url, workload_image, nginx_image):
@@ -104,7 +105,7 @@ def test_missing_generated_files_fail_and_say_to_run_init(tmp_path, redis_url):
     assert checklist["nginx config (nginx -t)"].startswith("✗ ")
     assert checklist["manifest schema"].startswith("✓ ")
     assert (
-        result.stdout.splitlines()[-1] == "6 of 13 checks failed"
+        result.stdout.splitlines()[-1] == "6 of 14 checks failed"
     )  # generated files, nginx, compose, and no policies (nor schemas) yet
 
 

@@ -41,6 +41,7 @@ from services.orchestrator.drivers.base import (
     InstanceFailed,
     InstanceSpec,
     NetworkSpec,
+    Progress,
     Role,
     RuntimeObject,
     ensure_port_free,
@@ -49,7 +50,7 @@ from services.orchestrator.drivers.base import (
 )
 from services.orchestrator.drivers.docker import DockerDriver, _exec, _workers, docker_errors
 from services.orchestrator.drivers.health import wait_http_ok
-from swiftdeploy_core.errors import RuntimeDriverError
+from swiftdeploy_core.errors import ImagePullError, RuntimeDriverError
 from swiftdeploy_core.project.images import auth_for, load_auths, parse_reference
 from swiftdeploy_core.project.manifest import HealthSpec, Manifest, PlacementSpec, SwarmSpec
 from swiftdeploy_core.project.router import (
@@ -271,6 +272,19 @@ class SwarmDriver(DockerDriver):
         if not router_running:
             ensure_port_free(manifest.nginx.port)
 
+    async def ensure_images(self, manifest: Manifest, images: list[str], progress: Progress) -> dict[str, str | None]:
+        """As on docker (pulled here, the digest resolved); on a swarm of several nodes a service
+        image must come from a registry, since the other nodes pull it by that digest (nginx,
+        which runs here, may be local)."""
+        digests = await super().ensure_images(manifest, images, progress)
+        local = [i for i, d in digests.items() if d and "@" not in d and i != manifest.nginx.image]
+        if local and len(await self.nodes()) > 1:
+            raise ImagePullError(
+                f"image {local[0]!r} is only on this node (never pushed to a registry): the swarm's other "
+                "nodes cannot pull it; push it to a registry and name it there"
+            )
+        return digests
+
     async def ensure_networks(self, networks: list[NetworkSpec]) -> list[str]:
         """The networks as attachable overlays (whatever driver the manifest names: a swarm's
         services join overlays only)."""
@@ -460,10 +474,12 @@ class SwarmDriver(DockerDriver):
 
     # --- router ------------------------------------------------------------------------------
 
-    def _upstream(self, instance: Instance, port: int) -> Upstream:
-        """The task's overlay address; before it is known, the service's dnsrr name."""
-        address = self._addresses.get(instance.name)
-        return Upstream(host=address or service_of(instance.name)[0], port=port)
+    def _upstreams(self, instances: list[Instance], port: int) -> list[Upstream]:
+        """The tasks' overlay addresses; when none of the track's is known, the services' dnsrr
+        names (nginx resolves them to the running tasks when it loads the config)."""
+        known = [Upstream(host=self._addresses[i.name], port=port) for i in instances if i.name in self._addresses]
+        names = dict.fromkeys(service_of(i.name)[0] for i in instances)
+        return known or [Upstream(host=name, port=port) for name in names]
 
     def render_router(
         self, manifest: Manifest, stable: list[Instance], canary: list[Instance], weight: int,
@@ -471,7 +487,7 @@ class SwarmDriver(DockerDriver):
     ) -> str:  # fmt: skip
         port = manifest.services.port
         base = plans.docker_router_plan(manifest, stable, canary, weight, canary_error_percent).model_dump()
-        base.update(stable=[self._upstream(i, port) for i in stable], canary=[self._upstream(i, port) for i in canary])
+        base.update(stable=self._upstreams(stable, port), canary=self._upstreams(canary, port))
         return render_nginx_conf(RouterPlan.model_validate(base), plans.ROUTER_HEADER)
 
     async def router_config(self) -> str | None:
