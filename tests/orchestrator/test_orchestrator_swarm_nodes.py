@@ -147,6 +147,12 @@ async def picture(stack) -> str:
     return f"tasks now:\n{tasks}\ntask history:\n{history}\nnginx:\n{servers}"
 
 
+async def swarm_ready(stack) -> str:
+    """`swiftdeploy validate`'s `swarm ready` line (the other checks are not this drill's)."""
+    validated = await stack.sd("validate", timeout=120)
+    return next(line for line in validated.text.splitlines() if "swarm ready" in line)
+
+
 async def instance_tasks(stack) -> list[dict]:
     return [t for t in await from_driver(stack, "tasks") if t["role"] == "instance"]
 
@@ -156,6 +162,8 @@ async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
 ) -> None:
     # The drill is about placement and lost tasks: latency on this shared 2-core machine is noise.
     write_policies(stack.policies_root, p99_latency_ms=5000, comparison_latency_min_ms=2000)
+    ready = await swarm_ready(stack)
+    assert ready.startswith("✓") and "2/2 node(s) ready" in ready and "/drill/workload@sha256:" in ready, ready
     deployed = await stack.sd("deploy", timeout=180)
     assert deployed.code == 0, deployed.text
     url = await stack.url()
@@ -204,6 +212,7 @@ async def test_a_canary_on_the_worker_rolls_back_when_the_worker_dockerd_stops(
     body = await get_json(url)
     assert (body["version"], body["mode"]) == ("1.0.0", "stable")
     assert [t for t in await instance_tasks(stack) if t["track"] == "canary"] == []
+    assert "1/2 node(s) ready; not ready: " in await swarm_ready(stack)
     assert two_node_swarm.restart_worker() < 60
 
 
