@@ -46,6 +46,7 @@ HOST_ADDR, WORKER_ADDR = "10.231.7.1", "10.231.7.2"
 ROOT = Path("/tmp/swiftdeploy-swarm-worker")  # short: unix socket paths stay under 108 bytes
 WORKER_LABEL = "swiftdeploy.node"  # node label: `manager` / `worker` (constraint node.labels.<it>==worker)
 JOIN_TIMEOUT = 60.0
+CGROUP_PARENT = "/swiftdeploy-worker"  # the worker's containers' cgroups (a crash's strays are found there)
 
 
 def run(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -88,7 +89,7 @@ class WorkerDaemon:
         args = [
             require_binary("dockerd"), "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
             "--pidfile", str(self.root / "dockerd.pid"), "-H", self.host, "--storage-driver", "overlay2",
-            "--cgroup-parent", "/swiftdeploy-worker", "--log-level", "warn",
+            "--cgroup-parent", CGROUP_PARENT, "--log-level", "warn",
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(in_netns(*args), stdout=log, stderr=subprocess.STDOUT)
@@ -170,11 +171,35 @@ class RegistryMirror:
             self.process.wait(timeout=10)
 
 
+def _kill_strays() -> None:
+    """What a killed worker daemon leaves running: its containerd shims (their command line names
+    ROOT) and its containers (in the cgroups under CGROUP_PARENT)."""
+    pids = {int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if str(ROOT).encode() in _read(p)}
+    for procs in Path("/sys/fs/cgroup").glob(f"**/{CGROUP_PARENT.strip('/')}/**/cgroup.procs"):
+        pids |= {int(pid) for pid in _read(procs).split()}
+    for pid in pids - {os.getpid()}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2 if pids else 0)
+    parents = Path("/sys/fs/cgroup").glob(f"**/{CGROUP_PARENT.strip('/')}")
+    for folder in sorted((d for p in parents for d in [p, *p.rglob("*")] if d.is_dir()), key=lambda d: -len(d.parts)):
+        with contextlib.suppress(OSError):  # still busy, or not a cgroup folder of ours
+            folder.rmdir()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
 def clear_leftovers() -> None:
-    """A crashed run's namespace, veth, daemon and folders (ours by their fixed names); call
-    with the swarm lock held."""
+    """A crashed run's namespace, veth, daemon, containers and folders (ours by their fixed
+    names); call with the swarm lock held."""
     _kill_pidfile(ROOT / "dockerd.pid")
     _kill_pidfile(ROOT / "exec" / "containerd" / "containerd.pid")
+    _kill_strays()
     run("ip", "link", "del", VETH_HOST, check=False)
     run("ip", "netns", "del", NETNS, check=False)
     if ROOT.exists():
