@@ -151,10 +151,11 @@ class RegistryMirror:
             },
             "http": {"addr": self.registry.host},
         }
-        (workdir / "mirror.yml").write_text(json.dumps(config))  # JSON is YAML
+        mirror = ROOT / "mirror.yml"  # under ROOT: a crash's stray mirror is found by that path
+        mirror.write_text(json.dumps(config))  # JSON is YAML
         with (workdir / "mirror.log").open("ab") as log:
             self.process = subprocess.Popen(
-                in_netns(self.registry.binary, "serve", str(workdir / "mirror.yml")),
+                in_netns(self.registry.binary, "serve", str(mirror)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
