@@ -171,7 +171,7 @@ async def test_status_once_json_carries_mode_chaos_figures_tracks_and_decided_po
     assert (data["request_rate"], data["error_rate"], data["p99_latency_ms"]) == (3.0, 0.04, 120.0)  # the canary's
     stable, canary = data["tracks"]
     assert (stable["track"], stable["version"], stable["weight"]) == ("stable", "1.0.0", 75)
-    assert stable["instances"] == [{"url": url, "name": "app-stable-1", "healthy": True}]
+    assert stable["instances"] == [{"url": url, "name": "app-stable-1", "node": "", "healthy": True}]
     assert canary["instances"][0]["healthy"] is False
     assert (canary["request_rate"], canary["error_rate"], canary["p99_latency_ms"]) == (3.0, 0.04, 120.0)
     assert data["policies"]["infra"]["allow"] is True and data["policies"]["infra"]["reasons"] == []

@@ -77,7 +77,9 @@ def test_the_json_carries_mode_chaos_tracks_figures_and_policies() -> None:
     assert (data["error_rate"], data["p99_latency_ms"], data["request_rate"]) == (0.5, 850.0, 12.5)
     stable, canary = data["tracks"]
     assert (stable["track"], stable["version"], stable["weight"], stable["replicas"]) == ("stable", "1.0.0", 90, 2)
-    assert canary["instances"] == [{"url": "http://127.0.0.1:41003", "name": "app-canary-1", "healthy": False}]
+    assert canary["instances"] == [
+        {"url": "http://127.0.0.1:41003", "name": "app-canary-1", "node": "", "healthy": False}
+    ]
     assert (stable["error_rate"], stable["p99_latency_ms"]) == (0.001, 120.0)
     assert data["policies"]["canary"] == {
         "status": "FAILING",

@@ -260,3 +260,22 @@ async def test_validate_checks_the_swarm_this_node_a_ready_manager(stack):
     result = await stack.sd("validate")
     [line] = [line for line in result.out.splitlines() if line.startswith(("✓ swarm ready", "✗ swarm ready"))]
     assert line.startswith("✓ swarm ready: manager ") and "1/1 node(s) ready" in line, line
+
+
+async def test_nginx_killed_is_restarted_by_swarm_with_its_config_and_the_next_shift_reloads_it(stack):
+    assert (await stack.sd("deploy")).code == 0
+    router = f"{stack.project}-nginx"
+    subprocess.run(["docker", "kill", task_container(router)], capture_output=True, check=True)
+
+    async def served() -> str | None:
+        try:
+            return (await get_json(await stack.url()))["version"]
+        except Exception:
+            return None
+
+    assert await eventually(served, "nginx to serve again after Swarm restarted it", 60, interval=0.5) == "1.0.0"
+    started = await stack.sd("promote", "canary")
+    assert started.code == 0, started.text
+    assert "10%   app_canary" in await live_router(stack)  # reloaded in the restarted container
+    assert (await get_json(await stack.url(), {"X-Canary": "always"}))["version"] == "2.0.0"
+    assert (await stack.sd("teardown", timeout=120)).code == 0

@@ -506,6 +506,8 @@ class SwarmDriver(DockerDriver):
         name = router_container(self.project)
         with docker_errors(f"configuring {name}"):
             container = await self._router_container()
+            if container is None and await self._service(name) is not None:
+                container = await self._router_restarted(name)
             if container is not None and (self.nginx_conf.read_text() if self.nginx_conf.exists() else None) == conf:
                 return url
             await self._write_live(conf, container)
@@ -561,6 +563,20 @@ class SwarmDriver(DockerDriver):
             return None if state == "running" else f"nginx's task is {state}"
 
         await wait_http_ok(f"http://127.0.0.1:{manifest.nginx.port}/healthz", 20.0, name="nginx", alive=gone)
+
+    async def _router_restarted(self, name: str, timeout: float = 30.0) -> Any:
+        """nginx's service exists but no task runs (Swarm is restarting it): its container once
+        one runs again, or None (then the service is made anew)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            container = await self._router_container()
+            if container is not None:
+                return container
+            states = {((t.get("Status") or {}).get("State")) for t in await self._tasks_of(name)}
+            if not states & {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}:
+                return None
+            await asyncio.sleep(POLL)
+        return None
 
     async def _reload_router(self, container: Any) -> None:
         conf = f"{CONF_DIR}/nginx.conf"  # tested before it was put there (_write_live)
