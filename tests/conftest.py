@@ -9,7 +9,7 @@ import pytest
 from tests.servers import RedisServer, RegistryServer, docker_socket_alive, missing, require_binary
 
 # Fixtures shared across folders: the orchestration stack and the scratch project.
-pytest_plugins = ["tests.orchestration", "tests.projects", "tests.swarm"]
+pytest_plugins = ["tests.orchestration", "tests.projects", "tests.swarm", "tests.swarm_nodes"]
 
 
 @pytest.fixture(scope="session")

@@ -80,8 +80,9 @@ def leave_swarm() -> None:
     docker("swarm", "leave", "--force", check=False)
 
 
-def init_swarm(advertise_addr: str = "127.0.0.1") -> str:
+def init_swarm(advertise_addr: str = "127.0.0.1", listen_addr: str | None = None) -> str:
     """Put the dockerd into a new swarm (call with swarm_lock held); returns this node's id.
+    `listen_addr` (`ADDR:2377`) keeps the manager's port off every other address (default 0.0.0.0).
 
     A leftover swarm of ours is left first; anybody else's swarm fails the test, untouched.
     """
@@ -97,7 +98,8 @@ def init_swarm(advertise_addr: str = "127.0.0.1") -> str:
                 pytrace=False,
             )
         leave_swarm()
-    docker("swarm", "init", "--advertise-addr", advertise_addr)
+    listen = ["--listen-addr", listen_addr] if listen_addr else []
+    docker("swarm", "init", "--advertise-addr", advertise_addr, *listen)
     node_id = str(swarm_info()["NodeID"])
     docker("node", "update", "--label-add", f"{MARKER_LABEL}={os.getpid()}", node_id)
     return node_id

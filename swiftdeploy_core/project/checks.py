@@ -383,6 +383,8 @@ async def _swarm_ready(manifest: Manifest) -> tuple[bool, str]:
             digests = [d for d in info.get("RepoDigests") or [] if d.split("@", 1)[0] == repository]
             if digests:
                 lines.append(f"{image} runs as {digests[0][: len(repository) + 20]}…")
+            elif image == manifest.nginx.image and info:
+                lines.append(f"{image} is local (fine: nginx runs on this manager)")
             elif len(nodes) == 1 and info:
                 lines.append(f"{image} is local only (fine on one node; push it to a registry before adding nodes)")
             elif info:

@@ -517,7 +517,7 @@ class SwarmDriver(DockerDriver):
                 container = await self._router_restarted(name)
             if container is not None and (self.nginx_conf.read_text() if self.nginx_conf.exists() else None) == conf:
                 return url
-            self._write_live(conf)
+            await self._write_live(conf, container)
             if container is not None:
                 await self._reload_router(container)
             else:
@@ -526,11 +526,19 @@ class SwarmDriver(DockerDriver):
         self.nginx_conf.write_text(conf)
         return url
 
-    def _write_live(self, conf: str) -> None:
-        """The config nginx reads, replaced whole (a rename: nginx never reads half a file)."""
+    async def _write_live(self, conf: str, container: Any = None) -> None:
+        """The config nginx reads, replaced whole (a rename: nginx never reads half a file). With
+        nginx running (`container`) only once `nginx -t` accepted it: a refused config must not
+        become the file a restarted nginx task reads."""
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         staged = self.conf_dir / ".nginx.conf.new"
         staged.write_text(conf)
+        if container is not None:
+            code, out = await _exec(container, ["nginx", "-t", "-q", "-c", f"{CONF_DIR}/{staged.name}"])
+            if code != 0:
+                staged.unlink(missing_ok=True)
+                reason = " ".join(out.strip().splitlines()[-2:])  # nginx's [emerg] line, then "test failed"
+                raise RuntimeDriverError(f"nginx refused the rendered config: {reason}")
         staged.replace(self.conf_dir / "nginx.conf")
 
     async def _start_router_service(self, manifest: Manifest, name: str) -> None:
@@ -578,10 +586,7 @@ class SwarmDriver(DockerDriver):
         return None
 
     async def _reload_router(self, container: Any) -> None:
-        conf = f"{CONF_DIR}/nginx.conf"
-        code, out = await _exec(container, ["nginx", "-t", "-q", "-c", conf])
-        if code != 0:
-            raise RuntimeDriverError(f"nginx refused the rendered config: {out.strip().splitlines()[-1:]}")
+        conf = f"{CONF_DIR}/nginx.conf"  # tested before it was put there (_write_live)
         old = await _workers(container)
         code, out = await _exec(container, ["nginx", "-c", conf, "-s", "reload"])
         if code != 0:
