@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -58,6 +57,7 @@ from swiftdeploy_core.bus import streams
 from swiftdeploy_core.bus.events import Event, ModeChanged
 from swiftdeploy_core.bus.wire import decode
 from swiftdeploy_core.errors import SwiftDeployError
+from swiftdeploy_core.filelock import flock_exclusive
 
 log = logging.getLogger("swiftdeploy.auditor.history")
 
@@ -275,12 +275,7 @@ class HistoryWriter:
         async with self._lock:
             fd = _open(self.path)
             try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        await asyncio.sleep(LOCK_POLL_SECONDS)
+                await flock_exclusive(fd, LOCK_POLL_SECONDS)
                 yield fd
             finally:
                 os.close(fd)  # closing the descriptor releases the flock

@@ -18,7 +18,6 @@ operation's router change. The stamps are also the router's history: who changed
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import functools
@@ -32,6 +31,7 @@ import redis.asyncio as aioredis
 from services.orchestrator.drivers.base import RuntimeDriver, read_text
 from services.orchestrator.lock import Fence
 from swiftdeploy_core.errors import LeaseLost
+from swiftdeploy_core.filelock import flock_exclusive
 
 # The driver methods that change something outside Redis.
 EFFECTS = (
@@ -105,12 +105,7 @@ async def file_lock(path: Path) -> AsyncIterator[None]:
     """An exclusive lock between processes of this host (flock on `path`), polled so the event loop runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(LOCK_POLL)
+        await flock_exclusive(handle, LOCK_POLL)
         try:
             yield
         finally:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNEL = [ROOT / "swiftdeploy_core/bus", ROOT / "swiftdeploy_core/errors.py", ROOT / "swiftdeploy_core/settings.py"]
+KERNEL = [ROOT / "swiftdeploy_core/bus", ROOT / "swiftdeploy_core/errors.py", ROOT / "swiftdeploy_core/settings.py",
+          ROOT / "swiftdeploy_core/filelock.py"]  # fmt: skip
 PROJECT = [ROOT / "swiftdeploy_core/project"]
 SERVICES = [ROOT / "services"]
 CLIENT, PROJECT_PKG, SERVICES_PKG = "swiftdeploy_core.client", "swiftdeploy_core.project", "services"
