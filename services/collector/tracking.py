@@ -181,7 +181,12 @@ class Tracker:
             samples=max((len(s) for state in states for s in state.window.requests.values()), default=0),
         )
         router = self.routers.get(project)
-        return snapshot if router is None else router_snapshot(snapshot, router, end, self.window)
+        if router is None:
+            return snapshot
+        # A new generation, a new window: a new canary of the same version may sit at a removed
+        # one's address (docker reuses bridge IPs), so the instances count, not just the URLs.
+        instances = ",".join(sorted(f"{s.target.url}#{s.target.instance or ''}" for s in states))
+        return router_snapshot(snapshot, router, end, self.window, identity=f"{version}@{instances}")
 
 
 NO_FIGURES = {"source": "router", "request_rate": None, "error_rate": None, "p99_latency_ms": None, "requests": None}
@@ -191,11 +196,13 @@ def _owner(target: Target) -> tuple[str, str, str | None]:
     return target.project, target.track, target.instance
 
 
-def router_snapshot(snapshot: MetricsSnapshot, router: RouterLog, end: float, window: float) -> MetricsSnapshot:
-    """The track's snapshot with nginx's figures in place of /metrics' (no log yet: no data)."""
+def router_snapshot(
+    snapshot: MetricsSnapshot, router: RouterLog, end: float, window: float, identity: str
+) -> MetricsSnapshot:
+    """The track's snapshot with nginx's figures in place of /metrics' (no log yet: no data);
+    `identity` names the track's generation (a new one starts a new window)."""
     if not router.tail.opened:
         return snapshot.model_copy(update={"samples": None, **NO_FIGURES})
-    identity = f"{snapshot.version}@{','.join(snapshot.targets)}"  # a new generation, a new window
     found = router.figures(snapshot.track, identity, end, window)
     if not router.covered(snapshot.track, end, window):  # watched for less than a window: no data yet
         return snapshot.model_copy(update={"samples": found.samples, **NO_FIGURES})

@@ -6,7 +6,9 @@ import pytest
 from aiohttp import web
 
 from services.collector.scrape import Scraper, Target
+from services.collector.targets import Project
 from services.collector.tracking import Tracker
+from tests.collector.test_collector_router import line
 from tests.collector.test_collector_scrape import TinyApp
 
 
@@ -134,3 +136,21 @@ async def test_a_new_instance_at_a_removed_ones_address_starts_with_an_empty_win
         ok.inc(20)
         (snapshot,) = (await tracker.cycle([replaced])).snapshots
     assert snapshot.requests > 0 and snapshot.error_rate == 0.0  # requests: increase() extrapolates, as PromQL does
+
+
+def test_a_new_canary_at_a_removed_ones_address_gets_a_new_router_window(tmp_path):
+    # The demo's second canary: the same version, and docker gave it the broken one's IP.
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(line(track="canary", status=500, msec=100.0 + n / 10) for n in range(20)))
+    tracker = Tracker(Scraper(timeout=1.0), window=5)
+    tracker.follow({"p": Project("p", "process", tmp_path, source="router", router_log=log)})
+    url = "http://172.18.0.5:3000"
+    tracker.sync([Target(url, "p", "canary", "1.1.0", "router", instance="broken")])
+    tracker.routers["p"].read()
+    tracker.snapshots(end=96.0)  # watched from here on
+    (broken,) = tracker.snapshots(end=102.0)
+    assert broken.error_rate == 1.0
+
+    tracker.sync([Target(url, "p", "canary", "1.1.0", "router", instance="healthy")])
+    (replaced,) = tracker.snapshots(end=102.5)
+    assert replaced.error_rate is None  # a new window, not the broken canary's errors
